@@ -1,0 +1,1 @@
+"""Prefect blocks of prefect-dintero (installed as ``prefect_dintero.blocks``)."""

@@ -1,0 +1,1 @@
+"""Prefect flows of prefect-dintero (installed as ``prefect_dintero.flows``)."""

@@ -1,0 +1,67 @@
+"""Configuration of the bundled Dintero emulator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+DEFAULT_ACCOUNT_ID = "T12345678"
+DEFAULT_CLIENT_ID = "emulator-client"
+DEFAULT_CLIENT_SECRET = "emulator-secret"
+DEFAULT_REDIRECT_URI = "http://127.0.0.1:8788/callback"
+
+
+@dataclass
+class TestUser:
+    """The user the simulated identity provider logs in."""
+
+    __test__ = False  # not a pytest test class
+
+    sub: str = "c06c5a4e-3b0f-4f8e-9d61-6a7f0e1d2b3c"
+    name: str = "Ada Lovelace"
+    authority: str = "https://identity.emulator.invalid/access"
+
+
+@dataclass
+class EmulatorConfig:
+    """Everything the emulator can be told at start-up.
+
+    The defaults describe one test account with one API client; the same client is granted
+    every account in ``account_ids`` (as a partner client would be).
+    """
+
+    account_ids: list[str] = field(default_factory=lambda: [DEFAULT_ACCOUNT_ID])
+    client_id: str = DEFAULT_CLIENT_ID
+    client_secret: str = DEFAULT_CLIENT_SECRET
+    redirect_uris: list[str] = field(default_factory=lambda: [DEFAULT_REDIRECT_URI])
+    user: TestUser = field(default_factory=TestUser)
+    #: Lifetime of access tokens, seconds.
+    token_lifetime: int = 3600
+    #: Issue refresh tokens from the OIDC exchange.
+    refresh_tokens: bool = False
+    #: Rotate refresh tokens: every refresh returns a new one and revokes the old one.
+    rotate_refresh_tokens: bool = True
+    refresh_token_lifetime: int = 30 * 24 * 3600
+    #: Lifetime of an authorization code, seconds.
+    code_lifetime: int = 60
+    transactions: int = 250
+    sessions: int = 120
+    settlements: int = 40
+    customers: int = 80
+    payout_destinations: list[str] = field(default_factory=lambda: ["PD-main", "PD-store-2"])
+    transfers_per_destination: int = 60
+    seed: int = 42
+    #: The emulator's "now" when it starts. Defaults to 30 days before the real time, so that
+    #: advancing the clock never creates objects dated in the real future.
+    start_time: datetime | None = None
+    #: How far back the generated history reaches from ``start_time``.
+    history_days: int = 180
+
+    def resolved_start_time(self) -> datetime:
+        """The configured start time, or 30 days ago truncated to the second."""
+        if self.start_time is not None:
+            if self.start_time.tzinfo is None:
+                return self.start_time.replace(tzinfo=UTC)
+            return self.start_time
+        now = datetime.now(UTC).replace(microsecond=0)
+        return now - timedelta(days=30)

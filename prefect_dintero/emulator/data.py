@@ -1,0 +1,472 @@
+"""Deterministic, realistic Dintero objects for the emulator, and the mutations that age them.
+
+Objects are plain dicts shaped like the API's (see ../shared/reference/dintero-api.md §3). Each
+collection keeps its objects sorted by the field the real endpoint orders and filters on, so a
+page lookup is a bisect, not a scan: serving 100 000 transactions must never be the bottleneck of
+a benchmark.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+from .config import EmulatorConfig
+
+BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+CURRENCIES = ("NOK", "NOK", "NOK", "SEK", "DKK", "EUR")
+PRODUCTS = (
+    ("dintero_psp", "dintero_psp.creditcard"),
+    ("vipps", "vipps"),
+    ("klarna", "klarna.klarna"),
+    ("swish", "swish.swish"),
+    ("collector", "collector.invoice"),
+)
+ITEMS = ("Luftboller", "Kanelsnurr", "Skolebrød", "Kaffe", "Brunost", "Lefse", "Vaffel", "Te")
+FIRST_NAMES = ("Ada", "Ole", "Kari", "Nils", "Ingrid", "Lars", "Sigrid", "Erik", "Astrid", "Per")
+LAST_NAMES = ("Lovelace", "Hansen", "Johansen", "Olsen", "Larsen", "Berg", "Haugen", "Dahl")
+PROVIDERS = ("dintero_psp", "vipps", "klarna", "swish", "collector")
+
+#: Statuses a transaction can still move on from, and where it moves to.
+TRANSITIONS = {
+    "INITIATED": (("AUTHORIZED", "AUTHORIZE"), ("FAILED", "AUTHORIZE")),
+    "AUTHORIZED": (("CAPTURED", "CAPTURE"), ("AUTHORIZATION_VOIDED", "VOID")),
+    "CAPTURED": (("PARTIALLY_REFUNDED", "REFUND"), ("REFUNDED", "REFUND")),
+    "PARTIALLY_REFUNDED": (("REFUNDED", "REFUND"),),
+}
+INITIAL_STATUSES = (
+    ("CAPTURED", 50),
+    ("AUTHORIZED", 20),
+    ("REFUNDED", 5),
+    ("PARTIALLY_REFUNDED", 5),
+    ("AUTHORIZATION_VOIDED", 5),
+    ("DECLINED", 5),
+    ("FAILED", 5),
+    ("INITIATED", 5),
+)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def iso(ms: int) -> str:
+    """Format epoch milliseconds the way Dintero does: ``2019-01-18T13:13:37.175Z``."""
+    # isoformat is C code; strftime dominated generating 100 000 objects.
+    return (EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def to_ms(dt: datetime) -> int:
+    """Epoch milliseconds, in integer arithmetic: float timestamps drift by a millisecond."""
+    return (dt - EPOCH) // timedelta(milliseconds=1)
+
+
+class FastRandom(random.Random):
+    """``random.Random`` with arithmetic ``randrange``/``randint``/``choice``.
+
+    The stdlib versions reject bias with extra draws and cost several microseconds each, which
+    dominated generating 100 000 transactions. Still fully determined by the seed.
+    """
+
+    def randrange(self, start, stop=None, step=1):  # type: ignore[override]
+        if stop is None:
+            start, stop = 0, start
+        return start + step * int(self.random() * ((stop - start) // step))
+
+    def randint(self, a, b):  # type: ignore[override]
+        return a + int(self.random() * (b - a + 1))
+
+    def choice(self, seq):  # type: ignore[override]
+        return seq[int(self.random() * len(seq))]
+
+
+class SortedCollection:
+    """Objects kept sorted by ``(sort_ms, id)``, addressable by id."""
+
+    def __init__(self) -> None:
+        self._keys: list[tuple[int, str]] = []
+        self._key_of: dict[str, tuple[int, str]] = {}
+        self.by_id: dict[str, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, obj: dict, sort_ms: int, obj_id: str | None = None) -> None:
+        obj_id = obj_id or obj["id"]
+        key = (sort_ms, obj_id)
+        if self._keys and key > self._keys[-1]:
+            self._keys.append(key)
+        else:
+            bisect.insort(self._keys, key)
+        self._key_of[obj_id] = key
+        self.by_id[obj_id] = obj
+
+    def resort(self, obj_id: str, sort_ms: int) -> None:
+        """Move an object whose sort field changed (customers sort on ``updated_at``)."""
+        old = self._key_of[obj_id]
+        del self._keys[bisect.bisect_left(self._keys, old)]
+        new = (sort_ms, obj_id)
+        bisect.insort(self._keys, new)
+        self._key_of[obj_id] = new
+
+    def key_of(self, obj_id: str) -> tuple[int, str] | None:
+        return self._key_of.get(obj_id)
+
+    def page(
+        self,
+        *,
+        descending: bool,
+        limit: int,
+        gte_ms: int | None = None,
+        lte_ms: int | None = None,
+        after: tuple[int, str] | None = None,
+    ) -> list[dict]:
+        """One page in sort order, within ``[gte, lte]`` and strictly past ``after``."""
+        lo = 0 if gte_ms is None else bisect.bisect_left(self._keys, (gte_ms, ""))
+        hi = (
+            len(self._keys)
+            if lte_ms is None
+            else bisect.bisect_right(self._keys, (lte_ms, "\uffff"))
+        )
+        if descending:
+            if after is not None:
+                hi = min(hi, bisect.bisect_left(self._keys, after))
+            start = max(lo, hi - limit)
+            keys = reversed(self._keys[start:hi])
+        else:
+            if after is not None:
+                lo = max(lo, bisect.bisect_right(self._keys, after))
+            keys = iter(self._keys[lo : min(hi, lo + limit)])
+        return [self.by_id[k[1]] for k in keys]
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self.by_id[k[1]] for k in self._keys)
+
+
+class AccountData:
+    """The seeded objects of one merchant account, and the mutations that change them."""
+
+    def __init__(self, account_id: str, config: EmulatorConfig, start: datetime) -> None:
+        self.account_id = account_id
+        self.config = config
+        # A stable per-account seed: the same flags always give the same objects.
+        self.rng = FastRandom(f"{config.seed}:{account_id}")
+        self.transactions = SortedCollection()
+        self.sessions = SortedCollection()
+        self.settlements_by_settled = SortedCollection()
+        self.settlements_by_created = SortedCollection()
+        self.customers = SortedCollection()
+        self.transfers: dict[str, SortedCollection] = {
+            pd: SortedCollection() for pd in config.payout_destinations
+        }
+        self._serial = 0
+        end_ms = to_ms(start)
+        begin_ms = to_ms(start - timedelta(days=config.history_days))
+        for ms in self._spread(config.transactions, begin_ms, end_ms):
+            self._new_transaction(ms, end_ms)
+        for ms in self._spread(config.sessions, begin_ms, end_ms):
+            self._new_session(ms)
+        for ms in self._spread(config.settlements, begin_ms, end_ms - 3 * 86_400_000):
+            self._new_settlement(ms, end_ms)
+        for ms in self._spread(config.customers, begin_ms, end_ms):
+            self._new_customer(ms, end_ms)
+        for pd in config.payout_destinations:
+            for ms in self._spread(config.transfers_per_destination, begin_ms, end_ms):
+                self._new_transfer(pd, ms)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _spread(self, n: int, begin_ms: int, end_ms: int) -> list[int]:
+        if n <= 0 or end_ms <= begin_ms:
+            return []
+        return sorted(self.rng.randrange(begin_ms, end_ms) for _ in range(n))
+
+    def _object_id(self) -> str:
+        # Counter-based suffix keeps ids unique however many objects are generated.
+        self._serial += 1
+        head = "".join(self.rng.choices(BASE58, k=14))
+        n, tail = self._serial, ""
+        while len(tail) < 8:
+            n, r = divmod(n, 58)
+            tail = BASE58[r] + tail
+        return f"{self.account_id}.{head}{tail}"
+
+    def _uuid(self) -> str:
+        h = f"{self.rng.getrandbits(128):032x}"
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}"
+
+    def _hex(self, n: int = 32) -> str:
+        return f"{self.rng.getrandbits(4 * n):0{n}x}"
+
+    def _items(self) -> tuple[list[dict], int]:
+        items, total = [], 0
+        for line in range(1, self.rng.randint(1, 4) + 1):
+            quantity = self.rng.randint(1, 5)
+            amount = quantity * self.rng.randrange(1_500, 49_900, 100)
+            vat_amount = amount * 25 // 125
+            items.append(
+                {
+                    "id": f"item-{self.rng.randrange(1, 999)}",
+                    "line_id": str(line),
+                    "description": self.rng.choice(ITEMS),
+                    "quantity": quantity,
+                    "amount": amount,
+                    "vat_amount": vat_amount,
+                    "vat": 25,
+                }
+            )
+            total += amount
+        return items, total
+
+    def _event(self, event: str, status: str, amount: int, ms: int) -> dict:
+        return {
+            "id": self._uuid(),
+            "event": event,
+            "transaction_status": status,
+            "success": status not in ("FAILED", "DECLINED"),
+            "amount": amount,
+            "created_at": iso(ms),
+            "request_id": self._hex(),
+        }
+
+    # -- generators ------------------------------------------------------------------------------
+
+    def _new_transaction(self, created_ms: int, now_ms: int) -> dict:
+        rng = self.rng
+        product, product_type = rng.choice(PRODUCTS)
+        items, amount = self._items()
+        weights = [w for _, w in INITIAL_STATUSES]
+        status = rng.choices([s for s, _ in INITIAL_STATUSES], weights)[0]
+        events = [self._event("INITIALIZE", "INITIATED", amount, created_ms)]
+        t = created_ms
+        path = {
+            "INITIATED": [],
+            "AUTHORIZED": [("AUTHORIZE", "AUTHORIZED")],
+            "DECLINED": [("AUTHORIZE", "DECLINED")],
+            "FAILED": [("AUTHORIZE", "FAILED")],
+            "CAPTURED": [("AUTHORIZE", "AUTHORIZED"), ("CAPTURE", "CAPTURED")],
+            "AUTHORIZATION_VOIDED": [("AUTHORIZE", "AUTHORIZED"), ("VOID", "AUTHORIZATION_VOIDED")],
+            "PARTIALLY_REFUNDED": [
+                ("AUTHORIZE", "AUTHORIZED"),
+                ("CAPTURE", "CAPTURED"),
+                ("REFUND", "PARTIALLY_REFUNDED"),
+            ],
+            "REFUNDED": [
+                ("AUTHORIZE", "AUTHORIZED"),
+                ("CAPTURE", "CAPTURED"),
+                ("REFUND", "REFUNDED"),
+            ],
+        }[status]
+        for event, st in path:
+            t = min(now_ms, t + rng.randrange(1_000, 6 * 3_600_000))
+            events.append(self._event(event, st, amount, t))
+        txn_id = self._object_id()
+        txn = {
+            "id": txn_id,
+            "session_id": self._object_id(),
+            "created_at": iso(created_ms),
+            "updated_at": iso(t),
+            "payment_product": product,
+            "payment_product_type": product_type,
+            "amount": amount,
+            "currency": rng.choice(CURRENCIES),
+            "status": status,
+            "merchant_reference": f"ORDER-{rng.randrange(10_000, 999_999)}",
+            "settlement_status": "SETTLED"
+            if status == "CAPTURED" and rng.random() < 0.6
+            else "NOT_SETTLED",
+            "channel": rng.choice(("ecommerce", "ecommerce", "in_app", "in_store")),
+            "customer": {
+                "customer_id": f"cust-{rng.randrange(1, 5000)}",
+                "email": f"customer{rng.randrange(1, 5000)}@example.com",
+            },
+            "store": {"id": f"store-{rng.randrange(1, 4)}", "name": "Bakeriet"},
+            "items": items,
+            "events": events,
+            "metadata": {"session:profile_id": f"{self.account_id}.profile-default"},
+        }
+        self.transactions.add(txn, created_ms)
+        return txn
+
+    def _new_session(self, created_ms: int) -> dict:
+        rng = self.rng
+        items, amount = self._items()
+        visited = created_ms + rng.randrange(1_000, 600_000)
+        completed = rng.random() < 0.7
+        events = [
+            {"name": "INITIATED", "created_at": iso(created_ms)},
+            {"name": "VISITED", "created_at": iso(visited)},
+        ]
+        if completed:
+            events.append({"name": "COMPLETED", "created_at": iso(visited + 30_000)})
+        session = {
+            "id": self._object_id(),
+            "created_at": iso(created_ms),
+            "updated_at": iso(visited + (30_000 if completed else 0)),
+            "expires_at": iso(created_ms + 24 * 3_600_000),
+            "customer_ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+            "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
+            "order": {
+                "amount": amount,
+                "currency": rng.choice(CURRENCIES),
+                "merchant_reference": f"ORDER-{rng.randrange(10_000, 999_999)}",
+                "vat_amount": amount * 25 // 125,
+                "items": items,
+            },
+            "url": {
+                "return_url": "https://shop.example.com/return",
+                "callback_url": "https://shop.example.com/callback",
+            },
+            "events": events,
+            "transaction_id": self._object_id() if completed else None,
+            "metadata": {"session:profile_id": f"{self.account_id}.profile-default"},
+        }
+        self.sessions.add(session, created_ms)
+        return session
+
+    def _new_settlement(self, created_ms: int, now_ms: int) -> dict:
+        rng = self.rng
+        settled_ms = min(now_ms, created_ms + rng.randrange(3_600_000, 3 * 86_400_000))
+        capture = rng.randrange(100_000, 10_000_000)
+        refund = rng.randrange(0, capture // 10)
+        fee = capture // 50
+        provider = rng.choice(PROVIDERS)
+        settlement = {
+            "id": self._uuid(),
+            "start_at": iso(created_ms - 86_400_000),
+            "end_at": iso(created_ms),
+            "created_at": iso(created_ms),
+            "updated_at": iso(settled_ms),
+            "settled_at": iso(settled_ms),
+            "provider": provider,
+            "provider_reference": f"{provider.upper()}-{rng.randrange(10**7, 10**8)}",
+            "amounts": [
+                {
+                    "amount": capture - refund - fee,
+                    "capture": capture,
+                    "refund": refund,
+                    "fee": fee,
+                    "currency": "NOK",
+                }
+            ],
+            "payment_status": rng.choice(("paid", "paid", "paid", "postponed")),
+            "payout_destination_id": rng.choice(self.config.payout_destinations or ["PD-main"]),
+            "attachments": [],
+        }
+        self.settlements_by_settled.add(settlement, settled_ms)
+        self.settlements_by_created.add(settlement, created_ms)
+        return settlement
+
+    def _new_customer(self, created_ms: int, now_ms: int) -> dict:
+        rng = self.rng
+        updated_ms = min(now_ms, created_ms + rng.randrange(0, 30 * 86_400_000))
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        cid = self._uuid()
+        customer = {
+            "id": cid,
+            "customer_id": f"cust-{cid[:8]}",
+            "created_at": iso(created_ms),
+            "created_by": "emulator",
+            "updated_at": iso(updated_ms),
+            "type": "customer",
+            "first_name": first,
+            "last_name": last,
+            "email": f"{first.lower()}.{last.lower()}{rng.randrange(1, 999)}@example.com",
+            "phone_number": f"+47{rng.randrange(40_000_000, 99_999_999)}",
+            "status": "active",
+            "attributes": {"tier": rng.choice(("bronze", "silver", "gold"))},
+            "addresses": [],
+        }
+        self.customers.add(customer, updated_ms, cid)
+        return customer
+
+    def _new_transfer(self, destination: str, created_ms: int) -> dict:
+        rng = self.rng
+        kind = rng.choice(("inbound", "inbound", "transfer", "outbound"))
+        entry = {
+            "ledger_entry_id": self._uuid(),
+            "account_id": self.account_id,
+            "payout_destination_config_id": f"{destination}-config",
+            "payout_destination_id": destination,
+            "created_at": iso(created_ms),
+            "currency": "NOK",
+            "amount": rng.randrange(1_000, 5_000_000),
+            "type": kind,
+            "inbound_payment_provider": rng.choice(PROVIDERS) if kind == "inbound" else None,
+        }
+        self.transfers[destination].add(entry, created_ms, entry["ledger_entry_id"])
+        return entry
+
+    # -- mutations ---------------------------------------------------------------------------------
+
+    def mutate(self, now: datetime, counts: dict[str, int], recent_days: float = 2.0) -> dict:
+        """Create and change objects at ``now``; return what changed, by stream.
+
+        ``counts`` keys: ``new_transactions``, ``update_transactions``, ``new_sessions``,
+        ``new_settlements``, ``new_customers``, ``update_customers``, ``new_transfers``.
+        Updated transactions are recent ones (created within ``recent_days``) whose status can
+        still move on, the way real transactions are captured and refunded days after creation.
+        """
+        now_ms = to_ms(now)
+        changed: dict[str, list[str]] = {}
+        for _ in range(counts.get("new_transactions", 0)):
+            now_ms += 1  # distinct created_at per new object keeps ordering deterministic
+            txn = self._new_transaction(now_ms, now_ms)
+            changed.setdefault("transactions", []).append(txn["id"])
+        n_update = counts.get("update_transactions", 0)
+        if n_update:
+            since = now_ms - int(recent_days * 86_400_000)
+            candidates = [
+                t
+                for t in self.transactions.page(descending=True, limit=10**9, gte_ms=since)
+                if t["status"] in TRANSITIONS
+            ]
+            for txn in self.rng.sample(candidates, min(n_update, len(candidates))):
+                status, event = self.rng.choice(TRANSITIONS[txn["status"]])
+                now_ms += 1
+                txn["status"] = status
+                txn["updated_at"] = iso(now_ms)
+                txn["events"].append(self._event(event, status, txn["amount"], now_ms))
+                changed.setdefault("transactions", []).append(txn["id"])
+        for _ in range(counts.get("new_sessions", 0)):
+            now_ms += 1
+            changed.setdefault("sessions", []).append(self._new_session(now_ms)["id"])
+        for _ in range(counts.get("new_settlements", 0)):
+            now_ms += 1
+            changed.setdefault("settlements", []).append(self._new_settlement(now_ms, now_ms)["id"])
+        for _ in range(counts.get("new_customers", 0)):
+            now_ms += 1
+            changed.setdefault("customers", []).append(self._new_customer(now_ms, now_ms)["id"])
+        n_cust = counts.get("update_customers", 0)
+        if n_cust and len(self.customers):
+            ids = self.rng.sample(sorted(self.customers.by_id), min(n_cust, len(self.customers)))
+            for cid in ids:
+                now_ms += 1
+                cust = self.customers.by_id[cid]
+                cust["updated_at"] = iso(now_ms)
+                cust["attributes"] = {**cust["attributes"], "tier": "platinum"}
+                self.customers.resort(cid, now_ms)
+                changed.setdefault("customers", []).append(cid)
+        for _ in range(counts.get("new_transfers", 0)):
+            for pd in self.config.payout_destinations:
+                now_ms += 1
+                entry = self._new_transfer(pd, now_ms)
+                changed.setdefault("payout_transfers", []).append(entry["ledger_entry_id"])
+        return {k: len(v) for k, v in changed.items()}
+
+    def dump(self, stream: str, destination: str | None = None) -> list[dict]:
+        """Every object of a stream, for tests that compare a destination with the source."""
+        if stream == "transactions":
+            return list(self.transactions)
+        if stream == "sessions":
+            return list(self.sessions)
+        if stream == "settlements":
+            return list(self.settlements_by_created)
+        if stream == "customers":
+            return list(self.customers)
+        if stream == "payout_transfers":
+            dests = [destination] if destination else list(self.transfers)
+            return [e for d in dests for e in self.transfers.get(d, SortedCollection())]
+        raise KeyError(stream)

@@ -1,0 +1,182 @@
+"""Fault injection for the emulator: per route, by probability or as an exact sequence.
+
+A rule is posted to ``POST /_emulator/faults`` as JSON::
+
+    {"rules": [
+        {"route": "transactions", "probability": 0.2, "status": 429, "retry_after": 1},
+        {"route": "*", "probability": 0.05, "drop": true},
+        {"route": "token", "sequence": [{"status": 503}, {"status": 503}, "ok"]}
+    ]}
+
+An action is any of ``status`` (with ``retry_after`` seconds and ``retry_after_format``
+``"seconds"`` or ``"http-date"`` for 429/503), ``drop`` (close the connection mid-response),
+``latency`` (seconds, alone or before another action), ``malformed`` (200 with broken JSON), or the
+string ``"ok"`` in a sequence. Probability rules matching a request share one draw, so their rates
+add up exactly (20 % + 10 % + 5 % = 35 % of requests faulted).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+ROUTES = (
+    "token",
+    "oidc_token",
+    "authorize",
+    "transactions",
+    "sessions",
+    "settlements",
+    "customers",
+    "payout_transfers",
+)
+
+
+class FaultConfigError(ValueError):
+    """A fault rule the emulator cannot understand."""
+
+
+@dataclass(frozen=True)
+class FaultAction:
+    """What to do to one request instead of (or before) answering it normally."""
+
+    status: int | None = None
+    retry_after: float | None = None
+    retry_after_format: str = "seconds"
+    drop: bool = False
+    latency: float = 0.0
+    malformed: bool = False
+
+    @property
+    def is_noop(self) -> bool:
+        return not (self.status or self.drop or self.latency or self.malformed)
+
+    @property
+    def kind(self) -> str:
+        if self.drop:
+            return "drop"
+        if self.malformed:
+            return "malformed"
+        if self.status:
+            return str(self.status)
+        return "latency" if self.latency else "ok"
+
+    @classmethod
+    def parse(cls, raw: Any) -> FaultAction:
+        if raw == "ok" or raw is None:
+            return cls()
+        if not isinstance(raw, dict):
+            raise FaultConfigError(f"a fault action must be an object or 'ok', got {raw!r}")
+        unknown = set(raw) - {
+            "status",
+            "retry_after",
+            "retry_after_format",
+            "drop",
+            "latency",
+            "malformed",
+            "route",
+            "probability",
+        }
+        if unknown:
+            raise FaultConfigError(f"unknown fault fields: {sorted(unknown)}")
+        status = raw.get("status")
+        if status is not None and (not isinstance(status, int) or not 400 <= status <= 599):
+            raise FaultConfigError(f"status must be an HTTP error code (400-599), got {status!r}")
+        fmt = raw.get("retry_after_format", "seconds")
+        if fmt not in ("seconds", "http-date"):
+            raise FaultConfigError("retry_after_format must be 'seconds' or 'http-date'")
+        return cls(
+            status=status,
+            retry_after=raw.get("retry_after"),
+            retry_after_format=fmt,
+            drop=bool(raw.get("drop", False)),
+            latency=float(raw.get("latency", 0.0)),
+            malformed=bool(raw.get("malformed", False)),
+        )
+
+
+@dataclass
+class FaultRule:
+    route: str
+    action: FaultAction | None = None
+    probability: float = 0.0
+    sequence: deque[FaultAction] | None = None
+
+    def matches(self, route: str) -> bool:
+        return self.route in ("*", route)
+
+
+class FaultInjector:
+    """Holds the active rules and decides, per request, which fault (if any) applies."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self._rules: list[FaultRule] = []
+        self._rng = random.Random(f"faults:{seed}")
+        self._lock = threading.Lock()
+        self.injected: Counter[str] = Counter()
+
+    def configure(self, body: dict) -> None:
+        rules = []
+        for raw in body.get("rules", []):
+            if not isinstance(raw, dict):
+                raise FaultConfigError("each rule must be an object")
+            route = raw.get("route", "*")
+            if route != "*" and route not in ROUTES:
+                raise FaultConfigError(f"unknown route {route!r}; known: '*', {', '.join(ROUTES)}")
+            if "sequence" in raw:
+                seq = raw["sequence"]
+                if not isinstance(seq, list):
+                    raise FaultConfigError("sequence must be a list of actions")
+                rules.append(FaultRule(route, sequence=deque(FaultAction.parse(a) for a in seq)))
+            else:
+                p = float(raw.get("probability", 1.0))
+                if not 0.0 <= p <= 1.0:
+                    raise FaultConfigError("probability must be between 0 and 1")
+                action = FaultAction.parse({k: v for k, v in raw.items() if k != "sequence"})
+                rules.append(FaultRule(route, action=action, probability=p))
+        with self._lock:
+            if body.get("replace", True):
+                self._rules = rules
+            else:
+                self._rules.extend(rules)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules = []
+
+    def describe(self) -> list[dict]:
+        with self._lock:
+            return [
+                {
+                    "route": r.route,
+                    "probability": r.probability if r.sequence is None else None,
+                    "remaining_sequence": len(r.sequence) if r.sequence is not None else None,
+                    "action": r.action.kind if r.action else None,
+                }
+                for r in self._rules
+            ]
+
+    def pick(self, route: str) -> FaultAction | None:
+        """The fault for this request, counting it, or None to answer normally."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.sequence and rule.matches(route):
+                    action = rule.sequence.popleft()
+                    return self._count(action)
+            draw = self._rng.random()
+            acc = 0.0
+            for rule in self._rules:
+                if rule.sequence is None and rule.matches(route) and rule.action is not None:
+                    acc += rule.probability
+                    if draw < acc:
+                        return self._count(rule.action)
+        return None
+
+    def _count(self, action: FaultAction) -> FaultAction | None:
+        if action.is_noop:
+            return None
+        self.injected[action.kind] += 1
+        return action

@@ -1,0 +1,137 @@
+"""The emulator's mutable world: its clock, accounts, issued credentials and counters."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+
+from .config import EmulatorConfig
+from .data import AccountData
+from .faults import FaultInjector
+from .tokens import CodeRecord, RefreshRecord, TokenSigner
+
+
+class Clock:
+    """Emulator time: the configured start plus real elapsed time plus any advances."""
+
+    def __init__(self, start: datetime) -> None:
+        self._start = start
+        self._t0 = time.monotonic()
+        self._advanced = 0.0
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=time.monotonic() - self._t0 + self._advanced)
+
+    def timestamp(self) -> float:
+        return self.now().timestamp()
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        self._advanced += seconds
+
+
+class EmulatorState:
+    """Everything the routes read and write. One per running emulator."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.clock = Clock(config.resolved_start_time())
+        self.accounts = {
+            aid: AccountData(aid, config, self.clock.now()) for aid in config.account_ids
+        }
+        self.signer = TokenSigner()
+        self.faults = FaultInjector(config.seed)
+        self.lock = threading.RLock()
+        #: Tokens with a generation below this are revoked ("revoke all tokens now").
+        self.min_generation = 0
+        self._generation = 0
+        self.codes: dict[str, CodeRecord] = {}
+        self.refresh_tokens: dict[str, RefreshRecord] = {}
+        #: Every access token, refresh token and code issued, for secret scans in tests.
+        self.issued: dict[str, list[str]] = defaultdict(list)
+        self.token_grants: Counter[str] = Counter()
+        self.token_grant_failures: Counter[str] = Counter()
+        self.requests: dict[str, Counter[str]] = defaultdict(Counter)
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def issue_access_token(
+        self, *, client_id: str, account_id: str, audience: str, sub: str, grant: str
+    ) -> tuple[str, int]:
+        with self.lock:
+            self._generation += 1
+            now = self.clock.timestamp()
+            claims = {
+                "iss": "https://emulator.dintero.invalid",
+                "sub": sub,
+                "aud": audience,
+                "account_id": account_id,
+                "client_id": client_id,
+                "gty": grant,
+                "scope": "admin:checkout read:settlements read:customers read:payout",
+                "iat": int(now),
+                "exp": int(now) + self.config.token_lifetime,
+                "gen": self._generation,
+                "jti": secrets.token_hex(8),
+            }
+            token = self.signer.sign(claims)
+            self.issued["access_tokens"].append(token)
+            return token, self.config.token_lifetime
+
+    def check_access_token(self, token: str) -> tuple[dict | None, str]:
+        """The token's claims and "" when valid, else None and why not."""
+        claims = self.signer.verify(token)
+        if claims is None:
+            return None, "Access forbidden, invalid JWT token was used"
+        if claims.get("exp", 0) <= self.clock.timestamp():
+            return None, "Access forbidden, the JWT token has expired"
+        if claims.get("gen", 0) < self.min_generation:
+            return None, "Access forbidden, the JWT token was revoked"
+        return claims, ""
+
+    def revoke_all_tokens(self) -> None:
+        with self.lock:
+            self.min_generation = self._generation + 1
+
+    def issue_refresh_token(self, record: RefreshRecord) -> str:
+        token = "rt_" + secrets.token_urlsafe(32)
+        with self.lock:
+            self.refresh_tokens[token] = record
+            self.issued["refresh_tokens"].append(token)
+        return token
+
+    def issue_code(self, record: CodeRecord) -> str:
+        code = secrets.token_urlsafe(24)
+        with self.lock:
+            self.codes[code] = record
+            self.issued["codes"].append(code)
+        return code
+
+    # -- counters ------------------------------------------------------------------------------
+
+    def count_request(self, route: str, status: int | str) -> None:
+        self.requests[route][str(status)] += 1
+
+    def stats(self) -> dict:
+        grants = {g: self.token_grants.get(g, 0) for g in _GRANTS}
+        return {
+            "now": self.clock.now().isoformat(),
+            "token_grants": grants,
+            "token_grant_failures": dict(self.token_grant_failures),
+            "requests": {route: dict(c) for route, c in self.requests.items()},
+            "requests_total": sum(sum(c.values()) for c in self.requests.values()),
+            "faults_injected": dict(self.faults.injected),
+        }
+
+    def reset_stats(self) -> None:
+        self.token_grants.clear()
+        self.token_grant_failures.clear()
+        self.requests.clear()
+        self.faults.injected.clear()
+
+
+_GRANTS = ("client_credentials", "refresh_token", "authorization_code")

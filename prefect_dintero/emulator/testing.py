@@ -1,0 +1,44 @@
+"""pytest fixtures for testing your own flows against the emulator.
+
+Installed as a pytest plugin, so in any project with prefect-dintero installed::
+
+    def test_my_flow(dintero_emulator):
+        creds = DinteroCredentials(
+            account_id="T12345678",
+            client_id=dintero_emulator.config.client_id,
+            client_secret=dintero_emulator.config.client_secret,
+            api_url=dintero_emulator.url,
+            checkout_url=dintero_emulator.url,
+        )
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .config import EmulatorConfig
+from .server import EmulatorServer
+
+
+@pytest.fixture
+def dintero_emulator_factory() -> Iterator[Callable[..., EmulatorServer]]:
+    """Start emulators with your own :class:`EmulatorConfig` fields; all stop after the test."""
+    started: list[EmulatorServer] = []
+
+    def start(config: EmulatorConfig | None = None, **fields) -> EmulatorServer:
+        server = EmulatorServer(config or EmulatorConfig(**fields)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def dintero_emulator(dintero_emulator_factory) -> EmulatorServer:
+    """A running emulator with the default configuration (account ``T12345678``)."""
+    return dintero_emulator_factory()

@@ -1,0 +1,1 @@
+"""Prefect tasks of prefect-dintero (installed as ``prefect_dintero.tasks``)."""

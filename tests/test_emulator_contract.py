@@ -1,0 +1,868 @@
+"""Contract tests of the bundled Dintero emulator: every route, shape, paging style and fault."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from email.utils import parsedate_to_datetime
+
+import httpx
+import pytest
+
+from prefect_dintero.emulator import EmulatorConfig, running_emulator
+
+AID = "T12345678"
+AUD = f"https://api.dintero.com/v1/accounts/{AID}"
+# One client for the whole module: a new httpx client per call costs ~50 ms of SSL setup.
+HTTP = httpx.Client(timeout=30)
+SMALL = dict(
+    transactions=57, sessions=33, settlements=25, customers=41, transfers_per_destination=23
+)
+
+
+def service_token(emu, account: str = AID, audience: str | None = None) -> str:
+    r = HTTP.post(
+        f"{emu.url}/v1/accounts/{account}/auth/token",
+        auth=(emu.config.client_id, emu.config.client_secret),
+        json={
+            "grant_type": "client_credentials",
+            "audience": audience or f"https://api.dintero.com/v1/accounts/{account}",
+        },
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
+def claims_of(jwt: str) -> dict:
+    payload = jwt.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_dintero_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and isinstance(body["error"]["message"], str)
+    assert "code" in body["error"]
+    return body["error"]
+
+
+@pytest.fixture(scope="module")
+def emu():
+    """A read-only emulator shared by the module's paging and filter tests."""
+    with running_emulator(EmulatorConfig(account_ids=[AID, "T87654321"], **SMALL)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def token(emu) -> str:
+    return service_token(emu)
+
+
+# -- client credentials ----------------------------------------------------------------------
+
+
+def test_client_credentials_shape_and_jwt(emu):
+    r = HTTP.post(
+        f"{emu.url}/v1/accounts/{AID}/auth/token",
+        auth=("emulator-client", "emulator-secret"),
+        json={"grant_type": "client_credentials", "audience": AUD},
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
+    claims = claims_of(body["access_token"])
+    assert claims["aud"] == AUD and claims["exp"] - claims["iat"] == 3600 and claims["scope"]
+
+
+def test_local_origin_audience_is_accepted(emu):
+    token = service_token(emu, audience=f"{emu.url}/v1/accounts/{AID}")
+    assert claims_of(token)["account_id"] == AID
+
+
+@pytest.mark.parametrize(
+    ("auth", "body", "path_account", "status"),
+    [
+        (
+            ("emulator-client", "wrong"),
+            {"grant_type": "client_credentials", "audience": AUD},
+            AID,
+            401,
+        ),
+        (None, {"grant_type": "client_credentials", "audience": AUD}, AID, 401),
+        (
+            ("nobody", "emulator-secret"),
+            {"grant_type": "client_credentials", "audience": AUD},
+            AID,
+            401,
+        ),
+        (
+            ("emulator-client", "emulator-secret"),
+            {
+                "grant_type": "client_credentials",
+                "audience": "https://api.dintero.com/v1/accounts/T11111111",
+            },
+            AID,
+            403,
+        ),
+        (("emulator-client", "emulator-secret"), {"grant_type": "client_credentials"}, AID, 403),
+        (
+            ("emulator-client", "emulator-secret"),
+            {"grant_type": "client_credentials", "audience": AUD},
+            "X123",
+            400,
+        ),
+        (
+            ("emulator-client", "emulator-secret"),
+            {"grant_type": "password", "audience": AUD},
+            AID,
+            400,
+        ),
+    ],
+)
+def test_client_credentials_errors(emu, auth, body, path_account, status):
+    r = HTTP.post(f"{emu.url}/v1/accounts/{path_account}/auth/token", auth=auth, json=body)
+    assert_dintero_error(r, status)
+
+
+def test_token_endpoint_rejects_non_json(emu):
+    r = HTTP.post(f"{emu.url}/v1/accounts/{AID}/auth/token", content=b"grant_type=x")
+    assert_dintero_error(r, 400)
+
+
+# -- data auth ------------------------------------------------------------------------------
+
+
+def test_data_requires_a_valid_token(emu, token):
+    assert_dintero_error(HTTP.get(f"{emu.url}/v1/transactions"), 401)
+    assert_dintero_error(HTTP.get(f"{emu.url}/v1/transactions", headers=bearer("a.b.c")), 401)
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert_dintero_error(HTTP.get(f"{emu.url}/v1/transactions", headers=bearer(forged)), 401)
+
+
+def test_token_for_another_account_is_forbidden(emu, token):
+    other = "T87654321"
+    r = HTTP.get(f"{emu.url}/v1/accounts/{other}/settlements", headers=bearer(token))
+    assert_dintero_error(r, 403)
+    r = HTTP.get(f"{emu.url}/v1/accounts/T1234/settlements", headers=bearer(token))
+    assert_dintero_error(r, 400)
+
+
+def test_expired_and_revoked_tokens_get_401(dintero_emulator_factory):
+    emu = dintero_emulator_factory(token_lifetime=60, **SMALL)
+    token = service_token(emu)
+    assert HTTP.get(f"{emu.url}/v1/transactions", headers=bearer(token)).status_code == 200
+    emu.advance_clock(61)
+    err = assert_dintero_error(HTTP.get(f"{emu.url}/v1/transactions", headers=bearer(token)), 401)
+    assert "expired" in err["message"]
+    fresh = service_token(emu)
+    emu.revoke_all_tokens()
+    err = assert_dintero_error(HTTP.get(f"{emu.url}/v1/transactions", headers=bearer(fresh)), 401)
+    assert "revoked" in err["message"]
+    assert (
+        HTTP.get(f"{emu.url}/v1/transactions", headers=bearer(service_token(emu))).status_code
+        == 200
+    )
+
+
+# -- pagination: every object exactly once ----------------------------------------------------
+
+
+def page_bare_array(emu, token, path, limit, params=None):
+    seen, after, requests = [], None, 0
+    while True:
+        q = {"limit": limit, **(params or {})}
+        if after:
+            q["starting_after"] = after
+        rows = HTTP.get(f"{emu.url}{path}", params=q, headers=bearer(token)).json()
+        requests += 1
+        assert isinstance(rows, list)
+        seen.extend(rows)
+        if len(rows) < limit:
+            return seen, requests
+        after = rows[-1]["id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "stream"), [("/v1/transactions", "transactions"), ("/v1/sessions", "sessions")]
+)
+def test_checkout_lists_page_exactly_once_newest_first(emu, token, path, stream):
+    rows, requests = page_bare_array(emu, token, path, 7)
+    source = emu.dump(stream)
+    assert sorted(r["id"] for r in rows) == sorted(s["id"] for s in source)
+    assert len({r["id"] for r in rows}) == len(rows)
+    created = [r["created_at"] for r in rows]
+    assert created == sorted(created, reverse=True)
+    assert requests == len(source) // 7 + 1
+    assert all(r["id"].startswith(f"{AID}.") and len(r["id"]) == len(AID) + 1 + 22 for r in rows)
+
+
+def test_default_limit_is_10(emu, token):
+    assert len(HTTP.get(f"{emu.url}/v1/transactions", headers=bearer(token)).json()) == 10
+
+
+def test_settlements_last_evaluated_key_pages_exactly_once(emu, token):
+    for params, date_field in (
+        ({}, "settled_at"),
+        ({"item_created_at.gte": "2000-01-01T00:00:00Z"}, "created_at"),
+    ):
+        seen, q = [], {"limit": 6, **params}
+        while True:
+            body = HTTP.get(
+                f"{emu.url}/v1/accounts/{AID}/settlements", params=q, headers=bearer(token)
+            ).json()
+            assert set(body) <= {"items", "last_evaluated_key"}
+            seen.extend(body["items"])
+            key = body.get("last_evaluated_key")
+            if not key:
+                break
+            assert set(key) == {"id", "account_id", "settled_at", "created_at"}
+            q = {
+                "limit": 6,
+                **params,
+                "starting_after_id": key["id"],
+                "starting_after_date": key[date_field],
+            }
+        assert sorted(s["id"] for s in seen) == sorted(s["id"] for s in emu.dump("settlements"))
+        dates = [s[date_field] for s in seen]
+        assert dates == sorted(dates, reverse=True)
+
+
+def test_customers_starting_after_pages_exactly_once_by_updated_at(emu, token):
+    rows, _ = page_bare_array(emu, token, f"/v1/accounts/{AID}/customers/users", 9)
+    assert sorted(r["id"] for r in rows) == sorted(c["id"] for c in emu.dump("customers"))
+    updated = [r["updated_at"] for r in rows]
+    assert updated == sorted(updated)
+
+
+def test_customers_since_datetime_is_inclusive_and_walks_forward(emu, token):
+    source = emu.dump("customers")
+    seen: dict[str, dict] = {}
+    since = "2000-01-01T00:00:00Z"
+    for _ in range(100):
+        rows = HTTP.get(
+            f"{emu.url}/v1/accounts/{AID}/customers/users",
+            params={"limit": 10, "since_datetime": since},
+            headers=bearer(token),
+        ).json()
+        new = [r for r in rows if r["id"] not in seen]
+        seen.update((r["id"], r) for r in rows)
+        if len(rows) < 10 or not new:
+            break
+        since = rows[-1]["updated_at"]  # inclusive: the boundary row comes back once more
+    assert sorted(seen) == sorted(c["id"] for c in source)
+
+
+def test_payout_transfers_next_page_token_pages_exactly_once(emu, token):
+    for pd in emu.config.payout_destinations:
+        seen, q = [], {"limit": 5}
+        while True:
+            body = HTTP.get(
+                f"{emu.url}/v2/accounts/{AID}/payout/payout-destinations/{pd}/transfers",
+                params=q,
+                headers=bearer(token),
+            ).json()
+            seen.extend(body["entries"])
+            if not body.get("next_page_token"):
+                break
+            q = {"limit": 5, "page": body["next_page_token"]}
+        assert sorted(e["ledger_entry_id"] for e in seen) == sorted(
+            e["ledger_entry_id"] for e in emu.dump("payout_transfers", destination=pd)
+        )
+        assert {e["payout_destination_id"] for e in seen} == {pd}
+
+
+# -- filters and parameter errors -------------------------------------------------------------
+
+
+def test_created_at_window_filters(emu, token):
+    source = sorted(emu.dump("transactions"), key=lambda t: t["created_at"])
+    lo, hi = source[10]["created_at"], source[30]["created_at"]
+    rows, _ = page_bare_array(
+        emu, token, "/v1/transactions", 100, {"created_at.gte": lo, "created_at.lte": hi}
+    )
+    assert sorted(r["id"] for r in rows) == sorted(t["id"] for t in source[10:31])
+
+
+def test_status_filter_is_repeatable(emu, token):
+    rows = HTTP.get(
+        f"{emu.url}/v1/transactions",
+        params=[("limit", "100"), ("status", "CAPTURED"), ("status", "REFUNDED")],
+        headers=bearer(token),
+    ).json()
+    expected = [t for t in emu.dump("transactions") if t["status"] in ("CAPTURED", "REFUNDED")]
+    assert sorted(r["id"] for r in rows) == sorted(t["id"] for t in expected)
+
+
+def test_settlement_item_created_at_filter(emu, token):
+    source = sorted(emu.dump("settlements"), key=lambda s: s["created_at"])
+    lo = source[5]["created_at"]
+    body = HTTP.get(
+        f"{emu.url}/v1/accounts/{AID}/settlements",
+        params={"limit": 1000, "item_created_at.gte": lo},
+        headers=bearer(token),
+    ).json()
+    assert sorted(s["id"] for s in body["items"]) == sorted(s["id"] for s in source[5:])
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/transactions", {"limit": 0}),
+        ("/v1/transactions", {"limit": 101}),
+        ("/v1/transactions", {"limit": "ten"}),
+        ("/v1/transactions", {"created_at.gte": "yesterday"}),
+        ("/v1/transactions", {"starting_after": f"{AID}.doesnotexist"}),
+        ("/v1/transactions", {"status": "PAID"}),
+        ("/v1/sessions", {"limit": 1000}),
+        (f"/v1/accounts/{AID}/settlements", {"limit": 1001}),
+        (f"/v1/accounts/{AID}/settlements", {"starting_after_id": "x"}),
+        (
+            f"/v1/accounts/{AID}/settlements",
+            {"created_at.gte": "2020-01-01", "item_created_at.gte": "2020-01-01"},
+        ),
+        (
+            f"/v1/accounts/{AID}/customers/users",
+            {"since_datetime": "2020-01-01", "starting_after": "x"},
+        ),
+        (f"/v1/accounts/{AID}/customers/users", {"limit": 101}),
+        (
+            f"/v2/accounts/{AID}/payout/payout-destinations/PD-main/transfers",
+            {"page": "!!notatoken"},
+        ),
+        (f"/v2/accounts/{AID}/payout/payout-destinations/PD-main/transfers", {"limit": 1001}),
+    ],
+)
+def test_bad_parameters_get_400_with_dintero_body(emu, token, path, params):
+    assert_dintero_error(HTTP.get(f"{emu.url}{path}", params=params, headers=bearer(token)), 400)
+
+
+def test_unknown_payout_destination_and_route_get_404(emu, token):
+    r = HTTP.get(
+        f"{emu.url}/v2/accounts/{AID}/payout/payout-destinations/nope/transfers",
+        headers=bearer(token),
+    )
+    assert_dintero_error(r, 404)
+    assert_dintero_error(HTTP.get(f"{emu.url}/v1/nothing-here", headers=bearer(token)), 404)
+
+
+# -- the OIDC seed contract ---------------------------------------------------------------------
+
+
+def oidc_body(emu, code: str, **extra) -> dict:
+    return {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": emu.config.client_id,
+        "audience": AUD,
+        **extra,
+    }
+
+
+def test_authorize_redirects_with_code_and_state(dintero_emulator):
+    emu = dintero_emulator
+    r = HTTP.get(emu.authorize_url(state="xyz"), follow_redirects=False)
+    assert r.status_code == 302
+    location = httpx.URL(r.headers["location"])
+    assert str(location).startswith(emu.config.redirect_uris[0])
+    assert location.params["state"] == "xyz" and len(location.params["code"]) > 20
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"response_type": "token"},
+        {"client_id": "other"},
+        {"redirect_uri": "https://evil.example/cb"},
+        {"scope": "profile"},
+    ],
+)
+def test_authorize_rejects_bad_requests_without_redirecting(dintero_emulator, override):
+    emu = dintero_emulator
+    params = {
+        "response_type": "code",
+        "client_id": emu.config.client_id,
+        "redirect_uri": emu.config.redirect_uris[0],
+        "state": "s",
+        "scope": "openid",
+        **override,
+    }
+    r = HTTP.get(f"{emu.url}/oidc/authorize", params=params, follow_redirects=False)
+    assert_dintero_error(r, 400)
+
+
+def test_oidc_exchange_exact_shapes_and_single_use(dintero_emulator):
+    emu = dintero_emulator
+    token = service_token(emu)
+    code = emu.authorization_code()
+    url = f"{emu.url}/v1/accounts/{AID}/auth/oidc/token"
+    r = HTTP.post(
+        url,
+        headers=bearer(token),
+        json=oidc_body(emu, code, redirect_uri=emu.config.redirect_uris[0]),
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {
+        "access_token",
+        "token_type",
+        "expires_in",
+        "user_info",
+    }  # no refresh token by default
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
+    assert body["user_info"] == {
+        "authority": emu.config.user.authority,
+        "value": {"sub": emu.config.user.sub, "name": emu.config.user.name},
+    }
+    user_token = body["access_token"]
+    assert claims_of(user_token)["sub"] == emu.config.user.sub
+    assert HTTP.get(f"{emu.url}/v1/transactions", headers=bearer(user_token)).status_code == 200
+    err = assert_dintero_error(
+        HTTP.post(url, headers=bearer(token), json=oidc_body(emu, code)), 400
+    )
+    assert err["code"] == "invalid_grant" and "already been used" in err["message"]
+    # A user token is not a client-credentials token: it cannot authorise an exchange.
+    assert_dintero_error(
+        HTTP.post(url, headers=bearer(user_token), json=oidc_body(emu, emu.authorization_code())),
+        403,
+    )
+
+
+def test_oidc_exchange_errors(dintero_emulator):
+    emu = dintero_emulator
+    token = service_token(emu)
+    url = f"{emu.url}/v1/accounts/{AID}/auth/oidc/token"
+    assert_dintero_error(HTTP.post(url, json=oidc_body(emu, emu.authorization_code())), 401)
+    assert_dintero_error(
+        HTTP.post(
+            url, headers=bearer(token), json={**oidc_body(emu, "c"), "grant_type": "refresh_token"}
+        ),
+        400,
+    )
+    err = assert_dintero_error(
+        HTTP.post(
+            url, headers=bearer(token), json={"grant_type": "authorization_code", "code": "x"}
+        ),
+        400,
+    )
+    assert "client_id" in err["message"] and "audience" in err["message"]
+    assert_dintero_error(
+        HTTP.post(url, headers=bearer(token), json=oidc_body(emu, "made-up-code")), 400
+    )
+    assert_dintero_error(
+        HTTP.post(
+            url,
+            headers=bearer(token),
+            json={**oidc_body(emu, emu.authorization_code()), "client_id": "other"},
+        ),
+        403,
+    )
+    assert_dintero_error(
+        HTTP.post(
+            url,
+            headers=bearer(token),
+            json={
+                **oidc_body(emu, emu.authorization_code()),
+                "audience": "https://api.dintero.com/v1/accounts/T99999999",
+            },
+        ),
+        400,
+    )
+    code = emu.authorization_code()
+    err = assert_dintero_error(
+        HTTP.post(
+            url,
+            headers=bearer(token),
+            json=oidc_body(emu, code, redirect_uri="http://127.0.0.1:1/other"),
+        ),
+        400,
+    )
+    assert "redirect_uri" in err["message"]
+    # The mismatch did not burn the code: the right redirect URI still works.
+    assert (
+        HTTP.post(
+            url,
+            headers=bearer(token),
+            json=oidc_body(emu, code, redirect_uri=emu.config.redirect_uris[0]),
+        ).status_code
+        == 200
+    )
+
+
+def test_codes_expire(dintero_emulator_factory):
+    emu = dintero_emulator_factory(code_lifetime=60, token_lifetime=3600, **SMALL)
+    code = emu.authorization_code()
+    emu.advance_clock(61)
+    r = HTTP.post(
+        f"{emu.url}/v1/accounts/{AID}/auth/oidc/token",
+        headers=bearer(service_token(emu)),
+        json=oidc_body(emu, code),
+    )
+    err = assert_dintero_error(r, 400)
+    assert "expired" in err["message"]
+
+
+def refresh(emu, service: str, refresh_token: str) -> httpx.Response:
+    return HTTP.post(
+        f"{emu.url}/v1/accounts/{AID}/auth/token",
+        headers=bearer(service),
+        json={"grant_type": "refresh_token", "refresh_token": refresh_token},
+    )
+
+
+def test_refresh_rotation_over_five_rotations(dintero_emulator_factory):
+    emu = dintero_emulator_factory(refresh_tokens=True, rotate_refresh_tokens=True, **SMALL)
+    service = service_token(emu)
+    body = HTTP.post(
+        f"{emu.url}/v1/accounts/{AID}/auth/oidc/token",
+        headers=bearer(service),
+        json=oidc_body(emu, emu.authorization_code()),
+    ).json()
+    current, used = body["refresh_token"], []
+    for _ in range(5):
+        r = refresh(emu, service, current)
+        assert r.status_code == 200, r.text
+        new = r.json()
+        assert set(new) == {"access_token", "token_type", "expires_in", "refresh_token"}
+        assert new["refresh_token"] != current
+        assert claims_of(new["access_token"])["sub"] == emu.config.user.sub
+        used.append(current)
+        current = new["refresh_token"]
+    for old in used:
+        err = assert_dintero_error(refresh(emu, service, old), 400)
+        assert err["code"] == "invalid_grant"
+    assert emu.stats()["token_grants"]["refresh_token"] == 5
+    # The refresh grant needs a service token of the client, not the user's own token.
+    assert_dintero_error(refresh(emu, new["access_token"], current), 403)
+    assert_dintero_error(refresh(emu, "not-a-token", current), 401)
+
+
+def test_refresh_without_rotation_omits_refresh_token(dintero_emulator_factory):
+    emu = dintero_emulator_factory(refresh_tokens=True, rotate_refresh_tokens=False, **SMALL)
+    service = service_token(emu)
+    rt = HTTP.post(
+        f"{emu.url}/v1/accounts/{AID}/auth/oidc/token",
+        headers=bearer(service),
+        json=oidc_body(emu, emu.authorization_code()),
+    ).json()["refresh_token"]
+    for _ in range(3):
+        r = refresh(emu, service, rt)
+        assert r.status_code == 200 and "refresh_token" not in r.json()
+
+
+# -- faults -------------------------------------------------------------------------------------
+
+
+def test_each_fault_kind(dintero_emulator):
+    emu = dintero_emulator
+    h = bearer(service_token(emu))
+    emu.set_faults(
+        {
+            "route": "transactions",
+            "sequence": [
+                {"status": 429, "retry_after": 2},
+                {"status": 429, "retry_after": 3, "retry_after_format": "http-date"},
+                {"status": 500},
+                {"status": 502},
+                {"status": 503},
+                {"status": 401},
+                {"drop": True},
+                {"malformed": True},
+                {"latency": 0.3},
+                "ok",
+            ],
+        }
+    )
+    url = f"{emu.url}/v1/transactions"
+    r = HTTP.get(url, headers=h)
+    assert_dintero_error(r, 429)
+    assert r.headers["retry-after"] == "2"
+    r = HTTP.get(url, headers=h)
+    assert r.status_code == 429
+    delay = parsedate_to_datetime(r.headers["retry-after"]).timestamp() - time.time()
+    assert 1 <= delay <= 4
+    for status in (500, 502, 503, 401):
+        assert_dintero_error(HTTP.get(url, headers=h), status)
+    with pytest.raises(httpx.RemoteProtocolError):
+        HTTP.get(url, headers=h)
+    r = HTTP.get(url, headers=h)
+    assert r.status_code == 200
+    with pytest.raises(json.JSONDecodeError):
+        r.json()
+    t0 = time.monotonic()
+    assert HTTP.get(url, headers=h).status_code == 200
+    assert time.monotonic() - t0 >= 0.3
+    assert HTTP.get(url, headers=h).status_code == 200  # "ok", then the sequence is spent
+    assert HTTP.get(url, headers=h).status_code == 200
+    stats = emu.stats()
+    assert stats["faults_injected"] == {
+        "429": 2,
+        "500": 1,
+        "502": 1,
+        "503": 1,
+        "401": 1,
+        "drop": 1,
+        "malformed": 1,
+        "latency": 1,
+    }
+    assert stats["requests"]["transactions"]["dropped"] == 1
+    # Faults on one route leave the others alone.
+    assert HTTP.get(f"{emu.url}/v1/sessions", headers=h).status_code == 200
+
+
+def test_probability_rules_share_one_draw(dintero_emulator):
+    emu = dintero_emulator
+    h = bearer(service_token(emu))
+    emu.set_faults(
+        {"route": "sessions", "probability": 0.2, "status": 429, "retry_after": 0},
+        {"route": "*", "probability": 0.1, "status": 503},
+    )
+    statuses = [
+        HTTP.get(f"{emu.url}/v1/sessions", headers=h, params={"limit": 1}).status_code
+        for _ in range(400)
+    ]
+    faulted = sum(s != 200 for s in statuses)
+    assert 0.2 * 400 < faulted < 0.4 * 400  # 30 % expected
+    assert {429, 503, 200} == set(statuses)
+    emu.clear_faults()
+    assert all(HTTP.get(f"{emu.url}/v1/sessions", headers=h).status_code == 200 for _ in range(20))
+
+
+def test_faults_on_the_token_route(dintero_emulator):
+    emu = dintero_emulator
+    emu.set_faults({"route": "token", "sequence": [{"status": 503}]})
+    r = HTTP.post(
+        f"{emu.url}/v1/accounts/{AID}/auth/token",
+        auth=("emulator-client", "emulator-secret"),
+        json={"grant_type": "client_credentials", "audience": AUD},
+    )
+    assert_dintero_error(r, 503)
+    assert service_token(emu)
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        [{"route": "nowhere", "status": 500}],
+        [{"status": 200}],
+        [{"probability": 2, "status": 500}],
+        [{"sequence": "x"}],
+        [{"status": 500, "bogus": 1}],
+    ],
+)
+def test_bad_fault_rules_are_rejected(dintero_emulator, rules):
+    r = HTTP.post(f"{dintero_emulator.url}/_emulator/faults", json={"rules": rules})
+    assert_dintero_error(r, 400)
+
+
+# -- counters, clock, mutations, determinism ------------------------------------------------
+
+
+def test_counters_by_grant_route_and_status(dintero_emulator):
+    emu = dintero_emulator
+    emu.reset_stats()
+    token = service_token(emu)
+    service_token(emu)
+    HTTP.post(
+        f"{emu.url}/v1/accounts/{AID}/auth/token",
+        auth=("emulator-client", "bad"),
+        json={"grant_type": "client_credentials", "audience": AUD},
+    )
+    HTTP.post(
+        f"{emu.url}/v1/accounts/{AID}/auth/oidc/token",
+        headers=bearer(token),
+        json=oidc_body(emu, emu.authorization_code()),
+    )
+    HTTP.get(f"{emu.url}/v1/transactions", headers=bearer(token))
+    HTTP.get(f"{emu.url}/v1/transactions")
+    stats = emu.stats()
+    assert stats["token_grants"] == {
+        "client_credentials": 2,
+        "refresh_token": 0,
+        "authorization_code": 1,
+    }
+    assert stats["token_grant_failures"] == {"client_credentials": 1}
+    assert stats["requests"]["token"] == {"200": 2, "401": 1}
+    assert stats["requests"]["transactions"] == {"200": 1, "401": 1}
+    assert stats["requests"]["authorize"] == {"302": 1}
+    assert stats["requests_total"] == 7
+    assert emu.reset_stats()["requests_total"] == 0
+
+
+def test_clock_and_mutations(dintero_emulator):
+    emu = dintero_emulator
+    before = {t["id"]: t for t in emu.dump("transactions")}
+    newest = max(t["created_at"] for t in before.values())
+    result = emu.advance_clock(
+        86_400,
+        new_transactions=5,
+        new_customers=2,
+        update_customers=2,
+        new_settlements=1,
+        new_sessions=2,
+        new_transfers=1,
+    )
+    changed = result["changed"][AID]
+    assert changed["transactions"] == 5 and changed["customers"] == 4
+    # Only transactions still in motion change; the window reaches back over the whole history.
+    changed = emu.mutate(update_transactions=3, recent_days=400)["changed"][AID]
+    assert changed == {"transactions": 3}
+    after = {t["id"]: t for t in emu.dump("transactions")}
+    new_ids = set(after) - set(before)
+    assert len(new_ids) == 5 and all(after[i]["created_at"] > newest for i in new_ids)
+    updated = [i for i in before if after[i]["updated_at"] != before[i]["updated_at"]]
+    assert all(
+        before[i]["status"] in ("INITIATED", "AUTHORIZED", "CAPTURED", "PARTIALLY_REFUNDED")
+        for i in updated
+    )
+    assert len(updated) == 3
+    assert all(
+        after[i]["status"] != before[i]["status"]
+        and len(after[i]["events"]) > len(before[i]["events"])
+        for i in updated
+    )
+    token = service_token(emu)  # the day that passed expired the old one
+    first_page = HTTP.get(
+        f"{emu.url}/v1/transactions", params={"limit": 5}, headers=bearer(token)
+    ).json()
+    assert {t["id"] for t in first_page} == new_ids
+    # Updated and new customers move to the end of the since_datetime order.
+    rows, _ = page_bare_array(emu, token, f"/v1/accounts/{AID}/customers/users", 100)
+    assert [r["attributes"]["tier"] for r in rows[-2:]] == ["platinum", "platinum"]
+    assert len(emu.dump("payout_transfers")) == 2 * 61
+    assert_dintero_error(HTTP.post(f"{emu.url}/_emulator/clock", json={"advance_seconds": -5}), 400)
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    cfg = dict(transactions=20, sessions=5, settlements=5, customers=5, transfers_per_destination=5)
+    from datetime import UTC, datetime
+
+    start = datetime(2026, 6, 1, tzinfo=UTC)
+    with (
+        running_emulator(EmulatorConfig(seed=7, start_time=start, **cfg)) as a,
+        running_emulator(EmulatorConfig(seed=7, start_time=start, **cfg)) as b,
+        running_emulator(EmulatorConfig(seed=8, start_time=start, **cfg)) as c,
+    ):
+        assert a.dump("transactions") == b.dump("transactions")
+        assert a.dump("customers") == b.dump("customers")
+        assert a.dump("transactions") != c.dump("transactions")
+
+
+def test_object_shapes_are_realistic(emu):
+    t = emu.dump("transactions")[0]
+    assert {
+        "id",
+        "session_id",
+        "created_at",
+        "updated_at",
+        "amount",
+        "currency",
+        "status",
+        "payment_product",
+        "payment_product_type",
+        "items",
+        "events",
+        "merchant_reference",
+    } <= set(t)
+    assert isinstance(t["amount"], int) and t["amount"] == sum(i["amount"] for i in t["items"])
+    assert t["currency"] in {"NOK", "SEK", "DKK", "EUR"} and t["created_at"].endswith("Z")
+    created = {x["created_at"][:7] for x in emu.dump("transactions")}
+    assert len(created) >= 4  # spread over months
+    s = emu.dump("settlements")[0]
+    a = s["amounts"][0]
+    assert a["amount"] == a["capture"] - a["refund"] - a["fee"]
+
+
+def test_issued_lists_every_secret_handed_out(dintero_emulator):
+    emu = dintero_emulator
+    token = service_token(emu)
+    code = emu.authorization_code()
+    issued = emu.issued()
+    assert token in issued["access_tokens"] and code in issued["codes"]
+    assert issued["client_secret"] == emu.config.client_secret
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_emulator_serves_with_flags():
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefect_dintero.cli",
+        "emulator",
+        "--port",
+        str(port),
+        "--account-id",
+        "T11112222",
+        "--client-id",
+        "cli-client",
+        "--client-secret",
+        "cli-secret",
+        "--redirect-uri",
+        "http://127.0.0.1:9/cb",
+        "--token-lifetime",
+        "120",
+        "--refresh-tokens",
+        "--transactions",
+        "12",
+        "--seed",
+        "3",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = [proc.stdout.readline() for _ in range(3)]
+        assert (
+            f"http://127.0.0.1:{port}" in banner[0]
+            and "T11112222" in banner[1]
+            and "cli-client" in banner[2]
+        )
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                HTTP.get(f"{url}/_emulator/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        r = HTTP.post(
+            f"{url}/v1/accounts/T11112222/auth/token",
+            auth=("cli-client", "cli-secret"),
+            json={"grant_type": "client_credentials", "audience": f"{url}/v1/accounts/T11112222"},
+        )
+        assert r.json()["expires_in"] == 120
+        rows = HTTP.get(
+            f"{url}/v1/transactions",
+            params={"limit": 100},
+            headers=bearer(r.json()["access_token"]),
+        ).json()
+        assert len(rows) == 12
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+
+
+def test_cli_rejects_bad_fault_json():
+    r = subprocess.run(
+        [sys.executable, "-m", "prefect_dintero.cli", "emulator", "--faults", "{nope"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
+    assert r.returncode == 2 and "--faults" in r.stderr and "Traceback" not in r.stderr
