@@ -33,3 +33,7 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/emulator_throughput.py --seconds 10
+	$(BIN)/python benchmarks/token_economy.py --seconds 30 --lifetime 5

@@ -1,0 +1,69 @@
+"""``httpx.Auth`` for Dintero: Bearer header, one renewal and one retry on 401."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Generator
+
+import httpx
+
+from .provider import TokenProvider
+
+
+def is_replayable(request: httpx.Request) -> bool:
+    """Whether the request's body can be sent again (bytes and JSON can; generators can't)."""
+    return isinstance(request.stream, httpx.ByteStream)
+
+
+class DinteroAuth(httpx.Auth):
+    """Authenticates each request with the provider's current token.
+
+    On a 401 the rejected token is invalidated only if it is still the current one (another
+    request may have renewed it already), a token is obtained (renewed once, for everyone), and
+    the request is retried once. A second 401 is returned to the caller, which raises
+    ``AuthenticationError``: never a retry loop. Requests whose body can't be replayed are not
+    retried.
+    """
+
+    def __init__(self, provider: TokenProvider) -> None:
+        self.provider = provider
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        # Renewal does I/O, which httpx forbids in the shared auth_flow; both forms below override.
+        raise RuntimeError("DinteroAuth implements sync_auth_flow and async_auth_flow only")
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        # Judged before sending: a transport that buffers the body would make any body
+        # look replayable afterwards.
+        replayable = is_replayable(request)
+        token = self.provider.get_token()
+        request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
+        response = yield request
+        if response.status_code != 401 or not replayable:
+            return
+        self.provider.invalidate(token)
+        self.provider.stats.add(auth_retries=1)
+        token = self.provider.get_token()
+        request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
+        yield request
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        # Judged before sending: a transport that buffers the body would make any body
+        # look replayable afterwards.
+        replayable = is_replayable(request)
+        token = await self.provider.aget_token()
+        request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
+        response = yield request
+        if response.status_code != 401 or not replayable:
+            return
+        await self.provider.ainvalidate(token)
+        self.provider.stats.add(auth_retries=1)
+        token = await self.provider.aget_token()
+        request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
+        yield request
+
+    def __repr__(self) -> str:
+        return f"DinteroAuth({self.provider!r})"

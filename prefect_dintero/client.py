@@ -1,0 +1,243 @@
+"""Authenticated Dintero clients over httpx, sync and async, with per-request retries."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import httpx
+
+from .auth import DinteroAuth
+from .credentials import ClientCredentials
+from .errors import MalformedResponseError
+from .provider import ClientCredentialsProvider, OIDCSessionProvider, TokenProvider
+from .retry import RetryPolicy
+from .store import TokenStore
+from .tokens import Token
+from .transport import (
+    DEFAULT_TIMEOUT,
+    ClientStats,
+    check_response,
+    default_headers,
+    on_retry_counter,
+    send_async,
+    send_sync,
+    ssl_context,
+)
+
+Host = Literal["api", "checkout"]
+
+
+class _ClientBase:
+    """What the sync and async clients share: hosts, provider, policy, counters."""
+
+    def __init__(
+        self,
+        credentials: ClientCredentials,
+        *,
+        token_provider: TokenProvider | None = None,
+        session: Token | None = None,
+        session_name: str | None = None,
+        store: TokenStore | None = None,
+        leeway: float | None = None,
+        timeout: httpx.Timeout | float | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.stats = ClientStats()
+        if token_provider is None:
+            if session is not None or session_name is not None:
+                token_provider = OIDCSessionProvider(
+                    credentials,
+                    session_name or "default",
+                    initial=session,
+                    store=store,
+                    leeway=leeway,
+                    stats=self.stats,
+                )
+            else:
+                token_provider = ClientCredentialsProvider(
+                    credentials, store=store, leeway=leeway, stats=self.stats
+                )
+        else:
+            token_provider.stats = self.stats
+        self.token_provider = token_provider
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
+        self._headers = default_headers(credentials.system_name)
+
+    def url(self, path: str, host: Host = "api") -> str:
+        """An absolute URL on the api or checkout host; absolute URLs pass through."""
+        if path.startswith(("https://", "http://")):
+            return path
+        base = self.credentials.api_url if host == "api" else self.credentials.checkout_url
+        return f"{base}/{path.lstrip('/')}"
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise MalformedResponseError(
+                "the body is not valid JSON",
+                status_code=response.status_code,
+                method=response.request.method,
+                url=str(response.request.url.copy_with(query=None)),
+                hint="The response was cut off or is not from Dintero; nothing from it was used",
+            ) from None
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(account_id={self.credentials.account_id!r}, "
+            f"api_url={self.credentials.api_url!r}, provider={self.token_provider!r})"
+        )
+
+
+class DinteroClient(_ClientBase):
+    """A sync Dintero client: Bearer auth with renewal, retries, clear errors.
+
+    Examples:
+        ```python
+        from pydantic import SecretStr
+        from prefect_dintero.client import DinteroClient
+        from prefect_dintero.credentials import ClientCredentials
+        from prefect_dintero.emulator import running_emulator
+
+        with running_emulator() as emulator:
+            creds = ClientCredentials(
+                account_id="T12345678",
+                client_id=emulator.config.client_id,
+                client_secret=SecretStr(emulator.config.client_secret),
+                api_url=emulator.url,
+                checkout_url=emulator.url,
+            )
+            with DinteroClient(creds) as client:
+                page = client.get_json("/v1/transactions", host="checkout", params={"limit": 5})
+                assert len(page) == 5
+        ```
+    """
+
+    def __init__(
+        self,
+        credentials: ClientCredentials,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(credentials, **kwargs)
+        if transport is not None:
+            self.token_provider.use_transport(sync=transport)
+        self._http = httpx.Client(
+            auth=DinteroAuth(self.token_provider),
+            timeout=self._timeout,
+            headers=self._headers,
+            transport=transport,
+            verify=ssl_context(),
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        host: Host = "api",
+        params: Any = None,
+        json: Any = None,
+    ) -> httpx.Response:
+        """Send with retries on transient failures; return the 2xx response or raise."""
+        url = self.url(path, host)
+
+        def attempt() -> httpx.Response:
+            # A fresh request per attempt: auth is re-applied, so a retry never reuses a dead token.
+            request = self._http.build_request(method, url, params=params, json=json)
+            return check_response(send_sync(self._http, request, self.stats), self.stats)
+
+        return self.retry_policy.call(attempt, on_retry_counter(self.stats))
+
+    def get_json(self, path: str, *, host: Host = "api", params: Any = None) -> Any:
+        """GET and decode JSON."""
+        return self._json(self.request("GET", path, host=host, params=params))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> DinteroClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncDinteroClient(_ClientBase):
+    """The async twin of :class:`DinteroClient`.
+
+    Examples:
+        ```python
+        import asyncio
+        from pydantic import SecretStr
+        from prefect_dintero.client import AsyncDinteroClient
+        from prefect_dintero.credentials import ClientCredentials
+        from prefect_dintero.emulator import running_emulator
+
+        async def first_page(creds):
+            async with AsyncDinteroClient(creds) as client:
+                return await client.get_json("/v1/transactions", host="checkout")
+
+        with running_emulator() as emulator:
+            creds = ClientCredentials(
+                account_id="T12345678",
+                client_id=emulator.config.client_id,
+                client_secret=SecretStr(emulator.config.client_secret),
+                api_url=emulator.url,
+                checkout_url=emulator.url,
+            )
+            assert len(asyncio.run(first_page(creds))) == 10
+        ```
+    """
+
+    def __init__(
+        self,
+        credentials: ClientCredentials,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(credentials, **kwargs)
+        if transport is not None:
+            self.token_provider.use_transport(async_=transport)
+        self._http = httpx.AsyncClient(
+            auth=DinteroAuth(self.token_provider),
+            timeout=self._timeout,
+            headers=self._headers,
+            transport=transport,
+            verify=ssl_context(),
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        host: Host = "api",
+        params: Any = None,
+        json: Any = None,
+    ) -> httpx.Response:
+        url = self.url(path, host)
+
+        async def attempt() -> httpx.Response:
+            request = self._http.build_request(method, url, params=params, json=json)
+            response = await send_async(self._http, request, self.stats)
+            return check_response(response, self.stats)
+
+        return await self.retry_policy.acall(attempt, on_retry_counter(self.stats))
+
+    async def get_json(self, path: str, *, host: Host = "api", params: Any = None) -> Any:
+        return self._json(await self.request("GET", path, host=host, params=params))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncDinteroClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,112 @@
+"""The API client's credentials as the core uses them (the Prefect block converts into this)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigurationError
+from .redact import register_secret
+from .validation import validate_base_url, validate_owner_id
+
+DEFAULT_API_URL = "https://api.dintero.com"
+DEFAULT_CHECKOUT_URL = "https://checkout.dintero.com"
+
+
+class ClientCredentials(BaseModel):
+    """A Dintero API client: account, client id and secret, and the hosts to use.
+
+    Raises:
+        ConfigurationError: on a malformed account id or an http:// URL to a remote host.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: str
+    client_id: str
+    client_secret: SecretStr
+    api_url: str = DEFAULT_API_URL
+    checkout_url: str = DEFAULT_CHECKOUT_URL
+    audience: str | None = None
+    system_name: str | None = None
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigurationError(validation_message(exc)) from None
+
+    @field_validator("account_id")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        return validate_owner_id(value)
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        return validate_base_url(value, "api_url")
+
+    @field_validator("checkout_url")
+    @classmethod
+    def _checkout_url(cls, value: str) -> str:
+        return validate_base_url(value, "checkout_url")
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> ClientCredentials:
+        if not self.client_id.strip():
+            raise ConfigurationError("client_id is empty: copy it from Backoffice → API clients")
+        if not self.client_secret.get_secret_value().strip():
+            raise ConfigurationError(
+                "client_secret is empty: copy it from Backoffice → API clients"
+            )
+        register_secret(self.client_secret.get_secret_value())
+        return self
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.api_url}/v1/accounts/{self.account_id}/auth/token"
+
+    @property
+    def oidc_token_url(self) -> str:
+        return f"{self.api_url}/v1/accounts/{self.account_id}/auth/oidc/token"
+
+    @property
+    def resolved_audience(self) -> str:
+        """The audience to ask for: given, or ``{api_url}/v1/accounts/{account_id}``."""
+        return self.audience or f"{self.api_url}/v1/accounts/{self.account_id}"
+
+    def cache_key(self, session: str | None = None) -> str:
+        """Identifies one credential (and one user session of it) for caches and locks.
+
+        The secret is hashed in, so a client with a wrong secret never reuses a token that the
+        right one obtained (httpx-auth 0.23.0 shipped that bug).
+        """
+        secret = hashlib.sha256(self.client_secret.get_secret_value().encode()).hexdigest()
+        parts = (
+            self.token_url,
+            self.account_id,
+            self.client_id,
+            self.resolved_audience,
+            session or "",
+            secret,
+        )
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def validation_message(exc: ValidationError) -> str:
+    """Pydantic's errors as one readable line, without its boilerplate."""
+    parts = []
+    for error in exc.errors():
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        field = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{field}: {message}" if field else message)
+    return "; ".join(parts)

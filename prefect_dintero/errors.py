@@ -1,0 +1,170 @@
+"""The errors prefect-dintero raises: one hierarchy, each saying whether a retry can help."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+
+class DinteroError(Exception):
+    """Base of every prefect-dintero error.
+
+    Attributes:
+        retryable: True when the same call may succeed later (rate limits, 5xx, network);
+            False for mistakes a retry cannot fix (bad credentials, used codes, bad input).
+    """
+
+    retryable: bool = False
+
+
+class ConfigurationError(DinteroError, ValueError):
+    """Invalid settings, caught before any request is sent (bad account id, http:// to a host)."""
+
+
+class DinteroAPIError(DinteroError):
+    """Dintero answered with an error status.
+
+    Attributes:
+        status_code: the HTTP status.
+        code: Dintero's ``error.code``, when the body carried one.
+        message: Dintero's ``error.message``, or a short excerpt of a non-JSON body.
+        method: the HTTP method of the failed request.
+        url: the request URL, without its query string (queries can carry cursors, never secrets,
+            but stay short in logs).
+        retry_after: seconds the server asked to wait (``Retry-After`` on 429 and 503).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        hint: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.method = method
+        self.url = url
+        self.hint = hint
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f" ({self.method} {self.url})" if self.method and self.url else ""
+        if self.status_code is None:
+            text = f"Request to Dintero failed: {self.message}{where}"
+        else:
+            code = f"[{self.code}] " if self.code else ""
+            text = f"Dintero answered {self.status_code} {code}{self.message}{where}"
+        return f"{text}. {self.hint}" if self.hint else text
+
+
+class AuthenticationError(DinteroAPIError):
+    """The API client's id or secret was refused, or a renewed token was refused again."""
+
+
+class PermissionDeniedError(DinteroAPIError):
+    """403: the credentials are valid but not for this account, audience or operation."""
+
+
+class NotFoundError(DinteroAPIError):
+    """404: the resource does not exist (an unknown account or payout destination)."""
+
+
+class InvalidGrantError(DinteroAPIError):
+    """A used, expired or mismatched authorization code or refresh token."""
+
+
+class ReauthorizationRequired(DinteroError):
+    """The user's session expired and cannot be renewed: the user must log in again."""
+
+
+class RateLimitedError(DinteroAPIError):
+    """429 Too Many Requests, after the client's own retries ran out."""
+
+    retryable = True
+
+
+class TransientError(DinteroAPIError):
+    """A 5xx answer or a network failure (timeout, refused or dropped connection)."""
+
+    retryable = True
+
+
+class MalformedResponseError(DinteroAPIError):
+    """Dintero answered 2xx with a body that is not the documented shape (or not JSON)."""
+
+
+def _error_fields(response: httpx.Response) -> tuple[str | None, str]:
+    """Dintero's ``{"error": {"code", "message"}}``, tolerant of anything else."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        text = response.text.strip().replace("\n", " ")
+        return None, (text[:200] or response.reason_phrase or "no body")
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        message = error.get("message") or response.reason_phrase or "no message"
+        code = error.get("code")
+        return (str(code) if code is not None else None), str(message)
+    if isinstance(error, str):  # OAuth style: {"error": "invalid_grant", "error_description": …}
+        return error, str(body.get("error_description") or error)
+    return None, response.reason_phrase or "unexpected error body"
+
+
+def error_from_response(
+    response: httpx.Response,
+    *,
+    retry_after: float | None = None,
+    grant: bool = False,
+) -> DinteroAPIError:
+    """Turn a non-2xx response into the right error class.
+
+    Args:
+        response: the failed response.
+        retry_after: the parsed ``Retry-After`` wait, for 429s.
+        grant: True for token-endpoint calls, where a 400 means a bad code or refresh token.
+    """
+    code, message = _error_fields(response)
+    status = response.status_code
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "code": code,
+        "method": response.request.method,
+        "url": str(response.request.url.copy_with(query=None)),
+    }
+    if status == 401:
+        return AuthenticationError(
+            message,
+            hint="Check the API client's id and secret (Dintero Backoffice → Settings → API "
+            "clients) and that they belong to this environment (T = test, P = production)",
+            **kwargs,
+        )
+    if status == 403:
+        return PermissionDeniedError(
+            message,
+            hint="The client is not granted this account or audience; check its grants in "
+            "Backoffice",
+            **kwargs,
+        )
+    if status == 404:
+        return NotFoundError(message, **kwargs)
+    if status == 429:
+        return RateLimitedError(message, retry_after=retry_after, **kwargs)
+    if status >= 500:
+        return TransientError(message, retry_after=retry_after, **kwargs)
+    if grant and (status == 400 and (code or "").lower() in {"invalid_grant", "invalid_request"}):
+        return InvalidGrantError(
+            message,
+            hint="Authorization codes are single use and short lived, and must be exchanged with "
+            "the redirect URI used to log in: log in again to get a new one",
+            **kwargs,
+        )
+    return DinteroAPIError(message, **kwargs)

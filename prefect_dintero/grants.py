@@ -1,0 +1,319 @@
+"""The three token grants Dintero offers us, each with a sync and an async form.
+
+Requests are built by pure functions and parsed by one; only ``_post``/``_apost`` do I/O. Token
+endpoint bodies and Authorization headers are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
+
+import httpx
+from pydantic import SecretStr
+
+from .credentials import ClientCredentials
+from .errors import InvalidGrantError, MalformedResponseError
+from .redact import register_secret
+from .retry import RetryPolicy
+from .tokens import Token
+from .transport import (
+    DEFAULT_TIMEOUT,
+    ClientStats,
+    check_response,
+    default_headers,
+    on_retry_counter,
+    send_async,
+    send_sync,
+    ssl_context,
+)
+
+TOKEN_RETRY = RetryPolicy(max_attempts=4, backoff_base=0.5, backoff_cap=8.0, retry_after_cap=30.0)
+
+
+# -- request builders (pure) ---------------------------------------------------------------------
+
+
+def _headers(creds: ClientCredentials, authorization: str) -> dict[str, str]:
+    return {
+        **default_headers(creds.system_name),
+        "Content-Type": "application/json",
+        "Authorization": authorization,
+    }
+
+
+def client_credentials_request(creds: ClientCredentials) -> httpx.Request:
+    """``POST {api_url}/v1/accounts/{aid}/auth/token`` with HTTP Basic and the audience."""
+    pair = f"{creds.client_id}:{creds.client_secret.get_secret_value()}".encode()
+    basic = "Basic " + base64.b64encode(pair).decode()
+    body = {"grant_type": "client_credentials", "audience": creds.resolved_audience}
+    return httpx.Request("POST", creds.token_url, headers=_headers(creds, basic), json=body)
+
+
+def authorization_code_request(
+    creds: ClientCredentials, service_token: Token, code: str, redirect_uri: str | None = None
+) -> httpx.Request:
+    """``POST {api_url}/v1/accounts/{oid}/auth/oidc/token``: the seed's OIDC exchange.
+
+    Authorised by a client-credentials Bearer token of the same client; the JSON body carries
+    ``grant_type="authorization_code"``, ``code``, ``client_id``, ``audience`` and, when given,
+    ``redirect_uri``.
+    """
+    body: dict[str, str] = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": creds.client_id,
+        "audience": creds.resolved_audience,
+    }
+    if redirect_uri:
+        body["redirect_uri"] = redirect_uri
+    bearer = f"Bearer {service_token.access_token.get_secret_value()}"
+    return httpx.Request("POST", creds.oidc_token_url, headers=_headers(creds, bearer), json=body)
+
+
+def refresh_token_request(
+    creds: ClientCredentials, service_token: Token, refresh_token: SecretStr
+) -> httpx.Request:
+    """The refresh grant: same token path, Bearer = a service token of the same client."""
+    body = {"grant_type": "refresh_token", "refresh_token": refresh_token.get_secret_value()}
+    bearer = f"Bearer {service_token.access_token.get_secret_value()}"
+    return httpx.Request("POST", creds.token_url, headers=_headers(creds, bearer), json=body)
+
+
+def parse_token_response(
+    response: httpx.Response,
+    sent_at: datetime,
+    previous: Token | None = None,
+    stats: ClientStats | None = None,
+    grant: bool = False,
+) -> Token:
+    """The token in a response, or the mapped error. Keeps ``previous``'s refresh token and
+    user when a refresh response omits them."""
+    check_response(response, stats, grant=grant)
+    try:
+        payload = response.json()
+    except ValueError:
+        raise MalformedResponseError(
+            "the token endpoint answered 2xx with a body that is not JSON",
+            status_code=response.status_code,
+            method=response.request.method,
+            url=str(response.request.url),
+        ) from None
+    return Token.from_response(
+        payload,
+        sent_at,
+        previous_refresh_token=previous.refresh_token if previous else None,
+        previous_user_info=previous.user_info if previous else None,
+    )
+
+
+# -- I/O ------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _sync_http(http: httpx.Client | None) -> Iterator[httpx.Client]:
+    if http is not None:
+        yield http
+        return
+    with httpx.Client(timeout=DEFAULT_TIMEOUT, verify=ssl_context()) as client:
+        yield client
+
+
+@asynccontextmanager
+async def _async_http(http: httpx.AsyncClient | None):
+    if http is not None:
+        yield http
+        return
+    async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, verify=ssl_context()) as client:
+        yield client
+
+
+def _post(
+    build,
+    http: httpx.Client | None,
+    policy: RetryPolicy,
+    stats: ClientStats | None,
+    previous: Token | None = None,
+    grant: bool = False,
+) -> Token:
+    with _sync_http(http) as client:
+
+        def attempt() -> Token:
+            request = build()
+            sent_at = datetime.now(UTC)
+            response = send_sync(client, request, stats, auth=None)
+            return parse_token_response(response, sent_at, previous, stats, grant)
+
+        return policy.call(attempt, on_retry_counter(stats))
+
+
+async def _apost(
+    build,
+    http: httpx.AsyncClient | None,
+    policy: RetryPolicy,
+    stats: ClientStats | None,
+    previous: Token | None = None,
+    grant: bool = False,
+) -> Token:
+    async with _async_http(http) as client:
+
+        async def attempt() -> Token:
+            request = build()
+            sent_at = datetime.now(UTC)
+            response = await send_async(client, request, stats, auth=None)
+            return parse_token_response(response, sent_at, previous, stats, grant)
+
+        return await policy.acall(attempt, on_retry_counter(stats))
+
+
+def fetch_client_credentials_token(
+    creds: ClientCredentials,
+    *,
+    http: httpx.Client | None = None,
+    policy: RetryPolicy = TOKEN_RETRY,
+    stats: ClientStats | None = None,
+) -> Token:
+    """Ask Dintero for a service (client-credentials) access token.
+
+    Raises:
+        AuthenticationError: the client id or secret is wrong (never retried).
+        PermissionDeniedError: the audience is not a grant of this client.
+    """
+    return _post(lambda: client_credentials_request(creds), http, policy, stats)
+
+
+async def afetch_client_credentials_token(
+    creds: ClientCredentials,
+    *,
+    http: httpx.AsyncClient | None = None,
+    policy: RetryPolicy = TOKEN_RETRY,
+    stats: ClientStats | None = None,
+) -> Token:
+    """Async form of :func:`fetch_client_credentials_token`."""
+    return await _apost(lambda: client_credentials_request(creds), http, policy, stats)
+
+
+def _code_hint(exc: InvalidGrantError, attempts_made: bool) -> InvalidGrantError:
+    if attempts_made:
+        exc.hint = (
+            (exc.hint or "")
+            + ". An earlier attempt of this exchange may have used the code before its answer was "
+            "lost in transit"
+        ).lstrip(". ")
+        exc.args = (exc._render(),)
+    return exc
+
+
+def exchange_authorization_code(
+    creds: ClientCredentials,
+    code: str,
+    *,
+    service_token: Token,
+    redirect_uri: str | None = None,
+    http: httpx.Client | None = None,
+    policy: RetryPolicy = TOKEN_RETRY,
+    stats: ClientStats | None = None,
+) -> Token:
+    """Exchange an OIDC authorization code for a user session token.
+
+    Args:
+        creds: the API client (with OIDC configured on its grant).
+        code: the code from the identity provider's redirect; single use.
+        service_token: a client-credentials token of the same client (the Bearer).
+        redirect_uri: the redirect URI used to log in, when one was.
+
+    Raises:
+        InvalidGrantError: the code is used, expired or was issued for another redirect URI.
+    """
+    register_secret(code)
+    local = ClientStats()
+
+    def build() -> httpx.Request:
+        return authorization_code_request(creds, service_token, code, redirect_uri)
+
+    try:
+        return _post(build, http, policy, _Tee(stats, local), grant=True)
+    except InvalidGrantError as exc:
+        raise _code_hint(exc, local.retries > 0) from None
+
+
+async def aexchange_authorization_code(
+    creds: ClientCredentials,
+    code: str,
+    *,
+    service_token: Token,
+    redirect_uri: str | None = None,
+    http: httpx.AsyncClient | None = None,
+    policy: RetryPolicy = TOKEN_RETRY,
+    stats: ClientStats | None = None,
+) -> Token:
+    """Async form of :func:`exchange_authorization_code`."""
+    register_secret(code)
+    local = ClientStats()
+
+    def build() -> httpx.Request:
+        return authorization_code_request(creds, service_token, code, redirect_uri)
+
+    try:
+        return await _apost(build, http, policy, _Tee(stats, local), grant=True)
+    except InvalidGrantError as exc:
+        raise _code_hint(exc, local.retries > 0) from None
+
+
+def refresh_session_token(
+    creds: ClientCredentials,
+    session: Token,
+    *,
+    service_token: Token,
+    http: httpx.Client | None = None,
+    policy: RetryPolicy = TOKEN_RETRY,
+    stats: ClientStats | None = None,
+) -> Token:
+    """Renew a user session with its refresh token; keeps the old refresh token if none comes
+    back.
+
+    Raises:
+        InvalidGrantError: the refresh token is revoked, used (rotation) or expired.
+    """
+    if session.refresh_token is None:
+        raise ValueError("this session has no refresh token")
+    refresh = session.refresh_token
+
+    def build() -> httpx.Request:
+        return refresh_token_request(creds, service_token, refresh)
+
+    return _post(build, http, policy, stats, previous=session, grant=True)
+
+
+async def arefresh_session_token(
+    creds: ClientCredentials,
+    session: Token,
+    *,
+    service_token: Token,
+    http: httpx.AsyncClient | None = None,
+    policy: RetryPolicy = TOKEN_RETRY,
+    stats: ClientStats | None = None,
+) -> Token:
+    """Async form of :func:`refresh_session_token`."""
+    if session.refresh_token is None:
+        raise ValueError("this session has no refresh token")
+    refresh = session.refresh_token
+
+    def build() -> httpx.Request:
+        return refresh_token_request(creds, service_token, refresh)
+
+    return await _apost(build, http, policy, stats, previous=session, grant=True)
+
+
+class _Tee(ClientStats):
+    """Counts into the caller's stats and a local one at once."""
+
+    def __init__(self, *targets: ClientStats | None) -> None:
+        super().__init__()
+        self._targets = [t for t in targets if t is not None]
+
+    def add(self, **counts: int) -> None:
+        for target in self._targets:
+            target.add(**counts)

@@ -1,0 +1,327 @@
+"""Token providers: hand out a valid access token, renewing it once per credential when stale.
+
+Renewal is single-flight per credential across every thread and coroutine of the process: locks
+live in a process-wide registry keyed by the credential (never on a client object, authlib #673),
+and the token is re-checked after the lock is taken (airbyte-cdk #883). Stores that persist
+tokens add a cross-process lock around the same section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from contextlib import asynccontextmanager
+from datetime import UTC
+
+import httpx
+
+from .credentials import ClientCredentials
+from .errors import InvalidGrantError, ReauthorizationRequired
+from .grants import (
+    afetch_client_credentials_token,
+    arefresh_session_token,
+    fetch_client_credentials_token,
+    refresh_session_token,
+)
+from .redact import get_logger
+from .store import DEFAULT_STORE, TokenStore
+from .tokens import Token
+from .transport import DEFAULT_TIMEOUT, ClientStats
+
+logger = get_logger(__name__)
+
+
+class LockRegistry:
+    """Process-wide locks per credential key: one thread lock, and one asyncio lock per loop.
+
+    Locks are never removed, so a waiter can never hold a lock that a newer caller replaced.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._thread_locks: dict[str, threading.Lock] = {}
+        self._async_locks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
+        ] = weakref.WeakKeyDictionary()
+
+    def thread_lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._thread_locks.setdefault(key, threading.Lock())
+
+    def async_lock(self, key: str) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            return self._async_locks.setdefault(loop, {}).setdefault(key, asyncio.Lock())
+
+    @asynccontextmanager
+    async def async_exclusive(self, key: str):
+        """Exclude other coroutines of this loop (asyncio lock) and other threads and loops
+        (the thread lock, taken without blocking the loop)."""
+        async with self.async_lock(key):
+            lock = self.thread_lock(key)
+            delay = 0.001
+            while not lock.acquire(blocking=False):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.02)
+            try:
+                yield
+            finally:
+                lock.release()
+
+
+LOCKS = LockRegistry()
+
+
+class TokenProvider:
+    """Hands out a fresh token for one credential; subclasses say how to renew it."""
+
+    def __init__(
+        self,
+        credentials: ClientCredentials,
+        *,
+        key: str,
+        store: TokenStore | None = None,
+        leeway: float | None = None,
+        stats: ClientStats | None = None,
+    ) -> None:
+        self.credentials = credentials
+        self.key = key
+        self.store = store or DEFAULT_STORE
+        self.leeway = leeway
+        self.stats = stats or ClientStats()
+        self.renewals = 0
+        self._transport: httpx.BaseTransport | None = None
+        self._async_transport: httpx.AsyncBaseTransport | None = None
+        self._http: httpx.Client | None = None
+
+    def use_transport(
+        self,
+        sync: httpx.BaseTransport | None = None,
+        async_: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """Send token requests through these transports (a client's mock or proxy transport)."""
+        self._transport = sync or self._transport
+        self._async_transport = async_ or self._async_transport
+
+    def _sync_http(self) -> httpx.Client | None:
+        if self._transport is None:
+            return None  # the grant functions open a short-lived client per renewal
+        if self._http is None:
+            self._http = httpx.Client(transport=self._transport, timeout=DEFAULT_TIMEOUT)
+        return self._http
+
+    @asynccontextmanager
+    async def _async_http(self):
+        if self._async_transport is None:
+            yield None
+            return
+        async with httpx.AsyncClient(
+            transport=self._async_transport, timeout=DEFAULT_TIMEOUT
+        ) as http:
+            yield http
+
+    # -- subclass hooks ---------------------------------------------------------------------------
+
+    def _usable(self, token: Token | None) -> bool:
+        return token is not None and token.is_fresh(leeway=self.leeway)
+
+    def _renew(self, current: Token | None) -> Token:
+        raise NotImplementedError
+
+    async def _arenew(self, current: Token | None) -> Token:
+        raise NotImplementedError
+
+    # -- the single-flight core ------------------------------------------------------------------
+
+    def get_token(self) -> Token:
+        """A token valid for at least the leeway; renews it (once, for everyone) if not."""
+        token = self.store.get(self.key)
+        if self._usable(token):
+            assert token is not None
+            return token
+        with LOCKS.thread_lock(self.key), self.store.renewal_lock(self.key):
+            token = self.store.get(self.key, reload=True)
+            if self._usable(token):
+                assert token is not None
+                return token
+            new = self._renew(token)
+            self._commit(token, new)
+            return new
+
+    async def aget_token(self) -> Token:
+        token = await self.store.aget(self.key)
+        if self._usable(token):
+            assert token is not None
+            return token
+        async with LOCKS.async_exclusive(self.key), self.store.arenewal_lock(self.key):
+            token = await self.store.aget(self.key, reload=True)
+            if self._usable(token):
+                assert token is not None
+                return token
+            new = await self._arenew(token)
+            if not await self.store.acompare_and_swap(self.key, token, new):
+                self._lost_race()
+            self._count()
+            return new
+
+    def _commit(self, old: Token | None, new: Token) -> None:
+        # Saved before the new token is used, so a rotated refresh token is never lost.
+        if not self.store.compare_and_swap(self.key, old, new):
+            self._lost_race()
+        self._count()
+
+    def _count(self) -> None:
+        self.renewals += 1
+        self.stats.add(token_renewals=1)
+
+    def _lost_race(self) -> None:
+        # Only a store shared with code that bypasses these locks can get here.
+        logger.warning("a token for this credential was replaced while it was being renewed")
+
+    def invalidate(self, rejected: Token) -> bool:
+        """Mark ``rejected`` expired if it is still the current token (Dintero answered 401).
+
+        The expired copy keeps its refresh token and user, so a session can still be renewed.
+        Returns whether this call invalidated it (False: someone already renewed it).
+        """
+        expired = rejected.model_copy(update={"expires_at": rejected.issued_at})
+        return self.store.compare_and_swap(self.key, rejected, expired)
+
+    async def ainvalidate(self, rejected: Token) -> bool:
+        expired = rejected.model_copy(update={"expires_at": rejected.issued_at})
+        return await self.store.acompare_and_swap(self.key, rejected, expired)
+
+
+class ClientCredentialsProvider(TokenProvider):
+    """Service tokens: renewed by asking for a new one (no refresh token in this grant)."""
+
+    def __init__(
+        self,
+        credentials: ClientCredentials,
+        *,
+        store: TokenStore | None = None,
+        leeway: float | None = None,
+        stats: ClientStats | None = None,
+    ) -> None:
+        super().__init__(
+            credentials, key=credentials.cache_key(), store=store, leeway=leeway, stats=stats
+        )
+
+    def _renew(self, current: Token | None) -> Token:
+        logger.debug("requesting a client-credentials token for %s", self.credentials.account_id)
+        return fetch_client_credentials_token(
+            self.credentials, http=self._sync_http(), stats=self.stats
+        )
+
+    async def _arenew(self, current: Token | None) -> Token:
+        async with self._async_http() as http:
+            return await afetch_client_credentials_token(
+                self.credentials, http=http, stats=self.stats
+            )
+
+    def __repr__(self) -> str:
+        return f"ClientCredentialsProvider(account_id={self.credentials.account_id!r})"
+
+
+class OIDCSessionProvider(TokenProvider):
+    """A logged-in user's session: renewed with its refresh token, never by another identity.
+
+    Args:
+        credentials: the API client the user logged in through.
+        session: a name for the session (the Prefect block name, or any stable id).
+        initial: the session token, stored if the store holds none for this session yet.
+    """
+
+    def __init__(
+        self,
+        credentials: ClientCredentials,
+        session: str,
+        *,
+        initial: Token | None = None,
+        store: TokenStore | None = None,
+        service_store: TokenStore | None = None,
+        leeway: float | None = None,
+        stats: ClientStats | None = None,
+    ) -> None:
+        super().__init__(
+            credentials,
+            key=credentials.cache_key(session=session),
+            store=store,
+            leeway=leeway,
+            stats=stats,
+        )
+        self.session = session
+        self.service = ClientCredentialsProvider(credentials, store=service_store, stats=stats)
+        if initial is not None and self.store.get(self.key) is None:
+            self.store.compare_and_swap(self.key, None, initial)
+
+    def use_transport(
+        self,
+        sync: httpx.BaseTransport | None = None,
+        async_: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().use_transport(sync, async_)
+        self.service.use_transport(sync, async_)
+
+    def _usable(self, token: Token | None) -> bool:
+        if token is None:
+            return False
+        if token.is_fresh(leeway=self.leeway):
+            return True
+        # Without a refresh token a stale session is still worth using until it really expires.
+        return token.refresh_token is None and not token.is_expired()
+
+    def _reauthorize(self, current: Token | None, cause: str) -> ReauthorizationRequired:
+        who = ""
+        if current is not None and current.user_info is not None and current.user_info.name:
+            who = f" of {current.user_info.name}"
+        when = ""
+        if current is not None:
+            when = f" (it expired at {current.expires_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)"
+        return ReauthorizationRequired(
+            f"The Dintero login session{who} for account {self.credentials.account_id} "
+            f"{cause}{when}. Log in again: run the 'dintero_login' flow (or "
+            f"'prefect-dintero login') to save a new session '{self.session}'."
+        )
+
+    def _check_renewable(self, current: Token | None) -> Token:
+        if current is None:
+            raise self._reauthorize(None, "has never been logged in")
+        if current.refresh_token is None:
+            raise self._reauthorize(current, "has expired and has no refresh token")
+        return current
+
+    def _renew(self, current: Token | None) -> Token:
+        session = self._check_renewable(current)
+        try:
+            return refresh_session_token(
+                self.credentials,
+                session,
+                service_token=self.service.get_token(),
+                http=self._sync_http(),
+                stats=self.stats,
+            )
+        except InvalidGrantError as exc:
+            raise self._reauthorize(session, f"could not be renewed ({exc.message})") from exc
+
+    async def _arenew(self, current: Token | None) -> Token:
+        session = self._check_renewable(current)
+        try:
+            service_token = await self.service.aget_token()
+            async with self._async_http() as http:
+                return await arefresh_session_token(
+                    self.credentials,
+                    session,
+                    service_token=service_token,
+                    http=http,
+                    stats=self.stats,
+                )
+        except InvalidGrantError as exc:
+            raise self._reauthorize(session, f"could not be renewed ({exc.message})") from exc
+
+    def __repr__(self) -> str:
+        return (
+            f"OIDCSessionProvider(account_id={self.credentials.account_id!r}, "
+            f"session={self.session!r})"
+        )

@@ -1,0 +1,102 @@
+"""Keeping secrets out of logs: a registry of live secret values and a filter that masks them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+MASK = "**********"
+#: Shorter values would mask ordinary words; real secrets and tokens are far longer.
+MIN_SECRET_LENGTH = 8
+_MAX_SECRETS = 2000
+
+
+class SecretRegistry:
+    """The secret values this process currently holds (client secrets, tokens, codes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._secrets: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, value: str | None) -> None:
+        if not value or len(value) < MIN_SECRET_LENGTH:
+            return
+        with self._lock:
+            self._secrets[value] = None
+            self._secrets.move_to_end(value)
+            while len(self._secrets) > _MAX_SECRETS:
+                self._secrets.popitem(last=False)
+
+    def redact(self, text: str) -> str:
+        with self._lock:
+            secrets = list(self._secrets)
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+
+REGISTRY = SecretRegistry()
+
+
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` wherever it would appear in a log record from now on."""
+    REGISTRY.add(value)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret replaced by ``**********``."""
+    return REGISTRY.redact(text)
+
+
+class SecretMaskingFilter(logging.Filter):
+    """Rewrites a record's message with every live secret masked. Never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string is the logger's problem, not ours
+            return True
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            formatted = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(formatted)
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+_FILTER = SecretMaskingFilter()
+DEFAULT_LOGGERS = (
+    "prefect_dintero",
+    "httpx",
+    "httpcore",
+    "tenacity",
+    "prefect.flow_runs",
+    "prefect.task_runs",
+)
+
+
+def install_log_filter(*names: str) -> None:
+    """Attach the masking filter to these loggers (idempotent).
+
+    Logger filters see only records created by that exact logger, so every module logger of
+    this package gets it through :func:`get_logger`, and the loggers that may carry our requests
+    (httpx, Prefect's run loggers) are listed in ``DEFAULT_LOGGERS``.
+    """
+    for name in names or DEFAULT_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger of this package with the masking filter installed."""
+    install_log_filter(*DEFAULT_LOGGERS)
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger
