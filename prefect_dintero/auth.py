@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator, Generator
 import httpx
 
 from .provider import TokenProvider
+from .transport import ClientStats
 
 
 def is_replayable(request: httpx.Request) -> bool:
@@ -24,8 +25,9 @@ class DinteroAuth(httpx.Auth):
     retried.
     """
 
-    def __init__(self, provider: TokenProvider) -> None:
+    def __init__(self, provider: TokenProvider, stats: ClientStats | None = None) -> None:
         self.provider = provider
+        self.stats = stats or provider.stats
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         # Renewal does I/O, which httpx forbids in the shared auth_flow; both forms below override.
@@ -43,7 +45,7 @@ class DinteroAuth(httpx.Auth):
         if response.status_code != 401 or not replayable:
             return
         self.provider.invalidate(token)
-        self.provider.stats.add(auth_retries=1)
+        self.stats.add(auth_retries=1)
         token = self.provider.get_token()
         request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
         yield request
@@ -60,7 +62,7 @@ class DinteroAuth(httpx.Auth):
         if response.status_code != 401 or not replayable:
             return
         await self.provider.ainvalidate(token)
-        self.provider.stats.add(auth_retries=1)
+        self.stats.add(auth_retries=1)
         token = await self.provider.aget_token()
         request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
         yield request

@@ -58,12 +58,16 @@ class _ClientBase:
                 token_provider = ClientCredentialsProvider(
                     credentials, store=store, leeway=leeway, stats=self.stats
                 )
-        else:
-            token_provider.stats = self.stats
         self.token_provider = token_provider
         self.retry_policy = retry_policy or RetryPolicy()
         self._timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
         self._headers = default_headers(credentials.system_name)
+
+    def stats_snapshot(self) -> dict[str, int]:
+        """This client's counters, with renewals of its token provider (which may be shared)."""
+        snapshot = self.stats.snapshot()
+        snapshot["token_renewals"] = self.token_provider.renewals
+        return snapshot
 
     def url(self, path: str, host: Host = "api") -> str:
         """An absolute URL on the api or checkout host; absolute URLs pass through."""
@@ -127,7 +131,7 @@ class DinteroClient(_ClientBase):
         if transport is not None:
             self.token_provider.use_transport(sync=transport)
         self._http = httpx.Client(
-            auth=DinteroAuth(self.token_provider),
+            auth=DinteroAuth(self.token_provider, self.stats),
             timeout=self._timeout,
             headers=self._headers,
             transport=transport,
@@ -205,7 +209,7 @@ class AsyncDinteroClient(_ClientBase):
         if transport is not None:
             self.token_provider.use_transport(async_=transport)
         self._http = httpx.AsyncClient(
-            auth=DinteroAuth(self.token_provider),
+            auth=DinteroAuth(self.token_provider, self.stats),
             timeout=self._timeout,
             headers=self._headers,
             transport=transport,

@@ -86,6 +86,10 @@ class ReauthorizationRequired(DinteroError):
     """The user's session expired and cannot be renewed: the user must log in again."""
 
 
+class LoginError(DinteroError):
+    """The interactive login could not finish: no code, a refused login, a state mismatch."""
+
+
 class RateLimitedError(DinteroAPIError):
     """429 Too Many Requests, after the client's own retries ran out."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import socket
 import threading
@@ -103,10 +104,25 @@ class EmulatorClient:
 
     def login(self, state: str = "state-1", redirect_uri: str | None = None) -> str:
         """Play the user at the identity provider; return the redirect URL with the code."""
-        response = self._http.get(self.authorize_url(state, redirect_uri), follow_redirects=False)
-        if response.status_code != 302:
-            raise RuntimeError(f"authorize answered {response.status_code}: {response.text}")
-        return response.headers["location"]
+        return self.open_authorize_url(self.authorize_url(state, redirect_uri))
+
+    def open_authorize_url(self, authorize_url: str) -> str:
+        """Open a login link as the user's browser would; return where it redirects.
+
+        Sent with ``http.client``, like a browser outside the process: httpx's debug logging would
+        otherwise record the code in the redirect's Location header.
+        """
+        url = httpx.URL(authorize_url)
+        conn = http.client.HTTPConnection(url.host, url.port, timeout=30)
+        try:
+            conn.request("GET", url.raw_path.decode())
+            response = conn.getresponse()
+            body = response.read().decode("utf-8", "replace")
+            if response.status != 302:
+                raise RuntimeError(f"authorize answered {response.status}: {body}")
+            return response.getheader("location", "")
+        finally:
+            conn.close()
 
     def authorization_code(self, state: str = "state-1", redirect_uri: str | None = None) -> str:
         location = self.login(state, redirect_uri)

@@ -1,0 +1,185 @@
+"""The Dintero API client's credentials as a Prefect block."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect.blocks.abstract import CredentialsBlock
+from pydantic import Field, SecretStr, field_validator
+
+from prefect_dintero.client import AsyncDinteroClient, DinteroClient
+from prefect_dintero.credentials import (
+    DEFAULT_API_URL,
+    DEFAULT_CHECKOUT_URL,
+    ClientCredentials,
+)
+from prefect_dintero.grants import aexchange_authorization_code, exchange_authorization_code
+from prefect_dintero.provider import ClientCredentialsProvider
+from prefect_dintero.tokens import Token
+from prefect_dintero.validation import validate_base_url, validate_owner_id
+
+LOGO_URL = "https://github.com/Dintero.png"
+
+
+class DinteroCredentials(CredentialsBlock):
+    """A Dintero API client: the account, the client id and secret, and the hosts to call.
+
+    Create the API client in Dintero Backoffice (Settings → API clients), once for the test
+    account (T…) and once for production (P…). Save the block once, from the Prefect UI or in
+    Python, and load it by name from any flow.
+
+    Attributes:
+        account_id: the Dintero account id, T or P followed by 8 digits.
+        client_id: the API client's id.
+        client_secret: the API client's secret.
+        audience: the token audience; empty means ``{api_url}/v1/accounts/{account_id}``.
+        api_url: the api.dintero.com base URL.
+        checkout_url: the checkout.dintero.com base URL.
+        oidc_authorize_url: the identity provider's login page for user logins.
+        redirect_uri: the redirect URI registered for user logins.
+        token_leeway_seconds: renew tokens this long before they expire.
+        system_name: sent as Dintero-System-Name on every request.
+
+    Examples:
+        Load saved credentials and list a page of transactions:
+        ```python
+        from prefect_dintero import DinteroCredentials
+
+        dintero_credentials = DinteroCredentials.load("BLOCK_NAME")
+        with dintero_credentials.get_client() as client:
+            transactions = client.get_json("/v1/transactions", host="checkout")
+        ```
+    """
+
+    _block_type_name = "Dintero Credentials"
+    _logo_url = LOGO_URL
+    _documentation_url = "https://docs.dintero.com/docs/checkout/authentication"
+    _description = "Credentials of a Dintero API client, used to call the Dintero payments API."
+
+    account_id: str = Field(
+        title="Account ID",
+        description="The Dintero account id: T (test) or P (production) followed by 8 digits.",
+        examples=["T12345678"],
+    )
+    client_id: str = Field(title="Client ID", description="The API client's id from Backoffice.")
+    client_secret: SecretStr = Field(description="The API client's secret from Backoffice.")
+    audience: str | None = Field(
+        default=None,
+        description="The token audience; leave empty for {api_url}/v1/accounts/{account_id}.",
+    )
+    api_url: str = Field(
+        default=DEFAULT_API_URL,
+        title="API URL",
+        description="Base URL of the Dintero API (change only to use the bundled emulator).",
+    )
+    checkout_url: str = Field(
+        default=DEFAULT_CHECKOUT_URL,
+        title="Checkout URL",
+        description="Base URL of the Dintero Checkout API (transactions and sessions).",
+    )
+    oidc_authorize_url: str | None = Field(
+        default=None,
+        title="OIDC authorize URL",
+        description=(
+            "The login page of the identity provider configured for the client's OIDC grant; "
+            "needed for user logins from the Prefect UI."
+        ),
+    )
+    redirect_uri: str | None = Field(
+        default=None,
+        title="Redirect URI",
+        description="The redirect URI registered with the identity provider for user logins.",
+    )
+    token_leeway_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Renew tokens this many seconds before they expire; empty means max(60 s, 10 % of "
+            "the token's lifetime)."
+        ),
+    )
+    system_name: str | None = Field(
+        default=None,
+        description="Your system's name, sent to Dintero as the Dintero-System-Name header.",
+    )
+
+    @field_validator("account_id")
+    @classmethod
+    def _check_account(cls, value: str) -> str:
+        return validate_owner_id(value)
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        return validate_base_url(value, "api_url")
+
+    @field_validator("checkout_url")
+    @classmethod
+    def _check_checkout_url(cls, value: str) -> str:
+        return validate_base_url(value, "checkout_url")
+
+    @field_validator("oidc_authorize_url")
+    @classmethod
+    def _check_authorize_url(cls, value: str | None) -> str | None:
+        return validate_base_url(value, "oidc_authorize_url") if value else value
+
+    def to_core(self) -> ClientCredentials:
+        """The core library's view of these credentials."""
+        return ClientCredentials(
+            account_id=self.account_id,
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            api_url=self.api_url,
+            checkout_url=self.checkout_url,
+            audience=self.audience,
+            system_name=self.system_name,
+        )
+
+    def get_client(
+        self, client_type: Literal["sync", "async"] = "sync"
+    ) -> DinteroClient | AsyncDinteroClient:
+        """A client authenticated with this API client's service (client-credentials) token.
+
+        Args:
+            client_type: ``"sync"`` for :class:`DinteroClient`, ``"async"`` for
+                :class:`AsyncDinteroClient`.
+        """
+        cls = AsyncDinteroClient if client_type == "async" else DinteroClient
+        return cls(self.to_core(), leeway=self.token_leeway_seconds)
+
+    def get_async_client(self) -> AsyncDinteroClient:
+        """An :class:`AsyncDinteroClient` authenticated with the service token."""
+        return AsyncDinteroClient(self.to_core(), leeway=self.token_leeway_seconds)
+
+    def service_token_provider(self) -> ClientCredentialsProvider:
+        return ClientCredentialsProvider(self.to_core(), leeway=self.token_leeway_seconds)
+
+    def exchange_authorization_code(self, code: str, redirect_uri: str | None = None) -> Token:
+        """Exchange a user's authorization code for a session token (single attempt per code).
+
+        Args:
+            code: the code from the identity provider's redirect.
+            redirect_uri: the redirect URI used to log in; defaults to ``self.redirect_uri``.
+
+        Raises:
+            InvalidGrantError: the code was used, expired or issued for another redirect URI.
+        """
+        core = self.to_core()
+        return exchange_authorization_code(
+            core,
+            code,
+            service_token=self.service_token_provider().get_token(),
+            redirect_uri=redirect_uri or self.redirect_uri,
+        )
+
+    async def aexchange_authorization_code(
+        self, code: str, redirect_uri: str | None = None
+    ) -> Token:
+        """Async form of :meth:`exchange_authorization_code`."""
+        core = self.to_core()
+        return await aexchange_authorization_code(
+            core,
+            code,
+            service_token=await self.service_token_provider().aget_token(),
+            redirect_uri=redirect_uri or self.redirect_uri,
+        )

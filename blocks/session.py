@@ -1,0 +1,267 @@
+"""A logged-in user's Dintero session as a Prefect block, and the token store built on it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime
+from typing import Any, Literal
+
+from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
+from prefect.concurrency.asyncio import concurrency as aconcurrency
+from prefect.concurrency.sync import concurrency
+from pydantic import Field, SecretStr
+
+from prefect_dintero.bearer import DinteroBearer
+from prefect_dintero.client import AsyncDinteroClient, DinteroClient
+from prefect_dintero.provider import OIDCSessionProvider
+from prefect_dintero.store import TokenStore, same_token
+from prefect_dintero.tokens import Token, UserInfo
+
+from .credentials import LOGO_URL, DinteroCredentials
+
+#: How long a renewal may wait for another process's renewal of the same session.
+RENEWAL_SLOT_TIMEOUT = 120.0
+
+
+class DinteroOIDCSession(Block):
+    """A user's Dintero session, saved by the ``dintero_login`` flow and renewed in place.
+
+    Flows use it to call Dintero as the user who logged in. When its access token nears expiry it
+    is renewed with the refresh token once across every thread, process and worker: the renewal
+    runs in a slot of a Prefect global concurrency limit named after the credential, re-reads
+    this block inside the slot, and saves the renewed session before using it, so a rotated
+    refresh token is never lost.
+
+    Attributes:
+        credentials: the API client the user logged in through.
+        access_token: the user's access token.
+        refresh_token: the refresh token, when Dintero issued one.
+        expires_at: when the access token expires.
+        user_info: who logged in, as Dintero reports it (not secret).
+
+    Examples:
+        Call Dintero as the logged-in user:
+        ```python
+        from prefect_dintero import DinteroOIDCSession
+
+        dintero_session = DinteroOIDCSession.load("BLOCK_NAME")
+        with dintero_session.get_client() as client:
+            settlements = client.get_json(
+                f"/v1/accounts/{dintero_session.credentials.account_id}/settlements"
+            )
+        ```
+    """
+
+    _block_type_name = "Dintero OIDC Session"
+    _logo_url = LOGO_URL
+    _documentation_url = (
+        "https://docs.dintero.com/management-auth-api/authenticate/aid_auths_oidc_token_post"
+    )
+    _description = "A user's Dintero login session, renewed in place when it nears expiry."
+
+    credentials: DinteroCredentials = Field(
+        description="The Dintero Credentials block of the API client the user logged in through."
+    )
+    access_token: SecretStr = Field(description="The user's access token.")
+    refresh_token: SecretStr | None = Field(
+        default=None, description="The refresh token, when Dintero issued one."
+    )
+    token_type: str = Field(default="Bearer", description="The token type, always Bearer.")
+    issued_at: datetime | None = Field(
+        default=None, description="When the access token was requested."
+    )
+    expires_at: datetime = Field(description="When the access token expires.")
+    user_info: dict[str, Any] | None = Field(
+        default=None,
+        description="Who logged in (authority, sub, name), as Dintero reports it; not secret.",
+    )
+
+    # -- conversions ----------------------------------------------------------------------------
+
+    def to_token(self) -> Token:
+        """The session as the core's token."""
+        return Token(
+            access_token=self.access_token,
+            refresh_token=self.refresh_token,
+            token_type=self.token_type,
+            issued_at=self.issued_at or self.expires_at,
+            expires_at=self.expires_at,
+            user_info=UserInfo.model_validate(self.user_info) if self.user_info else None,
+        )
+
+    @classmethod
+    def from_token(cls, credentials: DinteroCredentials, token: Token) -> DinteroOIDCSession:
+        return cls(
+            credentials=credentials,
+            **_token_fields(token),
+        )
+
+    def _apply(self, token: Token) -> None:
+        for name, value in _token_fields(token).items():
+            setattr(self, name, value)
+
+    # -- clients --------------------------------------------------------------------------------
+
+    def session_name(self) -> str:
+        """The saved block's name: it names the session's locks and its refresh limit."""
+        name = getattr(self, "_block_document_name", None)
+        if not name:
+            raise ValueError(
+                "this session block is not saved; save it (or load it by name) before using it, "
+                "so renewals can be written back"
+            )
+        return name
+
+    def token_provider(self) -> OIDCSessionProvider:
+        name = self.session_name()
+        core = self.credentials.to_core()
+        store = BlockSessionStore.for_block(name, core.cache_key(session=name), self)
+        return OIDCSessionProvider(
+            core,
+            name,
+            store=store,
+            leeway=self.credentials.token_leeway_seconds,
+        )
+
+    def get_bearer(self) -> DinteroBearer:
+        """A self-renewing bearer for the user, to pass to downstream tasks."""
+        return DinteroBearer(self.token_provider())
+
+    def get_client(
+        self, client_type: Literal["sync", "async"] = "sync"
+    ) -> DinteroClient | AsyncDinteroClient:
+        """A client that calls Dintero as the logged-in user."""
+        provider = self.token_provider()
+        cls = AsyncDinteroClient if client_type == "async" else DinteroClient
+        return cls(provider.credentials, token_provider=provider)
+
+    def get_async_client(self) -> AsyncDinteroClient:
+        provider = self.token_provider()
+        return AsyncDinteroClient(provider.credentials, token_provider=provider)
+
+
+def _token_fields(token: Token) -> dict[str, Any]:
+    return {
+        "access_token": token.access_token,
+        "refresh_token": token.refresh_token,
+        "token_type": token.token_type,
+        "issued_at": token.issued_at,
+        "expires_at": token.expires_at,
+        "user_info": token.user_info.model_dump() if token.user_info else None,
+    }
+
+
+def refresh_limit_name(cache_key: str) -> str:
+    """The global concurrency limit that serialises one session's renewals (no secret in it)."""
+    return f"dintero-session-refresh-{cache_key[:16]}"
+
+
+class BlockSessionStore(TokenStore):
+    """The core's token store for one saved session block.
+
+    Reads are served from memory; inside a renewal the block is re-read, so a session renewed
+    by another process is picked up instead of renewed again. A renewed token is saved to the
+    block before it is handed out. An invalidated token (a 401) is only marked in memory.
+    """
+
+    _instances: dict[str, BlockSessionStore] = {}
+    _instances_lock = threading.Lock()
+    _limits_ready: set[str] = set()
+
+    def __init__(self, block_name: str, cache_key: str, block: DinteroOIDCSession) -> None:
+        self.block_name = block_name
+        self.limit_name = refresh_limit_name(cache_key)
+        self._token: Token | None = block.to_token()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_block(
+        cls, block_name: str, cache_key: str, block: DinteroOIDCSession
+    ) -> BlockSessionStore:
+        """One store per session in a process, so every client of it shares one cache."""
+        with cls._instances_lock:
+            store = cls._instances.get(cache_key)
+            if store is None:
+                store = cls._instances[cache_key] = cls(block_name, cache_key, block)
+            return store
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get(self, key: str, *, reload: bool = False) -> Token | None:
+        if reload:
+            block = DinteroOIDCSession.load(self.block_name, _sync=True)
+            with self._lock:
+                self._token = block.to_token()
+        return self._token
+
+    async def aget(self, key: str, *, reload: bool = False) -> Token | None:
+        if reload:
+            block = await DinteroOIDCSession.aload(self.block_name)
+            with self._lock:
+                self._token = block.to_token()
+        return self._token
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def _swap_in_memory(self, expected: Token | None, new: Token | None) -> bool:
+        with self._lock:
+            if not same_token(self._token, expected):
+                return False
+            self._token = new
+            return True
+
+    def compare_and_swap(self, key: str, expected: Token | None, new: Token | None) -> bool:
+        if new is not None and not new.same_access_token(expected):
+            block = DinteroOIDCSession.load(self.block_name, _sync=True)
+            if not same_token(block.to_token(), expected):
+                return False
+            block._apply(new)
+            block.save(self.block_name, overwrite=True, _sync=True)
+        return self._swap_in_memory(expected, new)
+
+    async def acompare_and_swap(self, key: str, expected: Token | None, new: Token | None) -> bool:
+        if new is not None and not new.same_access_token(expected):
+            block = await DinteroOIDCSession.aload(self.block_name)
+            if not same_token(block.to_token(), expected):
+                return False
+            block._apply(new)
+            await block.asave(self.block_name, overwrite=True)
+        return self._swap_in_memory(expected, new)
+
+    # -- cross-process serialisation --------------------------------------------------------------
+
+    def _ensure_limit(self) -> None:
+        if self.limit_name in self._limits_ready:
+            return
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
+        self._limits_ready.add(self.limit_name)
+
+    async def _aensure_limit(self) -> None:
+        if self.limit_name in self._limits_ready:
+            return
+        async with get_client() as client:
+            await client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
+        self._limits_ready.add(self.limit_name)
+
+    @contextmanager
+    def renewal_lock(self, key: str) -> Iterator[None]:
+        self._ensure_limit()
+        with concurrency(
+            self.limit_name, occupy=1, timeout_seconds=RENEWAL_SLOT_TIMEOUT, strict=False
+        ):
+            yield
+
+    @asynccontextmanager
+    async def arenewal_lock(self, key: str) -> AsyncIterator[None]:
+        await self._aensure_limit()
+        async with aconcurrency(
+            self.limit_name, occupy=1, timeout_seconds=RENEWAL_SLOT_TIMEOUT, strict=False
+        ):
+            yield
+
+    def __repr__(self) -> str:
+        return f"BlockSessionStore(block={self.block_name!r}, limit={self.limit_name!r})"

@@ -1,0 +1,140 @@
+"""Prefect tasks for Dintero authentication: the OIDC code exchange and bearer tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+from pydantic import SecretStr
+
+from prefect_dintero.bearer import DinteroBearer
+from prefect_dintero.provider import OIDCSessionProvider
+from prefect_dintero.redact import install_log_filter, register_secret
+
+from ..blocks import DinteroCredentials, DinteroOIDCSession
+from ._retry import retry_if_transient
+
+
+def _secret(value: SecretStr | str) -> str:
+    plain = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    register_secret(plain)
+    return plain
+
+
+@task(
+    name="Exchange Dintero authorization code",
+    description="Exchange a user's OIDC authorization code for a session and save it as a block.",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+    persist_result=False,
+    cache_policy=NO_CACHE,
+)
+def exchange_authorization_code(
+    credentials_block: str,
+    session_block: str,
+    code: SecretStr | str,
+    redirect_uri: str | None = None,
+) -> dict[str, Any]:
+    """Exchange the code, save the session block, and return who logged in (no secrets).
+
+    Only transient failures (rate limits, 5xx, network) are retried; a used or expired code, a
+    wrong client secret or a mismatched redirect URI fail at once with a clear message.
+
+    Args:
+        credentials_block: name of the saved ``DinteroCredentials`` block.
+        session_block: name to save the ``DinteroOIDCSession`` block under (overwritten).
+        code: the authorization code from the identity provider's redirect.
+        redirect_uri: the redirect URI used to log in; defaults to the block's.
+
+    Returns:
+        ``account_id``, ``session_block``, ``user_sub``, ``user_name``, ``expires_at`` (ISO 8601)
+        and ``refreshable`` (whether Dintero issued a refresh token).
+
+    Examples:
+        ```python
+        from prefect import flow
+        from prefect_dintero.tasks import exchange_authorization_code
+
+        @flow
+        def finish_login(code: str):
+            return exchange_authorization_code("dintero", "dintero-ada", code)
+        ```
+    """
+    install_log_filter()
+    logger = get_run_logger()
+    credentials = DinteroCredentials.load(credentials_block, _sync=True)
+    token = credentials.exchange_authorization_code(_secret(code), redirect_uri=redirect_uri)
+    DinteroOIDCSession.from_token(credentials, token).save(
+        session_block, overwrite=True, _sync=True
+    )
+    user = token.user_info
+    facts = {
+        "account_id": credentials.account_id,
+        "session_block": session_block,
+        "user_sub": user.sub if user else None,
+        "user_name": user.name if user else None,
+        "expires_at": token.expires_at.isoformat(),
+        "refreshable": token.refresh_token is not None,
+    }
+    logger.info(
+        "Logged in %s to Dintero account %s; session saved as block %r, valid until %s",
+        facts["user_name"] or facts["user_sub"] or "a user",
+        facts["account_id"],
+        session_block,
+        facts["expires_at"],
+    )
+    return facts
+
+
+@task(
+    name="Get Dintero bearer token",
+    description="A self-renewing bearer for downstream tasks (never persisted or cached).",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+    persist_result=False,
+    cache_policy=NO_CACHE,
+)
+def get_bearer_token(credentials_block: str, session_block: str | None = None) -> DinteroBearer:
+    """The bearer that downstream tasks call Dintero with.
+
+    With ``session_block`` it speaks for the logged-in user (renewed with the refresh token; an
+    expired session without one raises ``ReauthorizationRequired``, never falling back to the
+    service identity). Without it, the API client's own service token is used. The token is
+    obtained here, so bad credentials fail in this task, and renewed on use when it nears expiry.
+
+    Args:
+        credentials_block: name of the saved ``DinteroCredentials`` block.
+        session_block: name of a saved ``DinteroOIDCSession`` block, for user sessions.
+
+    Returns:
+        A :class:`~prefect_dintero.bearer.DinteroBearer`; its repr shows no secret and it
+        refuses to be pickled.
+    """
+    install_log_filter()
+    logger = get_run_logger()
+    if session_block:
+        session = DinteroOIDCSession.load(session_block, _sync=True)
+        if (
+            session.credentials.account_id
+            != DinteroCredentials.load(credentials_block, _sync=True).account_id
+        ):
+            raise ValueError(
+                f"session block {session_block!r} belongs to account "
+                f"{session.credentials.account_id}, not to the account of {credentials_block!r}"
+            )
+        bearer = session.get_bearer()
+    else:
+        credentials = DinteroCredentials.load(credentials_block, _sync=True)
+        bearer = DinteroBearer(credentials.service_token_provider())
+    bearer.token()  # fail here, clearly, rather than in every downstream task
+    identity = "service client"
+    if isinstance(bearer._provider, OIDCSessionProvider) and bearer.user_info is not None:
+        identity = f"user {bearer.user_info.name or bearer.user_info.sub}"
+    logger.info("Bearer ready for account %s as %s", bearer.account_id, identity)
+    return bearer
