@@ -1,5 +1,6 @@
 """Prefect tasks of prefect-dintero (installed as ``prefect_dintero.tasks``)."""
 
 from .auth import exchange_authorization_code, get_bearer_token
+from .sync import sync_stream
 
-__all__ = ["exchange_authorization_code", "get_bearer_token"]
+__all__ = ["exchange_authorization_code", "get_bearer_token", "sync_stream"]

@@ -1,0 +1,244 @@
+"""The catalog of Dintero streams: one declarative entry per resource.
+
+Adding a stream is adding one ``Stream`` to ``CATALOG``: where it lives, how it pages, its key,
+its cursor, how the API filters it, and the typed columns to keep (every object is also kept
+whole as JSON).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+from .errors import ConfigurationError
+from .paginators import (
+    LastEvaluatedKeyPaginator,
+    NextPageTokenPaginator,
+    Paginator,
+    SinceDatetimePaginator,
+    StartingAfterPaginator,
+)
+
+ColumnType = Literal["text", "int", "datetime", "bool"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A typed column taken from the object at ``path`` (dotted into nested objects)."""
+
+    name: str
+    type: ColumnType = "text"
+    path: str | None = None
+
+    def extract(self, obj: dict) -> Any:
+        value: Any = obj
+        for part in (self.path or self.name).split("."):
+            if isinstance(value, list):
+                value = value[int(part)] if part.isdigit() and len(value) > int(part) else None
+            elif isinstance(value, dict):
+                value = value.get(part)
+            else:
+                return None
+            if value is None:
+                return None
+        return value
+
+
+@dataclass(frozen=True)
+class Stream:
+    """How to read one Dintero resource incrementally.
+
+    Attributes:
+        name: the stream's name (and table ``dintero_<name>``).
+        host: ``"api"`` or ``"checkout"``.
+        path: the list endpoint; ``{account_id}`` and ``{destination}`` are filled in.
+        paginator: builds the paginator from (page size, lower bound as ISO text or None).
+        primary_key: the object field that identifies a row.
+        cursor_field: the datetime field the window or cursor is on.
+        order: ``"desc"`` (newest first: a fixed window is paged, the cursor moves when it is
+            done) or ``"asc"`` (the cursor moves page by page).
+        lower_param / upper_param: the API's filter on ``cursor_field``; None when the API has
+            none (the bounds are then applied to the rows).
+        version_field: a row is never replaced by one with an older value of this field.
+        max_page_size: the API's largest ``limit``.
+        lookback: the default re-read window before the saved cursor (late changes).
+        per_destination: one partition per payout destination.
+    """
+
+    name: str
+    host: Literal["api", "checkout"]
+    path: str
+    paginator: Callable[[int, str | None], Paginator]
+    primary_key: str
+    cursor_field: str
+    order: Literal["asc", "desc"]
+    columns: tuple[Column, ...]
+    lower_param: str | None = None
+    upper_param: str | None = None
+    version_field: str | None = "updated_at"
+    max_page_size: int = 100
+    lookback: timedelta = timedelta(days=1)
+    per_destination: bool = False
+    description: str = ""
+    extra_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def table_name(self) -> str:
+        return f"dintero_{self.name}"
+
+    def url_path(self, account_id: str, destination: str | None = None) -> str:
+        return self.path.format(account_id=account_id, destination=destination or "")
+
+
+CATALOG: dict[str, Stream] = {
+    s.name: s
+    for s in (
+        Stream(
+            name="transactions",
+            description="Checkout transactions (payments), with status, amounts and events.",
+            host="checkout",
+            path="/v1/transactions",
+            paginator=lambda limit, since: StartingAfterPaginator(limit),
+            primary_key="id",
+            cursor_field="created_at",
+            order="desc",
+            lower_param="created_at.gte",
+            upper_param="created_at.lte",
+            # Transactions are captured, refunded and settled days after they are created, and
+            # the API filters only on created_at: re-read the last few days on every run.
+            lookback=timedelta(days=3),
+            columns=(
+                Column("id"),
+                Column("created_at", "datetime"),
+                Column("updated_at", "datetime"),
+                Column("status"),
+                Column("amount", "int"),
+                Column("currency"),
+                Column("payment_product"),
+                Column("payment_product_type"),
+                Column("merchant_reference"),
+                Column("session_id"),
+                Column("settlement_status"),
+                Column("channel"),
+                Column("customer_id", path="customer.customer_id"),
+            ),
+        ),
+        Stream(
+            name="sessions",
+            description="Checkout sessions, with their order and outcome.",
+            host="checkout",
+            path="/v1/sessions",
+            paginator=lambda limit, since: StartingAfterPaginator(limit),
+            primary_key="id",
+            cursor_field="created_at",
+            order="desc",
+            lower_param="created_at.gte",
+            upper_param="created_at.lte",
+            lookback=timedelta(days=1),
+            columns=(
+                Column("id"),
+                Column("created_at", "datetime"),
+                Column("updated_at", "datetime"),
+                Column("expires_at", "datetime"),
+                Column("transaction_id"),
+                Column("order_amount", "int", "order.amount"),
+                Column("order_currency", path="order.currency"),
+                Column("merchant_reference", path="order.merchant_reference"),
+                Column("cancelled_at", "datetime"),
+            ),
+        ),
+        Stream(
+            name="settlements",
+            description="Settlements paid out by the payment providers.",
+            host="api",
+            path="/v1/accounts/{account_id}/settlements",
+            paginator=lambda limit, since: LastEvaluatedKeyPaginator(limit, "created_at"),
+            primary_key="id",
+            cursor_field="created_at",
+            order="desc",
+            lower_param="item_created_at.gte",
+            upper_param="item_created_at.lte",
+            max_page_size=1000,
+            lookback=timedelta(days=2),
+            columns=(
+                Column("id"),
+                Column("created_at", "datetime"),
+                Column("updated_at", "datetime"),
+                Column("settled_at", "datetime"),
+                Column("provider"),
+                Column("provider_reference"),
+                Column("payment_status"),
+                Column("payout_destination_id"),
+                Column("amount", "int", "amounts.0.amount"),
+                Column("currency", path="amounts.0.currency"),
+            ),
+        ),
+        Stream(
+            name="customers",
+            description="Customers, by their last update.",
+            host="api",
+            path="/v1/accounts/{account_id}/customers/users",
+            paginator=lambda limit, since: SinceDatetimePaginator(limit, since),
+            primary_key="id",
+            cursor_field="updated_at",
+            order="asc",
+            lower_param="since_datetime",
+            upper_param=None,
+            lookback=timedelta(minutes=10),
+            columns=(
+                Column("id"),
+                Column("customer_id"),
+                Column("created_at", "datetime"),
+                Column("updated_at", "datetime"),
+                Column("type"),
+                Column("status"),
+                Column("email"),
+                Column("first_name"),
+                Column("last_name"),
+            ),
+        ),
+        Stream(
+            name="payout_transfers",
+            description="Ledger entries of each payout destination (v2 payout API).",
+            host="api",
+            path="/v2/accounts/{account_id}/payout/payout-destinations/{destination}/transfers",
+            paginator=lambda limit, since: NextPageTokenPaginator(limit),
+            primary_key="ledger_entry_id",
+            cursor_field="created_at",
+            order="desc",
+            lower_param=None,  # no date filter: newest first, stop once past the window
+            upper_param=None,
+            version_field=None,
+            max_page_size=1000,
+            lookback=timedelta(days=1),
+            per_destination=True,
+            columns=(
+                Column("ledger_entry_id"),
+                Column("payout_destination_id"),
+                Column("created_at", "datetime"),
+                Column("type"),
+                Column("amount", "int"),
+                Column("currency"),
+            ),
+        ),
+    )
+}
+
+
+def resolve_streams(names: list[str] | None) -> list[Stream]:
+    """The named streams (all when None), or a clear error listing the valid names."""
+    if names is None:
+        return list(CATALOG.values())
+    if isinstance(names, str):
+        names = [names]
+    unknown = [n for n in names if n not in CATALOG]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown stream{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"valid streams: {', '.join(CATALOG)}"
+        )
+    if not names:
+        raise ConfigurationError(f"no streams selected; valid streams: {', '.join(CATALOG)}")
+    return [CATALOG[n] for n in dict.fromkeys(names)]

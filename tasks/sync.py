@@ -1,0 +1,129 @@
+"""Prefect tasks that sync Dintero streams into a database."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from prefect_dintero.bearer import DinteroBearer
+from prefect_dintero.redact import install_log_filter
+from prefect_dintero.sink import Sink
+from prefect_dintero.streams import resolve_streams
+from prefect_dintero.sync import StreamResult, SyncOptions
+from prefect_dintero.sync import sync_stream as sync_stream_core
+
+from ._retry import retry_if_transient
+from .destinations import open_sink
+
+#: Log a progress line every this many pages of a stream.
+PROGRESS_EVERY_PAGES = 10
+
+
+@task(
+    name="Sync Dintero stream",
+    description="Page one Dintero stream of one account into the destination, incrementally.",
+    task_run_name="sync-{stream}",
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+    persist_result=False,
+    cache_policy=NO_CACHE,
+)
+def sync_stream(
+    bearer: DinteroBearer,
+    stream: str,
+    destination: str = "dintero.db",
+    destination_block: str | None = None,
+    lookback_seconds: float | None = None,
+    page_size: int = 100,
+    full_refresh: bool = False,
+    payout_destinations: list[str] | None = None,
+    start_date: datetime | None = None,
+) -> dict[str, Any]:
+    """Sync one stream of the bearer's account, committing each page with the stream's state.
+
+    Transient HTTP failures are retried per request by the client; this task is retried only
+    when those retries ran out, and then resumes from the last committed page.
+
+    Args:
+        bearer: from ``get_bearer_token`` (never persisted).
+        stream: a stream name: transactions, sessions, settlements, customers, payout_transfers.
+        destination: a SQLite file path or a SQLAlchemy URL without a password.
+        destination_block: a prefect-sqlalchemy ``SqlAlchemyConnector`` block name instead.
+        lookback_seconds: re-read this far before the cursor; None uses the stream's default.
+        page_size: rows per page (capped at the endpoint's maximum).
+        full_refresh: ignore the saved cursor.
+        payout_destinations: payout destination ids, for ``payout_transfers``.
+        start_date: the oldest data a first sync reads.
+
+    Returns:
+        Counts: pages, fetched, inserted, updated, unchanged, requests, retries, rate_limited,
+        seconds, cursor_before, cursor_after, resumed, and one entry per partition.
+    """
+    install_log_filter()
+    logger = get_run_logger()
+    [spec] = resolve_streams([stream])
+    sink: Sink = open_sink(destination, destination_block)
+    options = SyncOptions(
+        page_size=page_size,
+        lookback=timedelta(seconds=lookback_seconds) if lookback_seconds is not None else None,
+        full_refresh=full_refresh,
+        start_date=start_date,
+        payout_destinations=list(payout_destinations or []),
+    )
+
+    def progress(result: StreamResult) -> None:
+        if result.pages % PROGRESS_EVERY_PAGES == 0:
+            logger.info("%s: %d pages, %d rows so far", stream, result.pages, result.fetched)
+
+    try:
+        sink.prepare([spec])
+        with bearer.client() as client:
+            results = sync_stream_core(
+                client, sink, spec, bearer.account_id, options, on_page=progress
+            )
+    finally:
+        sink.dispose()
+    summary = _summarise(stream, bearer.account_id, results)
+    logger.info(
+        "%s: %d pages, %d fetched, %d new, %d updated in %.1f s (%d retries, %d rate limited)",
+        stream,
+        summary["pages"],
+        summary["fetched"],
+        summary["inserted"],
+        summary["updated"],
+        summary["seconds"],
+        summary["retries"],
+        summary["rate_limited"],
+    )
+    return summary
+
+
+def _summarise(stream: str, account_id: str, results: list[StreamResult]) -> dict[str, Any]:
+    totals = {"stream": stream, "account_id": account_id}
+    for name in (
+        "pages",
+        "fetched",
+        "inserted",
+        "updated",
+        "unchanged",
+        "requests",
+        "retries",
+        "rate_limited",
+    ):
+        totals[name] = sum(getattr(r, name) for r in results)
+    totals["seconds"] = round(sum(r.seconds for r in results), 3)
+    totals["resumed"] = any(r.resumed for r in results)
+    totals["cursor_before"] = min(
+        (r.cursor_before for r in results if r.cursor_before), default=None
+    )
+    totals["cursor_after"] = max((r.cursor_after for r in results if r.cursor_after), default=None)
+    totals["partitions"] = (
+        [r.as_dict() for r in results] if len(results) > 1 or results[0].partition else []
+    )
+    return totals

@@ -1,0 +1,458 @@
+"""Incremental sync into SQLite and PostgreSQL against the emulator (no Prefect)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import create_engine, text
+
+from prefect_dintero.client import DinteroClient
+from prefect_dintero.credentials import ClientCredentials
+from prefect_dintero.errors import ConfigurationError, MalformedResponseError
+from prefect_dintero.paginators import (
+    LastEvaluatedKeyPaginator,
+    MalformedPageError,
+    PaginationError,
+    SinceDatetimePaginator,
+    StartingAfterPaginator,
+    pages,
+)
+from prefect_dintero.retry import RetryPolicy
+from prefect_dintero.sink import DestinationError, Sink, StreamState, parse_datetime
+from prefect_dintero.store import DEFAULT_STORE
+from prefect_dintero.streams import CATALOG, resolve_streams
+from prefect_dintero.sync import SyncOptions, sync_stream
+
+AID = "T12345678"
+DATA = dict(
+    transactions=180, sessions=70, settlements=45, customers=60, transfers_per_destination=35
+)
+FAST = RetryPolicy(max_attempts=8, backoff_base=0.01, backoff_cap=0.05, retry_after_cap=0.2)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tokens():
+    DEFAULT_STORE.clear()
+
+
+def creds_for(emu) -> ClientCredentials:
+    return ClientCredentials(
+        account_id=AID,
+        client_id=emu.config.client_id,
+        client_secret=SecretStr(emu.config.client_secret),
+        api_url=emu.url,
+        checkout_url=emu.url,
+    )
+
+
+def options(emu, **kw) -> SyncOptions:
+    return SyncOptions(
+        page_size=kw.pop("page_size", 17), payout_destinations=emu.config.payout_destinations, **kw
+    )
+
+
+def sync_all(emu, sink, opts=None, policy=FAST, streams=None):
+    results = {}
+    with DinteroClient(creds_for(emu), retry_policy=policy) as client:
+        for spec in streams or CATALOG.values():
+            results[spec.name] = sync_stream(client, sink, spec, AID, opts or options(emu))
+    return results
+
+
+def assert_equals_source(emu, sink, streams=None):
+    for spec in streams or CATALOG.values():
+        source = {o[spec.primary_key]: o for o in emu.dump(spec.name)}
+        rows = sink.rows(spec, AID)
+        table = {r[spec.primary_key]: r["raw"] for r in rows}
+        assert len(rows) == len(table), f"{spec.name}: duplicate keys"
+        assert table.keys() == source.keys(), (
+            f"{spec.name}: {len(table)} rows, source has {len(source)}"
+        )
+        assert table == source, f"{spec.name}: content differs"
+
+
+@pytest.fixture
+def emu(dintero_emulator_factory):
+    return dintero_emulator_factory(**DATA)
+
+
+# -- the catalog and paginators -------------------------------------------------------------------
+
+
+def test_unknown_stream_lists_the_valid_ones():
+    with pytest.raises(
+        ConfigurationError,
+        match="unknown stream 'payments'; valid streams: transactions, sessions, settlements, customers, payout_transfers",
+    ):
+        resolve_streams(["transactions", "payments"])
+    assert [s.name for s in resolve_streams(None)] == list(CATALOG)
+
+
+def fake_fetch(bodies):
+    calls = []
+
+    def fetch(params):
+        calls.append(params)
+        return bodies[min(len(calls) - 1, len(bodies) - 1)]
+
+    return fetch, calls
+
+
+def test_repeated_cursor_is_detected():
+    page = [{"id": "a"}, {"id": "b"}]
+    fetch, calls = fake_fetch([page])
+    with pytest.raises(PaginationError, match="same page cursor twice"):
+        list(pages(fetch, StartingAfterPaginator(2)))
+    assert len(calls) == 2
+
+
+def test_page_cap_stops_with_an_error():
+    n = iter(range(10**6))
+
+    def fetch(params):
+        i = next(n)
+        return [{"id": f"x{i}-0"}, {"id": f"x{i}-1"}]
+
+    with pytest.raises(PaginationError, match="page cap of 5"):
+        list(pages(fetch, StartingAfterPaginator(2), max_pages=5))
+
+
+def test_envelope_without_a_key_stops_and_wrong_shapes_are_malformed():
+    fetch, _ = fake_fetch([{"items": [{"id": "1"}]}])
+    assert [p.rows for p in pages(fetch, LastEvaluatedKeyPaginator(5))] == [[{"id": "1"}]]
+    for body, paginator in (
+        ({"entries": []}, LastEvaluatedKeyPaginator(5)),
+        ({"items": "x"}, LastEvaluatedKeyPaginator(5)),
+        ([1, 2], StartingAfterPaginator(5)),
+        ({"x": 1}, StartingAfterPaginator(5)),
+    ):
+        fetch, _ = fake_fetch([body])
+        with pytest.raises(MalformedPageError):
+            list(pages(fetch, paginator))
+
+
+def test_since_datetime_grows_the_page_once_then_reports_a_stuck_timestamp():
+    same = [{"id": str(i), "updated_at": "2026-01-01T00:00:00Z"} for i in range(100)]
+    fetch, calls = fake_fetch([same[:10], same])
+    with pytest.raises(PaginationError, match="share updated_at"):
+        list(pages(fetch, SinceDatetimePaginator(10, "2026-01-01T00:00:00Z")))
+    assert [c["limit"] for c in calls] == [10, 100]
+
+
+# -- full and incremental sync ------------------------------------------------------------------
+
+
+def test_full_sync_equals_the_source_for_every_stream(emu, destination):
+    sink = Sink(destination)
+    sink.prepare(list(CATALOG.values()))
+    results = sync_all(emu, sink)
+    assert_equals_source(emu, sink)
+    tx = results["transactions"][0]
+    assert tx.inserted == 180 and tx.pages == 180 // 17 + 1 and tx.cursor_before is None
+    assert parse_datetime(tx.cursor_after) == max(
+        parse_datetime(t["created_at"]) for t in emu.dump("transactions")
+    )
+    assert [r.partition for r in results["payout_transfers"]] == emu.config.payout_destinations
+    state = sink.read_state(AID, "transactions")
+    assert state.resume is None and state.rows_total == 180
+
+
+def test_incremental_sync_fetches_only_the_lookback_window(emu, destination):
+    sink = Sink(destination)
+    sink.prepare(list(CATALOG.values()))
+    sync_all(emu, sink)
+    changed = emu.advance_clock(
+        6 * 3600,
+        new_transactions=6,
+        new_sessions=3,
+        new_settlements=2,
+        new_customers=4,
+        update_customers=5,
+        new_transfers=2,
+    )["changed"][AID]
+    emu.mutate(update_transactions=4, recent_days=2)
+    results = sync_all(emu, sink)
+    assert_equals_source(emu, sink)
+    tx = results["transactions"][0]
+    source = emu.dump("transactions")
+    window_start = parse_datetime(results["transactions"][0].cursor_before) - timedelta(days=3)
+    in_window = [t for t in source if parse_datetime(t["created_at"]) >= window_start]
+    assert tx.fetched == len(in_window) < len(source) / 4
+    assert tx.inserted == changed["transactions"]
+    assert results["customers"][0].inserted == 4 and results["customers"][0].updated == 5
+    assert results["settlements"][0].inserted == 2
+    # A third run with nothing new fetches only the window again, and changes nothing.
+    again = sync_all(emu, sink)
+    assert all(r.inserted == 0 and r.updated == 0 for rs in again.values() for r in rs)
+
+
+def test_changed_transactions_inside_the_lookback_are_updated(emu, destination):
+    sink = Sink(destination)
+    sink.prepare([CATALOG["transactions"]])
+    sync_all(emu, sink, streams=[CATALOG["transactions"]])
+    emu.advance_clock(3600)
+    changed = emu.mutate(update_transactions=3, recent_days=400)["changed"][AID]["transactions"]
+    results = sync_all(
+        emu, sink, options(emu, lookback=timedelta(days=400)), streams=[CATALOG["transactions"]]
+    )
+    assert results["transactions"][0].updated == changed == 3
+    assert_equals_source(emu, sink, [CATALOG["transactions"]])
+
+
+def test_full_refresh_ignores_the_cursor(emu, destination):
+    sink = Sink(destination)
+    sink.prepare([CATALOG["sessions"]])
+    sync_all(emu, sink, streams=[CATALOG["sessions"]])
+    results = sync_all(emu, sink, options(emu, full_refresh=True), streams=[CATALOG["sessions"]])
+    assert results["sessions"][0].fetched == 70 and results["sessions"][0].inserted == 0
+
+
+def test_older_copies_never_replace_newer_rows(destination):
+    sink = Sink(destination)
+    spec = CATALOG["transactions"]
+    sink.prepare([spec])
+    newer = {
+        "id": f"{AID}.aaaa",
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-03T00:00:00Z",
+        "status": "CAPTURED",
+    }
+    older = {**newer, "updated_at": "2026-01-02T00:00:00Z", "status": "AUTHORIZED"}
+    keep = lambda state, write: state  # noqa: E731
+    sink.write_page(spec, AID, "", [newer], keep)
+    write, _ = sink.write_page(spec, AID, "", [older, older], keep)
+    assert write.unchanged == 1 and write.duplicates == 1
+    [row] = sink.rows(spec, AID)
+    assert row["status"] == "CAPTURED" and row["raw"]["updated_at"] == "2026-01-03T00:00:00Z"
+    assert row["updated_at"] == datetime(2026, 1, 3, tzinfo=UTC)
+
+
+def test_a_page_missing_its_primary_key_writes_nothing(destination):
+    sink = Sink(destination)
+    spec = CATALOG["transactions"]
+    sink.prepare([spec])
+    with pytest.raises(MalformedPageError, match="has no 'id'"):
+        sink.write_page(
+            spec,
+            AID,
+            "",
+            [{"id": f"{AID}.ok"}, {"created_at": "2026-01-01T00:00:00Z"}],
+            lambda s, w: s,
+        )
+    assert sink.count(spec) == 0
+    assert sink.read_state(AID, "transactions") == StreamState()
+
+
+def test_a_malformed_page_is_a_clear_error_and_nothing_of_it_is_written(emu, destination):
+    sink = Sink(destination)
+    spec = CATALOG["transactions"]
+    sink.prepare([spec])
+    emu.set_faults({"route": "transactions", "sequence": ["ok", {"malformed": True}]})
+    with (
+        pytest.raises(MalformedResponseError, match="not valid JSON"),
+        DinteroClient(creds_for(emu), retry_policy=FAST) as client,
+    ):
+        sync_stream(client, sink, spec, AID, options(emu))
+    assert sink.count(spec) == 17  # the first page only
+    state = sink.read_state(AID, "transactions")
+    assert state.cursor is None and state.resume is not None  # not advanced; resumes at page 2
+    results = sync_all(emu, sink, streams=[spec])
+    assert results["transactions"][0].resumed and results["transactions"][0].inserted == 180 - 17
+    assert_equals_source(emu, sink, [spec])
+
+
+def test_a_refused_resume_cursor_restarts_the_window(emu, destination):
+    sink = Sink(destination)
+    spec = CATALOG["sessions"]
+    sink.prepare([spec])
+    sink.write_page(
+        spec,
+        AID,
+        "",
+        [],
+        lambda s, w: StreamState(
+            resume={"limit": 17, "starting_after": f"{AID}.gone"},
+            window_lower=None,
+            window_upper=datetime.now(UTC),
+        ),
+    )
+    results = sync_all(emu, sink, streams=[spec])
+    assert not results["sessions"][0].resumed
+    assert_equals_source(emu, sink, [spec])
+
+
+def test_faults_during_sync_give_the_same_data(emu, destination):
+    sink = Sink(destination)
+    sink.prepare(list(CATALOG.values()))
+    emu.set_faults(
+        {"route": "*", "probability": 0.15, "status": 429, "retry_after": 0},
+        {"route": "*", "probability": 0.05, "status": 503},
+        {"route": "*", "probability": 0.05, "drop": True},
+        {"route": "*", "probability": 0.03, "status": 401},
+    )
+    results = sync_all(emu, sink)
+    emu.clear_faults()
+    assert_equals_source(emu, sink)
+    injected = emu.stats()["faults_injected"]
+    assert injected.get("429", 0) > 0 and sum(injected.values()) > 5
+    assert sum(r.retries for rs in results.values() for r in rs) > 0
+
+
+def test_two_syncs_at_once_do_not_corrupt_each_other(emu, destination):
+    sink_a, sink_b = Sink(destination), Sink(destination)
+    sink_a.prepare(list(CATALOG.values()))
+    errors = []
+
+    def run(sink):
+        try:
+            sync_all(emu, sink)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in (sink_a, sink_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert_equals_source(emu, sink_a)
+    for spec in CATALOG.values():
+        for partition in emu.config.payout_destinations if spec.per_destination else [""]:
+            state = sink_a.read_state(AID, spec.name, partition)
+            assert state.resume is None and state.cursor is not None
+
+
+def test_a_newly_declared_column_is_added_as_nullable(destination):
+    spec = CATALOG["settlements"]
+    engine = create_engine(Sink(destination).url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE dintero_settlements (account_id VARCHAR(32) NOT NULL, id VARCHAR(255) NOT NULL, created_at TIMESTAMP, raw TEXT NOT NULL, synced_at TIMESTAMP NOT NULL, PRIMARY KEY (account_id, id))"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO dintero_settlements VALUES ('T12345678', 'old', NULL, '{}', '2026-01-01 00:00:00')"
+            )
+        )
+    engine.dispose()
+    sink = Sink(destination)
+    sink.prepare([spec])
+    from sqlalchemy import inspect
+
+    columns = {c["name"]: c for c in inspect(sink.engine).get_columns("dintero_settlements")}
+    assert {"provider", "amount", "currency", "settled_at"} <= set(columns)
+    assert columns["provider"]["nullable"]
+    assert sink.count(spec) == 1
+
+
+def test_an_unreachable_database_is_a_clear_error():
+    sink = Sink("postgresql://nobody@127.0.0.1:1/nothing")
+    with pytest.raises(DestinationError, match="cannot use the destination database") as info:
+        sink.prepare([CATALOG["transactions"]])
+    assert not info.value.retryable
+
+
+def test_payout_transfers_need_destinations(emu):
+    sink = Sink("sqlite://")
+    with (
+        pytest.raises(ConfigurationError, match="payout destination"),
+        DinteroClient(creds_for(emu)) as client,
+    ):
+        sync_stream(client, sink, CATALOG["payout_transfers"], AID, SyncOptions())
+
+
+# -- crashes --------------------------------------------------------------------------------------
+
+CRASHER = textwrap.dedent(
+    """
+    import sys
+    from pydantic import SecretStr
+    from prefect_dintero.client import DinteroClient
+    from prefect_dintero.credentials import ClientCredentials
+    from prefect_dintero.retry import RetryPolicy
+    from prefect_dintero.sink import Sink
+    from prefect_dintero.streams import CATALOG
+    from prefect_dintero.sync import SyncOptions, sync_stream
+    url, destination = sys.argv[1], sys.argv[2]
+    creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
+        client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url)
+    sink = Sink(destination)
+    sink.prepare(list(CATALOG.values()))
+    opts = SyncOptions(page_size=7, payout_destinations=["PD-main", "PD-store-2"])
+    policy = RetryPolicy(max_attempts=8, backoff_base=0.01, backoff_cap=0.05, retry_after_cap=0.2)
+    with DinteroClient(creds, retry_policy=policy) as client:
+        for spec in CATALOG.values():
+            sync_stream(client, sink, spec, "T12345678", opts)
+    print("DONE", flush=True)
+    """
+)
+
+
+def check_cursor_not_ahead_of_data(emu, sink):
+    """Every source object at or before a committed cursor is in the table."""
+    for spec in CATALOG.values():
+        for partition in emu.config.payout_destinations if spec.per_destination else [""]:
+            state = sink.read_state(AID, spec.name, partition)
+            if state.cursor is None:
+                continue
+            have = {r[spec.primary_key] for r in sink.rows(spec, AID)}
+            source = emu.dump(spec.name, destination=partition or None)
+            missing = [
+                o
+                for o in source
+                if parse_datetime(o[spec.cursor_field]) <= state.cursor
+                and o[spec.primary_key] not in have
+            ]
+            assert not missing, (
+                f"{spec.name}/{partition}: cursor {state.cursor} is ahead of {len(missing)} missing rows"
+            )
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume(emu, destination):
+    # Slow enough (~7 s for a whole sync) that every kill below lands mid-sync.
+    emu.set_faults({"route": "*", "probability": 1.0, "latency": 0.05})
+    Sink(destination).prepare(list(CATALOG.values()))
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(5):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CRASHER, emu.url, destination],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(rng.uniform(0.6, 1.8))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=30)
+        check_cursor_not_ahead_of_data(emu, Sink(destination))
+    assert kills >= 4
+    emu.clear_faults()
+    done = subprocess.run(
+        [sys.executable, "-c", CRASHER, emu.url, destination],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "DONE" in done.stdout, done.stderr[-3000:]
+    sink = Sink(destination)
+    assert_equals_source(emu, sink)
+    check_cursor_not_ahead_of_data(emu, sink)
+
+
+def test_a_missing_driver_is_a_clear_error():
+    with pytest.raises(DestinationError, match="no database driver"):
+        Sink("oracle+nosuchdriver://x@127.0.0.1/db")

@@ -1,0 +1,169 @@
+"""The dintero-sync flow and sync_stream task on a Prefect test server."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect_dintero.flows import dintero_login, dintero_sync
+from prefect_dintero.flows.sync import SyncFailed
+from pydantic import SecretStr
+
+from prefect_dintero import DinteroCredentials
+from prefect_dintero.emulator import EmulatorConfig, running_emulator
+from prefect_dintero.errors import ConfigurationError
+from prefect_dintero.sink import Sink
+from prefect_dintero.streams import CATALOG
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+AID = "T12345678"
+
+
+@pytest.fixture(scope="module")
+def emu():
+    config = EmulatorConfig(
+        refresh_tokens=True,
+        transactions=120,
+        sessions=40,
+        settlements=30,
+        customers=35,
+        transfers_per_destination=25,
+    )
+    with running_emulator(config) as server:
+        yield server
+
+
+@pytest.fixture
+def creds(emu) -> str:
+    name = f"dintero-{uuid.uuid4().hex[:8]}"
+    DinteroCredentials(
+        account_id=AID,
+        client_id=emu.config.client_id,
+        client_secret=SecretStr(emu.config.client_secret),
+        api_url=emu.url,
+        checkout_url=emu.url,
+        oidc_authorize_url=f"{emu.url}/oidc/authorize",
+        redirect_uri=emu.config.redirect_uris[0],
+    ).save(name, overwrite=True, _sync=True)
+    return name
+
+
+def equals_source(emu, sink: Sink, names) -> bool:
+    for name in names:
+        spec = CATALOG[name]
+        table = {r[spec.primary_key]: r["raw"] for r in sink.rows(spec, AID)}
+        if table != {o[spec.primary_key]: o for o in emu.dump(name)}:
+            return False
+    return True
+
+
+def test_sync_flow_all_streams_then_incremental(emu, creds, destination):
+    emu.clear_faults()
+    result = dintero_sync(
+        creds,
+        destination=destination,
+        page_size=25,
+        payout_destinations=emu.config.payout_destinations,
+    )
+    assert [r["stream"] for r in result] == list(CATALOG)
+    sink = Sink(destination)
+    assert equals_source(emu, sink, CATALOG)
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts()
+        table = [a for a in artifact if a.key == "dintero-sync-t12345678"]
+    assert table and "transactions" in str(table[0].data)
+    emu.advance_clock(3600, new_transactions=4, new_customers=2)
+    again = {
+        r["stream"]: r
+        for r in dintero_sync(
+            creds,
+            destination=destination,
+            page_size=25,
+            payout_destinations=emu.config.payout_destinations,
+        )
+    }
+    assert again["transactions"]["inserted"] == 4 and again["customers"]["inserted"] == 2
+    assert again["transactions"]["fetched"] < 120 / 4
+    assert equals_source(emu, Sink(destination), CATALOG)
+
+
+def test_all_streams_without_destinations_skips_payout_transfers(emu, creds, tmp_path):
+    result = dintero_sync(creds, destination=str(tmp_path / "d.db"))
+    assert [r["stream"] for r in result] == ["transactions", "sessions", "settlements", "customers"]
+
+
+def test_sync_as_the_logged_in_user(emu, creds, tmp_path):
+    session = f"session-{uuid.uuid4().hex[:8]}"
+    dintero_login(creds, session, authorization_response=SecretStr(emu.authorization_code()))
+    before = emu.stats()["token_grants"]["client_credentials"]
+    result = dintero_sync(
+        creds,
+        session_block=session,
+        streams=["transactions", "customers"],
+        destination=str(tmp_path / "u.db"),
+    )
+    assert [r["inserted"] for r in result] == [
+        len(emu.dump("transactions")),
+        len(emu.dump("customers")),
+    ]
+    assert emu.stats()["token_grants"]["client_credentials"] == before  # read with the user's token
+
+
+def test_unknown_streams_are_rejected_before_any_request(emu, creds, tmp_path):
+    emu.reset_stats()
+    with pytest.raises(ConfigurationError, match="valid streams: transactions, sessions"):
+        dintero_sync(creds, streams=["transactions", "refunds"], destination=str(tmp_path / "x.db"))
+    assert emu.stats()["requests_total"] == 0
+
+
+def test_payout_transfers_without_destinations_is_a_clear_error(emu, creds, tmp_path):
+    with pytest.raises(ConfigurationError, match="payout_destinations"):
+        dintero_sync(creds, streams=["payout_transfers"], destination=str(tmp_path / "x.db"))
+
+
+def test_a_password_in_the_destination_url_is_refused(emu, creds):
+    emu.reset_stats()
+    with pytest.raises(ConfigurationError, match="SqlAlchemyConnector"):
+        dintero_sync(creds, destination="postgresql://user:hunter2@127.0.0.1/db")
+    assert emu.stats()["requests_total"] == 0
+
+
+def test_one_failing_stream_does_not_stop_the_others(emu, creds, tmp_path):
+    destination = str(tmp_path / "partial.db")
+    emu.set_faults({"route": "settlements", "probability": 1.0, "status": 400})
+    try:
+        with pytest.raises(
+            SyncFailed, match=r"1 of 4 streams failed: settlements \(DinteroAPIError"
+        ):
+            dintero_sync(creds, destination=destination)
+        settlements_requests = sum(emu.stats()["requests"]["settlements"].values())
+    finally:
+        emu.clear_faults()
+    assert settlements_requests >= 1
+    sink = Sink(destination)
+    assert equals_source(emu, sink, ["transactions", "sessions", "customers"])
+    assert sink.count(CATALOG["settlements"]) == 0
+
+
+def test_sync_into_postgres_through_a_connector_block(emu, creds, postgres_url):
+    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import _drop_dintero_tables
+
+    _drop_dintero_tables(postgres_url)
+    url = make_url(postgres_url)
+    SqlAlchemyConnector(
+        connection_info=ConnectionComponents(
+            driver="postgresql+psycopg",
+            username=url.username,
+            password=SecretStr("not-needed-trust-auth"),
+            host=url.host,
+            port=url.port,
+            database=url.database,
+        )
+    ).save("warehouse", overwrite=True, _sync=True)
+    result = dintero_sync(creds, streams=["settlements"], destination_block="warehouse")
+    assert result[0]["inserted"] == len(emu.dump("settlements"))
+    assert equals_source(emu, Sink(postgres_url), ["settlements"])
