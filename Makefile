@@ -37,3 +37,4 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python benchmarks/emulator_throughput.py --seconds 10
 	$(BIN)/python benchmarks/token_economy.py --seconds 30 --lifetime 5
+	$(BIN)/python benchmarks/sync_throughput.py --sizes 10000 100000

@@ -1,0 +1,144 @@
+"""Sync throughput, its overhead over a bare HTTP loop, memory, and a no-change re-run.
+
+For 10 000 and 100 000 transactions served by the emulator (in its own process), each in a
+fresh child process that reports its own peak RSS:
+
+- a bare httpx loop over the same 100-row pages that stores nothing (the ceiling);
+- the sync into a new SQLite file;
+- the incremental re-run with no changes (requests made, rows fetched).
+
+Run: ``.venv/bin/python benchmarks/sync_throughput.py [--sizes 10000 100000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import httpx
+
+BARE = textwrap.dedent(
+    """
+    import json, resource, sys, time, httpx
+    url = sys.argv[1]
+    with httpx.Client(base_url=url, timeout=60) as http:
+        token = http.post("/v1/accounts/T12345678/auth/token", auth=("emulator-client", "emulator-secret"),
+            json={"grant_type": "client_credentials", "audience": url + "/v1/accounts/T12345678"}).json()["access_token"]
+        headers = {"Authorization": "Bearer " + token}
+        rows = requests = 0
+        after = None
+        t0 = time.perf_counter()
+        while True:
+            params = {"limit": 100, **({"starting_after": after} if after else {})}
+            page = http.get("/v1/transactions", params=params, headers=headers).json()
+            requests += 1
+            rows += len(page)
+            if len(page) < 100:
+                break
+            after = page[-1]["id"]
+        seconds = time.perf_counter() - t0
+    print(json.dumps({"rows": rows, "requests": requests, "seconds": seconds,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    """
+)
+
+SYNC = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    from pydantic import SecretStr
+    from prefect_dintero.client import DinteroClient
+    from prefect_dintero.credentials import ClientCredentials
+    from prefect_dintero.sink import Sink
+    from prefect_dintero.streams import CATALOG
+    from prefect_dintero.sync import SyncOptions, sync_stream
+    url, db = sys.argv[1], sys.argv[2]
+    creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
+        client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url)
+    sink = Sink(db)
+    spec = CATALOG["transactions"]
+    sink.prepare([spec])
+    t0 = time.perf_counter()
+    with DinteroClient(creds) as client:
+        [result] = sync_stream(client, sink, spec, "T12345678", SyncOptions(page_size=100))
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"rows": result.fetched, "inserted": result.inserted, "requests": result.requests,
+                      "pages": result.pages, "seconds": seconds, "table_rows": sink.count(spec),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_emulator(transactions: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "prefect_dintero.cli", "emulator", "--port", str(port)]
+    cmd += ["--transactions", str(transactions), "--token-lifetime", "86400"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(1200):
+        try:
+            httpx.get(f"{url}/_emulator/health")
+            return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("emulator did not start")
+
+
+def child(code: str, *args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    args = parser.parse_args()
+    lines = []
+    for size in args.sizes:
+        proc, url = start_emulator(size)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                db = os.path.join(tmp, "bench.db")
+                bare = child(BARE, url)
+                sync = child(SYNC, url, db)
+                stats_before = httpx.get(f"{url}/_emulator/stats").json()["requests_total"]
+                rerun = child(SYNC, url, db)
+                stats_after = httpx.get(f"{url}/_emulator/stats").json()["requests_total"]
+                db_mb = os.path.getsize(db) / 1e6
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        assert sync["table_rows"] == size, sync
+        bare_rate = bare["rows"] / bare["seconds"]
+        sync_rate = sync["rows"] / sync["seconds"]
+        lines.append(
+            f"{size:>7,} rows | bare httpx {bare_rate:>7,.0f} rows/s | sync {sync_rate:>7,.0f} rows/s "
+            f"| sync/bare {sync_rate / bare_rate:.2f} | peak RSS bare {bare['peak_rss_mb']:.0f} MB, "
+            f"sync {sync['peak_rss_mb']:.0f} MB | no-change re-run: {stats_after - stats_before} "
+            f"requests (incl. token), {rerun['rows']} rows fetched, {rerun['inserted']} inserted "
+            f"| SQLite {db_mb:.0f} MB"
+        )
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    for line in lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
