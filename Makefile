@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The demo keeps its own Prefect home, so it never touches ~/.prefect or a configured server.
 demo: $(STAMP)
-	$(BIN)/prefect-dintero demo
+	env -u PREFECT_API_URL PREFECT_HOME=$(CURDIR)/.prefect-demo \
+	  PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect-dintero demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

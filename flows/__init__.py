@@ -1,6 +1,7 @@
 """Prefect flows of prefect-dintero (installed as ``prefect_dintero.flows``)."""
 
+from .accounts import AccountTarget, dintero_sync_accounts
 from .login import dintero_login
 from .sync import dintero_sync
 
-__all__ = ["dintero_login", "dintero_sync"]
+__all__ = ["AccountTarget", "dintero_login", "dintero_sync", "dintero_sync_accounts"]

@@ -1,7 +1,5 @@
 """The ``dintero-login`` flow: a user logs in once, from the Prefect UI or non-interactively."""
 
-from __future__ import annotations
-
 import contextlib
 from typing import Any
 

@@ -1,7 +1,5 @@
 """The ``dintero-sync`` flow: keep Dintero's data fresh in your database."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from typing import Any
 
@@ -11,6 +9,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -24,6 +23,15 @@ from ..tasks.sync import sync_stream
 
 #: Streams run concurrently, bounded: each holds a database connection and an HTTP client.
 MAX_CONCURRENT_STREAMS = 4
+
+
+#: How many syncs of one account may run at once, across every worker.
+SYNCS_PER_ACCOUNT = 1
+
+
+def account_limit_name(credentials_block: str) -> str:
+    """The global concurrency limit bounding concurrent syncs of one account (if it exists)."""
+    return f"dintero-account-{credentials_block}"
 
 
 class SyncFailed(DinteroError):
@@ -80,7 +88,6 @@ def dintero_sync(
         requests, retries and rate-limited responses.
     """
     install_log_filter()
-    logger = get_run_logger()
     explicit = streams is not None
     selected = resolve_streams(streams)
     if not payout_destinations:
@@ -93,6 +100,36 @@ def dintero_sync(
     if page_size < 1:
         raise ConfigurationError("page_size must be at least 1")
 
+    # One sync per account at a time across workers, when the limit exists (the fan-out flow
+    # creates it); without it this is a no-op.
+    with concurrency(account_limit_name(credentials_block), occupy=1, strict=False):
+        return _sync(
+            credentials_block,
+            session_block,
+            selected,
+            destination,
+            destination_block,
+            lookback_hours,
+            page_size,
+            full_refresh,
+            payout_destinations,
+            start_date,
+        )
+
+
+def _sync(
+    credentials_block: str,
+    session_block: str | None,
+    selected: list,
+    destination: str,
+    destination_block: str | None,
+    lookback_hours: float | None,
+    page_size: int,
+    full_refresh: bool,
+    payout_destinations: list[str] | None,
+    start_date: datetime | None,
+) -> list[dict[str, Any]]:
+    logger = get_run_logger()
     bearer = get_bearer_token(credentials_block, session_block)
     account_id = bearer.account_id
     progress_id = create_progress_artifact(

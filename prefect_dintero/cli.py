@@ -151,38 +151,215 @@ def _run_emulator(args: argparse.Namespace) -> int:
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the main job against the bundled emulator",
-        description="Start the emulator on loopback and show what prefect-dintero reads from it.",
+        help="run the main job end to end against the bundled emulator",
+        description=(
+            "Start the emulator on loopback, log its test user in with the dintero-login flow, "
+            "sync every stream with the dintero-sync flow into a SQLite file, print what was "
+            "synced, and stop. Run it twice to see an incremental run. No credentials needed."
+        ),
     )
+    p.add_argument("--destination", default="dintero.db", help="SQLite file (default: dintero.db)")
+    p.add_argument("--transactions", type=int, default=2000, help="transactions in the emulator")
     p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    import httpx
+    import os
+    import time
+    from datetime import UTC, datetime, timedelta
 
-    from .emulator import running_emulator
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from pydantic import SecretStr
 
-    with running_emulator() as emulator:
-        cfg = emulator.config
-        aid = cfg.account_ids[0]
-        token = httpx.post(
-            f"{emulator.url}/v1/accounts/{aid}/auth/token",
-            auth=(cfg.client_id, cfg.client_secret),
-            json={
-                "grant_type": "client_credentials",
-                "audience": f"{emulator.url}/v1/accounts/{aid}",
-            },
-        ).json()["access_token"]
-        page = httpx.get(
-            f"{emulator.url}/v1/transactions",
-            params={"limit": 10},
-            headers={"Authorization": f"Bearer {token}"},
-        ).json()
-        print(f"Emulator on {emulator.url}; first page of transactions for {aid}:")
-        print(f"{'id':<42} {'created_at':<26} {'status':<22} {'amount':>9} cur")
-        for t in page:
-            row = (t["id"], t["created_at"], t["status"], t["amount"], t["currency"])
-            print("{:<42} {:<26} {:<22} {:>9} {}".format(*row))
+    from .emulator import EmulatorConfig, running_emulator
+    from .login import new_state, parse_authorization_response
+
+    started = time.monotonic()
+    # Anchored to today, so two demo runs on a day see the same history (and the second one is
+    # incremental).
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    config = EmulatorConfig(
+        refresh_tokens=True,
+        start_time=today - timedelta(days=30),
+        transactions=args.transactions,
+        sessions=args.transactions // 2,
+        settlements=120,
+        customers=args.transactions // 4,
+        transfers_per_destination=200,
+    )
+    with running_emulator(config) as emulator:
+        from .blocks import DinteroCredentials
+        from .flows import dintero_login, dintero_sync
+
+        print(f"Dintero emulator on {emulator.url} (account {config.account_ids[0]})", flush=True)
+        DinteroCredentials(
+            account_id=config.account_ids[0],
+            client_id=config.client_id,
+            client_secret=SecretStr(config.client_secret),
+            api_url=emulator.url,
+            checkout_url=emulator.url,
+            oidc_authorize_url=f"{emulator.url}/oidc/authorize",
+            redirect_uri=config.redirect_uris[0],
+            system_name="prefect-dintero-demo",
+        ).save("dintero-demo", overwrite=True, _sync=True)
+        # The demo plays the user: open the login page, come back with the redirect URL.
+        state = new_state()
+        code = parse_authorization_response(emulator.login(state=state), expected_state=state)
+        who = dintero_login(
+            "dintero-demo", "dintero-demo-session", authorization_response=SecretStr(code)
+        )
+        results = dintero_sync(
+            "dintero-demo",
+            session_block="dintero-demo-session",
+            destination=args.destination,
+            payout_destinations=config.payout_destinations,
+        )
+    elapsed = time.monotonic() - started
+    print(f"\nLogged in as {who['user_name']}; synced account {config.account_ids[0]}:\n")
+    print(f"{'stream':<18}{'rows':>8}{'inserted':>10}{'updated':>9}{'pages':>7}{'seconds':>9}")
+    for r in results:
+        print(
+            f"{r['stream']:<18}{r['fetched']:>8}{r['inserted']:>10}{r['updated']:>9}"
+            f"{r['pages']:>7}{r['seconds']:>9.1f}"
+        )
+    from .sink import resolve_destination
+
+    print(
+        f"\nData: {resolve_destination(args.destination)} (tables dintero_*, state in "
+        f"dintero_sync_state). Demo took {elapsed:.0f} s; run it again for an incremental sync."
+    )
+    return 0
+
+
+def _login_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "login",
+        help="log a user in and save the session block",
+        description=(
+            "Print the identity provider's login link for the API client, read back the URL "
+            "you were redirected to (or the code), check its state, exchange the code with the "
+            "dintero-login flow, and save a Dintero OIDC Session block."
+        ),
+    )
+    p.add_argument("--credentials-block", required=True, help="Dintero Credentials block name")
+    p.add_argument("--session-block", required=True, help="name to save the session block under")
+    p.add_argument("--code", help="an authorization code you already have (skips the prompt)")
+    p.set_defaults(handler=_run_login)
+
+
+def _run_login(args: argparse.Namespace) -> int:
+    from pydantic import SecretStr
+
+    from .blocks import DinteroCredentials
+    from .flows import dintero_login
+    from .login import build_authorize_url, new_state, parse_authorization_response
+
+    creds = DinteroCredentials.load(args.credentials_block, _sync=True)
+    if args.code:
+        code = args.code
+    else:
+        state = new_state()
+        url = build_authorize_url(
+            creds.oidc_authorize_url, creds.client_id, creds.redirect_uri, state
+        )
+        print(f"Open this link, log in, and paste the URL you are redirected to:\n\n  {url}\n")
+        pasted = input("Redirect URL (or code): ")
+        code = parse_authorization_response(pasted, expected_state=state)
+    facts = dintero_login(
+        args.credentials_block, args.session_block, authorization_response=SecretStr(code)
+    )
+    print(
+        f"Logged in {facts['user_name'] or facts['user_sub']}; session saved as block "
+        f"{args.session_block!r}, valid until {facts['expires_at']}"
+    )
+    return 0
+
+
+def _sync_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sync",
+        help="run the dintero-sync flow",
+        description="Sync Dintero streams of one account into SQLite or PostgreSQL.",
+    )
+    p.add_argument("--credentials-block", required=True, help="Dintero Credentials block name")
+    p.add_argument("--session-block", help="Dintero OIDC Session block name (sync as the user)")
+    p.add_argument(
+        "--stream",
+        action="append",
+        dest="streams",
+        metavar="NAME",
+        help="a stream to sync; repeatable (default: all)",
+    )
+    p.add_argument(
+        "--destination",
+        default="dintero.db",
+        help="SQLite file or SQLAlchemy URL without a password (default: dintero.db)",
+    )
+    p.add_argument("--destination-block", help="a SqlAlchemyConnector block name instead")
+    p.add_argument("--lookback-hours", type=float, help="re-read this far before the cursor")
+    p.add_argument("--page-size", type=int, default=100, help="rows per request (default: 100)")
+    p.add_argument("--full-refresh", action="store_true", help="ignore the saved cursors")
+    p.add_argument(
+        "--payout-destination",
+        action="append",
+        dest="payout_destinations",
+        metavar="ID",
+        help="payout destination id for payout_transfers; repeatable",
+    )
+    p.add_argument(
+        "--start-date",
+        type=datetime.fromisoformat,
+        help="oldest data a first sync reads (ISO 8601)",
+    )
+    p.set_defaults(handler=_run_sync)
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    from .blocks import DinteroCredentials
+    from .flows import dintero_sync
+    from .streams import resolve_streams
+    from .tasks.destinations import check_destination
+
+    # Mistakes are reported before a flow run starts (and logs a traceback of its own).
+    resolve_streams(args.streams)
+    check_destination(args.destination, args.destination_block)
+    DinteroCredentials.load(args.credentials_block, _sync=True)
+
+    results = dintero_sync(
+        args.credentials_block,
+        session_block=args.session_block,
+        streams=args.streams,
+        destination=args.destination,
+        destination_block=args.destination_block,
+        lookback_hours=args.lookback_hours,
+        page_size=args.page_size,
+        full_refresh=args.full_refresh,
+        payout_destinations=args.payout_destinations,
+        start_date=args.start_date,
+    )
+    for r in results:
+        print(f"{r['stream']}: {r['fetched']} rows, {r['inserted']} new, {r['updated']} updated")
+    return 0
+
+
+def _register_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "register",
+        help="register the block types on the current Prefect API",
+        description=(
+            "Register the Dintero Credentials and Dintero OIDC Session block types with the "
+            "Prefect API in use (PREFECT_API_URL), so they appear in its UI."
+        ),
+    )
+    p.set_defaults(handler=_run_register)
+
+
+def _run_register(args: argparse.Namespace) -> int:
+    from .blocks import DinteroCredentials, DinteroOIDCSession
+
+    for block in (DinteroCredentials, DinteroOIDCSession):
+        block.register_type_and_schema()
+        print(f"registered block type {block.get_block_type_name()!r}")
     return 0
 
 
@@ -195,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _emulator_parser(sub)
     _demo_parser(sub)
+    _login_parser(sub)
+    _sync_parser(sub)
+    _register_parser(sub)
     return parser
 
 
@@ -203,11 +383,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except CliError as exc:
-        print(f"prefect-dintero {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"prefect-dintero {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Mistakes a user can fix: bad input, bad credentials, a missing block, a failed sync."""
+    from .errors import DinteroError
+
+    if isinstance(exc, (CliError, DinteroError, ValueError, EOFError)):
+        return True
+    name = type(exc).__name__
+    return name in {"ObjectNotFound", "PrefectHTTPStatusError"}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,118 @@
+"""The prefect-dintero command: help, one-line errors, and each subcommand against a server."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from prefect_dintero.emulator import EmulatorConfig, running_emulator
+
+CLI = [sys.executable, "-m", "prefect_dintero.cli"]
+
+
+@pytest.mark.parametrize("command", ["emulator", "demo", "login", "sync", "register"])
+def test_every_subcommand_has_complete_help(command):
+    out = subprocess.run(
+        [*CLI, command, "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("usage: prefect-dintero " + command) and len(out.splitlines()) > 3
+
+
+def test_top_level_help_lists_the_subcommands():
+    out = subprocess.run([*CLI, "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("emulator", "demo", "login", "sync", "register"):
+        assert command in out
+
+
+@pytest.fixture
+def server_env(prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+def cli(env, *args, stdin=None):
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, env=env, input=stdin, timeout=180
+    )
+
+
+def test_user_mistakes_are_one_line_and_exit_2(server_env, tmp_path):
+    for args in (
+        ["sync", "--credentials-block", "no-such-block", "--destination", str(tmp_path / "x.db")],
+        ["sync", "--credentials-block", "x", "--stream", "refunds"],
+        ["sync", "--credentials-block", "x", "--destination", "postgresql://u:secret@127.0.0.1/db"],
+    ):
+        result = cli(server_env, *args)
+        assert result.returncode == 2, result.stderr[-2000:]
+        error_lines = [
+            line
+            for line in result.stderr.splitlines()
+            if line.startswith("prefect-dintero sync: error:")
+        ]
+        assert len(error_lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_register_login_and_sync(server_env, tmp_path):
+    result = cli(server_env, "register")
+    assert result.returncode == 0 and "Dintero OIDC Session" in result.stdout, result.stderr[-2000:]
+    with running_emulator(
+        EmulatorConfig(
+            transactions=25, sessions=5, settlements=3, customers=4, transfers_per_destination=2
+        )
+    ) as emu:
+        save = (
+            "from pydantic import SecretStr\nfrom prefect_dintero import DinteroCredentials\n"
+            f"DinteroCredentials(account_id='T12345678', client_id='{emu.config.client_id}', "
+            f"client_secret=SecretStr('{emu.config.client_secret}'), api_url='{emu.url}', "
+            f"checkout_url='{emu.url}', oidc_authorize_url='{emu.url}/oidc/authorize', "
+            f"redirect_uri='{emu.config.redirect_uris[0]}').save('cli-creds', overwrite=True)\n"
+        )
+        subprocess.run([sys.executable, "-c", save], env=server_env, check=True, timeout=120)
+        # Interactive: the command prints the link; the "user" pastes back a redirect from a
+        # different login attempt (wrong state), which is refused in one line.
+        wrong = cli(
+            server_env,
+            "login",
+            "--credentials-block",
+            "cli-creds",
+            "--session-block",
+            "cli-session",
+            stdin=emu.login(state="other") + "\n",
+        )
+        assert (
+            wrong.returncode == 2 and "state" in wrong.stderr and "/oidc/authorize?" in wrong.stdout
+        )
+        ok = cli(
+            server_env,
+            "login",
+            "--credentials-block",
+            "cli-creds",
+            "--session-block",
+            "cli-session",
+            "--code",
+            emu.authorization_code(),
+        )
+        assert ok.returncode == 0 and "Ada Lovelace" in ok.stdout, ok.stderr[-2000:]
+        database = tmp_path / "cli.db"
+        synced = cli(
+            server_env,
+            "sync",
+            "--credentials-block",
+            "cli-creds",
+            "--session-block",
+            "cli-session",
+            "--stream",
+            "transactions",
+            "--destination",
+            str(database),
+        )
+        assert synced.returncode == 0 and "transactions: 25 rows, 25 new" in synced.stdout, (
+            synced.stderr[-2000:]
+        )
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("select count(*) from dintero_transactions").fetchone()[0] == 25

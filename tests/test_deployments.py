@@ -1,0 +1,230 @@
+"""prefect.yaml is real: deploy it to a Prefect server and let a process worker run a sync."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from prefect_dintero.emulator import EmulatorConfig, running_emulator
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real `prefect server start` on loopback, with its own home and database."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
+    env.pop("PREFECT_TEST_MODE", None)
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(
+            [
+                *PREFECT,
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-ui",
+                "--no-scheduler",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if (
+                        httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code
+                        == 200
+                    ):
+                        break
+                except httpx.TransportError:
+                    pass
+                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                time.sleep(0.5)
+            else:
+                raise AssertionError(
+                    "prefect server did not start: " + (tmp_path / "server.log").read_text()[-3000:]
+                )
+            yield env
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def run(cmd, env, timeout=180, cwd=ROOT) -> str:
+    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{cmd}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
+    env = prefect_server
+    with running_emulator(
+        EmulatorConfig(
+            transactions=60, sessions=20, settlements=10, customers=15, transfers_per_destination=5
+        )
+    ) as emu:
+        # The block the deployments name, pointing at the emulator.
+        save = (
+            "from pydantic import SecretStr\n"
+            "from prefect_dintero import DinteroCredentials\n"
+            f"DinteroCredentials(account_id='T12345678', client_id='{emu.config.client_id}', "
+            f"client_secret=SecretStr('{emu.config.client_secret}'), api_url='{emu.url}', "
+            f"checkout_url='{emu.url}').save('dintero', overwrite=True)\n"
+        )
+        run([sys.executable, "-c", save], env)
+        run([*PREFECT, "work-pool", "create", "dintero-process", "--type", "process"], env)
+        out = run([*PREFECT, "--no-prompt", "deploy", "--all"], env)
+        for name in (
+            "dintero-sync/hourly",
+            "dintero-sync/backfill",
+            "dintero-login/manual",
+            "dintero-sync-accounts/nightly",
+        ):
+            assert name in out, out
+        database = tmp_path / "backfill.db"
+        params = json.dumps({"destination": str(database), "payout_destinations": ["PD-main"]})
+        out = run([*PREFECT, "deployment", "run", "dintero-sync/backfill", "--params", params], env)
+        worker = run(
+            [*PREFECT, "worker", "start", "--pool", "dintero-process", "--run-once"],
+            env,
+            timeout=300,
+            cwd=tmp_path,
+        )
+        runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}).json()
+        states = {r["name"]: r["state_type"] for r in runs}
+        assert list(states.values()) == ["COMPLETED"], (states, worker[-2000:])
+        with sqlite3.connect(database) as conn:
+            counts = {
+                t: conn.execute(f"select count(*) from dintero_{t}").fetchone()[0]
+                for t in (
+                    "transactions",
+                    "sessions",
+                    "settlements",
+                    "customers",
+                    "payout_transfers",
+                )
+            }
+        assert counts == {
+            "transactions": 60,
+            "sessions": 20,
+            "settlements": 10,
+            "customers": 15,
+            "payout_transfers": 5,
+        }
+        # The deployments carry what prefect.yaml says.
+        deployments = httpx.post(f"{env['PREFECT_API_URL']}/deployments/filter", json={}).json()
+        hourly = next(d for d in deployments if d["name"] == "hourly")
+        assert hourly["entrypoint"] == "prefect_dintero.flows.sync.dintero_sync"
+        assert hourly["schedules"][0]["schedule"]["timezone"] == "Europe/Oslo"
+        assert hourly["global_concurrency_limit"]["limit"] == 1
+        assert hourly["parameters"] == {"credentials_block": "dintero", "destination": "dintero.db"}
+
+
+@pytest.mark.slow
+def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
+    """dintero-sync-accounts/nightly starts one dintero-sync/hourly run per account; a process
+    worker picks up the fan-out and every account's run (workers on many machines would share
+    them the same way)."""
+    env = prefect_server
+    accounts = ["T12345678", "T87654321", "T11223344"]
+    config = EmulatorConfig(
+        account_ids=accounts,
+        transactions=30,
+        sessions=10,
+        settlements=6,
+        customers=8,
+        transfers_per_destination=4,
+    )
+    with running_emulator(config) as emu:
+        save = "from pydantic import SecretStr\nfrom prefect_dintero import DinteroCredentials\n"
+        for account in accounts:
+            save += (
+                f"DinteroCredentials(account_id='{account}', client_id='{emu.config.client_id}', "
+                f"client_secret=SecretStr('{emu.config.client_secret}'), api_url='{emu.url}', "
+                f"checkout_url='{emu.url}').save('merchant-{account.lower()}', overwrite=True)\n"
+            )
+        run([sys.executable, "-c", save], env)
+        run([*PREFECT, "work-pool", "create", "dintero-process", "--type", "process"], env)
+        run([*PREFECT, "--no-prompt", "deploy", "--all"], env)
+        database = tmp_path / "fleet.db"
+        params = {
+            "accounts": [{"credentials_block": f"merchant-{a.lower()}"} for a in accounts],
+            "mode": "deployments",
+            "deployment_name": "dintero-sync/hourly",
+            "streams": ["transactions", "settlements"],
+            "destination": str(database),
+        }
+        run(
+            [
+                *PREFECT,
+                "deployment",
+                "run",
+                "dintero-sync-accounts/nightly",
+                "--params",
+                json.dumps(params),
+            ],
+            env,
+        )
+        worker = subprocess.Popen(
+            [*PREFECT, "worker", "start", "--pool", "dintero-process", "--limit", "4"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            states: dict = {}
+            while time.monotonic() < deadline:
+                runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}).json()
+                states = {r["name"]: r["state_type"] for r in runs}
+                if len(runs) == 4 and all(
+                    s in ("COMPLETED", "FAILED", "CRASHED") for s in states.values()
+                ):
+                    break
+                time.sleep(2)
+        finally:
+            worker.terminate()
+            output, _ = worker.communicate(timeout=60)
+        assert sorted(states.values()) == ["COMPLETED"] * 4, (states, output[-4000:])
+        with sqlite3.connect(database) as conn:
+            per_account = dict(
+                conn.execute(
+                    "select account_id, count(*) from dintero_transactions group by account_id"
+                ).fetchall()
+            )
+        assert per_account == {a: 30 for a in accounts}
