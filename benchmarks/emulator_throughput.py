@@ -10,21 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
+from _emulator import start_emulator
 
 from prefect_dintero.emulator.config import EmulatorConfig
 from prefect_dintero.emulator.data import AccountData
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -38,19 +30,9 @@ def main() -> None:
     AccountData(config.account_ids[0], config, config.resolved_start_time())
     generate_s = time.perf_counter() - t0
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "prefect_dintero.cli", "emulator", "--port", str(port)]
-    cmd += ["--transactions", str(args.transactions)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = start_emulator("--transactions", str(args.transactions), timeout=300)
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
-            for _ in range(600):
-                try:
-                    http.get("/_emulator/health")
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
             token = http.post(
                 f"/v1/accounts/{config.account_ids[0]}/auth/token",
                 auth=(config.client_id, config.client_secret),

@@ -16,14 +16,13 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import httpx
+from _emulator import start_emulator
 
 BARE = textwrap.dedent(
     """
@@ -76,27 +75,6 @@ SYNC = textwrap.dedent(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_emulator(transactions: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "prefect_dintero.cli", "emulator", "--port", str(port)]
-    cmd += ["--transactions", str(transactions), "--token-lifetime", "86400"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(1200):
-        try:
-            httpx.get(f"{url}/_emulator/health")
-            return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("emulator did not start")
-
-
 def child(code: str, *args: str) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
@@ -110,7 +88,9 @@ def main() -> None:
     args = parser.parse_args()
     lines = []
     for size in args.sizes:
-        proc, url = start_emulator(size)
+        proc, url = start_emulator(
+            "--transactions", str(size), "--token-lifetime", "86400", timeout=300
+        )
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 db = os.path.join(tmp, "bench.db")

@@ -13,39 +13,16 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
+from _emulator import start_emulator
 from pydantic import SecretStr
 
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
 from prefect_dintero.credentials import ClientCredentials
 from prefect_dintero.emulator.config import EmulatorConfig
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_emulator(lifetime: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "prefect_dintero.cli", "emulator", "--port", str(port)]
-    cmd += ["--token-lifetime", str(lifetime), "--transactions", "200"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            httpx.get(f"{url}/_emulator/health")
-            return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError("emulator did not start")
 
 
 def main() -> None:
@@ -56,7 +33,7 @@ def main() -> None:
     parser.add_argument("--coroutines", type=int, default=64)
     args = parser.parse_args()
 
-    proc, url = start_emulator(args.lifetime)
+    proc, url = start_emulator("--token-lifetime", str(args.lifetime), "--transactions", "200")
     config = EmulatorConfig()
     creds = ClientCredentials(
         account_id=config.account_ids[0],

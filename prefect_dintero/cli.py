@@ -90,9 +90,8 @@ def _emulator_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_emulator(args: argparse.Namespace) -> int:
     from .emulator.config import EmulatorConfig
-    from .emulator.faults import FaultConfigError
+    from .emulator.faults import FaultConfigError, FaultInjector
     from .emulator.server import serve_forever
-    from .emulator.state import EmulatorState
 
     config = EmulatorConfig(
         client_id=args.client_id,
@@ -119,15 +118,9 @@ def _run_emulator(args: argparse.Namespace) -> int:
     if args.faults:
         try:
             faults = json.loads(args.faults)
-            EmulatorState(
-                EmulatorConfig(
-                    transactions=0,
-                    sessions=0,
-                    settlements=0,
-                    customers=0,
-                    transfers_per_destination=0,
-                )
-            ).faults.configure(faults)
+            if not isinstance(faults, dict):
+                raise FaultConfigError('expected an object such as {"rules": [...]}')
+            FaultInjector().configure(faults)  # reject bad rules before serving
         except (json.JSONDecodeError, FaultConfigError) as exc:
             raise CliError(f"--faults: {exc}") from None
     base = f"http://{args.host}:{args.port}"

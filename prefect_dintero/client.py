@@ -153,7 +153,7 @@ class DinteroClient(_ClientBase):
         def attempt() -> httpx.Response:
             # A fresh request per attempt: auth is re-applied, so a retry never reuses a dead token.
             request = self._http.build_request(method, url, params=params, json=json)
-            return check_response(send_sync(self._http, request, self.stats), self.stats)
+            return check_response(send_sync(self._http, request), self.stats)
 
         return self.retry_policy.call(attempt, on_retry_counter(self.stats))
 
@@ -229,7 +229,7 @@ class AsyncDinteroClient(_ClientBase):
 
         async def attempt() -> httpx.Response:
             request = self._http.build_request(method, url, params=params, json=json)
-            response = await send_async(self._http, request, self.stats)
+            response = await send_async(self._http, request)
             return check_response(response, self.stats)
 
         return await self.retry_policy.acall(attempt, on_retry_counter(self.stats))

@@ -143,7 +143,7 @@ def _post(
         def attempt() -> Token:
             request = build()
             sent_at = datetime.now(UTC)
-            response = send_sync(client, request, stats, auth=None)
+            response = send_sync(client, request, auth=None)
             return parse_token_response(response, sent_at, previous, stats, grant)
 
         return policy.call(attempt, on_retry_counter(stats))
@@ -162,7 +162,7 @@ async def _apost(
         async def attempt() -> Token:
             request = build()
             sent_at = datetime.now(UTC)
-            response = await send_async(client, request, stats, auth=None)
+            response = await send_async(client, request, auth=None)
             return parse_token_response(response, sent_at, previous, stats, grant)
 
         return await policy.acall(attempt, on_retry_counter(stats))

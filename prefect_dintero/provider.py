@@ -160,14 +160,17 @@ class TokenProvider:
                 assert token is not None
                 return token
             new = await self._arenew(token)
-            if not await self.store.acompare_and_swap(self.key, token, new):
-                self._lost_race()
-            self._count()
+            await self._acommit(token, new)
             return new
 
     def _commit(self, old: Token | None, new: Token) -> None:
         # Saved before the new token is used, so a rotated refresh token is never lost.
         if not self.store.compare_and_swap(self.key, old, new):
+            self._lost_race()
+        self._count()
+
+    async def _acommit(self, old: Token | None, new: Token) -> None:
+        if not await self.store.acompare_and_swap(self.key, old, new):
             self._lost_race()
         self._count()
 

@@ -388,12 +388,11 @@ class Sink:
         result = PageWrite()
         # Keep one row per key (the newest): one statement must not touch a row twice.
         unique: dict[str, dict] = {}
+        oldest = datetime.min.replace(tzinfo=UTC)
         for row in rows:
             current = unique.get(row[pk])
             if current is None or (
-                version
-                and (row[version] or datetime.min.replace(tzinfo=UTC))
-                >= (current[version] or datetime.min.replace(tzinfo=UTC))
+                version and (row[version] or oldest) >= (current[version] or oldest)
             ):
                 unique[row[pk]] = row
         result.duplicates = len(rows) - len(unique)

@@ -127,9 +127,7 @@ def on_retry_counter(stats: ClientStats | None) -> Callable[[BaseException, floa
     return count
 
 
-def send_sync(
-    http: httpx.Client, request: httpx.Request, stats: ClientStats | None, **kwargs: Any
-) -> httpx.Response:
+def send_sync(http: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
     """One attempt: send, read, map errors. Transport errors become ``TransientError``."""
     try:
         response = http.send(request, **kwargs)
@@ -140,7 +138,7 @@ def send_sync(
 
 
 async def send_async(
-    http: httpx.AsyncClient, request: httpx.Request, stats: ClientStats | None, **kwargs: Any
+    http: httpx.AsyncClient, request: httpx.Request, **kwargs: Any
 ) -> httpx.Response:
     try:
         response = await http.send(request, **kwargs)

@@ -10,7 +10,6 @@ from prefect.tasks import exponential_backoff
 from pydantic import SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
-from prefect_dintero.provider import OIDCSessionProvider
 from prefect_dintero.redact import install_log_filter, register_secret
 
 from ..blocks import DinteroCredentials, DinteroOIDCSession
@@ -134,7 +133,7 @@ def get_bearer_token(credentials_block: str, session_block: str | None = None) -
         bearer = DinteroBearer(credentials.service_token_provider())
     bearer.token()  # fail here, clearly, rather than in every downstream task
     identity = "service client"
-    if isinstance(bearer._provider, OIDCSessionProvider) and bearer.user_info is not None:
+    if bearer.is_user_session and bearer.user_info is not None:
         identity = f"user {bearer.user_info.name or bearer.user_info.sub}"
     logger.info("Bearer ready for account %s as %s", bearer.account_id, identity)
     return bearer

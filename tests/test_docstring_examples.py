@@ -39,6 +39,9 @@ def _examples() -> list[tuple[str, str]]:
     return sorted(set(found))
 
 
-@pytest.mark.parametrize(("where", "code"), _examples(), ids=[w for w, _ in _examples()])
+EXAMPLES = _examples()
+
+
+@pytest.mark.parametrize(("where", "code"), EXAMPLES, ids=[w for w, _ in EXAMPLES])
 def test_docstring_example_runs(where, code):
     exec(compile(code, where, "exec"), {"__name__": "__docstring_example__"})
