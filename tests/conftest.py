@@ -12,7 +12,77 @@ os.environ["PREFECT_TEST_MODE"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
+
+from prefect_dintero.emulator.server import EmulatorServer  # noqa: E402
+
+
+class Evidence:
+    """What the whole session leaves behind, for the final secret scan and the summary.
+
+    Every in-process emulator hands over its client secret and everything it issued when it
+    stops; tests register the places they wrote to (Prefect databases, logs, sync databases) and
+    the error texts users would see; pytest's captured output of every test is added as text.
+    """
+
+    def __init__(self) -> None:
+        self.secrets: set[str] = set()
+        self.emulators = 0
+        self.paths: set[Path] = set()
+        self.texts: list[str] = []
+        self.notes: list[str] = []
+
+    def remember_emulator(self, server: EmulatorServer) -> None:
+        self.emulators += 1
+        self.secrets.add(server.config.client_secret)
+        with server.state.lock:
+            for issued in server.state.issued.values():
+                self.secrets.update(issued)
+
+    def scan_path(self, path: str | Path) -> None:
+        self.paths.add(Path(path))
+
+    def text(self, text: str) -> None:
+        self.texts.append(text)
+
+    def note(self, line: str) -> None:
+        """A figure or fact worth reading in the test summary (fault counts, kills, ...)."""
+        self.notes.append(line)
+
+
+EVIDENCE = Evidence()
+EVIDENCE.scan_path(_PREFECT_HOME)
+_stop_emulator = EmulatorServer.stop
+
+
+def _stop_and_remember(self: EmulatorServer) -> None:
+    EVIDENCE.remember_emulator(self)
+    _stop_emulator(self)
+
+
+EmulatorServer.stop = _stop_and_remember  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session")
+def evidence() -> Evidence:
+    """The session's :class:`Evidence`."""
+    return EVIDENCE
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for _, content in report.sections:
+        EVIDENCE.text(content)
+    if report.failed:
+        EVIDENCE.text(report.longreprtext)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if EVIDENCE.notes:
+        terminalreporter.section("prefect-dintero evidence")
+        for line in EVIDENCE.notes:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +96,11 @@ def prefect_server():
     """The one Prefect test server of the session, started only by the tests that need it."""
     from prefect.testing.utilities import prefect_test_harness
 
+    import prefect.settings
+
     with prefect_test_harness(server_startup_timeout=90):
+        url = prefect.settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
+        EVIDENCE.scan_path(Path(str(url).split(":///", 1)[1]).parent)
         yield
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,76 +14,21 @@ import pytest
 
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
 
+from ._servers import PREFECT, prefect_server_process
+from ._servers import run as run_command
+
 ROOT = Path(__file__).resolve().parents[1]
-PREFECT = [sys.executable, "-m", "prefect"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def prefect_server(tmp_path):
     """A real `prefect server start` on loopback, with its own home and database."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-    }
-    env.pop("PREFECT_TEST_MODE", None)
-    with open(tmp_path / "server.log", "w") as log:
-        server = subprocess.Popen(
-            [
-                *PREFECT,
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-ui",
-                "--no-scheduler",
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    if (
-                        httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code
-                        == 200
-                    ):
-                        break
-                except httpx.TransportError:
-                    pass
-                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-                time.sleep(0.5)
-            else:
-                raise AssertionError(
-                    "prefect server did not start: " + (tmp_path / "server.log").read_text()[-3000:]
-                )
-            yield env
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    with prefect_server_process(tmp_path) as env:
+        yield env
 
 
 def run(cmd, env, timeout=180, cwd=ROOT) -> str:
-    result = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{cmd}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+    return run_command(cmd, env, timeout=timeout, cwd=cwd)
 
 
 @pytest.mark.slow
