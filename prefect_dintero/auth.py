@@ -1,4 +1,4 @@
-"""``httpx.Auth`` for Dintero: Bearer header, one renewal and one retry on 401."""
+"""``httpx.Auth`` for Dintero: Bearer header, a bounded renewal and retry on 401."""
 
 from __future__ import annotations
 
@@ -20,14 +20,21 @@ class DinteroAuth(httpx.Auth):
 
     On a 401 the rejected token is invalidated only if it is still the current one (another
     request may have renewed it already), a token is obtained (renewed once, for everyone), and
-    the request is retried once. A second 401 is returned to the caller, which raises
-    ``AuthenticationError``: never a retry loop. Requests whose body can't be replayed are not
-    retried.
+    the request is retried. A token can be revoked between its issue and its use, so a fresh
+    token's 401 earns another renewal, up to ``max_renewals``; after that the 401 is returned to
+    the caller, which raises ``AuthenticationError``: never an unbounded loop. Requests whose
+    body can't be replayed are not retried.
     """
 
-    def __init__(self, provider: TokenProvider, stats: ClientStats | None = None) -> None:
+    def __init__(
+        self,
+        provider: TokenProvider,
+        stats: ClientStats | None = None,
+        max_renewals: int = 2,
+    ) -> None:
         self.provider = provider
         self.stats = stats or provider.stats
+        self.max_renewals = max_renewals
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         # Renewal does I/O, which httpx forbids in the shared auth_flow; both forms below override.
@@ -42,13 +49,14 @@ class DinteroAuth(httpx.Auth):
         token = self.provider.get_token()
         request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
         response = yield request
-        if response.status_code != 401 or not replayable:
-            return
-        self.provider.invalidate(token)
-        self.stats.add(auth_retries=1)
-        token = self.provider.get_token()
-        request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
-        yield request
+        for _ in range(self.max_renewals):
+            if response.status_code != 401 or not replayable:
+                return
+            self.provider.invalidate(token)
+            self.stats.add(auth_retries=1)
+            token = self.provider.get_token()
+            request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
+            response = yield request
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -59,13 +67,14 @@ class DinteroAuth(httpx.Auth):
         token = await self.provider.aget_token()
         request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
         response = yield request
-        if response.status_code != 401 or not replayable:
-            return
-        await self.provider.ainvalidate(token)
-        self.stats.add(auth_retries=1)
-        token = await self.provider.aget_token()
-        request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
-        yield request
+        for _ in range(self.max_renewals):
+            if response.status_code != 401 or not replayable:
+                return
+            await self.provider.ainvalidate(token)
+            self.stats.add(auth_retries=1)
+            token = await self.provider.aget_token()
+            request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
+            response = yield request
 
     def __repr__(self) -> str:
         return f"DinteroAuth({self.provider!r})"

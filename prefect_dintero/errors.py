@@ -144,11 +144,21 @@ def error_from_response(
         "method": response.request.method,
         "url": str(response.request.url.copy_with(query=None)),
     }
-    if status == 401:
+    # A 401 from a token endpoint means the client's credentials; from any other route, that a
+    # token which was just issued got rejected.
+    if status == 401 and response.request.url.path.endswith("/token"):
         return AuthenticationError(
             message,
             hint="Check the API client's id and secret (Dintero Backoffice → Settings → API "
             "clients) and that they belong to this environment (T = test, P = production)",
+            **kwargs,
+        )
+    if status == 401:
+        return AuthenticationError(
+            message,
+            hint="Dintero rejected freshly issued tokens for this request: the tokens are being "
+            "revoked, or the API client is not valid for this host (T = test, P = production); "
+            "check the client in Dintero Backoffice → Settings → API clients",
             **kwargs,
         )
     if status == 403:

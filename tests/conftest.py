@@ -94,9 +94,8 @@ def prefect_home() -> str:
 @pytest.fixture(scope="session")
 def prefect_server():
     """The one Prefect test server of the session, started only by the tests that need it."""
-    from prefect.testing.utilities import prefect_test_harness
-
     import prefect.settings
+    from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=90):
         url = prefect.settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value()

@@ -508,14 +508,25 @@ def test_revoked_tokens_get_one_renewal_and_one_retry(emu):
     assert stats["requests"]["transactions"] == {"200": 2, "401": 1}
 
 
-def test_second_401_is_an_authentication_error_not_a_loop(emu):
+def test_a_revoked_fresh_token_gets_one_more_renewal(emu):
     emu.set_faults({"route": "transactions", "sequence": [{"status": 401}, {"status": 401}]})
+    with DinteroClient(creds_for(emu), retry_policy=FAST) as client:
+        assert client.get_json("/v1/transactions", host="checkout")
+        assert client.stats.auth_retries == 2
+    assert emu.stats()["requests"]["transactions"] == {"401": 2, "200": 1}
+    assert emu.stats()["token_grants"]["client_credentials"] == 3
+
+
+def test_401_after_bounded_renewals_is_an_authentication_error_not_a_loop(emu):
+    emu.set_faults({"route": "transactions", "sequence": [{"status": 401}] * 5})
     with (
         DinteroClient(creds_for(emu), retry_policy=FAST) as client,
-        pytest.raises(AuthenticationError),
+        pytest.raises(AuthenticationError, match="rejected freshly issued tokens") as info,
     ):
         client.get_json("/v1/transactions", host="checkout")
-    assert emu.stats()["requests"]["transactions"] == {"401": 2}
+    assert not info.value.retryable
+    # One attempt and two renewals, then the error: never a loop, never a tenacity retry.
+    assert emu.stats()["requests"]["transactions"] == {"401": 3}
 
 
 async def test_async_client_renews_on_401(emu):

@@ -117,6 +117,8 @@ class FaultInjector:
         self._rng = random.Random(f"faults:{seed}")
         self._lock = threading.Lock()
         self.injected: Counter[str] = Counter()
+        #: How the injected Retry-After headers were written: "seconds" or "http-date".
+        self.retry_after_forms: Counter[str] = Counter()
 
     def configure(self, body: dict) -> None:
         rules = []
@@ -179,4 +181,6 @@ class FaultInjector:
         if action.is_noop:
             return None
         self.injected[action.kind] += 1
+        if action.status and action.retry_after is not None:
+            self.retry_after_forms[action.retry_after_format] += 1
         return action

@@ -125,6 +125,7 @@ class EmulatorState:
             "requests": {route: dict(c) for route, c in self.requests.items()},
             "requests_total": sum(sum(c.values()) for c in self.requests.values()),
             "faults_injected": dict(self.faults.injected),
+            "retry_after_forms": dict(self.faults.retry_after_forms),
         }
 
     def reset_stats(self) -> None:
@@ -132,6 +133,7 @@ class EmulatorState:
         self.token_grant_failures.clear()
         self.requests.clear()
         self.faults.injected.clear()
+        self.faults.retry_after_forms.clear()
 
 
 _GRANTS = ("client_credentials", "refresh_token", "authorization_code")
