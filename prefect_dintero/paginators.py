@@ -28,6 +28,12 @@ class MalformedPageError(MalformedResponseError):
         kwargs.setdefault("hint", "Nothing from this page was written and the cursor did not move")
         super().__init__(message, **kwargs)
 
+    def _render(self) -> str:
+        if self.status_code is not None:
+            return super()._render()
+        where = f" ({self.method} {self.url})" if self.method and self.url else ""
+        return f"Dintero sent a malformed page: {self.message}{where}. {self.hint}"
+
 
 class Paginator:
     """Base of the pagination styles. ``limit`` is the page size asked for."""

@@ -1,0 +1,277 @@
+"""The bad-input matrix: every mistake a user can make gives one clear error, is not retried when
+it is permanent, and writes nothing.
+
+Each case drives the same code a flow runs (credentials → token → client → stream → sink) against
+the emulator, then checks three things: the error's class and message, the emulator's request
+counts (a permanent error is sent once), and the destination (no rows, no cursor).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import create_engine, inspect, text
+
+from prefect_dintero.client import DinteroClient
+from prefect_dintero.credentials import ClientCredentials
+from prefect_dintero.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidGrantError,
+    LoginError,
+    MalformedResponseError,
+    ReauthorizationRequired,
+)
+from prefect_dintero.grants import exchange_authorization_code, fetch_client_credentials_token
+from prefect_dintero.login import parse_authorization_response
+from prefect_dintero.paginators import MalformedPageError
+from prefect_dintero.sink import STATE_TABLE, DestinationError, Sink
+from prefect_dintero.store import DEFAULT_STORE
+from prefect_dintero.streams import CATALOG, resolve_streams
+from prefect_dintero.sync import SyncOptions, sync_stream
+from prefect_dintero.tokens import Token
+
+from .test_sync import AID, FAST
+
+
+@dataclass
+class Case:
+    """One mistake: what the user does, and what must come of it."""
+
+    run: Callable[..., None]
+    error: type[Exception]
+    message: str
+    #: Emulator requests by route and status after the mistake: a permanent error is sent once.
+    requests: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def credentials(emu, **overrides) -> ClientCredentials:
+    fields = dict(
+        account_id=AID,
+        client_id=emu.config.client_id,
+        client_secret=SecretStr(emu.config.client_secret),
+        api_url=emu.url,
+        checkout_url=emu.url,
+    )
+    fields.update(overrides)
+    return ClientCredentials(**fields)
+
+
+def sync(emu, destination, creds=None, streams=("transactions",), **client_kwargs) -> None:
+    """What the dintero-sync flow does: resolve streams, prepare the sink, sync each stream."""
+    specs = resolve_streams(list(streams))
+    sink = Sink(destination)
+    sink.prepare(specs)
+    client = DinteroClient(creds or credentials(emu), retry_policy=FAST, **client_kwargs)
+    with client:
+        for spec in specs:
+            sync_stream(client, sink, spec, AID, SyncOptions(page_size=25))
+
+
+def exchange(emu, code: str, redirect_uri: str | None = None) -> Token:
+    creds = credentials(emu)
+    service = fetch_client_credentials_token(creds)
+    return exchange_authorization_code(
+        creds,
+        code,
+        service_token=service,
+        redirect_uri=redirect_uri or emu.config.redirect_uris[0],
+    )
+
+
+class StripFirstId(httpx.HTTPTransport):
+    """Passes requests to the emulator but removes ``id`` from the first object of each page."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if "/transactions" not in request.url.path:
+            return response
+        response.read()
+        body = response.json()
+        items = body if isinstance(body, list) else body.get("transactions", [])
+        if items:
+            items[0].pop("id", None)
+        return httpx.Response(response.status_code, headers=response.headers, json=body)
+
+
+def used_code(emu, destination) -> None:
+    code = emu.authorization_code()
+    exchange(emu, code)
+    exchange(emu, code)
+
+
+def expired_code(emu, destination) -> None:
+    code = emu.authorization_code()
+    emu.advance_clock(emu.config.code_lifetime + 5)
+    exchange(emu, code)
+
+
+def redirect_mismatch(emu, destination) -> None:
+    exchange(emu, emu.authorization_code(), redirect_uri="http://127.0.0.1:9/elsewhere")
+
+
+def state_mismatch(emu, destination) -> None:
+    redirect = emu.login(state="the-state-we-sent")
+    code = parse_authorization_response(redirect, expected_state="another-attempt")
+    exchange(emu, code)
+
+
+def expired_session_without_refresh(emu, destination) -> None:
+    now = datetime.now(UTC)
+    session = Token(
+        access_token=SecretStr("an-expired-user-token"),
+        issued_at=now - timedelta(hours=2),
+        expires_at=now - timedelta(hours=1),
+    )
+    sync(emu, destination, session=session, session_name="ada")
+
+
+def missing_primary_key(emu, destination) -> None:
+    creds = credentials(emu)
+    specs = resolve_streams(["transactions"])
+    sink = Sink(destination)
+    sink.prepare(specs)
+    with DinteroClient(creds, retry_policy=FAST, transport=StripFirstId()) as client:
+        sync_stream(client, sink, specs[0], AID, SyncOptions(page_size=25))
+
+
+def malformed_json_page(emu, destination) -> None:
+    emu.set_faults({"route": "transactions", "sequence": [{"malformed": True}]})
+    sync(emu, destination)
+
+
+# The user logged in at the identity provider, and a service token was fetched for the exchange.
+LOGGED_IN = {"authorize": {"302": 1}, "token": {"200": 1}}
+
+CASES: dict[str, Case] = {
+    "malformed account id": Case(
+        lambda emu, d: sync(emu, d, credentials(emu, account_id="12345678")),
+        ConfigurationError,
+        "account id",
+    ),
+    "wrong client secret": Case(
+        lambda emu, d: sync(emu, d, credentials(emu, client_secret=SecretStr("not-the-secret"))),
+        AuthenticationError,
+        "Check the API client's id and secret",
+        {"token": {"401": 1}},
+    ),
+    "used code": Case(
+        used_code,
+        InvalidGrantError,
+        "single use",
+        {"authorize": {"302": 1}, "token": {"200": 2}, "oidc_token": {"200": 1, "400": 1}},
+    ),
+    "expired code": Case(
+        expired_code, InvalidGrantError, "log in again", {**LOGGED_IN, "oidc_token": {"400": 1}}
+    ),
+    "redirect URI mismatch": Case(
+        redirect_mismatch,
+        InvalidGrantError,
+        "redirect",
+        {**LOGGED_IN, "oidc_token": {"400": 1}},
+    ),
+    "state mismatch": Case(
+        state_mismatch,
+        LoginError,
+        "state in the pasted URL does not match",
+        {"authorize": {"302": 1}},
+    ),
+    "unknown stream": Case(
+        lambda emu, d: sync(emu, d, streams=("transactions", "refunds")),
+        ConfigurationError,
+        "unknown stream 'refunds'; valid streams: transactions",
+    ),
+    "malformed JSON page": Case(
+        malformed_json_page,
+        MalformedResponseError,
+        "not valid JSON|not JSON|malformed",
+        {"token": {"200": 1}, "transactions": {"200": 1}},
+    ),
+    "page missing its primary key": Case(
+        missing_primary_key,
+        MalformedPageError,
+        "id",
+        {"token": {"200": 1}, "transactions": {"200": 1}},
+    ),
+    "http:// to a remote host": Case(
+        lambda emu, d: sync(emu, d, credentials(emu, api_url="http://api.dintero.com")),
+        ConfigurationError,
+        "https",
+    ),
+    "unreachable destination database": Case(
+        lambda emu, d: sync(emu, "postgresql+psycopg://nobody:db-password@127.0.0.1:1/nothing"),
+        DestinationError,
+        "cannot use the destination database",
+    ),
+    "expired OIDC session without a refresh token": Case(
+        expired_session_without_refresh,
+        ReauthorizationRequired,
+        "log in again|dintero_login",
+    ),
+}
+
+
+def written(destination: str) -> dict[str, int]:
+    """Rows in every Dintero table, and saved cursors or resume points, at the destination."""
+    engine = create_engine(Sink(destination).url)
+    try:
+        with engine.connect() as conn:
+            names = [n for n in inspect(conn).get_table_names() if n.startswith("dintero_")]
+            counts = {
+                name: conn.execute(text(f'SELECT count(*) FROM "{name}"')).scalar_one()
+                for name in names
+                if name != STATE_TABLE
+            }
+            if STATE_TABLE in names:
+                counts["saved cursors"] = conn.execute(
+                    text(
+                        f"SELECT count(*) FROM {STATE_TABLE} "
+                        "WHERE cursor IS NOT NULL OR resume IS NOT NULL"
+                    )
+                ).scalar_one()
+        return {name: count for name, count in counts.items() if count}
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tokens():
+    DEFAULT_STORE.clear()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_clear_error_not_retried_and_writes_nothing(
+    name, dintero_emulator_factory, tmp_path, evidence
+):
+    case = CASES[name]
+    emu = dintero_emulator_factory(transactions=60, sessions=10, settlements=5, customers=5)
+    destination = str(tmp_path / "dintero.db")
+    with pytest.raises(case.error) as info:
+        case.run(emu, destination)
+    message = str(info.value)
+    evidence.text(message)
+    assert re.search(case.message, message), message
+    # One clear error: the user's own words are enough, no traceback needed to act on it.
+    assert "\n" not in message and len(message) < 600, message
+    assert "db-password" not in message and "not-the-secret" not in message
+    assert not getattr(info.value, "retryable", False)
+
+    stats = emu.stats()
+    served = {route: counts for route, counts in stats["requests"].items() if counts}
+    assert served == case.requests, json.dumps(served)
+    assert (tmp_path / "dintero.db").exists() is False or written(destination) == {}
+    evidence.note(f"bad input · {name}: {type(info.value).__name__}: {message[:160]}")
+
+
+def test_the_matrix_covers_every_stream_name_it_rejects():
+    """The unknown-stream message lists exactly the catalog, so users can copy a valid name."""
+    with pytest.raises(ConfigurationError) as info:
+        resolve_streams(["refunds"])
+    assert str(info.value).endswith(", ".join(CATALOG))
