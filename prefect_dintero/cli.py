@@ -60,6 +60,13 @@ def _emulator_parser(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="reuse refresh tokens instead of rotating them on every refresh",
     )
+    p.add_argument(
+        "--refresh-token-reuse-interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="accept a rotated-out refresh token for this long (default 0: strictly single use)",
+    )
     p.add_argument("--transactions", type=int, default=250, help="transactions per account")
     p.add_argument("--sessions", type=int, default=120, help="checkout sessions per account")
     p.add_argument("--settlements", type=int, default=40, help="settlements per account")
@@ -100,6 +107,7 @@ def _run_emulator(args: argparse.Namespace) -> int:
         code_lifetime=args.code_lifetime,
         refresh_tokens=args.refresh_tokens,
         rotate_refresh_tokens=args.rotate_refresh_tokens,
+        refresh_token_reuse_interval=args.refresh_token_reuse_interval,
         transactions=args.transactions,
         sessions=args.sessions,
         settlements=args.settlements,

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from email.utils import parsedate_to_datetime
 
@@ -558,6 +559,50 @@ def test_refresh_without_rotation_omits_refresh_token(dintero_emulator_factory):
     for _ in range(3):
         r = refresh(emu, service, rt)
         assert r.status_code == 200 and "refresh_token" not in r.json()
+
+
+def test_a_rotated_out_refresh_token_is_accepted_within_the_reuse_interval(
+    dintero_emulator_factory,
+):
+    emu = dintero_emulator_factory(refresh_tokens=True, refresh_token_reuse_interval=30, **SMALL)
+    service = service_token(emu)
+    first = HTTP.post(
+        f"{emu.url}/v1/accounts/{AID}/auth/oidc/token",
+        headers=bearer(service),
+        json=oidc_body(emu, emu.authorization_code()),
+    ).json()["refresh_token"]
+    second = refresh(emu, service, first).json()["refresh_token"]
+    # A client that died before saving `second` still holds `first`: accepted, for a while.
+    again = refresh(emu, service, first)
+    assert again.status_code == 200 and again.json()["refresh_token"] not in (first, second)
+    emu.advance_clock(31)
+    err = assert_dintero_error(refresh(emu, service, first), 400)
+    assert err["code"] == "invalid_grant"
+    assert refresh(emu, service, again.json()["refresh_token"]).status_code == 200
+
+
+def test_a_delayed_response_does_the_work_first_and_shows_in_flight(dintero_emulator_factory):
+    emu = dintero_emulator_factory(refresh_tokens=True, **SMALL)
+    service = service_token(emu)
+    rt = HTTP.post(
+        f"{emu.url}/v1/accounts/{AID}/auth/oidc/token",
+        headers=bearer(service),
+        json=oidc_body(emu, emu.authorization_code()),
+    ).json()["refresh_token"]
+    emu.set_faults({"route": "token", "sequence": [{"delay_response": 1.0}]})
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(r=refresh(emu, service, rt)))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while emu.stats()["token_grants"]["refresh_token"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    # Rotated already, while the client is still waiting for the answer.
+    assert emu.stats()["in_flight"] == {"token": 1} and "r" not in done
+    worker.join()
+    assert done["r"].status_code == 200
+    assert emu.stats()["in_flight"] == {}
+    assert emu.stats()["faults_injected"] == {"delayed response": 1}
 
 
 # -- faults -------------------------------------------------------------------------------------

@@ -167,18 +167,25 @@ class EmulatorApp:
 
     async def _serve(self, route: str, request: Request, handler) -> Response:
         """Apply faults, run the handler, turn ApiError into Dintero's body, count the result."""
-        action = self.state.faults.pick(route)
-        response = await self._faulted(action) if action else None
-        if response is None:
-            try:
-                response = await handler(request)
-            except ApiError as exc:
-                response = error_response(exc.status, exc.code, exc.message, exc.headers)
-            if action is not None and action.malformed and response.status_code == 200:
-                response = Response(b'{"items": [{"id": ', 200, media_type="application/json")
-        dropped = isinstance(response, DroppingResponse)
-        self.state.count_request(route, "dropped" if dropped else response.status_code)
-        return response
+        self.state.in_flight[route] += 1
+        try:
+            action = self.state.faults.pick(route)
+            response = await self._faulted(action) if action else None
+            if response is None:
+                try:
+                    response = await handler(request)
+                except ApiError as exc:
+                    response = error_response(exc.status, exc.code, exc.message, exc.headers)
+                if action is not None and action.malformed and response.status_code == 200:
+                    response = Response(b'{"items": [{"id": ', 200, media_type="application/json")
+                if action is not None and action.delay_response:
+                    # The work is done (a token rotated, say); the client just hears late.
+                    await asyncio.sleep(action.delay_response)
+            dropped = isinstance(response, DroppingResponse)
+            self.state.count_request(route, "dropped" if dropped else response.status_code)
+            return response
+        finally:
+            self.state.in_flight[route] -= 1
 
     async def _faulted(self, action: FaultAction) -> Response | None:
         if action.latency:
@@ -309,7 +316,7 @@ class EmulatorApp:
             problem = None
             if record is None:
                 problem = "The refresh token is invalid"
-            elif record.revoked:
+            elif record.revoked and not self._within_reuse_interval(record):
                 problem = "The refresh token has been revoked or already used"
             elif record.expires_at <= state.clock.timestamp():
                 problem = "The refresh token has expired"
@@ -332,7 +339,9 @@ class EmulatorApp:
                 "expires_in": lifetime,
             }
             if state.config.rotate_refresh_tokens:
-                record.revoked = True
+                if not record.revoked:
+                    record.revoked = True
+                    record.rotated_at = state.clock.timestamp()
                 payload["refresh_token"] = state.issue_refresh_token(
                     RefreshRecord(
                         client_id=record.client_id,
@@ -345,6 +354,13 @@ class EmulatorApp:
                 )
             state.token_grants["refresh_token"] += 1
         return JSONResponse(payload)
+
+    def _within_reuse_interval(self, record: RefreshRecord) -> bool:
+        interval = self.state.config.refresh_token_reuse_interval
+        return (
+            record.rotated_at is not None
+            and self.state.clock.timestamp() - record.rotated_at <= interval
+        )
 
     async def oidc_token(self, request: Request) -> Response:
         return await self._serve("oidc_token", request, self._oidc_token)

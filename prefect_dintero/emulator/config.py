@@ -41,6 +41,10 @@ class EmulatorConfig:
     refresh_tokens: bool = False
     #: Rotate refresh tokens: every refresh returns a new one and revokes the old one.
     rotate_refresh_tokens: bool = True
+    #: Seconds a rotated-out refresh token is still accepted (0: strict, used once). Identity
+    #: providers offer this (Auth0's reuse interval, Okta's grace period) so that a client which
+    #: dies between the server's rotation and saving the new token can still refresh.
+    refresh_token_reuse_interval: float = 0.0
     refresh_token_lifetime: int = 30 * 24 * 3600
     #: Lifetime of an authorization code, seconds.
     code_lifetime: int = 60

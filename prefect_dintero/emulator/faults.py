@@ -10,9 +10,11 @@ A rule is posted to ``POST /_emulator/faults`` as JSON::
 
 An action is any of ``status`` (with ``retry_after`` seconds and ``retry_after_format``
 ``"seconds"`` or ``"http-date"`` for 429/503), ``drop`` (close the connection mid-response),
-``latency`` (seconds, alone or before another action), ``malformed`` (200 with broken JSON), or the
-string ``"ok"`` in a sequence. Probability rules matching a request share one draw, so their rates
-add up exactly (20 % + 10 % + 5 % = 35 % of requests faulted).
+``latency`` (seconds, alone or before another action), ``delay_response`` (seconds: answer
+normally, doing the work, but hold the response back, so a client that dies meanwhile never learns
+the result), ``malformed`` (200 with broken JSON), or the string ``"ok"`` in a sequence.
+Probability rules matching a request share one draw, so their rates add up exactly (20 % + 10 % +
+5 % = 35 % of requests faulted).
 """
 
 from __future__ import annotations
@@ -49,10 +51,13 @@ class FaultAction:
     drop: bool = False
     latency: float = 0.0
     malformed: bool = False
+    delay_response: float = 0.0
 
     @property
     def is_noop(self) -> bool:
-        return not (self.status or self.drop or self.latency or self.malformed)
+        return not (
+            self.status or self.drop or self.latency or self.malformed or self.delay_response
+        )
 
     @property
     def kind(self) -> str:
@@ -62,6 +67,8 @@ class FaultAction:
             return "malformed"
         if self.status:
             return str(self.status)
+        if self.delay_response:
+            return "delayed response"
         return "latency" if self.latency else "ok"
 
     @classmethod
@@ -77,6 +84,7 @@ class FaultAction:
             "drop",
             "latency",
             "malformed",
+            "delay_response",
             "route",
             "probability",
         }
@@ -95,6 +103,7 @@ class FaultAction:
             drop=bool(raw.get("drop", False)),
             latency=float(raw.get("latency", 0.0)),
             malformed=bool(raw.get("malformed", False)),
+            delay_response=float(raw.get("delay_response", 0.0)),
         )
 
 

@@ -56,6 +56,8 @@ class EmulatorState:
         self.token_grants: Counter[str] = Counter()
         self.token_grant_failures: Counter[str] = Counter()
         self.requests: dict[str, Counter[str]] = defaultdict(Counter)
+        #: Requests being answered right now, by route.
+        self.in_flight: Counter[str] = Counter()
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -126,6 +128,7 @@ class EmulatorState:
             "requests_total": sum(sum(c.values()) for c in self.requests.values()),
             "faults_injected": dict(self.faults.injected),
             "retry_after_forms": dict(self.faults.retry_after_forms),
+            "in_flight": {route: n for route, n in self.in_flight.items() if n},
         }
 
     def reset_stats(self) -> None:

@@ -55,6 +55,8 @@ class RefreshRecord:
     user_info: dict
     expires_at: float
     revoked: bool = False
+    #: When rotation replaced it (emulator clock), for the reuse interval.
+    rotated_at: float | None = None
 
 
 @dataclass
