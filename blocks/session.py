@@ -24,6 +24,9 @@ from .credentials import LOGO_URL, DinteroCredentials
 
 #: How long a renewal may wait for another process's renewal of the same session.
 RENEWAL_SLOT_TIMEOUT = 120.0
+# The shortest lease Prefect allows. A process killed mid-renewal holds the slot until its lease
+# expires (and the server's repossessor runs): this bounds that wait at about a minute.
+RENEWAL_SLOT_LEASE = 60.0
 
 
 class DinteroOIDCSession(Block):
@@ -251,7 +254,11 @@ class BlockSessionStore(TokenStore):
     def renewal_lock(self, key: str) -> Iterator[None]:
         self._ensure_limit()
         with concurrency(
-            self.limit_name, occupy=1, timeout_seconds=RENEWAL_SLOT_TIMEOUT, strict=False
+            self.limit_name,
+            occupy=1,
+            timeout_seconds=RENEWAL_SLOT_TIMEOUT,
+            lease_duration=RENEWAL_SLOT_LEASE,
+            strict=False,
         ):
             yield
 
@@ -259,7 +266,11 @@ class BlockSessionStore(TokenStore):
     async def arenewal_lock(self, key: str) -> AsyncIterator[None]:
         await self._aensure_limit()
         async with aconcurrency(
-            self.limit_name, occupy=1, timeout_seconds=RENEWAL_SLOT_TIMEOUT, strict=False
+            self.limit_name,
+            occupy=1,
+            timeout_seconds=RENEWAL_SLOT_TIMEOUT,
+            lease_duration=RENEWAL_SLOT_LEASE,
+            strict=False,
         ):
             yield
 

@@ -6,16 +6,29 @@ kind the emulator injected, where each kill landed.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from prefect_dintero.emulator import EmulatorConfig, running_emulator
 from prefect_dintero.retry import RetryPolicy
-from prefect_dintero.sink import Sink, parse_datetime
+from prefect_dintero.sink import STATE_TABLE, Sink, parse_datetime
 from prefect_dintero.store import DEFAULT_STORE
 from prefect_dintero.streams import CATALOG
 
-from .test_sync import AID, assert_equals_source, options, sync_all
+from ._servers import prefect_server_process, run
+from .test_sync import AID, assert_equals_source, check_cursor_not_ahead_of_data, options, sync_all
 
 DATA_ROUTES = ("transactions", "sessions", "settlements", "customers", "payout_transfers")
 
@@ -112,3 +125,212 @@ def test_fault_soak_over_every_stream_loses_and_duplicates_nothing(
     assert 0.25 < data_faults / data_requests < 0.50, (data_faults, data_requests)
     # Each forced 401 cost one renewal, not more.
     assert stats["token_grants"]["client_credentials"] <= injected["401"] + 1
+
+
+# -- crash loop -----------------------------------------------------------------------------------
+
+SETUP = textwrap.dedent(
+    """
+    import sys
+    from pydantic import SecretStr
+    from prefect_dintero import DinteroCredentials
+    from prefect_dintero.flows import dintero_login
+
+    url, client_id, secret, code = sys.argv[1:5]
+    DinteroCredentials(account_id="T12345678", client_id=client_id,
+        client_secret=SecretStr(secret), api_url=url, checkout_url=url).save(
+        "crash-creds", overwrite=True)
+    dintero_login("crash-creds", "crash-session", authorization_response=SecretStr(code))
+    """
+)
+
+# The user's sync, as a deployment would run it: the dintero-sync flow, reading as the user.
+SYNC = textwrap.dedent(
+    """
+    import sys
+    from prefect_dintero.flows import dintero_sync
+
+    dintero_sync("crash-creds", session_block="crash-session", destination=sys.argv[1],
+                 page_size=40, payout_destinations=["PD-main", "PD-store-2"])
+    print("DONE", flush=True)
+    """
+)
+
+# The saved refresh token's fingerprint (never the token itself), one call as the user, and the
+# fingerprint again: the call renews a stale session.
+PROBE = textwrap.dedent(
+    """
+    import hashlib
+    from prefect_dintero import DinteroOIDCSession
+
+    def saved():
+        token = DinteroOIDCSession.load("crash-session").refresh_token.get_secret_value()
+        return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+    print("BEFORE", saved(), flush=True)
+    with DinteroOIDCSession.load("crash-session").get_client() as client:
+        client.get_json("/v1/accounts/T12345678/settlements", params={"limit": 1})
+    print("AFTER", saved(), flush=True)
+    """
+)
+
+
+def fingerprint(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
+
+
+def write_lock_held(database: Path) -> bool:
+    """Whether another connection is inside a write transaction on the SQLite file right now."""
+    conn = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        conn.close()
+
+
+def rows_in(database: Path) -> int:
+    if not database.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as conn:
+        names = [
+            n
+            for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if n.startswith("dintero_") and n != STATE_TABLE
+        ]
+        return sum(conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names)
+
+
+def wait_until(condition: Callable[[], bool], process: subprocess.Popen, timeout: float) -> bool:
+    """Poll ``condition`` tightly; False if the process ended or time ran out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if condition():
+            return True
+    return False
+
+
+@pytest.mark.slow
+def test_crash_loop_resumes_to_the_source_and_never_loses_the_rotated_refresh_token(
+    tmp_path, evidence
+):
+    config = EmulatorConfig(
+        refresh_tokens=True,
+        rotate_refresh_tokens=True,
+        refresh_token_reuse_interval=900,
+        token_lifetime=6,
+        transactions=5000,
+        sessions=240,
+        settlements=80,
+        customers=160,
+        transfers_per_destination=80,
+    )
+    database = tmp_path / "crash.db"
+    with running_emulator(config) as emu, prefect_server_process(tmp_path) as env:
+        evidence.scan_path(tmp_path)
+        run(
+            [
+                sys.executable,
+                "-c",
+                SETUP,
+                emu.url,
+                config.client_id,
+                config.client_secret,
+                emu.authorization_code(),
+            ],
+            env,
+        )
+        slow_pages = [
+            {"route": route, "probability": 1.0, "latency": 0.12} for route in DATA_ROUTES
+        ]
+
+        def probe() -> tuple[bool, bool]:
+            """Whether the session's saved refresh token was rotated out, before and after one
+            call as the user (which renews a stale session)."""
+            # Nothing else runs now: what the emulator holds is what the saved token faces.
+            rotated = {fingerprint(t): r.revoked for t, r in emu.state.refresh_tokens.items()}
+            out = run([sys.executable, "-c", PROBE], env, timeout=240)
+            before = out.split("BEFORE ", 1)[1].split()[0]
+            after = out.split("AFTER ", 1)[1].split()[0]
+            records = {fingerprint(t): r for t, r in emu.state.refresh_tokens.items()}
+            return rotated[before], records[after].revoked
+
+        def refreshes() -> int:
+            return emu.stats()["token_grants"]["refresh_token"]
+
+        def page_in_flight_between_commits() -> bool:
+            flying = emu.stats()["in_flight"]
+            return any(flying.get(r) for r in DATA_ROUTES) and not write_lock_held(database)
+
+        Sink(str(database)).prepare(list(CATALOG.values()))
+        rng = random.Random(11)
+        moments = ["token refresh", "between pages", "mid-transaction", "random", "random"]
+        kills: list[str] = []
+        rescued = 0
+        for moment in moments:
+            before_rows = rows_in(database)
+            emu.set_faults(*slow_pages)
+            if moment == "token refresh":
+                # Let the session go stale, then hold every token answer back after the server
+                # has done the work: the kill lands after Dintero rotated the refresh token and
+                # before this process could save the new one.
+                time.sleep(config.token_lifetime)
+                emu.set_faults({"route": "token", "probability": 1.0, "delay_response": 3.0})
+                emu.set_faults(*slow_pages, replace=False)
+                baseline = refreshes()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", SYNC, str(database)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            if moment == "token refresh":
+                landed = wait_until(lambda b=baseline: refreshes() > b, proc, 120)
+            elif moment == "between pages":
+                landed = wait_until(
+                    lambda b=before_rows: (
+                        rows_in(database) > b and page_in_flight_between_commits()
+                    ),
+                    proc,
+                    120,
+                )
+            elif moment == "mid-transaction":
+                landed = wait_until(lambda: write_lock_held(database), proc, 120)
+            else:
+                time.sleep(rng.uniform(4.0, 9.0))
+                landed = proc.poll() is None
+            assert landed, f"the sync ended before the {moment} kill: {proc.communicate()[0]}"
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+            emu.clear_faults()
+            rotated_out, still_rotated_out = probe()
+            # The call worked; what the block holds now is a live refresh token.
+            assert not still_rotated_out, moment
+            if rotated_out:
+                # Dintero rotated it and the process died before saving the new one; the reuse
+                # interval let the next renewal through, and that renewal was saved.
+                rescued += 1
+            kills.append(f"{moment} (rows {before_rows}→{rows_in(database)})")
+            check_cursor_not_ahead_of_data(emu, Sink(str(database)))
+            if moment == "token refresh":
+                assert rotated_out, "the kill did not land between rotation and save"
+
+        final = run([sys.executable, "-c", SYNC, str(database)], env, timeout=300)
+        assert "DONE" in final
+        sink = Sink(str(database))
+        assert_equals_source(emu, sink)
+        assert_cursors_consistent(emu, sink)
+        assert probe() == (False, False)
+        stats = emu.stats()
+        evidence.note(
+            f"crash loop: SIGKILL x{len(kills)}: {'; '.join(kills)}. Resumed to the source "
+            f"({rows_in(database)} rows, cursors consistent). "
+            f"{stats['token_grants']['refresh_token']} refresh rotations, "
+            f"{stats['token_grant_failures'].get('refresh_token', 0)} refused; {rescued} kill(s) "
+            "landed between Dintero's rotation and the save (the reuse interval covered them); "
+            "the session worked after every kill"
+        )
