@@ -32,7 +32,7 @@ class EmulatorConfig:
 
     account_ids: list[str] = field(default_factory=lambda: [DEFAULT_ACCOUNT_ID])
     client_id: str = DEFAULT_CLIENT_ID
-    client_secret: str = DEFAULT_CLIENT_SECRET
+    client_secret: str = field(default=DEFAULT_CLIENT_SECRET, repr=False)
     redirect_uris: list[str] = field(default_factory=lambda: [DEFAULT_REDIRECT_URI])
     user: TestUser = field(default_factory=TestUser)
     #: Lifetime of access tokens, seconds.

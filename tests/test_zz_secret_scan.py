@@ -1,0 +1,120 @@
+"""The secret scan, after every other test of the session (this module sorts last).
+
+It looks for the client secret of every emulator the session started, and every access token,
+refresh token and authorization code they issued, in everything the suite's flows left behind:
+the Prefect databases (the test harness's and each real server's), Prefect's home (logs, result
+storage), server logs, the sync databases (SQLite files and the PostgreSQL test database), test
+artifacts, the captured output and log records of every test, and the error texts users saw.
+
+Prefect's block documents are stored encrypted, so the secrets saved in blocks don't show in the
+database file either; nothing needs excepting.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import EVIDENCE
+
+ROOT = Path(__file__).resolve().parents[1]
+# Secrets the bad-input tests typed on purpose (a wrong client secret, a database password).
+TYPED_BY_TESTS = {"not-the-secret", "db-password"}
+
+
+def _grep(patterns: Path, targets: list[Path]) -> list[str]:
+    """Fixed-string search for many patterns at once (grep -F builds one automaton)."""
+    if not targets:
+        return []
+    result = subprocess.run(
+        ["grep", "-r", "-a", "-o", "-F", "-f", str(patterns), *map(str, targets)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+    )
+    assert result.returncode in (0, 1), result.stderr
+    return result.stdout.splitlines()
+
+
+def _checkpoint(database: Path) -> None:
+    """Fold a live SQLite database's write-ahead log into the file and truncate it, as SQLite
+    does when the last connection closes. The test harness's server is still running now; the
+    real servers' databases were already closed this way when their servers stopped."""
+    conn = sqlite3.connect(database, timeout=30)
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert not busy, f"could not checkpoint {database}"
+    finally:
+        conn.close()
+
+
+def _postgres_text(url: str) -> str:
+    from sqlalchemy import create_engine, inspect, text
+
+    engine = create_engine(url)
+    chunks = []
+    try:
+        with engine.connect() as conn:
+            for name in inspect(conn).get_table_names():
+                if name.startswith("dintero_"):
+                    rows = conn.execute(text(f'SELECT t::text FROM "{name}" t')).scalars()
+                    chunks.extend(rows)
+    finally:
+        engine.dispose()
+    return "\n".join(chunks)
+
+
+def test_no_secret_anywhere_the_suite_left_anything(tmp_path_factory, tmp_path):
+    if shutil.which("grep") is None:
+        pytest.fail("the secret scan needs grep")
+    secrets = {s for s in EVIDENCE.secrets | TYPED_BY_TESTS if len(s) >= 8}
+    if EVIDENCE.emulators == 0:
+        pytest.skip("no emulator ran in this session: nothing was issued to look for")
+    patterns = tmp_path / "patterns"
+    patterns.write_text("\n".join(sorted(secrets)) + "\n")
+    # The scanner finds a secret inside binary data: otherwise 0 hits would prove nothing.
+    canary = tmp_path / "canary.bin"
+    canary.write_bytes(b"\x00\x01SQLite page\x00" + max(secrets).encode() + b"\xff\x00")
+    assert _grep(patterns, [canary]), "the scanner missed a planted secret"
+    canary.unlink()
+
+    # Texts: every test's captured output and logs, and the error texts users saw.
+    texts = tmp_path / "texts"
+    texts.write_text("\n".join(EVIDENCE.texts), errors="replace")
+    dump = tmp_path / "postgres.txt"
+    dump.write_text("")
+    url = os.environ.get("DINTERO_TEST_POSTGRES_URL")
+    if url:
+        try:
+            dump.write_text(_postgres_text(url))
+        except Exception as exc:  # unreachable outside CI: the sink tests skipped too
+            dump.write_text(f"unreachable: {type(exc).__name__}")
+
+    for wal in [w for p in EVIDENCE.paths if p.is_dir() for w in p.rglob("prefect-test.db-wal")]:
+        _checkpoint(wal.with_name("prefect-test.db"))
+    scanned_dirs = {tmp_path_factory.getbasetemp(), *EVIDENCE.paths, ROOT / "test-artifacts"}
+    targets = [p for p in scanned_dirs if p.exists()]
+    # The patterns file itself lives under the base temp dir: scan the rest, then the texts.
+    files = [
+        f
+        for d in targets
+        for f in (d.rglob("*") if d.is_dir() else [d])
+        if f.is_file() and f not in (patterns,)
+    ]
+    hits = _grep(patterns, [f for f in files if f not in (texts, dump)])
+    hits += _grep(patterns, [texts, dump])
+    size = sum(f.stat().st_size for f in files)
+    prefect_dbs = [f for f in files if f.suffix == ".db" and "prefect" in f.name]
+    EVIDENCE.note(
+        f"secret scan: {len(secrets)} secrets from {EVIDENCE.emulators} emulators "
+        f"(client secrets, access and refresh tokens, codes) in {len(files)} files "
+        f"({size / 1e6:.1f} MB, {len(prefect_dbs)} Prefect databases) and "
+        f"{len(EVIDENCE.texts)} captured texts: {len(hits)} hits"
+    )
+    if hits:  # name the files only: the failure report itself must not carry the secrets
+        pytest.fail("secrets found in:\n" + "\n".join(sorted({h.rsplit(":", 1)[0] for h in hits})))
