@@ -36,7 +36,6 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
 
+# One table: token grants per lifetime, sync throughput vs a bare loop, peak RSS, no-change run.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/emulator_throughput.py --seconds 10
-	$(BIN)/python benchmarks/token_economy.py --seconds 30 --lifetime 5
-	$(BIN)/python benchmarks/sync_throughput.py --sizes 10000 100000
+	$(BIN)/python benchmarks/report.py

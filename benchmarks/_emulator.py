@@ -1,11 +1,14 @@
-"""Running the emulator in its own process for a benchmark (so it never shares our GIL)."""
+"""The emulator and a Prefect server in their own processes, for benchmarks (so they never
+share the measured process's GIL)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -31,3 +34,31 @@ def start_emulator(*flags: str, timeout: float = 120.0) -> tuple[subprocess.Pope
             time.sleep(0.1)
     proc.terminate()
     raise RuntimeError("the emulator did not start")
+
+
+def start_prefect_server(home: Path, timeout: float = 120.0) -> tuple[subprocess.Popen, dict]:
+    """``prefect server start`` on loopback with its own home; returns it and the environment
+    a process needs to use it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+    }
+    env.pop("PREFECT_TEST_MODE", None)
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--no-ui", "--no-scheduler"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
+                return proc, env
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError("prefect server did not start")

@@ -7,7 +7,8 @@ fresh child process that reports its own peak RSS:
 - the sync into a new SQLite file;
 - the incremental re-run with no changes (requests made, rows fetched).
 
-Run: ``.venv/bin/python benchmarks/sync_throughput.py [--sizes 10000 100000]``.
+Run: ``.venv/bin/python benchmarks/sync_throughput.py [--sizes 10000 100000]``. The last line is a
+JSON summary (``RESULT [...]``) for ``benchmarks/report.py``.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     args = parser.parse_args()
-    lines = []
+    lines, results = [], []
     for size in args.sizes:
         proc, url = start_emulator(
             "--transactions", str(size), "--token-lifetime", "86400", timeout=300
@@ -106,6 +107,20 @@ def main() -> None:
         assert sync["table_rows"] == size, sync
         bare_rate = bare["rows"] / bare["seconds"]
         sync_rate = sync["rows"] / sync["seconds"]
+        results.append(
+            {
+                "rows": size,
+                "bare_rows_per_s": round(bare_rate),
+                "sync_rows_per_s": round(sync_rate),
+                "ratio": round(sync_rate / bare_rate, 2),
+                "bare_peak_rss_mb": round(bare["peak_rss_mb"]),
+                "sync_peak_rss_mb": round(sync["peak_rss_mb"]),
+                "no_change_requests": stats_after - stats_before,
+                "no_change_rows_fetched": rerun["rows"],
+                "no_change_inserted": rerun["inserted"],
+                "pages": sync["pages"],
+            }
+        )
         lines.append(
             f"{size:>7,} rows | bare httpx {bare_rate:>7,.0f} rows/s | sync {sync_rate:>7,.0f} rows/s "
             f"| sync/bare {sync_rate / bare_rate:.2f} | peak RSS bare {bare['peak_rss_mb']:.0f} MB, "
@@ -118,6 +133,7 @@ def main() -> None:
     )
     for line in lines:
         print(line)
+    print("RESULT " + json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -1,28 +1,132 @@
-"""Token grants per token lifetime under heavy concurrent load.
+"""Token grants per token lifetime under heavy concurrent load, across processes.
 
-64 threads (each with its own ``DinteroClient``) and 64 coroutines (each with its own
-``AsyncDinteroClient``) call the emulator for ``--seconds`` while tokens live ``--lifetime``
-seconds. A good token manager asks for one token per lifetime, however many callers there are.
+Each of ``--processes`` worker processes runs ``--threads`` threads (each with its own client) and
+``--coroutines`` coroutines (each with its own async client) that call the emulator for
+``--seconds`` while access tokens live ``--lifetime`` seconds. A good token manager asks for one
+token per lifetime, however many callers there are.
 
-Run: ``.venv/bin/python benchmarks/token_economy.py [--seconds 30] [--lifetime 5]``.
+Two identities:
+
+- ``--identity service`` (default): the API client's own client-credentials token. Threads and
+  coroutines of a process share one token; processes keep their own.
+- ``--identity session``: a logged-in user's session saved as a ``DinteroOIDCSession`` block on a
+  real ``prefect server start``. Its refresh (with a rotating refresh token) is single-flight
+  across processes through a Prefect global concurrency limit.
+
+Run: ``.venv/bin/python benchmarks/token_economy.py [--processes 4] [--identity session]``.
+The last line is a JSON summary (``RESULT {...}``) for ``benchmarks/report.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
-from _emulator import start_emulator
-from pydantic import SecretStr
+from _emulator import start_emulator, start_prefect_server
 
-from prefect_dintero.client import AsyncDinteroClient, DinteroClient
-from prefect_dintero.credentials import ClientCredentials
-from prefect_dintero.emulator.config import EmulatorConfig
+ACCOUNT = "T12345678"
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One process of load: threads and coroutines until the deadline; prints what it served."""
+    if args.identity == "session":
+        from prefect_dintero import DinteroOIDCSession
+
+        session = DinteroOIDCSession.load("bench-session")
+        make_client, make_async_client = session.get_client, session.get_async_client
+    else:
+        from pydantic import SecretStr
+
+        from prefect_dintero.client import AsyncDinteroClient, DinteroClient
+        from prefect_dintero.credentials import ClientCredentials
+        from prefect_dintero.emulator.config import EmulatorConfig
+
+        config = EmulatorConfig()
+        creds = ClientCredentials(
+            account_id=ACCOUNT,
+            client_id=config.client_id,
+            client_secret=SecretStr(config.client_secret),
+            api_url=args.url,
+            checkout_url=args.url,
+        )
+
+        def make_client():
+            return DinteroClient(creds)
+
+        def make_async_client():
+            return AsyncDinteroClient(creds)
+
+    start = float(args.start_at)
+    while time.time() < start:  # every process starts its load at the same moment
+        time.sleep(0.01)
+    began = time.monotonic()
+    stop = began + args.seconds
+    served: dict[str, float] = {"threads": 0, "coroutines": 0}
+    lock = threading.Lock()
+
+    def thread_load() -> None:
+        with make_client() as client:
+            n = 0
+            while time.monotonic() < stop:
+                client.get_json("/v1/sessions", host="checkout", params={"limit": 1})
+                n += 1
+        with lock:
+            served["threads"] += n
+
+    async def coroutine_load(client) -> int:
+        n = 0
+        while time.monotonic() < stop:
+            await client.get_json("/v1/sessions", host="checkout", params={"limit": 1})
+            n += 1
+        return n
+
+    async def all_coroutines() -> None:
+        clients = [make_async_client() for _ in range(args.coroutines)]
+        counts = await asyncio.gather(*(coroutine_load(c) for c in clients))
+        for c in clients:
+            await c.aclose()
+        served["coroutines"] = sum(counts)
+
+    threads = [threading.Thread(target=thread_load) for _ in range(args.threads)]
+    threads.append(threading.Thread(target=lambda: asyncio.run(all_coroutines())))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    served["seconds"] = time.monotonic() - began
+    print("SERVED " + json.dumps(served), flush=True)
+
+
+def log_in(env: dict[str, str], url: str) -> None:
+    """Save the credentials block and log the emulator's user in, as a user would once."""
+    from prefect_dintero.emulator.server import EmulatorClient
+
+    code = EmulatorClient(url).authorization_code()
+    script = (
+        "import sys\n"
+        "from pydantic import SecretStr\n"
+        "from prefect_dintero import DinteroCredentials\n"
+        "from prefect_dintero.emulator.config import EmulatorConfig\n"
+        "from prefect_dintero.flows import dintero_login\n"
+        "c = EmulatorConfig()\n"
+        "DinteroCredentials(account_id='T12345678', client_id=c.client_id,\n"
+        "    client_secret=SecretStr(c.client_secret), api_url=sys.argv[1],\n"
+        "    checkout_url=sys.argv[1]).save('bench-creds', overwrite=True)\n"
+        "dintero_login('bench-creds', 'bench-session', authorization_response=SecretStr(sys.argv[2]))\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, url, code], env=env, check=True, capture_output=True
+    )
 
 
 def main() -> None:
@@ -31,75 +135,94 @@ def main() -> None:
     parser.add_argument("--lifetime", type=int, default=5)
     parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--coroutines", type=int, default=64)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--identity", choices=["service", "session"], default="service")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--start-at", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
 
-    proc, url = start_emulator("--token-lifetime", str(args.lifetime), "--transactions", "200")
-    config = EmulatorConfig()
-    creds = ClientCredentials(
-        account_id=config.account_ids[0],
-        client_id=config.client_id,
-        client_secret=SecretStr(config.client_secret),
-        api_url=url,
-        checkout_url=url,
-    )
-    stop = time.monotonic() + args.seconds
-    served = {"threads": 0, "coroutines": 0}
-    lock = threading.Lock()
-
-    def thread_load() -> None:
-        with DinteroClient(creds) as client:
-            n = 0
-            while time.monotonic() < stop:
-                client.get_json("/v1/sessions", host="checkout", params={"limit": 1})
-                n += 1
-        with lock:
-            served["threads"] += n
-
-    async def coroutine_load(client: AsyncDinteroClient) -> int:
-        n = 0
-        while time.monotonic() < stop:
-            await client.get_json("/v1/sessions", host="checkout", params={"limit": 1})
-            n += 1
-        return n
-
-    async def all_coroutines() -> None:
-        clients = [AsyncDinteroClient(creds) for _ in range(args.coroutines)]
-        counts = await asyncio.gather(*(coroutine_load(c) for c in clients))
-        for c in clients:
-            await c.aclose()
-        served["coroutines"] = sum(counts)
-
+    flags = ["--token-lifetime", str(args.lifetime), "--transactions", "200"]
+    if args.identity == "session":
+        flags.append("--refresh-tokens")
+    emulator, url = start_emulator(*flags)
+    server = None
+    env = dict(os.environ)
     try:
-        threads = [threading.Thread(target=thread_load) for _ in range(args.threads)]
-        threads.append(threading.Thread(target=lambda: asyncio.run(all_coroutines())))
-        t0 = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - t0
-        stats = httpx.get(f"{url}/_emulator/stats").json()
+        with tempfile.TemporaryDirectory() as home:
+            if args.identity == "session":
+                server, env = start_prefect_server(Path(home))
+                log_in(env, url)
+                # The session from the login is fresh; count only what the load costs.
+                httpx.delete(f"{url}/_emulator/stats")
+            start_at = time.time() + 8  # time for every worker to import and load its block
+            workers = [
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        *("--url", url, "--start-at", str(start_at)),
+                        *("--identity", args.identity, "--seconds", str(args.seconds)),
+                        *("--threads", str(args.threads), "--coroutines", str(args.coroutines)),
+                    ],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(args.processes)
+            ]
+            outputs = [w.communicate(timeout=args.seconds + 300) for w in workers]
+            for w, (out, err) in zip(workers, outputs, strict=True):
+                if w.returncode != 0 or "SERVED " not in out:
+                    raise SystemExit(f"a worker failed:\n{err[-3000:]}")
+            stats = httpx.get(f"{url}/_emulator/stats").json()
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        emulator.terminate()
+        emulator.wait(timeout=10)
 
-    grants = stats["token_grants"]["client_credentials"]
+    served = [json.loads(out.split("SERVED ", 1)[1].splitlines()[0]) for out, _ in outputs]
+    total = sum(s["threads"] + s["coroutines"] for s in served)
+    # The load window: every process started at the same moment; the longest one ran longest.
+    elapsed = max(s["seconds"] for s in served)
+    grant = "refresh_token" if args.identity == "session" else "client_credentials"
+    grants = stats["token_grants"][grant]
     lifetimes = elapsed / args.lifetime
-    unauthorized = stats["requests"].get("sessions", {}).get("401", 0)
-    total = served["threads"] + served["coroutines"]
+    result = {
+        "identity": args.identity,
+        "processes": args.processes,
+        "threads": args.threads,
+        "coroutines": args.coroutines,
+        "seconds": round(elapsed, 1),
+        "lifetime": args.lifetime,
+        "grant": grant,
+        "grants": grants,
+        "grants_per_lifetime": round(grants / lifetimes, 2),
+        "client_credentials_grants": stats["token_grants"]["client_credentials"],
+        "refresh_failures": stats["token_grant_failures"].get("refresh_token", 0),
+        "requests": total,
+        "unauthorized": stats["requests"].get("sessions", {}).get("401", 0),
+    }
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
     print(
-        f"load: {args.threads} threads + {args.coroutines} coroutines, {elapsed:.1f} s, token lifetime {args.lifetime} s"
+        f"load: {args.processes} process(es) x ({args.threads} threads + {args.coroutines} "
+        f"coroutines), {elapsed:.1f} s, token lifetime {args.lifetime} s, identity {args.identity}"
     )
+    print(f"requests served: {total}, 401s: {result['unauthorized']}")
     print(
-        f"requests served: {total} ({served['threads']} from threads, {served['coroutines']} from coroutines), 401s: {unauthorized}"
+        f"{grant} grants: {grants} over {lifetimes:.1f} lifetimes = "
+        f"{grants / lifetimes:.2f} per lifetime"
     )
-    print(
-        f"client-credentials grants: {grants} over {lifetimes:.1f} lifetimes = {grants / lifetimes:.2f} per lifetime"
-    )
-    print(f"requests per grant: {total / max(grants, 1):.0f}")
+    print("RESULT " + json.dumps(result))
 
 
 if __name__ == "__main__":

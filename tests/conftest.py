@@ -28,7 +28,8 @@ class Evidence:
     """
 
     def __init__(self) -> None:
-        self.secrets: set[str] = set()
+        #: Every secret to look for, and what it is ("access token", "spent code", ...).
+        self.secrets: dict[str, str] = {}
         self.emulators = 0
         self.paths: set[Path] = set()
         self.texts: list[str] = []
@@ -36,10 +37,15 @@ class Evidence:
 
     def remember_emulator(self, server: EmulatorServer) -> None:
         self.emulators += 1
-        self.secrets.add(server.config.client_secret)
-        with server.state.lock:
-            for issued in server.state.issued.values():
-                self.secrets.update(issued)
+        self.secrets[server.config.client_secret] = "client secret"
+        state = server.state
+        with state.lock:
+            for token in state.issued["access_tokens"]:
+                self.secrets[token] = "access token"
+            for token in state.issued["refresh_tokens"]:
+                self.secrets[token] = "refresh token"
+            for code in state.issued["codes"]:
+                self.secrets[code] = "spent code" if state.codes[code].used else "unused code"
 
     def scan_path(self, path: str | Path) -> None:
         self.paths.add(Path(path))

@@ -8,6 +8,13 @@ artifacts, the captured output and log records of every test, and the error text
 
 Prefect's block documents are stored encrypted, so the secrets saved in blocks don't show in the
 database file either; nothing needs excepting.
+
+One thing is looked at separately. SQLite's write-ahead log keeps old page images until a
+checkpoint: Prefect stores the login resume form's input (the pasted redirect URL, with its code)
+as a run input, and the login flow deletes it once the code is exchanged, but a Prefect server
+stopped with SIGTERM leaves its WAL behind with that page still in it. The scan folds every
+Prefect database's WAL in (as SQLite does when the database is next opened) and then expects 0
+hits; what the raw WALs held before that is reported, and must be spent codes only.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -42,9 +50,9 @@ def _grep(patterns: Path, targets: list[Path]) -> list[str]:
 
 
 def _checkpoint(database: Path) -> None:
-    """Fold a live SQLite database's write-ahead log into the file and truncate it, as SQLite
-    does when the last connection closes. The test harness's server is still running now; the
-    real servers' databases were already closed this way when their servers stopped."""
+    """Fold a SQLite database's write-ahead log into the file and truncate it, as SQLite does
+    when the last connection closes (the test harness's server is still running now; the real
+    servers were stopped with SIGTERM and left theirs)."""
     conn = sqlite3.connect(database, timeout=30)
     try:
         busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -72,7 +80,8 @@ def _postgres_text(url: str) -> str:
 def test_no_secret_anywhere_the_suite_left_anything(tmp_path_factory, tmp_path):
     if shutil.which("grep") is None:
         pytest.fail("the secret scan needs grep")
-    secrets = {s for s in EVIDENCE.secrets | TYPED_BY_TESTS if len(s) >= 8}
+    kinds = {**EVIDENCE.secrets, **dict.fromkeys(TYPED_BY_TESTS, "typed by a test")}
+    secrets = {s for s in kinds if len(s) >= 8}
     if EVIDENCE.emulators == 0:
         pytest.skip("no emulator ran in this session: nothing was issued to look for")
     patterns = tmp_path / "patterns"
@@ -95,8 +104,12 @@ def test_no_secret_anywhere_the_suite_left_anything(tmp_path_factory, tmp_path):
         except Exception as exc:  # unreachable outside CI: the sink tests skipped too
             dump.write_text(f"unreachable: {type(exc).__name__}")
 
-    for wal in [w for p in EVIDENCE.paths if p.is_dir() for w in p.rglob("prefect-test.db-wal")]:
-        _checkpoint(wal.with_name("prefect-test.db"))
+    roots = [p for p in {tmp_path_factory.getbasetemp(), *EVIDENCE.paths} if p.is_dir()]
+    wals = sorted({w for root in roots for w in root.rglob("*.db-wal")})
+    in_wals = _grep(patterns, wals)
+    wal_kinds = Counter(kinds[h.rsplit(":", 1)[1]] for h in in_wals)
+    for wal in wals:
+        _checkpoint(wal.with_name(wal.name.removesuffix("-wal")))
     scanned_dirs = {tmp_path_factory.getbasetemp(), *EVIDENCE.paths, ROOT / "test-artifacts"}
     targets = [p for p in scanned_dirs if p.exists()]
     # The patterns file itself lives under the base temp dir: scan the rest, then the texts.
@@ -114,7 +127,10 @@ def test_no_secret_anywhere_the_suite_left_anything(tmp_path_factory, tmp_path):
         f"secret scan: {len(secrets)} secrets from {EVIDENCE.emulators} emulators "
         f"(client secrets, access and refresh tokens, codes) in {len(files)} files "
         f"({size / 1e6:.1f} MB, {len(prefect_dbs)} Prefect databases) and "
-        f"{len(EVIDENCE.texts)} captured texts: {len(hits)} hits"
+        f"{len(EVIDENCE.texts)} captured texts: {len(hits)} hits. Before folding in "
+        f"{len(wals)} write-ahead logs, they held {sum(wal_kinds.values())} copies of secrets: "
+        f"{dict(wal_kinds) or 'none'}"
     )
+    assert set(wal_kinds) <= {"spent code"}, f"a live secret was in a WAL: {dict(wal_kinds)}"
     if hits:  # name the files only: the failure report itself must not carry the secrets
         pytest.fail("secrets found in:\n" + "\n".join(sorted({h.rsplit(":", 1)[0] for h in hits})))

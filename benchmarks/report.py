@@ -1,0 +1,132 @@
+"""``make bench``: every benchmark in one run, one table.
+
+Runs, one after another on this machine (each in fresh processes, the emulator and any Prefect
+server in their own):
+
+1. token economy, the API client's own token: 1 process, then 4 processes, each with 64 threads
+   and 64 coroutines;
+2. token economy, a user's session block with a rotating refresh token: 4 processes, each with
+   64 threads and 64 coroutines, sharing the session through a Prefect server;
+3. sync throughput and memory at 10 000 and 100 000 transactions, against a bare httpx loop over
+   the same pages, and the requests of a no-change incremental re-run.
+
+Figures are ratios and counts from this one run: the machine is shared, so absolute speeds move.
+
+Run: ``make bench`` (or ``.venv/bin/python benchmarks/report.py [--quick]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(script: str, *args: str) -> dict | list:
+    started = time.monotonic()
+    print(f"… {script} {' '.join(args)}", file=sys.stderr, flush=True)
+    out = subprocess.run(
+        [sys.executable, str(HERE / script), *args], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{script} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    line = next(x for x in reversed(out.stdout.splitlines()) if x.startswith("RESULT "))
+    print(f"  done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem = next(
+            int(x.split()[1]) / 1024**2
+            for x in Path("/proc/meminfo").read_text().splitlines()
+            if x.startswith("MemTotal")
+        )
+        memory = f"{mem:.0f} GiB"
+    except OSError:
+        memory = "? GiB"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({model}), {memory}, "
+        f"Python {platform.python_version()}, load average before the run {load}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller loads, for a smoke run")
+    args = parser.parse_args()
+    seconds, lifetime, load, sizes = ("30", "5", "64", ["10000", "100000"])
+    if args.quick:
+        seconds, load, sizes = "10", "8", ["2000", "10000"]
+    where = machine()
+    common = ["--seconds", seconds, "--lifetime", lifetime, "--threads", load]
+    common += ["--coroutines", load]
+    service_1 = run("token_economy.py", *common, "--processes", "1")
+    service_4 = run("token_economy.py", *common, "--processes", "4")
+    session_4 = run("token_economy.py", *common, "--processes", "4", "--identity", "session")
+    syncs = run("sync_throughput.py", "--sizes", *sizes)
+
+    rows: list[tuple[str, str, str]] = []
+    for label, r in (
+        ("client-credentials token, 1 process", service_1),
+        ("client-credentials token, 4 processes", service_4),
+        ("user session block (rotating refresh token), 4 processes", session_4),
+    ):
+        rows.append(
+            (
+                f"Token grants per token lifetime: {label} x ({r['threads']} threads + "
+                f"{r['coroutines']} coroutines)",
+                f"{r['grants_per_lifetime']:.2f}",
+                f"{r['grants']} {r['grant']} grants in {r['seconds']} s at a {r['lifetime']} s "
+                f"lifetime; {r['requests']:,} requests, {r['unauthorized']} 401s, "
+                f"{r['refresh_failures']} refused refreshes",
+            )
+        )
+    for s in syncs:
+        rows.append(
+            (
+                f"Sync records/s vs bare httpx loop, {s['rows']:,} transactions",
+                f"{s['ratio']:.2f}x",
+                f"sync {s['sync_rows_per_s']:,} rows/s, bare {s['bare_rows_per_s']:,} rows/s, "
+                f"{s['pages']} pages of 100",
+            )
+        )
+    for s in syncs:
+        rows.append(
+            (
+                f"Peak RSS, {s['rows']:,} transactions",
+                f"{s['sync_peak_rss_mb']} MB",
+                f"bare httpx loop {s['bare_peak_rss_mb']} MB (each in a fresh process)",
+            )
+        )
+    for s in syncs:
+        rows.append(
+            (
+                f"Requests of a no-change incremental run, {s['rows']:,} transactions",
+                str(s["no_change_requests"]),
+                f"token request included; {s['no_change_rows_fetched']} rows re-read in the "
+                f"lookback window, {s['no_change_inserted']} inserted",
+            )
+        )
+    print(f"\nMachine: {where}\n")
+    print("| Measure | Value | Detail |")
+    print("|---|---|---|")
+    for measure, value, detail in rows:
+        print(f"| {measure} | {value} | {detail} |")
+
+
+if __name__ == "__main__":
+    main()
