@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any, Literal
 
+import httpx
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.concurrency.asyncio import concurrency as aconcurrency
@@ -27,6 +30,18 @@ RENEWAL_SLOT_TIMEOUT = 120.0
 # The shortest lease Prefect allows. A process killed mid-renewal holds the slot until its lease
 # expires (and the server's repossessor runs): this bounds that wait at about a minute.
 RENEWAL_SLOT_LEASE = 60.0
+#: How often a process waiting for another's renewal asks for the slot again.
+RENEWAL_POLL_SECONDS = 0.25
+
+
+def _slot_is_taken(exc: BaseException) -> bool:
+    """Whether acquiring the slot failed because another holder has it (HTTP 423)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
+            return True
+        cause = cause.__cause__
+    return False
 
 
 class DinteroOIDCSession(Block):
@@ -250,28 +265,77 @@ class BlockSessionStore(TokenStore):
             await client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
         self._limits_ready.add(self.limit_name)
 
+    # Another process holding the slot is renewing this session. Prefect would make a waiter
+    # sleep for the server's Retry-After, which grows to 30 s under contention, while its token
+    # is expired; instead, ask for the slot without waiting, every RENEWAL_POLL_SECONDS. Inside
+    # the slot the caller re-reads the block and finds the other process's renewal there.
+
+    def _try_slot(self) -> ExitStack | None:
+        stack = ExitStack()
+        try:
+            stack.enter_context(
+                concurrency(
+                    self.limit_name,
+                    occupy=1,
+                    max_retries=0,
+                    lease_duration=RENEWAL_SLOT_LEASE,
+                    strict=False,
+                )
+            )
+        except Exception as exc:  # Prefect's error class is private; the 423 below is not
+            stack.close()
+            if not _slot_is_taken(exc):
+                raise
+            return None
+        return stack
+
+    async def _atry_slot(self) -> AsyncExitStack | None:
+        stack = AsyncExitStack()
+        try:
+            await stack.enter_async_context(
+                aconcurrency(
+                    self.limit_name,
+                    occupy=1,
+                    max_retries=0,
+                    lease_duration=RENEWAL_SLOT_LEASE,
+                    strict=False,
+                )
+            )
+        except Exception as exc:  # Prefect's error class is private; the 423 below is not
+            await stack.aclose()
+            if not _slot_is_taken(exc):
+                raise
+            return None
+        return stack
+
+    def _timed_out(self) -> TimeoutError:
+        return TimeoutError(
+            f"another process has held the renewal slot of the Dintero session "
+            f"{self.block_name!r} for {RENEWAL_SLOT_TIMEOUT:.0f} s; if a worker died while "
+            f"renewing, its slot in the {self.limit_name!r} concurrency limit frees itself "
+            f"within {RENEWAL_SLOT_LEASE:.0f} s"
+        )
+
     @contextmanager
     def renewal_lock(self, key: str) -> Iterator[None]:
         self._ensure_limit()
-        with concurrency(
-            self.limit_name,
-            occupy=1,
-            timeout_seconds=RENEWAL_SLOT_TIMEOUT,
-            lease_duration=RENEWAL_SLOT_LEASE,
-            strict=False,
-        ):
+        deadline = time.monotonic() + RENEWAL_SLOT_TIMEOUT
+        while (slot := self._try_slot()) is None:
+            if time.monotonic() > deadline:
+                raise self._timed_out()
+            time.sleep(RENEWAL_POLL_SECONDS)
+        with slot:
             yield
 
     @asynccontextmanager
     async def arenewal_lock(self, key: str) -> AsyncIterator[None]:
         await self._aensure_limit()
-        async with aconcurrency(
-            self.limit_name,
-            occupy=1,
-            timeout_seconds=RENEWAL_SLOT_TIMEOUT,
-            lease_duration=RENEWAL_SLOT_LEASE,
-            strict=False,
-        ):
+        deadline = time.monotonic() + RENEWAL_SLOT_TIMEOUT
+        while (slot := await self._atry_slot()) is None:
+            if time.monotonic() > deadline:
+                raise self._timed_out()
+            await asyncio.sleep(RENEWAL_POLL_SECONDS)
+        async with slot:
             yield
 
     def __repr__(self) -> str:

@@ -140,28 +140,40 @@ class TokenProvider:
         if self._usable(token):
             assert token is not None
             return token
-        with LOCKS.thread_lock(self.key), self.store.renewal_lock(self.key):
-            token = self.store.get(self.key, reload=True)
+        with LOCKS.thread_lock(self.key):
+            # A thread that held the lock before us may have renewed: that costs nothing to see,
+            # while the store's cross-process lock and re-read can be network round trips.
+            token = self.store.get(self.key)
             if self._usable(token):
                 assert token is not None
                 return token
-            new = self._renew(token)
-            self._commit(token, new)
-            return new
+            with self.store.renewal_lock(self.key):
+                token = self.store.get(self.key, reload=True)
+                if self._usable(token):
+                    assert token is not None
+                    return token
+                new = self._renew(token)
+                self._commit(token, new)
+                return new
 
     async def aget_token(self) -> Token:
         token = await self.store.aget(self.key)
         if self._usable(token):
             assert token is not None
             return token
-        async with LOCKS.async_exclusive(self.key), self.store.arenewal_lock(self.key):
-            token = await self.store.aget(self.key, reload=True)
+        async with LOCKS.async_exclusive(self.key):
+            token = await self.store.aget(self.key)
             if self._usable(token):
                 assert token is not None
                 return token
-            new = await self._arenew(token)
-            await self._acommit(token, new)
-            return new
+            async with self.store.arenewal_lock(self.key):
+                token = await self.store.aget(self.key, reload=True)
+                if self._usable(token):
+                    assert token is not None
+                    return token
+                new = await self._arenew(token)
+                await self._acommit(token, new)
+                return new
 
     def _commit(self, old: Token | None, new: Token) -> None:
         # Saved before the new token is used, so a rotated refresh token is never lost.

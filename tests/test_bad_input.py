@@ -270,7 +270,7 @@ def test_bad_input_is_one_clear_error_not_retried_and_writes_nothing(
     evidence.note(f"bad input · {name}: {type(info.value).__name__}: {message[:160]}")
 
 
-def test_the_matrix_covers_every_stream_name_it_rejects():
+def test_the_unknown_stream_error_lists_the_whole_catalog():
     """The unknown-stream message lists exactly the catalog, so users can copy a valid name."""
     with pytest.raises(ConfigurationError) as info:
         resolve_streams(["refunds"])
