@@ -20,7 +20,6 @@ from pydantic import SecretStr
 from sqlalchemy import create_engine, inspect, text
 
 from prefect_dintero.client import DinteroClient
-from prefect_dintero.credentials import ClientCredentials
 from prefect_dintero.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -39,6 +38,7 @@ from prefect_dintero.sync import SyncOptions, sync_stream
 from prefect_dintero.tokens import Token
 
 from .test_sync import AID, FAST
+from .test_token_core import creds_for
 
 
 @dataclass
@@ -52,31 +52,19 @@ class Case:
     requests: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def credentials(emu, **overrides) -> ClientCredentials:
-    fields = dict(
-        account_id=AID,
-        client_id=emu.config.client_id,
-        client_secret=SecretStr(emu.config.client_secret),
-        api_url=emu.url,
-        checkout_url=emu.url,
-    )
-    fields.update(overrides)
-    return ClientCredentials(**fields)
-
-
 def sync(emu, destination, creds=None, streams=("transactions",), **client_kwargs) -> None:
     """What the dintero-sync flow does: resolve streams, prepare the sink, sync each stream."""
     specs = resolve_streams(list(streams))
     sink = Sink(destination)
     sink.prepare(specs)
-    client = DinteroClient(creds or credentials(emu), retry_policy=FAST, **client_kwargs)
+    client = DinteroClient(creds or creds_for(emu), retry_policy=FAST, **client_kwargs)
     with client:
         for spec in specs:
             sync_stream(client, sink, spec, AID, SyncOptions(page_size=25))
 
 
 def exchange(emu, code: str, redirect_uri: str | None = None) -> Token:
-    creds = credentials(emu)
+    creds = creds_for(emu)
     service = fetch_client_credentials_token(creds)
     return exchange_authorization_code(
         creds,
@@ -134,7 +122,7 @@ def expired_session_without_refresh(emu, destination) -> None:
 
 
 def missing_primary_key(emu, destination) -> None:
-    creds = credentials(emu)
+    creds = creds_for(emu)
     specs = resolve_streams(["transactions"])
     sink = Sink(destination)
     sink.prepare(specs)
@@ -152,12 +140,12 @@ LOGGED_IN = {"authorize": {"302": 1}, "token": {"200": 1}}
 
 CASES: dict[str, Case] = {
     "malformed account id": Case(
-        lambda emu, d: sync(emu, d, credentials(emu, account_id="12345678")),
+        lambda emu, d: sync(emu, d, creds_for(emu, account_id="12345678")),
         ConfigurationError,
         "account id",
     ),
     "wrong client secret": Case(
-        lambda emu, d: sync(emu, d, credentials(emu, client_secret=SecretStr("not-the-secret"))),
+        lambda emu, d: sync(emu, d, creds_for(emu, client_secret=SecretStr("not-the-secret"))),
         AuthenticationError,
         "Check the API client's id and secret",
         {"token": {"401": 1}},
@@ -201,7 +189,7 @@ CASES: dict[str, Case] = {
         {"token": {"200": 1}, "transactions": {"200": 1}},
     ),
     "http:// to a remote host": Case(
-        lambda emu, d: sync(emu, d, credentials(emu, api_url="http://api.dintero.com")),
+        lambda emu, d: sync(emu, d, creds_for(emu, api_url="http://api.dintero.com")),
         ConfigurationError,
         "https",
     ),

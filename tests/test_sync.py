@@ -12,11 +12,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 
 from prefect_dintero.client import DinteroClient
-from prefect_dintero.credentials import ClientCredentials
 from prefect_dintero.errors import ConfigurationError, MalformedResponseError
 from prefect_dintero.paginators import (
     LastEvaluatedKeyPaginator,
@@ -32,6 +30,8 @@ from prefect_dintero.store import DEFAULT_STORE
 from prefect_dintero.streams import CATALOG, resolve_streams
 from prefect_dintero.sync import SyncOptions, sync_stream
 
+from .test_token_core import creds_for
+
 AID = "T12345678"
 DATA = dict(
     transactions=180, sessions=70, settlements=45, customers=60, transfers_per_destination=35
@@ -42,16 +42,6 @@ FAST = RetryPolicy(max_attempts=8, backoff_base=0.01, backoff_cap=0.05, retry_af
 @pytest.fixture(autouse=True)
 def _fresh_tokens():
     DEFAULT_STORE.clear()
-
-
-def creds_for(emu) -> ClientCredentials:
-    return ClientCredentials(
-        account_id=AID,
-        client_id=emu.config.client_id,
-        client_secret=SecretStr(emu.config.client_secret),
-        api_url=emu.url,
-        checkout_url=emu.url,
-    )
 
 
 def options(emu, **kw) -> SyncOptions:
