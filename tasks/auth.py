@@ -10,6 +10,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
+from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.redact import install_log_filter, register_secret
 
 from ..blocks import DinteroCredentials, DinteroOIDCSession
@@ -123,9 +124,10 @@ def get_bearer_token(credentials_block: str, session_block: str | None = None) -
             session.credentials.account_id
             != DinteroCredentials.load(credentials_block, _sync=True).account_id
         ):
-            raise ValueError(
+            raise ConfigurationError(
                 f"session block {session_block!r} belongs to account "
-                f"{session.credentials.account_id}, not to the account of {credentials_block!r}"
+                f"{session.credentials.account_id}, not to the account of {credentials_block!r}: "
+                "pass the session block that was logged in through these credentials"
             )
         bearer = session.get_bearer()
     else:

@@ -297,6 +297,28 @@ def test_bearer_for_service_and_user(emu):
     assert "service" in service_repr and "user session" in user_repr
 
 
+def test_bearer_refuses_a_session_of_another_account(dintero_emulator_factory):
+    emu = dintero_emulator_factory(
+        account_ids=["T12345678", "T87654321"],
+        transactions=5,
+        sessions=5,
+        settlements=2,
+        customers=2,
+        transfers_per_destination=2,
+    )
+    merchant_a = save_credentials(emu)
+    session_b = login_session(emu, save_credentials(emu, account_id="T87654321"))
+
+    @flow
+    def use() -> None:
+        get_bearer_token(merchant_a, session_b)
+
+    with pytest.raises(ConfigurationError, match="belongs to account T87654321") as info:
+        use()
+    assert not info.value.retryable
+    assert emu.stats()["requests"].get("sessions", {}) == {}
+
+
 def test_bearer_renews_itself_during_a_long_task(emu):
     creds_name = save_credentials(emu, token_leeway_seconds=7200)  # every use counts as stale
     session_name = login_session(emu, creds_name)
