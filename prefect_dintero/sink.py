@@ -8,7 +8,9 @@ any instant leaves data and cursor consistent: the cursor is never ahead of the 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -160,6 +162,22 @@ def resolve_destination(destination: str | Path) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def _use_wal(cursor: Any) -> None:
+    """Switch a SQLite database to WAL once. Several streams open a new file at the same moment;
+    the switch needs the file to itself and SQLite answers "locked" at once instead of waiting,
+    so the losers wait a little and find it done."""
+    for attempt in range(50):
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            return
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+
+
 def tune_sqlite(engine: Engine) -> Engine:
     """WAL, a busy timeout, and BEGIN IMMEDIATE on every connection of a SQLite engine."""
     if getattr(engine, "_dintero_tuned", False):
@@ -170,11 +188,11 @@ def tune_sqlite(engine: Engine) -> Engine:
         # Let SQLAlchemy, not the sqlite3 module, issue BEGIN (as IMMEDIATE below).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=60000")
         # WAL: readers never block the writer; NORMAL is durable across process crashes
         # (SIGKILL), which is what a sync must survive.
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
         cursor.close()
 
     @event.listens_for(engine, "begin")
