@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 # The demo keeps its own Prefect home, so it never touches ~/.prefect or a configured server.
+# Prefect gives its ephemeral server 20 s to start; a busy 2-core machine can need more.
 demo: $(STAMP)
 	env -u PREFECT_API_URL PREFECT_HOME=$(CURDIR)/.prefect-demo \
-	  PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect-dintero demo
+	  PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(BIN)/prefect-dintero demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
