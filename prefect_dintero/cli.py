@@ -92,6 +92,48 @@ def _emulator_parser(sub: argparse._SubParsersAction) -> None:
         metavar="JSON",
         help="fault rules to start with, as POST /_emulator/faults takes them",
     )
+    silent = p.add_argument_group(
+        "where Dintero's reference is silent",
+        "Each undocumented behaviour can be switched, so flows can be tested against every "
+        "plausible choice.",
+    )
+    silent.add_argument(
+        "--list-order",
+        choices=("newest", "oldest", "shuffled"),
+        default="newest",
+        help="order of every list Dintero does not document the order of (default: newest; "
+        "shuffled: a stable random permutation per data set)",
+    )
+    silent.add_argument(
+        "--omit-optional-keys",
+        action="store_true",
+        help="leave out items/entries when empty and last_evaluated_key/next_page_token on the "
+        "last page (the schemas allow it)",
+    )
+    silent.add_argument(
+        "--since-exclusive",
+        action="store_true",
+        help="customers' since_datetime returns rows updated after it, not at or after it",
+    )
+    silent.add_argument(
+        "--short-pages",
+        action="store_true",
+        help="pages may hold fewer rows than asked for even when more follow",
+    )
+    silent.add_argument(
+        "--late-changes-days",
+        type=int,
+        default=90,
+        metavar="N",
+        help="transactions change up to N days after creation: captured within days, settled "
+        "within two weeks, refunded up to N (default: 90)",
+    )
+    silent.add_argument(
+        "--error-codes",
+        choices=("dintero", "generic"),
+        default="dintero",
+        help="generic: 400/401/403 bodies whose code and message the client cannot know",
+    )
     p.set_defaults(handler=_run_emulator)
 
 
@@ -115,6 +157,12 @@ def _run_emulator(args: argparse.Namespace) -> int:
         transfers_per_destination=args.transfers_per_destination,
         seed=args.seed,
         start_time=args.start_time,
+        list_order=args.list_order,
+        omit_optional_keys=args.omit_optional_keys,
+        since_exclusive=args.since_exclusive,
+        short_pages=args.short_pages,
+        late_changes_days=args.late_changes_days,
+        error_codes=args.error_codes,
     )
     if args.account_ids:
         config.account_ids = args.account_ids
@@ -312,6 +360,11 @@ def _sync_parser(sub: argparse._SubParsersAction) -> None:
         type=datetime.fromisoformat,
         help="oldest data a first sync reads (ISO 8601)",
     )
+    p.add_argument(
+        "--reconcile-days",
+        type=float,
+        help="re-read at least the last N days, whatever the cursor (catches late refunds)",
+    )
     p.set_defaults(handler=_run_sync)
 
 
@@ -319,11 +372,18 @@ def _run_sync(args: argparse.Namespace) -> int:
     from .blocks import DinteroCredentials
     from .flows import dintero_sync
     from .streams import resolve_streams
+    from .sync import sync_options
     from .tasks.destinations import check_destination
 
     # Mistakes are reported before a flow run starts (and logs a traceback of its own).
     resolve_streams(args.streams)
     check_destination(args.destination, args.destination_block)
+    sync_options(
+        page_size=args.page_size,
+        lookback_hours=args.lookback_hours,
+        reconcile_days=args.reconcile_days,
+        start_date=args.start_date,
+    )
     DinteroCredentials.load(args.credentials_block, _sync=True)
 
     results = dintero_sync(
@@ -337,6 +397,7 @@ def _run_sync(args: argparse.Namespace) -> int:
         full_refresh=args.full_refresh,
         payout_destinations=args.payout_destinations,
         start_date=args.start_date,
+        reconcile_days=args.reconcile_days,
     )
     for r in results:
         print(f"{r['stream']}: {r['fetched']} rows, {r['inserted']} new, {r['updated']} updated")

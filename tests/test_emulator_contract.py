@@ -180,6 +180,7 @@ def test_expired_and_revoked_tokens_get_401(dintero_emulator_factory):
 
 
 def page_bare_array(emu, token, path, limit, params=None):
+    """Page a bare array with starting_after until an empty page (a short page proves nothing)."""
     seen, after, requests = [], None, 0
     while True:
         q = {"limit": limit, **(params or {})}
@@ -187,24 +188,68 @@ def page_bare_array(emu, token, path, limit, params=None):
             q["starting_after"] = after
         rows = HTTP.get(f"{emu.url}{path}", params=q, headers=bearer(token)).json()
         requests += 1
-        assert isinstance(rows, list)
-        seen.extend(rows)
-        if len(rows) < limit:
+        assert isinstance(rows, list) and len(rows) <= limit
+        if not rows:
             return seen, requests
+        seen.extend(rows)
         after = rows[-1]["id"]
+
+
+def page_envelope(emu, token, path, limit, rows_key, next_params, params=None):
+    """Page an envelope until its cursor is missing; returns the rows and every body."""
+    seen, bodies, q = [], [], {"limit": limit, **(params or {})}
+    while True:
+        body = HTTP.get(f"{emu.url}{path}", params=q, headers=bearer(token)).json()
+        bodies.append(body)
+        seen.extend(body.get(rows_key) or [])
+        nxt = next_params(body)
+        if not nxt:
+            return seen, bodies
+        q = {"limit": limit, **(params or {}), **nxt}
+
+
+def assert_order(values: list, order: str) -> None:
+    """newest: descending; oldest: ascending; shuffled: neither (a permutation)."""
+    if order == "newest":
+        assert values == sorted(values, reverse=True)
+    elif order == "oldest":
+        assert values == sorted(values)
+    else:
+        assert values not in (sorted(values), sorted(values, reverse=True))
+
+
+SWITCHES = {
+    "newest": dict(list_order="newest"),
+    "oldest": dict(list_order="oldest"),
+    "shuffled": dict(list_order="shuffled"),
+    "shuffled-short-pages": dict(list_order="shuffled", short_pages=True),
+}
+
+
+@pytest.fixture(scope="module", params=list(SWITCHES))
+def switched(request):
+    """A read-only emulator for each list order (and one with short pages), and a token."""
+    config = EmulatorConfig(account_ids=[AID], **SMALL, **SWITCHES[request.param])
+    with running_emulator(config) as server:
+        yield server, service_token(server), config
 
 
 @pytest.mark.parametrize(
     ("path", "stream"), [("/v1/transactions", "transactions"), ("/v1/sessions", "sessions")]
 )
-def test_checkout_lists_page_exactly_once_newest_first(emu, token, path, stream):
+def test_checkout_lists_page_exactly_once_in_every_order(switched, path, stream):
+    emu, token, config = switched
     rows, requests = page_bare_array(emu, token, path, 7)
     source = emu.dump(stream)
     assert sorted(r["id"] for r in rows) == sorted(s["id"] for s in source)
     assert len({r["id"] for r in rows}) == len(rows)
-    created = [r["created_at"] for r in rows]
-    assert created == sorted(created, reverse=True)
-    assert requests == len(source) // 7 + 1
+    assert_order([r["created_at"] for r in rows], config.list_order)
+    if config.short_pages:
+        assert requests > len(source) // 7 + 2  # some pages held fewer than 7 rows
+    else:
+        assert requests == len(source) // 7 + 2  # the last page is the empty one
+    # The order is stable: the same read gives the same sequence.
+    assert [r["id"] for r in page_bare_array(emu, token, path, 7)[0]] == [r["id"] for r in rows]
     assert all(r["id"].startswith(f"{AID}.") and len(r["id"]) == len(AID) + 1 + 22 for r in rows)
 
 
@@ -212,41 +257,59 @@ def test_default_limit_is_10(emu, token):
     assert len(HTTP.get(f"{emu.url}/v1/transactions", headers=bearer(token)).json()) == 10
 
 
-def test_settlements_last_evaluated_key_pages_exactly_once(emu, token):
+def test_settlements_last_evaluated_key_pages_exactly_once(switched):
+    emu, token, config = switched
+    path = f"/v1/accounts/{AID}/settlements"
     for params, date_field in (
         ({}, "settled_at"),
         ({"item_created_at.gte": "2000-01-01T00:00:00Z"}, "created_at"),
     ):
-        seen, q = [], {"limit": 6, **params}
-        while True:
-            body = HTTP.get(
-                f"{emu.url}/v1/accounts/{AID}/settlements", params=q, headers=bearer(token)
-            ).json()
-            assert set(body) <= {"items", "last_evaluated_key"}
-            seen.extend(body["items"])
-            key = body.get("last_evaluated_key")
+
+        def after(body, date_field=date_field):
+            key = body["last_evaluated_key"]
             if not key:
-                break
+                return None
             assert set(key) == {"id", "account_id", "settled_at", "created_at"}
-            q = {
-                "limit": 6,
-                **params,
-                "starting_after_id": key["id"],
-                "starting_after_date": key[date_field],
-            }
+            return {"starting_after_id": key["id"], "starting_after_date": key[date_field]}
+
+        seen, bodies = page_envelope(emu, token, path, 6, "items", after, params)
+        assert all(set(b) == {"items", "last_evaluated_key"} for b in bodies)
+        assert bodies[-1]["last_evaluated_key"] is None  # sent as null unless omitted
         assert sorted(s["id"] for s in seen) == sorted(s["id"] for s in emu.dump("settlements"))
-        dates = [s[date_field] for s in seen]
-        assert dates == sorted(dates, reverse=True)
+        assert_order([s[date_field] for s in seen], config.list_order)
 
 
-def test_customers_starting_after_pages_exactly_once_by_updated_at(emu, token):
+def test_customers_without_since_datetime_page_every_customer_once(switched):
+    emu, token, config = switched
     rows, _ = page_bare_array(emu, token, f"/v1/accounts/{AID}/customers/users", 9)
     assert sorted(r["id"] for r in rows) == sorted(c["id"] for c in emu.dump("customers"))
-    updated = [r["updated_at"] for r in rows]
-    assert updated == sorted(updated)
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert_order([r["updated_at"] for r in rows], config.list_order)
 
 
-def test_customers_since_datetime_is_inclusive_and_walks_forward(emu, token):
+@pytest.mark.parametrize("exclusive", [False, True])
+def test_customers_since_datetime_returns_the_earliest_rows_in_any_order(
+    dintero_emulator_factory, exclusive
+):
+    emu = dintero_emulator_factory(
+        **SMALL, list_order="shuffled", short_pages=True, since_exclusive=exclusive
+    )
+    token = service_token(emu)
+    source = sorted(emu.dump("customers"), key=lambda c: (c["updated_at"], c["id"]))
+    since = source[10]["updated_at"]
+    rows = HTTP.get(
+        f"{emu.url}/v1/accounts/{AID}/customers/users",
+        params={"limit": 10, "since_datetime": since},
+        headers=bearer(token),
+    ).json()
+    # A whole page (short pages never apply here) of the earliest rows at (or after) since.
+    start = 11 if exclusive else 10
+    assert {r["id"] for r in rows} == {c["id"] for c in source[start : start + 10]}
+    assert [r["updated_at"] for r in rows] != sorted(r["updated_at"] for r in rows)
+
+
+def test_customers_since_datetime_paged_as_documented_reads_everyone(emu, token):
+    """Dintero's procedure: since_datetime = the latest updated_at in the result (inclusive)."""
     source = emu.dump("customers")
     seen: dict[str, dict] = {}
     since = "2000-01-01T00:00:00Z"
@@ -258,29 +321,112 @@ def test_customers_since_datetime_is_inclusive_and_walks_forward(emu, token):
         ).json()
         new = [r for r in rows if r["id"] not in seen]
         seen.update((r["id"], r) for r in rows)
-        if len(rows) < 10 or not new:
+        if not new:
             break
-        since = rows[-1]["updated_at"]  # inclusive: the boundary row comes back once more
+        since = max(r["updated_at"] for r in rows)
     assert sorted(seen) == sorted(c["id"] for c in source)
 
 
-def test_payout_transfers_next_page_token_pages_exactly_once(emu, token):
+def test_payout_transfers_next_page_token_pages_exactly_once(switched):
+    emu, token, config = switched
     for pd in emu.config.payout_destinations:
-        seen, q = [], {"limit": 5}
-        while True:
-            body = HTTP.get(
-                f"{emu.url}/v2/accounts/{AID}/payout/payout-destinations/{pd}/transfers",
-                params=q,
-                headers=bearer(token),
-            ).json()
-            seen.extend(body["entries"])
-            if not body.get("next_page_token"):
-                break
-            q = {"limit": 5, "page": body["next_page_token"]}
+        path = f"/v2/accounts/{AID}/payout/payout-destinations/{pd}/transfers"
+        seen, bodies = page_envelope(
+            emu,
+            token,
+            path,
+            5,
+            "entries",
+            lambda body: {"page": body["next_page_token"]} if body["next_page_token"] else None,
+        )
+        assert all(set(b) == {"entries", "next_page_token"} for b in bodies)
         assert sorted(e["ledger_entry_id"] for e in seen) == sorted(
             e["ledger_entry_id"] for e in emu.dump("payout_transfers", destination=pd)
         )
         assert {e["payout_destination_id"] for e in seen} == {pd}
+        assert_order([e["created_at"] for e in seen], config.list_order)
+
+
+def test_omit_optional_keys_leaves_out_empty_lists_and_last_cursors(dintero_emulator_factory):
+    emu = dintero_emulator_factory(**SMALL, omit_optional_keys=True)
+    token = service_token(emu)
+    body = HTTP.get(
+        f"{emu.url}/v1/accounts/{AID}/settlements",
+        params={"limit": 1000, "item_created_at.gte": "2000-01-01T00:00:00Z"},
+        headers=bearer(token),
+    ).json()
+    assert set(body) == {"items"} and len(body["items"]) == 25
+    empty = HTTP.get(
+        f"{emu.url}/v1/accounts/{AID}/settlements",
+        params={"item_created_at.gte": "2099-01-01T00:00:00Z"},
+        headers=bearer(token),
+    ).json()
+    assert empty == {}
+    path = f"/v2/accounts/{AID}/payout/payout-destinations/PD-main/transfers"
+    first = HTTP.get(f"{emu.url}{path}", params={"limit": 20}, headers=bearer(token)).json()
+    assert set(first) == {"entries", "next_page_token"}
+    last = HTTP.get(
+        f"{emu.url}{path}",
+        params={"limit": 20, "page": first["next_page_token"]},
+        headers=bearer(token),
+    ).json()
+    assert set(last) == {"entries"} and len(last["entries"]) == 3
+
+
+def test_generic_error_codes_tell_the_client_nothing(dintero_emulator_factory):
+    emu = dintero_emulator_factory(**SMALL, error_codes="generic")
+    url = f"{emu.url}/v1/accounts/{AID}/auth/token"
+    body = {"grant_type": "client_credentials", "audience": AUD}
+    assert assert_dintero_error(HTTP.post(url, auth=("emulator-client", "no"), json=body), 401) == {
+        "code": "E401",
+        "message": "The request could not be processed",
+    }
+    token = service_token(emu)
+    code = emu.authorization_code()
+    oidc = f"{emu.url}/v1/accounts/{AID}/auth/oidc/token"
+    assert HTTP.post(oidc, headers=bearer(token), json=oidc_body(emu, code)).status_code == 200
+    used = HTTP.post(oidc, headers=bearer(token), json=oidc_body(emu, code))
+    assert assert_dintero_error(used, 400)["code"] == "E400"
+    other = HTTP.get(f"{emu.url}/v1/accounts/T87654321/settlements", headers=bearer(token))
+    assert assert_dintero_error(other, 403)["code"] == "E403"
+    # 404, 429 and 5xx keep their codes: only what the client could misread is hidden.
+    assert assert_dintero_error(HTTP.get(f"{emu.url}/v1/nowhere"), 404)["code"] == "NOT_FOUND"
+
+
+def test_late_changes_reach_back_months_by_kind(dintero_emulator_factory):
+    from datetime import datetime, timedelta
+
+    emu = dintero_emulator_factory(transactions=3000, late_changes_days=60)
+    now = datetime.fromisoformat(emu.stats()["now"])
+    before = {t["id"]: t for t in emu.dump("transactions")}
+    emu.mutate(update_transactions=400)
+    ages = {"CAPTURE": [], "REFUND": [], "SETTLEMENT": [], "AUTHORIZE": [], "VOID": []}
+    for t in emu.dump("transactions"):
+        if t["updated_at"] == before[t["id"]]["updated_at"]:
+            continue
+        created = datetime.fromisoformat(t["created_at"].replace("Z", "+00:00"))
+        ages[t["events"][-1]["event"]].append((now - created) / timedelta(days=1))
+    assert sum(map(len, ages.values())) == 400
+    assert ages["REFUND"] and max(ages["REFUND"]) > 30 and max(ages["REFUND"]) <= 60
+    assert all(a <= 7 for a in ages["CAPTURE"] + ages["VOID"])
+    assert all(a <= 14 for a in ages["SETTLEMENT"])
+    assert all(a <= 1 for a in ages["AUTHORIZE"])
+    # Most changes land outside a 3-day lookback: the reconcile run's reason to exist.
+    assert sum(a > 3 for v in ages.values() for a in v) > 200
+
+
+def test_extra_rows_fault_adds_rows_whatever_the_filter(dintero_emulator):
+    emu = dintero_emulator
+    token = service_token(emu)
+    stray = {"id": f"{AID}.stray", "created_at": "2099-01-01T00:00:00.000Z"}
+    emu.set_faults({"route": "transactions", "sequence": [{"extra_rows": [stray]}]})
+    rows = HTTP.get(
+        f"{emu.url}/v1/transactions",
+        params={"limit": 3, "created_at.lte": "2000-01-01T00:00:00Z"},
+        headers=bearer(token),
+    ).json()
+    assert rows == [stray]
+    assert emu.stats()["faults_injected"] == {"extra rows": 1}
 
 
 # -- filters and parameter errors -------------------------------------------------------------
@@ -772,7 +918,10 @@ def test_clock_and_mutations(dintero_emulator):
     )
     assert len(updated) == 3
     assert all(
-        after[i]["status"] != before[i]["status"]
+        (
+            after[i]["status"] != before[i]["status"]
+            or after[i]["settlement_status"] != before[i]["settlement_status"]
+        )
         and len(after[i]["events"]) > len(before[i]["events"])
         for i in updated
     )
@@ -781,9 +930,10 @@ def test_clock_and_mutations(dintero_emulator):
         f"{emu.url}/v1/transactions", params={"limit": 5}, headers=bearer(token)
     ).json()
     assert {t["id"] for t in first_page} == new_ids
-    # Updated and new customers move to the end of the since_datetime order.
+    # Updated and new customers come first (newest first by updated_at, the default order).
     rows, _ = page_bare_array(emu, token, f"/v1/accounts/{AID}/customers/users", 100)
-    assert [r["attributes"]["tier"] for r in rows[-2:]] == ["platinum", "platinum"]
+    assert all(r["updated_at"] > newest for r in rows[:4])
+    assert [r["updated_at"] for r in rows] == sorted((r["updated_at"] for r in rows), reverse=True)
     assert len(emu.dump("payout_transfers")) == 2 * 61
     assert_dintero_error(HTTP.post(f"{emu.url}/_emulator/clock", json={"advance_seconds": -5}), 400)
 
@@ -870,6 +1020,14 @@ def test_cli_emulator_serves_with_flags():
         "12",
         "--seed",
         "3",
+        "--list-order",
+        "oldest",
+        "--omit-optional-keys",
+        "--since-exclusive",
+        "--late-changes-days",
+        "30",
+        "--error-codes",
+        "generic",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -898,6 +1056,19 @@ def test_cli_emulator_serves_with_flags():
             headers=bearer(r.json()["access_token"]),
         ).json()
         assert len(rows) == 12
+        assert [t["created_at"] for t in rows] == sorted(t["created_at"] for t in rows)
+        settlements = HTTP.get(
+            f"{url}/v1/accounts/T11112222/settlements",
+            params={"item_created_at.gte": "2099-01-01T00:00:00Z"},
+            headers=bearer(r.json()["access_token"]),
+        ).json()
+        assert settlements == {}
+        refused = HTTP.post(
+            f"{url}/v1/accounts/T11112222/auth/token",
+            auth=("cli-client", "wrong"),
+            json={"grant_type": "client_credentials", "audience": f"{url}/v1/accounts/T11112222"},
+        )
+        assert refused.json()["error"]["code"] == "E401"
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import re
+import zlib
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
@@ -60,6 +61,13 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> Response:
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
+
+
+#: Dintero documents the error body ({"error": {"code", "message", "errors"?}},
+#: https://docs.dintero.com/docs/errors) but no codes for a used code, a revoked refresh token
+#: or bad client credentials. ``--error-codes generic`` answers 400/401/403 with a code and a
+#: message a client cannot know, so it must classify by endpoint and status.
+GENERIC_ERROR_STATUSES = (400, 401, 403)
 
 
 class DroppingResponse(Response):
@@ -163,7 +171,13 @@ class EmulatorApp:
     async def _http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "ERROR")
-        return error_response(exc.status_code, code, str(exc.detail))
+        return self._error(exc.status_code, code, str(exc.detail))
+
+    def _error(self, status: int, code: str, message: str, headers: dict | None = None) -> Response:
+        """Dintero's error body; under ``error_codes="generic"`` an uninformative one."""
+        if self.state.config.error_codes == "generic" and status in GENERIC_ERROR_STATUSES:
+            code, message = f"E{status}", "The request could not be processed"
+        return error_response(status, code, message, headers)
 
     async def _serve(self, route: str, request: Request, handler) -> Response:
         """Apply faults, run the handler, turn ApiError into Dintero's body, count the result."""
@@ -175,9 +189,11 @@ class EmulatorApp:
                 try:
                     response = await handler(request)
                 except ApiError as exc:
-                    response = error_response(exc.status, exc.code, exc.message, exc.headers)
+                    response = self._error(exc.status, exc.code, exc.message, exc.headers)
                 if action is not None and action.malformed and response.status_code == 200:
                     response = Response(b'{"items": [{"id": ', 200, media_type="application/json")
+                if action is not None and action.extra_rows and response.status_code == 200:
+                    response = self._with_extra_rows(route, response, action.extra_rows)
                 if action is not None and action.delay_response:
                     # The work is done (a token rotated, say); the client just hears late.
                     await asyncio.sleep(action.delay_response)
@@ -186,6 +202,17 @@ class EmulatorApp:
             return response
         finally:
             self.state.in_flight[route] -= 1
+
+    @staticmethod
+    def _with_extra_rows(route: str, response: Response, extra: tuple[dict, ...]) -> Response:
+        body = json.loads(bytes(response.body))
+        # First in the page, so the page's last row (the next page's cursor) stays a real one.
+        if isinstance(body, list):
+            body = [*extra, *body]
+        elif isinstance(body, dict):
+            key = "entries" if route == "payout_transfers" else "items"
+            body[key] = [*extra, *(body.get(key) or [])]
+        return JSONResponse(body, response.status_code)
 
     async def _faulted(self, action: FaultAction) -> Response | None:
         if action.latency:
@@ -208,7 +235,7 @@ class EmulatorApp:
                 503: ("SERVICE_UNAVAILABLE", "Processor temporarily unavailable"),
             }
             code, message = messages.get(action.status, ("SERVER_ERROR", "Injected failure"))
-            return error_response(action.status, code, message, headers)
+            return self._error(action.status, code, message, headers)
         return None  # latency only, or malformed: answer normally, then maybe break the body
 
     def _audience_account(self, audience: Any, request: Request) -> str | None:
@@ -493,48 +520,65 @@ class EmulatorApp:
         claims = self._authenticate(request)
         return self._list_checkout(request, self.state.accounts[claims["account_id"]].sessions)
 
+    # -- paging helpers -------------------------------------------------------------------------
+
+    @property
+    def _order(self) -> str:
+        return self.state.config.list_order
+
+    def _page_size(self, request: Request, limit: int) -> int:
+        """The rows this page holds: ``limit``, or under ``short_pages`` a stable 1..limit."""
+        if not self.state.config.short_pages or limit <= 1:
+            return limit
+        marker = f"{request.url.path}?{request.url.query}".encode()
+        return 1 + zlib.crc32(marker) % limit
+
+    @staticmethod
+    def _page(collection: SortedCollection, **kwargs: Any) -> list[dict]:
+        try:
+            return collection.page(**kwargs)
+        except KeyError:
+            raise ApiError(
+                400, "BAD_REQUEST", "starting_after refers to an unknown object"
+            ) from None
+
+    def _optional(self, body: dict[str, Any], key: str, value: Any) -> None:
+        """Set an optional key of an envelope, or leave it out (``omit_optional_keys``)."""
+        if value or not self.state.config.omit_optional_keys:
+            body[key] = value
+
+    # -- data routes ------------------------------------------------------------------------------
+
     def _list_checkout(
         self, request: Request, collection: SortedCollection, statuses: set[str] | None = None
     ) -> Response:
-        """Bare array, newest first, ``starting_after=<id>`` (Dintero leaves the order undocumented;
-        newest first keeps paging stable while new objects arrive)."""
-        limit = parse_limit(request, 100)
+        """A bare array paged by ``starting_after=<id of the last object>``. Dintero documents
+        neither the order nor when a page is the last (``list_order``, ``short_pages``)."""
+        limit = self._page_size(request, parse_limit(request, 100))
         gte, lte = parse_time(request, "created_at.gte"), parse_time(request, "created_at.lte")
-        after = self._after_key(collection, request.query_params.get("starting_after"))
+        after = request.query_params.get("starting_after")
+        window = dict(order=self._order, gte_ms=gte, lte_ms=lte)
         if not statuses:
-            page = collection.page(
-                descending=True, limit=limit, gte_ms=gte, lte_ms=lte, after=after
-            )
+            page = self._page(collection, limit=limit, after_id=after, **window)
         else:
             page = []
             while len(page) < limit:
-                chunk = collection.page(
-                    descending=True, limit=limit * 4, gte_ms=gte, lte_ms=lte, after=after
-                )
+                chunk = self._page(collection, limit=limit * 4, after_id=after, **window)
                 if not chunk:
                     break
                 page.extend(o for o in chunk if o["status"] in statuses)
-                after = collection.key_of(chunk[-1]["id"])
+                after = chunk[-1]["id"]
             page = page[:limit]
         return JSONResponse(page)
-
-    @staticmethod
-    def _after_key(collection: SortedCollection, obj_id: str | None) -> tuple[int, str] | None:
-        if obj_id is None:
-            return None
-        key = collection.key_of(obj_id)
-        if key is None:
-            raise ApiError(400, "BAD_REQUEST", "starting_after refers to an unknown object")
-        return key
 
     async def settlements(self, request: Request) -> Response:
         return await self._serve("settlements", request, self._settlements)
 
     async def _settlements(self, request: Request) -> Response:
-        """``{items, last_evaluated_key}``, newest first by the filtered date."""
+        """``{items, last_evaluated_key}``; the order is undocumented (``list_order``)."""
         aid, data = self._account(request)
         q = request.query_params
-        limit = parse_limit(request, 1000)
+        limit = self._page_size(request, parse_limit(request, 1000))
         by_created = any(k.startswith("item_created_at.") for k in q)
         if by_created and any(k.startswith("created_at.") for k in q):
             raise ApiError(
@@ -549,31 +593,40 @@ class EmulatorApp:
                 "BAD_REQUEST",
                 "starting_after_id and starting_after_date must be used together",
             )
-        after = None
         if after_id is not None:
-            after_ms = parse_time(request, "starting_after_date")
-            assert after_ms is not None
-            after = (after_ms, after_id)
+            parse_time(request, "starting_after_date")
         collection = data.settlements_by_created if by_created else data.settlements_by_settled
-        rows = collection.page(
-            descending=True, limit=limit + 1, gte_ms=gte, lte_ms=lte, after=after
+        rows = self._page(
+            collection,
+            order=self._order,
+            limit=limit + 1,
+            gte_ms=gte,
+            lte_ms=lte,
+            after_id=after_id,
         )
-        body: dict[str, Any] = {"items": rows[:limit]}
+        body: dict[str, Any] = {}
+        self._optional(body, "items", rows[:limit])
+        key = None
         if len(rows) > limit:
             last = rows[limit - 1]
-            body["last_evaluated_key"] = {
+            key = {
                 "id": last["id"],
                 "account_id": aid,
                 "settled_at": last["settled_at"],
                 "created_at": last["created_at"],
             }
+        self._optional(body, "last_evaluated_key", key)
         return JSONResponse(body)
 
     async def customers(self, request: Request) -> Response:
         return await self._serve("customers", request, self._customers)
 
     async def _customers(self, request: Request) -> Response:
-        """Bare array ordered by ``updated_at`` ascending; ``since_datetime`` is inclusive."""
+        """A bare array. With ``since_datetime``: the earliest ``limit`` customers updated at or
+        after it (after it under ``since_exclusive``), which is what Dintero's documented way of
+        paging ("update since_datetime to the latest updated_at value found in the result")
+        needs; the order within the page is undocumented. Without it: every customer in an
+        undocumented order, paged by ``starting_after=<id of the last customer>``."""
         _, data = self._account(request)
         q = request.query_params
         limit = parse_limit(request, 100)
@@ -582,8 +635,21 @@ class EmulatorApp:
                 400, "BAD_REQUEST", "since_datetime can't be combined with starting_after"
             )
         since = parse_time(request, "since_datetime")
-        after = self._after_key(data.customers, q.get("starting_after"))
-        rows = data.customers.page(descending=False, limit=limit, gte_ms=since, after=after)
+        if since is not None:
+            if self.state.config.since_exclusive:
+                since += 1  # timestamps have millisecond precision
+            rows = data.customers.page(order="oldest", limit=limit, gte_ms=since)
+            if self._order == "newest":
+                rows.reverse()
+            elif self._order == "shuffled":
+                rows.sort(key=lambda r: data.customers.shuffle_key(r["id"]))
+        else:
+            rows = self._page(
+                data.customers,
+                order=self._order,
+                limit=self._page_size(request, limit),
+                after_id=q.get("starting_after"),
+            )
         headers = {"total-count": str(len(data.customers))} if q.get("total") == "true" else None
         return JSONResponse(rows, headers=headers)
 
@@ -591,29 +657,32 @@ class EmulatorApp:
         return await self._serve("payout_transfers", request, self._payout_transfers)
 
     async def _payout_transfers(self, request: Request) -> Response:
-        """``{entries, next_page_token}``, newest first; the token is opaque."""
+        """``{entries, next_page_token}``; no date filter and no documented order
+        (``list_order``); the token is opaque."""
         _, data = self._account(request)
         pd = request.path_params["pd"]
         if pd not in data.transfers:
             raise ApiError(404, "NOT_FOUND", f"payout destination {pd} not found")
-        limit = parse_limit(request, 1000)
+        limit = self._page_size(request, parse_limit(request, 1000))
         after = None
         token = request.query_params.get("page")
         if token:
             try:
-                ms, _, entry_id = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-                after = (int(ms), entry_id)
+                after = base64.urlsafe_b64decode(token.encode()).decode().partition(":")[2]
             except (ValueError, binascii.Error, UnicodeDecodeError):
                 raise ApiError(400, "BAD_REQUEST", "page is not a valid page token") from None
         currency = request.query_params.get("currency")
-        rows = data.transfers[pd].page(descending=True, limit=limit + 1, after=after)
+        rows = self._page(data.transfers[pd], order=self._order, limit=limit + 1, after_id=after)
         if currency:
             rows = [r for r in rows if r["currency"] == currency]
-        body: dict[str, Any] = {"entries": rows[:limit]}
+        body: dict[str, Any] = {}
+        self._optional(body, "entries", rows[:limit])
+        next_token = None
         if len(rows) > limit:
             last = rows[limit - 1]
             raw = f"{to_ms(datetime.fromisoformat(last['created_at']))}:{last['ledger_entry_id']}"
-            body["next_page_token"] = base64.urlsafe_b64encode(raw.encode()).decode()
+            next_token = base64.urlsafe_b64encode(raw.encode()).decode()
+        self._optional(body, "next_page_token", next_token)
         return JSONResponse(body)
 
     # -- control (not Dintero's API) ------------------------------------------------------------
@@ -663,15 +732,26 @@ class EmulatorApp:
 
     def _mutate(self, body: dict) -> dict[str, dict]:
         accounts = body.get("account_ids") or list(self.state.accounts)
-        counts = {k: int(v) for k, v in body.items() if k.startswith(("new_", "update_"))}
+        counts = {
+            k: int(v)
+            for k, v in body.items()
+            if k.startswith(("new_", "update_")) or k == "same_updated_at"
+        }
+        recent = body.get("recent_days")
         now = self.state.clock.now()
         with self.state.lock:
-            return {
+            changed = {
                 aid: self.state.accounts[aid].mutate(
-                    now, counts, float(body.get("recent_days", 2.0))
+                    now, counts, float(recent) if recent is not None else None
                 )
                 for aid in accounts
             }
+            # Changes are a millisecond apart: let the clock catch up with the last one, so no
+            # object is ever dated after the emulator's "now".
+            ahead = max(self.state.accounts[aid].last_change_ms for aid in accounts) - to_ms(now)
+            if ahead > 0:
+                self.state.clock.advance(ahead / 1000)
+        return changed
 
     async def ctl_dump(self, request: Request) -> Response:
         q = request.query_params

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+ListOrder = Literal["newest", "oldest", "shuffled"]
+ErrorCodes = Literal["dintero", "generic"]
 
 DEFAULT_ACCOUNT_ID = "T12345678"
 DEFAULT_CLIENT_ID = "emulator-client"
@@ -60,6 +64,31 @@ class EmulatorConfig:
     start_time: datetime | None = None
     #: How far back the generated history reaches from ``start_time``.
     history_days: int = 180
+
+    # -- where Dintero's reference is silent: every plausible choice, switchable --------------
+    # (../shared/reference/dintero-api.md §8). The sync must be correct under each.
+
+    #: Order of every list whose order Dintero does not document: transactions, sessions,
+    #: settlements, payout transfers, and customers (without ``since_datetime``: the whole list;
+    #: with it: the rows within a page). ``shuffled`` is a stable random permutation per data set.
+    list_order: ListOrder = "newest"
+    #: Leave out what the schemas mark optional: ``items`` (settlements) and ``entries``
+    #: (payout transfers) when empty, ``last_evaluated_key`` and ``next_page_token`` on the last
+    #: page. Otherwise they are sent, as ``[]`` and ``null``.
+    omit_optional_keys: bool = False
+    #: ``since_datetime`` (customers) returns rows updated strictly after it, not at or after.
+    since_exclusive: bool = False
+    #: Pages hold fewer rows than asked for even when more follow (no page-size rule is
+    #: documented). Customers read by ``since_datetime`` keep whole pages: Dintero's documented
+    #: way of paging them ("update since_datetime to the latest updated_at value found in the
+    #: result") is only complete if a page holds the earliest rows after it.
+    short_pages: bool = False
+    #: How long after creation transactions still change: captured within days, refunded up
+    #: to this many days, settled within two weeks (mutations and clock advances).
+    late_changes_days: int = 90
+    #: ``dintero``: the error codes this emulator always used (``invalid_grant``, ...);
+    #: ``generic``: 400/401/403 bodies whose code and message tell the client nothing.
+    error_codes: ErrorCodes = "dintero"
 
     def resolved_start_time(self) -> datetime:
         """The configured start time, or 30 days ago truncated to the second."""

@@ -9,6 +9,7 @@ a benchmark.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,13 +31,17 @@ FIRST_NAMES = ("Ada", "Ole", "Kari", "Nils", "Ingrid", "Lars", "Sigrid", "Erik",
 LAST_NAMES = ("Lovelace", "Hansen", "Johansen", "Olsen", "Larsen", "Berg", "Haugen", "Dahl")
 PROVIDERS = ("dintero_psp", "vipps", "klarna", "swish", "collector")
 
-#: Statuses a transaction can still move on from, and where it moves to.
-TRANSITIONS = {
-    "INITIATED": (("AUTHORIZED", "AUTHORIZE"), ("FAILED", "AUTHORIZE")),
-    "AUTHORIZED": (("CAPTURED", "CAPTURE"), ("AUTHORIZATION_VOIDED", "VOID")),
-    "CAPTURED": (("PARTIALLY_REFUNDED", "REFUND"), ("REFUNDED", "REFUND")),
-    "PARTIALLY_REFUNDED": (("REFUNDED", "REFUND"),),
+#: Statuses a transaction can still move on from, where to, and for how many days after its
+#: creation (None: up to the emulator's ``late_changes_days``). Authorizations happen within a
+#: day, captures within a week, refunds for months.
+TRANSITIONS: dict[str, tuple[tuple[str, str, float | None], ...]] = {
+    "INITIATED": (("AUTHORIZED", "AUTHORIZE", 1), ("FAILED", "AUTHORIZE", 1)),
+    "AUTHORIZED": (("CAPTURED", "CAPTURE", 7), ("AUTHORIZATION_VOIDED", "VOID", 7)),
+    "CAPTURED": (("PARTIALLY_REFUNDED", "REFUND", None), ("REFUNDED", "REFUND", None)),
+    "PARTIALLY_REFUNDED": (("REFUNDED", "REFUND", None),),
 }
+#: Captured transactions are settled by their provider within two weeks.
+SETTLE_WITHIN_DAYS = 14
 INITIAL_STATUSES = (
     ("CAPTURED", 50),
     ("AUTHORIZED", 20),
@@ -83,12 +88,20 @@ class FastRandom(random.Random):
 
 
 class SortedCollection:
-    """Objects kept sorted by ``(sort_ms, id)``, addressable by id."""
+    """Objects kept sorted by ``(sort_ms, id)``, addressable by id, listable in any order.
 
-    def __init__(self) -> None:
+    ``newest`` and ``oldest`` walk the sorted keys; ``shuffled`` is a stable permutation of the
+    objects (by a salted hash of their id), so paging with "the id of the last object" stays
+    consistent from one request to the next, as it must on any real server.
+    """
+
+    def __init__(self, salt: str = "") -> None:
         self._keys: list[tuple[int, str]] = []
         self._key_of: dict[str, tuple[int, str]] = {}
         self.by_id: dict[str, dict] = {}
+        self._salt = salt.encode()
+        self._version = 0
+        self._shuffled: tuple[tuple, list[tuple[bytes, str]]] | None = None
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -102,6 +115,7 @@ class SortedCollection:
             bisect.insort(self._keys, key)
         self._key_of[obj_id] = key
         self.by_id[obj_id] = obj
+        self._version += 1
 
     def resort(self, obj_id: str, sort_ms: int) -> None:
         """Move an object whose sort field changed (customers sort on ``updated_at``)."""
@@ -110,36 +124,68 @@ class SortedCollection:
         new = (sort_ms, obj_id)
         bisect.insort(self._keys, new)
         self._key_of[obj_id] = new
+        self._version += 1
 
     def key_of(self, obj_id: str) -> tuple[int, str] | None:
         return self._key_of.get(obj_id)
 
-    def page(
-        self,
-        *,
-        descending: bool,
-        limit: int,
-        gte_ms: int | None = None,
-        lte_ms: int | None = None,
-        after: tuple[int, str] | None = None,
-    ) -> list[dict]:
-        """One page in sort order, within ``[gte, lte]`` and strictly past ``after``."""
+    def _bounds(self, gte_ms: int | None, lte_ms: int | None) -> tuple[int, int]:
         lo = 0 if gte_ms is None else bisect.bisect_left(self._keys, (gte_ms, ""))
         hi = (
             len(self._keys)
             if lte_ms is None
             else bisect.bisect_right(self._keys, (lte_ms, "\uffff"))
         )
-        if descending:
+        return lo, hi
+
+    def shuffle_key(self, obj_id: str) -> tuple[bytes, str]:
+        return hashlib.blake2b(obj_id.encode(), key=self._salt, digest_size=8).digest(), obj_id
+
+    def range(self, gte_ms: int | None = None, lte_ms: int | None = None) -> Iterator[dict]:
+        """Objects within ``[gte, lte]``, oldest first."""
+        lo, hi = self._bounds(gte_ms, lte_ms)
+        return (self.by_id[k[1]] for k in self._keys[lo:hi])
+
+    def page(
+        self,
+        *,
+        order: str = "newest",
+        limit: int,
+        gte_ms: int | None = None,
+        lte_ms: int | None = None,
+        after_id: str | None = None,
+    ) -> list[dict]:
+        """One page in ``order``, within ``[gte, lte]``, strictly past the object ``after_id``.
+
+        Raises:
+            KeyError: ``after_id`` is not an object of this collection.
+        """
+        lo, hi = self._bounds(gte_ms, lte_ms)
+        after = None
+        if after_id is not None:
+            after = self._key_of[after_id]
+        if order == "shuffled":
+            perm = self._permutation(lo, hi)
+            start = 0 if after is None else bisect.bisect_right(perm, self.shuffle_key(after[1]))
+            return [self.by_id[k[1]] for k in perm[start : start + limit]]
+        if order == "newest":
             if after is not None:
                 hi = min(hi, bisect.bisect_left(self._keys, after))
             start = max(lo, hi - limit)
-            keys = reversed(self._keys[start:hi])
+            keys: Iterator[tuple[int, str]] = reversed(self._keys[start:hi])
         else:
             if after is not None:
                 lo = max(lo, bisect.bisect_right(self._keys, after))
             keys = iter(self._keys[lo : min(hi, lo + limit)])
         return [self.by_id[k[1]] for k in keys]
+
+    def _permutation(self, lo: int, hi: int) -> list[tuple[bytes, str]]:
+        # Cached per window: a test pages the same window many times.
+        marker = (self._version, lo, hi)
+        if self._shuffled is None or self._shuffled[0] != marker:
+            perm = sorted(self.shuffle_key(k[1]) for k in self._keys[lo:hi])
+            self._shuffled = (marker, perm)
+        return self._shuffled[1]
 
     def __iter__(self) -> Iterator[dict]:
         return (self.by_id[k[1]] for k in self._keys)
@@ -153,15 +199,17 @@ class AccountData:
         self.config = config
         # A stable per-account seed: the same flags always give the same objects.
         self.rng = FastRandom(f"{config.seed}:{account_id}")
-        self.transactions = SortedCollection()
-        self.sessions = SortedCollection()
-        self.settlements_by_settled = SortedCollection()
-        self.settlements_by_created = SortedCollection()
-        self.customers = SortedCollection()
+        salt = f"{config.seed}:{account_id}"
+        self.transactions = SortedCollection(f"{salt}:transactions")
+        self.sessions = SortedCollection(f"{salt}:sessions")
+        self.settlements_by_settled = SortedCollection(f"{salt}:settlements")
+        self.settlements_by_created = SortedCollection(f"{salt}:settlements")
+        self.customers = SortedCollection(f"{salt}:customers")
         self.transfers: dict[str, SortedCollection] = {
-            pd: SortedCollection() for pd in config.payout_destinations
+            pd: SortedCollection(f"{salt}:transfers:{pd}") for pd in config.payout_destinations
         }
         self._serial = 0
+        self.last_change_ms = 0
         end_ms = to_ms(start)
         begin_ms = to_ms(start - timedelta(days=config.history_days))
         for ms in self._spread(config.transactions, begin_ms, end_ms):
@@ -401,13 +449,34 @@ class AccountData:
 
     # -- mutations ---------------------------------------------------------------------------------
 
-    def mutate(self, now: datetime, counts: dict[str, int], recent_days: float = 2.0) -> dict:
+    def _late_changes(self, txn: dict, age_days: float, late_days: float) -> list[tuple]:
+        """The changes still possible for a transaction of this age: (status, event) pairs,
+        with ``(None, "SETTLEMENT")`` for a settlement that leaves the status as it is."""
+        changes: list[tuple] = [
+            (status, event)
+            for status, event, within in TRANSITIONS.get(txn["status"], ())
+            if age_days <= (late_days if within is None else min(within, late_days))
+        ]
+        if (
+            txn["status"] in ("CAPTURED", "PARTIALLY_REFUNDED")
+            and txn["settlement_status"] == "NOT_SETTLED"
+            and age_days <= min(SETTLE_WITHIN_DAYS, late_days)
+        ):
+            changes.append((None, "SETTLEMENT"))
+        return changes
+
+    def mutate(
+        self, now: datetime, counts: dict[str, int], recent_days: float | None = None
+    ) -> dict:
         """Create and change objects at ``now``; return what changed, by stream.
 
         ``counts`` keys: ``new_transactions``, ``update_transactions``, ``new_sessions``,
         ``new_settlements``, ``new_customers``, ``update_customers``, ``new_transfers``.
-        Updated transactions are recent ones (created within ``recent_days``) whose status can
-        still move on, the way real transactions are captured and refunded days after creation.
+        Updated transactions change the way real ones do, days to months after creation:
+        authorized within a day, captured within a week, settled within two weeks, refunded up
+        to ``late_changes_days`` (or ``recent_days``, when given, for every kind of change).
+        Dintero filters transactions only on ``created_at``, so these late changes are what a
+        sync's lookback and reconcile windows must catch.
         """
         now_ms = to_ms(now)
         changed: dict[str, list[str]] = {}
@@ -417,17 +486,23 @@ class AccountData:
             changed.setdefault("transactions", []).append(txn["id"])
         n_update = counts.get("update_transactions", 0)
         if n_update:
-            since = now_ms - int(recent_days * 86_400_000)
-            candidates = [
-                t
-                for t in self.transactions.page(descending=True, limit=10**9, gte_ms=since)
-                if t["status"] in TRANSITIONS
-            ]
-            for txn in self.rng.sample(candidates, min(n_update, len(candidates))):
-                status, event = self.rng.choice(TRANSITIONS[txn["status"]])
+            late_days = float(self.config.late_changes_days if recent_days is None else recent_days)
+            since = now_ms - int(late_days * 86_400_000)
+            candidates = []
+            for t in self.transactions.range(gte_ms=since):
+                age = (now_ms - to_ms(datetime.fromisoformat(t["created_at"]))) / 86_400_000
+                options = self._late_changes(t, age, late_days)
+                if options:
+                    candidates.append((t, options))
+            for txn, options in self.rng.sample(candidates, min(n_update, len(candidates))):
+                status, event = self.rng.choice(options)
                 now_ms += 1
-                txn["status"] = status
                 txn["updated_at"] = iso(now_ms)
+                if status is None:
+                    txn["settlement_status"] = "SETTLED"
+                    status = txn["status"]
+                else:
+                    txn["status"] = status
                 txn["events"].append(self._event(event, status, txn["amount"], now_ms))
                 changed.setdefault("transactions", []).append(txn["id"])
         for _ in range(counts.get("new_sessions", 0)):
@@ -442,19 +517,34 @@ class AccountData:
         n_cust = counts.get("update_customers", 0)
         if n_cust and len(self.customers):
             ids = self.rng.sample(sorted(self.customers.by_id), min(n_cust, len(self.customers)))
-            for cid in ids:
+            # A bulk update (an import, a migration) gives many customers one updated_at.
+            same_time = bool(counts.get("same_updated_at"))
+            if same_time:
                 now_ms += 1
-                cust = self.customers.by_id[cid]
-                cust["updated_at"] = iso(now_ms)
-                cust["attributes"] = {**cust["attributes"], "tier": "platinum"}
-                self.customers.resort(cid, now_ms)
+            for cid in ids:
+                if not same_time:
+                    now_ms += 1
+                self._touch_customer(cid, now_ms)
                 changed.setdefault("customers", []).append(cid)
         for _ in range(counts.get("new_transfers", 0)):
             for pd in self.config.payout_destinations:
                 now_ms += 1
                 entry = self._new_transfer(pd, now_ms)
                 changed.setdefault("payout_transfers", []).append(entry["ledger_entry_id"])
+        #: The latest time given to a change: one millisecond apart, they may run ahead of now.
+        self.last_change_ms = now_ms
         return {k: len(v) for k, v in changed.items()}
+
+    def _touch_customer(self, cid: str, now_ms: int) -> None:
+        cust = self.customers.by_id[cid]
+        cust["updated_at"] = iso(now_ms)
+        tiers = ("bronze", "silver", "gold", "platinum")
+        tier = cust["attributes"].get("tier")
+        cust["attributes"] = {
+            **cust["attributes"],
+            "tier": tiers[(tiers.index(tier) + 1) % 4] if tier in tiers else "bronze",
+        }
+        self.customers.resort(cid, now_ms)
 
     def dump(self, stream: str, destination: str | None = None) -> list[dict]:
         """Every object of a stream, for tests that compare a destination with the source."""

@@ -12,7 +12,9 @@ An action is any of ``status`` (with ``retry_after`` seconds and ``retry_after_f
 ``"seconds"`` or ``"http-date"`` for 429/503), ``drop`` (close the connection mid-response),
 ``latency`` (seconds, alone or before another action), ``delay_response`` (seconds: answer
 normally, doing the work, but hold the response back, so a client that dies meanwhile never learns
-the result), ``malformed`` (200 with broken JSON), or the string ``"ok"`` in a sequence.
+the result), ``malformed`` (200 with broken JSON), ``extra_rows`` (objects added to a 200 page
+whatever its filters say, as a server that ignores them would), or the string ``"ok"`` in a
+sequence.
 Probability rules matching a request share one draw, so their rates add up exactly (20 % + 10 % +
 5 % = 35 % of requests faulted).
 """
@@ -52,11 +54,17 @@ class FaultAction:
     latency: float = 0.0
     malformed: bool = False
     delay_response: float = 0.0
+    extra_rows: tuple[dict, ...] = ()
 
     @property
     def is_noop(self) -> bool:
         return not (
-            self.status or self.drop or self.latency or self.malformed or self.delay_response
+            self.status
+            or self.drop
+            or self.latency
+            or self.malformed
+            or self.delay_response
+            or self.extra_rows
         )
 
     @property
@@ -69,6 +77,8 @@ class FaultAction:
             return str(self.status)
         if self.delay_response:
             return "delayed response"
+        if self.extra_rows:
+            return "extra rows"
         return "latency" if self.latency else "ok"
 
     @classmethod
@@ -85,6 +95,7 @@ class FaultAction:
             "latency",
             "malformed",
             "delay_response",
+            "extra_rows",
             "route",
             "probability",
         }
@@ -93,6 +104,9 @@ class FaultAction:
         status = raw.get("status")
         if status is not None and (not isinstance(status, int) or not 400 <= status <= 599):
             raise FaultConfigError(f"status must be an HTTP error code (400-599), got {status!r}")
+        extra = raw.get("extra_rows", [])
+        if not isinstance(extra, list) or not all(isinstance(r, dict) for r in extra):
+            raise FaultConfigError("extra_rows must be a list of objects")
         fmt = raw.get("retry_after_format", "seconds")
         if fmt not in ("seconds", "http-date"):
             raise FaultConfigError("retry_after_format must be 'seconds' or 'http-date'")
@@ -104,6 +118,7 @@ class FaultAction:
             latency=float(raw.get("latency", 0.0)),
             malformed=bool(raw.get("malformed", False)),
             delay_response=float(raw.get("delay_response", 0.0)),
+            extra_rows=tuple(extra),
         )
 
 
