@@ -165,11 +165,13 @@ class DinteroCredentials(CredentialsBlock):
             InvalidGrantError: the code was used, expired or issued for another redirect URI.
         """
         core = self.to_core()
-        return exchange_authorization_code(
-            core,
-            code,
-            service_token=self.service_token_provider().get_token(),
-            redirect_uri=redirect_uri or self.redirect_uri,
+        return self.service_token_provider().call_with_token(
+            lambda service_token: exchange_authorization_code(
+                core,
+                code,
+                service_token=service_token,
+                redirect_uri=redirect_uri or self.redirect_uri,
+            )
         )
 
     async def aexchange_authorization_code(
@@ -177,9 +179,13 @@ class DinteroCredentials(CredentialsBlock):
     ) -> Token:
         """Async form of :meth:`exchange_authorization_code`."""
         core = self.to_core()
-        return await aexchange_authorization_code(
-            core,
-            code,
-            service_token=await self.service_token_provider().aget_token(),
-            redirect_uri=redirect_uri or self.redirect_uri,
-        )
+
+        async def exchange(service_token: Token) -> Token:
+            return await aexchange_authorization_code(
+                core,
+                code,
+                service_token=service_token,
+                redirect_uri=redirect_uri or self.redirect_uri,
+            )
+
+        return await self.service_token_provider().acall_with_token(exchange)

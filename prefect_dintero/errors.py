@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -123,18 +123,32 @@ def _error_fields(response: httpx.Response) -> tuple[str | None, str]:
     return None, response.reason_phrase or "unexpected error body"
 
 
+#: Which kind of Dintero endpoint answered: the same status means different things on each.
+#: Dintero documents the error body's shape (``{"error": {"code", "message"}}``,
+#: https://docs.dintero.com/docs/errors) but not its codes, so classification goes by endpoint
+#: and status; a code is only quoted back to the user.
+Endpoint = Literal["data", "client_credentials", "code_exchange", "refresh"]
+
+_CREDENTIALS_HINT = (
+    "Check the API client's id and secret (Dintero Backoffice → Settings → API clients) and that "
+    "they belong to this environment (T = test, P = production)"
+)
+
+
 def error_from_response(
     response: httpx.Response,
     *,
     retry_after: float | None = None,
-    grant: bool = False,
+    endpoint: Endpoint = "data",
 ) -> DinteroAPIError:
-    """Turn a non-2xx response into the right error class.
+    """Turn a non-2xx response into the right error class, by endpoint and status.
 
     Args:
         response: the failed response.
-        retry_after: the parsed ``Retry-After`` wait, for 429s.
-        grant: True for token-endpoint calls, where a 400 means a bad code or refresh token.
+        retry_after: the parsed ``Retry-After`` wait, for 429s and 503s.
+        endpoint: which endpoint answered. A 4xx from the code exchange is a login problem (the
+            user logs in again); a 4xx from the refresh grant means the session is over; a 401
+            from the client-credentials grant means the client id or secret.
     """
     code, message = _error_fields(response)
     status = response.status_code
@@ -144,15 +158,28 @@ def error_from_response(
         "method": response.request.method,
         "url": str(response.request.url.copy_with(query=None)),
     }
-    # A 401 from a token endpoint means the client's credentials; from any other route, that a
-    # token which was just issued got rejected.
-    if status == 401 and response.request.url.path.endswith("/token"):
-        return AuthenticationError(
+    if status == 429:
+        return RateLimitedError(message, retry_after=retry_after, **kwargs)
+    if status >= 500:
+        return TransientError(message, retry_after=retry_after, **kwargs)
+    if endpoint == "code_exchange" and 400 <= status < 500:
+        return InvalidGrantError(
             message,
-            hint="Check the API client's id and secret (Dintero Backoffice → Settings → API "
-            "clients) and that they belong to this environment (T = test, P = production)",
+            hint="Dintero refused the authorization code. Codes are single use, expire within "
+            "minutes and must be exchanged with the redirect URI used to log in: log in again. "
+            "If a fresh code is refused too, check that OIDC is configured on the API client's "
+            "grant in Backoffice",
             **kwargs,
         )
+    if endpoint == "refresh" and 400 <= status < 500:
+        return InvalidGrantError(
+            message,
+            hint="Dintero refused the session's refresh token: the session is over (revoked, "
+            "expired or already rotated); the user must log in again",
+            **kwargs,
+        )
+    if status == 401 and endpoint == "client_credentials":
+        return AuthenticationError(message, hint=_CREDENTIALS_HINT, **kwargs)
     if status == 401:
         return AuthenticationError(
             message,
@@ -170,15 +197,4 @@ def error_from_response(
         )
     if status == 404:
         return NotFoundError(message, **kwargs)
-    if status == 429:
-        return RateLimitedError(message, retry_after=retry_after, **kwargs)
-    if status >= 500:
-        return TransientError(message, retry_after=retry_after, **kwargs)
-    if grant and (status == 400 and (code or "").lower() in {"invalid_grant", "invalid_request"}):
-        return InvalidGrantError(
-            message,
-            hint="Authorization codes are single use and short lived, and must be exchanged with "
-            "the redirect URI used to log in: log in again to get a new one",
-            **kwargs,
-        )
     return DinteroAPIError(message, **kwargs)

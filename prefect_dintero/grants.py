@@ -15,7 +15,7 @@ import httpx
 from pydantic import SecretStr
 
 from .credentials import ClientCredentials
-from .errors import InvalidGrantError, MalformedResponseError
+from .errors import Endpoint, InvalidGrantError, MalformedResponseError
 from .redact import register_secret
 from .retry import RetryPolicy
 from .tokens import Token
@@ -87,11 +87,11 @@ def parse_token_response(
     sent_at: datetime,
     previous: Token | None = None,
     stats: ClientStats | None = None,
-    grant: bool = False,
+    endpoint: Endpoint = "client_credentials",
 ) -> Token:
     """The token in a response, or the mapped error. Keeps ``previous``'s refresh token and
     user when a refresh response omits them."""
-    check_response(response, stats, grant=grant)
+    check_response(response, stats, endpoint=endpoint)
     try:
         payload = response.json()
     except ValueError:
@@ -136,7 +136,7 @@ def _post(
     policy: RetryPolicy,
     stats: ClientStats | None,
     previous: Token | None = None,
-    grant: bool = False,
+    endpoint: Endpoint = "client_credentials",
 ) -> Token:
     with _sync_http(http) as client:
 
@@ -144,7 +144,7 @@ def _post(
             request = build()
             sent_at = datetime.now(UTC)
             response = send_sync(client, request, auth=None)
-            return parse_token_response(response, sent_at, previous, stats, grant)
+            return parse_token_response(response, sent_at, previous, stats, endpoint)
 
         return policy.call(attempt, on_retry_counter(stats))
 
@@ -155,7 +155,7 @@ async def _apost(
     policy: RetryPolicy,
     stats: ClientStats | None,
     previous: Token | None = None,
-    grant: bool = False,
+    endpoint: Endpoint = "client_credentials",
 ) -> Token:
     async with _async_http(http) as client:
 
@@ -163,7 +163,7 @@ async def _apost(
             request = build()
             sent_at = datetime.now(UTC)
             response = await send_async(client, request, auth=None)
-            return parse_token_response(response, sent_at, previous, stats, grant)
+            return parse_token_response(response, sent_at, previous, stats, endpoint)
 
         return await policy.acall(attempt, on_retry_counter(stats))
 
@@ -234,7 +234,7 @@ def exchange_authorization_code(
         return authorization_code_request(creds, service_token, code, redirect_uri)
 
     try:
-        return _post(build, http, policy, _Tee(stats, local), grant=True)
+        return _post(build, http, policy, _Tee(stats, local), endpoint="code_exchange")
     except InvalidGrantError as exc:
         raise _code_hint(exc, local.retries > 0) from None
 
@@ -257,7 +257,7 @@ async def aexchange_authorization_code(
         return authorization_code_request(creds, service_token, code, redirect_uri)
 
     try:
-        return await _apost(build, http, policy, _Tee(stats, local), grant=True)
+        return await _apost(build, http, policy, _Tee(stats, local), endpoint="code_exchange")
     except InvalidGrantError as exc:
         raise _code_hint(exc, local.retries > 0) from None
 
@@ -284,7 +284,7 @@ def refresh_session_token(
     def build() -> httpx.Request:
         return refresh_token_request(creds, service_token, refresh)
 
-    return _post(build, http, policy, stats, previous=session, grant=True)
+    return _post(build, http, policy, stats, previous=session, endpoint="refresh")
 
 
 async def arefresh_session_token(
@@ -304,7 +304,7 @@ async def arefresh_session_token(
     def build() -> httpx.Request:
         return refresh_token_request(creds, service_token, refresh)
 
-    return await _apost(build, http, policy, stats, previous=session, grant=True)
+    return await _apost(build, http, policy, stats, previous=session, endpoint="refresh")
 
 
 class _Tee(ClientStats):

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC
+from typing import TypeVar
 
 import httpx
 
 from .credentials import ClientCredentials
-from .errors import InvalidGrantError, ReauthorizationRequired
+from .errors import DinteroAPIError, InvalidGrantError, ReauthorizationRequired
 from .grants import (
     afetch_client_credentials_token,
     arefresh_session_token,
@@ -30,6 +32,7 @@ from .tokens import Token
 from .transport import DEFAULT_TIMEOUT, ClientStats
 
 logger = get_logger(__name__)
+T = TypeVar("T")
 
 
 class LockRegistry:
@@ -235,6 +238,36 @@ class ClientCredentialsProvider(TokenProvider):
                 self.credentials, http=http, stats=self.stats
             )
 
+    def call_with_token(self, fn: Callable[[Token], T]) -> T:
+        """Run ``fn`` with the service token; if Dintero answers 401 to it, renew once and rerun.
+
+        The code exchange and the refresh grant are authorised by this token. A 401 there may
+        mean the service token was revoked rather than that the code or refresh token is bad
+        (Dintero documents no codes that tell them apart), and the bearer is checked before
+        the grant, so one more attempt with a new service token spends nothing.
+        """
+        token = self.get_token()
+        try:
+            return fn(token)
+        except DinteroAPIError as exc:
+            if exc.status_code != 401:
+                raise
+            self.invalidate(token)
+            logger.info("Dintero refused the service token of a token request; renewing it once")
+        return fn(self.get_token())
+
+    async def acall_with_token(self, fn: Callable[[Token], Awaitable[T]]) -> T:
+        """Async form of :meth:`call_with_token`."""
+        token = await self.aget_token()
+        try:
+            return await fn(token)
+        except DinteroAPIError as exc:
+            if exc.status_code != 401:
+                raise
+            await self.ainvalidate(token)
+            logger.info("Dintero refused the service token of a token request; renewing it once")
+        return await fn(await self.aget_token())
+
     def __repr__(self) -> str:
         return f"ClientCredentialsProvider(account_id={self.credentials.account_id!r})"
 
@@ -310,20 +343,22 @@ class OIDCSessionProvider(TokenProvider):
     def _renew(self, current: Token | None) -> Token:
         session = self._check_renewable(current)
         try:
-            return refresh_session_token(
-                self.credentials,
-                session,
-                service_token=self.service.get_token(),
-                http=self._sync_http(),
-                stats=self.stats,
+            return self.service.call_with_token(
+                lambda service_token: refresh_session_token(
+                    self.credentials,
+                    session,
+                    service_token=service_token,
+                    http=self._sync_http(),
+                    stats=self.stats,
+                )
             )
         except InvalidGrantError as exc:
             raise self._reauthorize(session, f"could not be renewed ({exc.message})") from exc
 
     async def _arenew(self, current: Token | None) -> Token:
         session = self._check_renewable(current)
-        try:
-            service_token = await self.service.aget_token()
+
+        async def refresh(service_token: Token) -> Token:
             async with self._async_http() as http:
                 return await arefresh_session_token(
                     self.credentials,
@@ -332,6 +367,9 @@ class OIDCSessionProvider(TokenProvider):
                     http=http,
                     stats=self.stats,
                 )
+
+        try:
+            return await self.service.acall_with_token(refresh)
         except InvalidGrantError as exc:
             raise self._reauthorize(session, f"could not be renewed ({exc.message})") from exc
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from ._version import __version__
-from .errors import DinteroError, TransientError, error_from_response
+from .errors import DinteroError, Endpoint, TransientError, error_from_response
 from .retry import parse_retry_after
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=30.0)
@@ -99,7 +99,7 @@ def transport_error(exc: httpx.TransportError, request: httpx.Request | None) ->
 
 
 def check_response(
-    response: httpx.Response, stats: ClientStats | None = None, *, grant: bool = False
+    response: httpx.Response, stats: ClientStats | None = None, *, endpoint: Endpoint = "data"
 ) -> httpx.Response:
     """Return a 2xx response; raise the mapped error for anything else (after reading it)."""
     if stats is not None:
@@ -114,7 +114,7 @@ def check_response(
             stats.add(rate_limited=1)
         elif response.status_code >= 500:
             stats.add(server_errors=1)
-    raise error_from_response(response, retry_after=retry_after, grant=grant)
+    raise error_from_response(response, retry_after=retry_after, endpoint=endpoint)
 
 
 def on_retry_counter(stats: ClientStats | None) -> Callable[[BaseException, float], None]:
