@@ -4,15 +4,23 @@ A paginator knows three things: the parameters of the first page, how to read a 
 of a body (rejecting bodies of the wrong shape), and the parameters of the next page (None when
 done). The loop that drives them (``pages``) detects a cursor that repeats and stops at a hard
 page cap with an error, so a misbehaving API can never make a sync loop forever.
+
+Dintero documents neither the order of its lists nor when a page is the last one
+(../shared/reference/dintero-api.md §3.10, §8), so no paginator here relies on either: bare
+arrays end on an empty page, never on a short one, and envelopes end when their cursor is
+missing or empty (the schemas mark ``items``, ``entries``, ``last_evaluated_key`` and
+``next_page_token`` optional, so a missing list is an empty one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import DinteroError, MalformedResponseError
+from .times import EPOCH, iso, parse_datetime
 
 DEFAULT_MAX_PAGES = 100_000
 
@@ -56,11 +64,28 @@ class Paginator:
             raise MalformedPageError(f"expected {where} to be a list of objects")
         return value
 
+    @classmethod
+    def _envelope_rows(cls, body: Any, key: str) -> list[dict]:
+        if not isinstance(body, dict):
+            raise MalformedPageError(f"expected an object with an optional {key!r} list")
+        value = body.get(key)
+        return [] if value is None else cls._require_rows(value, repr(key))
+
+
+def page_token(row: dict, id_field: str = "id") -> str:
+    """What ``starting_after`` takes after ``row``: Dintero's docs call it "an object ID" and,
+    for customers, a ``paging_token`` without saying where it is sent; a row's own
+    ``paging_token`` wins when there is one."""
+    token = row.get("paging_token") or row.get(id_field)
+    if not isinstance(token, str) or not token:
+        raise MalformedPageError(f"the last row has no {id_field!r} to page from")
+    return token
+
 
 class StartingAfterPaginator(Paginator):
-    """Bare arrays paged with ``starting_after=<id of the last row>``; a short page is the last.
+    """Bare arrays paged with ``starting_after=<id of the last row>``; an empty page is the last.
 
-    Transactions, sessions (and customers without ``since_datetime``).
+    Transactions and sessions. A short page is not taken as the last: nothing documents it.
     """
 
     def __init__(self, limit: int, id_field: str = "id") -> None:
@@ -71,12 +96,9 @@ class StartingAfterPaginator(Paginator):
         return self._require_rows(body, "the response")
 
     def next_params(self, body: Any, rows: list[dict]) -> dict[str, Any] | None:
-        if len(rows) < self.limit:
+        if not rows:
             return None
-        last = rows[-1].get(self.id_field)
-        if not last:
-            raise MalformedPageError(f"the last row has no {self.id_field!r} to page from")
-        return {"limit": self.limit, "starting_after": last}
+        return {"limit": self.limit, "starting_after": page_token(rows[-1], self.id_field)}
 
 
 class LastEvaluatedKeyPaginator(Paginator):
@@ -90,9 +112,7 @@ class LastEvaluatedKeyPaginator(Paginator):
         self.date_field = date_field
 
     def rows(self, body: Any) -> list[dict]:
-        if not isinstance(body, dict) or "items" not in body:
-            raise MalformedPageError("expected an object with an 'items' list")
-        return self._require_rows(body["items"], "'items'")
+        return self._envelope_rows(body, "items")
 
     def next_params(self, body: Any, rows: list[dict]) -> dict[str, Any] | None:
         key = body.get("last_evaluated_key")
@@ -111,9 +131,7 @@ class NextPageTokenPaginator(Paginator):
     """``{entries, next_page_token}`` envelopes (v2 payout transfers), ``page=<token>``."""
 
     def rows(self, body: Any) -> list[dict]:
-        if not isinstance(body, dict) or "entries" not in body:
-            raise MalformedPageError("expected an object with an 'entries' list")
-        return self._require_rows(body["entries"], "'entries'")
+        return self._envelope_rows(body, "entries")
 
     def next_params(self, body: Any, rows: list[dict]) -> dict[str, Any] | None:
         token = body.get("next_page_token")
@@ -125,44 +143,79 @@ class NextPageTokenPaginator(Paginator):
 
 
 class SinceDatetimePaginator(Paginator):
-    """Bare arrays ordered by ``updated_at``, paged by moving ``since_datetime`` (inclusive)
-    to the last row's ``updated_at`` (customers). Boundary rows come back once more; the sink
-    deduplicates them. A full page sharing one timestamp cannot be paged past that way, so the
-    page size grows to the maximum once before this is reported as an error.
+    """Customers, by ``since_datetime``, as Dintero documents: "retrieve next page by updating
+    since_datetime to the latest updated_at value found in the result".
+
+    What the docs leave open is handled without relying on either answer:
+
+    - whether ``since_datetime`` is inclusive: every request asks from one millisecond before
+      the newest value seen, so rows sharing that value come back either way (the sink
+      deduplicates them);
+    - the order of rows within a page: the next ``since_datetime`` is the page's newest value,
+      not its last row's;
+    - whether a short page is the last: paging ends when a page brings nothing newer.
+
+    Rows dated after ``until`` (the run's start plus the clock skew) never advance the paging:
+    one row dated 2099 must not skip everything before it.
+
+    More rows sharing one ``updated_at`` than a page holds (a bulk import) cannot be paged past
+    with ``since_datetime``, which can't be combined with ``starting_after``. The page then
+    grows to ``max_limit`` once, and if that is still not enough the paginator reads the whole
+    list with ``starting_after`` instead (``scanning``): slow, but complete.
     """
 
+    #: One millisecond: Dintero's timestamps carry milliseconds.
+    STEP = timedelta(milliseconds=1)
+
     def __init__(
-        self, limit: int, since: str | None, field: str = "updated_at", max_limit: int = 100
-    ):
+        self,
+        limit: int,
+        since: datetime | None,
+        until: datetime,
+        *,
+        field: str = "updated_at",
+        id_field: str = "id",
+        max_limit: int = 100,
+    ) -> None:
         super().__init__(limit)
-        self.since = since
+        self.since = since or EPOCH
+        self.until = until
         self.field = field
+        self.id_field = id_field
         self.max_limit = max_limit
+        #: The newest value seen so far (at most ``until``).
+        self.newest: datetime | None = None
+        #: True once paging fell back to reading the whole list.
+        self.scanning = False
 
     def first_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"limit": self.limit}
-        if self.since:
-            params["since_datetime"] = self.since
-        return params
+        return {"limit": self.limit, "since_datetime": iso(self.since - self.STEP)}
 
     def rows(self, body: Any) -> list[dict]:
         return self._require_rows(body, "the response")
 
     def next_params(self, body: Any, rows: list[dict]) -> dict[str, Any] | None:
-        if len(rows) < self.limit:
+        if not rows:
             return None
-        last = rows[-1].get(self.field)
-        if not last:
-            raise MalformedPageError(f"the last row has no {self.field!r} to page from")
-        if last == self.since:
-            if self.limit >= self.max_limit:
-                raise PaginationError(
-                    f"more than {self.limit} objects share {self.field}={last}; since_datetime "
-                    "cannot page past them"
-                )
+        if self.scanning:
+            return {"limit": self.limit, "starting_after": page_token(rows[-1], self.id_field)}
+        values = [parse_datetime(r.get(self.field)) for r in rows]
+        usable = [v for v in values if v is not None and v <= self.until]
+        if not usable:
+            if all(v is None for v in values):
+                raise MalformedPageError(f"no row of the page has a usable {self.field!r}")
+            return None  # everything here changed after the run started: the next run's
+        newest = max(usable)
+        if self.newest is None or newest > self.newest:
+            self.newest = newest
+            return {"limit": self.limit, "since_datetime": iso(newest - self.STEP)}
+        if len(rows) < self.limit:
+            return None  # only rows at the newest value came back: done
+        if self.limit < self.max_limit:
             self.limit = self.max_limit
-        self.since = last
-        return {"limit": self.limit, "since_datetime": last}
+            return {"limit": self.limit, "since_datetime": iso(self.newest - self.STEP)}
+        self.scanning = True
+        return {"limit": self.limit}
 
 
 @dataclass

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    literal,
     or_,
     select,
     text,
@@ -40,9 +41,21 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
+from . import times
 from .errors import ConfigurationError, DinteroError
 from .paginators import MalformedPageError
 from .streams import Stream
+from .times import CLOCK_SKEW, iso, parse_datetime
+
+__all__ = [
+    "DestinationError",
+    "PageWrite",
+    "Sink",
+    "StreamState",
+    "iso",
+    "parse_datetime",
+    "with_state",
+]
 
 STATE_TABLE = "dintero_sync_state"
 #: Arbitrary but fixed: the advisory lock id that serialises prefect-dintero's DDL.
@@ -51,27 +64,6 @@ SCHEMA_LOCK_KEY = 0x44494E54
 
 class DestinationError(ConfigurationError):
     """The destination database cannot be reached or used."""
-
-
-def parse_datetime(value: Any) -> datetime | None:
-    """An ISO 8601 value as an aware UTC datetime (no timezone means UTC); None if unusable."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        dt = value
-    else:
-        try:
-            dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def iso(value: datetime | None) -> str | None:
-    """A datetime as Dintero's filters take it: UTC with milliseconds and a Z."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class UTCDateTime(TypeDecorator):
@@ -394,7 +386,7 @@ class Sink:
         update_state: Callable[[StreamState, PageWrite], StreamState],
     ) -> tuple[PageWrite, StreamState]:
         """Upsert a page's objects and update the stream's state in one transaction."""
-        now = datetime.now(UTC)
+        now = times.now()
         rows = self.build_rows(stream, account_id, objects, now)
         table = self.table_for(stream)
         pk = stream.primary_key
@@ -404,13 +396,13 @@ class Sink:
             else None
         )
         result = PageWrite()
+        trusted_until = now + CLOCK_SKEW
         # Keep one row per key (the newest): one statement must not touch a row twice.
         unique: dict[str, dict] = {}
-        oldest = datetime.min.replace(tzinfo=UTC)
         for row in rows:
             current = unique.get(row[pk])
             if current is None or (
-                version and (row[version] or oldest) >= (current[version] or oldest)
+                version is None or replaces(row[version], current[version], trusted_until)
             ):
                 unique[row[pk]] = row
         result.duplicates = len(rows) - len(unique)
@@ -420,8 +412,10 @@ class Sink:
             with self.engine.begin() as conn:
                 state = self._lock_state(conn, account_id, stream.name, partition)
                 if rows:
-                    self._classify(conn, table, stream, account_id, rows, version, result)
-                    conn.execute(self._upsert(table, pk, version), rows)
+                    self._classify(
+                        conn, table, stream, account_id, rows, version, trusted_until, result
+                    )
+                    conn.execute(self._upsert(table, pk, version, trusted_until), rows)
                 new_state = update_state(state, result)
                 conn.execute(
                     self.state_table.update()
@@ -454,6 +448,7 @@ class Sink:
         account_id: str,
         rows: list[dict],
         version: str | None,
+        trusted_until: datetime,
         result: PageWrite,
     ) -> None:
         pk = stream.primary_key
@@ -471,10 +466,12 @@ class Sink:
                 result.inserted += 1
             elif version:
                 old = existing[row[pk]]
-                if row[version] is not None and (old is None or row[version] > old):
+                if row[version] == old:
+                    result.unchanged += 1
+                elif replaces(row[version], old, trusted_until):
                     result.updated += 1
                 else:
-                    result.unchanged += 1
+                    result.unchanged += 1  # an older copy: kept out by the upsert's guard
             elif existing[row[pk]] != row["raw"]:
                 result.updated += 1
             else:
@@ -487,16 +484,17 @@ class Sink:
             from sqlalchemy.dialects.sqlite import insert
         return insert(table)
 
-    def _upsert(self, table: Table, pk: str, version: str | None) -> Any:
+    def _upsert(self, table: Table, pk: str, version: str | None, trusted_until: datetime) -> Any:
         stmt = self._insert(table)
         keys = {"account_id", pk}
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
-        # Never let an older copy of an object replace a newer one (a replayed page, a slow run).
-        where = (
-            or_(table.c[version].is_(None), stmt.excluded[version] >= table.c[version])
-            if version
-            else None
-        )
+        # Never let an older copy of an object replace a newer one (a replayed page, a slow
+        # run), unless either version can't be trusted (see ``replaces``).
+        where = None
+        if version:
+            new, old = stmt.excluded[version], table.c[version]
+            limit = literal(trusted_until, UTCDateTime())
+            where = or_(new.is_(None), old.is_(None), new > limit, old > limit, new >= old)
         return stmt.on_conflict_do_update(
             index_elements=["account_id", pk], set_=updates, where=where
         )
@@ -525,3 +523,15 @@ class Sink:
 
 def with_state(state: StreamState, **changes: Any) -> StreamState:
     return replace(state, **changes)
+
+
+def replaces(new: datetime | None, old: datetime | None, trusted_until: datetime) -> bool:
+    """Whether a copy versioned ``new`` may replace one versioned ``old``.
+
+    An older copy never replaces a newer one. A version that is missing, or later than
+    ``trusted_until`` (now plus the clock skew), tells nothing: such a copy replaces and is
+    replaced, so one row dated 2099 can never freeze its row against real changes.
+    """
+    if new is None or old is None or new > trusted_until or old > trusted_until:
+        return True
+    return new >= old

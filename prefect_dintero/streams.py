@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from .errors import ConfigurationError
@@ -22,6 +22,9 @@ from .paginators import (
 )
 
 ColumnType = Literal["text", "int", "datetime", "bool"]
+#: Builds a stream's paginator from (page size, lower bound, until): the lower bound of the
+#: read (None: everything) and the latest time a row may carry to advance it.
+PaginatorFactory = Callable[[int, datetime | None, datetime], Paginator]
 
 
 @dataclass(frozen=True)
@@ -54,13 +57,15 @@ class Stream:
         name: the stream's name (and table ``dintero_<name>``).
         host: ``"api"`` or ``"checkout"``.
         path: the list endpoint; ``{account_id}`` and ``{destination}`` are filled in.
-        paginator: builds the paginator from (page size, lower bound as ISO text or None).
+        paginator: builds the paginator (see ``PaginatorFactory``).
         primary_key: the object field that identifies a row.
         cursor_field: the datetime field the window or cursor is on.
-        order: ``"desc"`` (newest first: a fixed window is paged, the cursor moves when it is
-            done) or ``"asc"`` (the cursor moves page by page).
+        incremental: ``"window"``: a window ``[cursor - lookback, run start]`` is fixed and
+            paged in whatever order the API returns, and the cursor moves when the whole window
+            is in; ``"since"``: the paginator walks ``cursor_field`` upwards and the cursor
+            moves with each page.
         lower_param / upper_param: the API's filter on ``cursor_field``; None when the API has
-            none (the bounds are then applied to the rows).
+            none (then every page is read, and only the cursor looks at the window).
         version_field: a row is never replaced by one with an older value of this field.
         max_page_size: the API's largest ``limit``.
         lookback: the default re-read window before the saved cursor (late changes).
@@ -70,10 +75,10 @@ class Stream:
     name: str
     host: Literal["api", "checkout"]
     path: str
-    paginator: Callable[[int, str | None], Paginator]
+    paginator: PaginatorFactory
     primary_key: str
     cursor_field: str
-    order: Literal["asc", "desc"]
+    incremental: Literal["window", "since"]
     columns: tuple[Column, ...]
     lower_param: str | None = None
     upper_param: str | None = None
@@ -83,6 +88,11 @@ class Stream:
     per_destination: bool = False
     description: str = ""
     extra_params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def filtered_by_api(self) -> bool:
+        """Whether the API filters this stream's window on both ends."""
+        return self.lower_param is not None and self.upper_param is not None
 
     @property
     def table_name(self) -> str:
@@ -100,10 +110,10 @@ CATALOG: dict[str, Stream] = {
             description="Checkout transactions (payments), with status, amounts and events.",
             host="checkout",
             path="/v1/transactions",
-            paginator=lambda limit, since: StartingAfterPaginator(limit),
+            paginator=lambda limit, lower, until: StartingAfterPaginator(limit),
             primary_key="id",
             cursor_field="created_at",
-            order="desc",
+            incremental="window",
             lower_param="created_at.gte",
             upper_param="created_at.lte",
             # Transactions are captured, refunded and settled days after they are created, and
@@ -130,10 +140,10 @@ CATALOG: dict[str, Stream] = {
             description="Checkout sessions, with their order and outcome.",
             host="checkout",
             path="/v1/sessions",
-            paginator=lambda limit, since: StartingAfterPaginator(limit),
+            paginator=lambda limit, lower, until: StartingAfterPaginator(limit),
             primary_key="id",
             cursor_field="created_at",
-            order="desc",
+            incremental="window",
             lower_param="created_at.gte",
             upper_param="created_at.lte",
             lookback=timedelta(days=1),
@@ -154,10 +164,10 @@ CATALOG: dict[str, Stream] = {
             description="Settlements paid out by the payment providers.",
             host="api",
             path="/v1/accounts/{account_id}/settlements",
-            paginator=lambda limit, since: LastEvaluatedKeyPaginator(limit, "created_at"),
+            paginator=lambda limit, lower, until: LastEvaluatedKeyPaginator(limit, "created_at"),
             primary_key="id",
             cursor_field="created_at",
-            order="desc",
+            incremental="window",
             lower_param="item_created_at.gte",
             upper_param="item_created_at.lte",
             max_page_size=1000,
@@ -180,11 +190,13 @@ CATALOG: dict[str, Stream] = {
             description="Customers, by their last update.",
             host="api",
             path="/v1/accounts/{account_id}/customers/users",
-            paginator=lambda limit, since: SinceDatetimePaginator(limit, since),
+            paginator=lambda limit, lower, until: SinceDatetimePaginator(limit, lower, until),
             primary_key="id",
             cursor_field="updated_at",
-            order="asc",
-            lower_param="since_datetime",
+            incremental="since",
+            # The paginator sends since_datetime itself (and leaves it out when it has to read
+            # the whole list).
+            lower_param=None,
             upper_param=None,
             lookback=timedelta(minutes=10),
             columns=(
@@ -204,11 +216,13 @@ CATALOG: dict[str, Stream] = {
             description="Ledger entries of each payout destination (v2 payout API).",
             host="api",
             path="/v2/accounts/{account_id}/payout/payout-destinations/{destination}/transfers",
-            paginator=lambda limit, since: NextPageTokenPaginator(limit),
+            paginator=lambda limit, lower, until: NextPageTokenPaginator(limit),
             primary_key="ledger_entry_id",
             cursor_field="created_at",
-            order="desc",
-            lower_param=None,  # no date filter: newest first, stop once past the window
+            incremental="window",
+            # No date filter and no documented order: every run reads every page, and only the
+            # cursor looks at created_at.
+            lower_param=None,
             upper_param=None,
             version_field=None,
             max_page_size=1000,

@@ -1,15 +1,21 @@
-"""Incremental sync of one stream into the sink: windows, resume, and per-page commits.
+"""Incremental sync of one stream into the sink: windows, cursors, resume, per-page commits.
 
-Newest-first streams (transactions, sessions, settlements, payout transfers) are read in a
-window ``[cursor - lookback, run start]`` fixed when the window opens. Each page is committed
-with the place to resume from; the cursor moves only when the whole window is in, to the newest
-value seen, so it can never be ahead of the data. A crashed run's successor resumes the same
-window from its last committed page. Oldest-first streams (customers) move the cursor with each
-page. Re-read rows at window boundaries are deduplicated by the upsert.
+Window streams (transactions, sessions, settlements, payout transfers) are read in a window
+``[cursor - lookback, run start]`` fixed when the window opens, in whatever order the API lists
+it. Each page is committed with the place to resume from; the cursor moves only when the whole
+window is in, so it is never ahead of the data, and a crashed run's successor resumes the same
+window from its last committed page. Customers are walked by ``since_datetime`` and their
+cursor moves with each page.
+
+The cursor is guarded against what an API could send: it never moves past the run's start plus
+``CLOCK_SKEW``, never because of a row outside the window that was asked for (such a row is
+stored, with a warning naming it), and ``full_refresh`` resets it. Re-read rows are
+deduplicated by the upsert.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -17,28 +23,64 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from . import times
 from .client import DinteroClient
 from .errors import ConfigurationError, DinteroAPIError
-from .paginators import DEFAULT_MAX_PAGES, Page, pages
+from .paginators import DEFAULT_MAX_PAGES, Page, SinceDatetimePaginator, pages
 from .redact import get_logger
-from .sink import PageWrite, Sink, StreamState, iso, parse_datetime, with_state
+from .sink import PageWrite, Sink, StreamState, with_state
 from .streams import Stream
+from .times import CLOCK_SKEW, iso, parse_datetime
 
 logger = get_logger(__name__)
+
+#: The longest lookback or reconcile window accepted: ten years is already more than any
+#: Dintero history; anything longer is a typo.
+MAX_WINDOW = timedelta(days=3660)
+#: Rows named in one warning about rows outside the requested window.
+WARN_ROWS = 3
+
+
+def window_from_hours(value: float | None, name: str, unit: str = "hours") -> timedelta | None:
+    """A non-negative, finite window in ``unit`` as a timedelta; ConfigurationError otherwise.
+
+    Args:
+        value: the number, or None (not set).
+        name: the parameter's name, for the message.
+        unit: ``"hours"``, ``"days"`` or ``"seconds"``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a number of {unit}, got {value!r}")
+    if value < 0:
+        raise ConfigurationError(
+            f"{name} must not be negative (got {value}): a negative window would skip data"
+        )
+    seconds = value * {"hours": 3600, "days": 86400, "seconds": 1}[unit]
+    if seconds > MAX_WINDOW.total_seconds():
+        raise ConfigurationError(
+            f"{name}={value} is longer than {MAX_WINDOW.days} days; use full_refresh to read "
+            "everything"
+        )
+    return timedelta(seconds=seconds)
 
 
 @dataclass
 class SyncOptions:
-    """How to sync.
+    """How to sync. Checked when built, so a bad value fails before any request.
 
     Attributes:
         page_size: rows asked for per page (capped at each endpoint's maximum).
         lookback: re-read this far before the saved cursor; None uses each stream's default
             (transactions 3 days: they change status for days after creation).
-        full_refresh: ignore the saved cursor and any unfinished window.
+        full_refresh: read everything again and reset the cursors.
         start_date: the oldest data a first (or full) sync reads; None reads everything.
         payout_destinations: the payout destinations whose transfers to sync.
         max_pages: a hard page cap per window (a safety net, never reached in practice).
+        reconcile: re-read at least this far back from the run's start, whatever the cursor
+            (the daily reconcile run: refunds and settlements change transactions for months,
+            and Dintero filters them only on ``created_at``).
     """
 
     page_size: int = 100
@@ -47,6 +89,50 @@ class SyncOptions:
     start_date: datetime | None = None
     payout_destinations: list[str] = field(default_factory=list)
     max_pages: int = DEFAULT_MAX_PAGES
+    reconcile: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.page_size, bool) or not isinstance(self.page_size, int):
+            raise ConfigurationError(f"page_size must be an integer, got {self.page_size!r}")
+        if self.page_size < 1:
+            raise ConfigurationError(f"page_size must be at least 1, got {self.page_size}")
+        if isinstance(self.max_pages, bool) or not isinstance(self.max_pages, int):
+            raise ConfigurationError(f"max_pages must be an integer, got {self.max_pages!r}")
+        if self.max_pages < 1:
+            raise ConfigurationError(f"max_pages must be at least 1, got {self.max_pages}")
+        for name in ("lookback", "reconcile"):
+            value = getattr(self, name)
+            if value is not None:
+                window_from_hours(value.total_seconds(), name, "seconds")
+        if self.start_date is not None:
+            start = self.start_date
+            if start.tzinfo is None:
+                start = start.replace(tzinfo=UTC)  # Dintero's rule: no timezone means UTC
+            if start > times.now() + CLOCK_SKEW:
+                raise ConfigurationError(
+                    f"start_date {iso(start)} is in the future: nothing would be read"
+                )
+            self.start_date = start
+
+
+def sync_options(
+    *,
+    page_size: int = 100,
+    lookback_hours: float | None = None,
+    reconcile_days: float | None = None,
+    full_refresh: bool = False,
+    start_date: datetime | None = None,
+    payout_destinations: list[str] | None = None,
+) -> SyncOptions:
+    """:class:`SyncOptions` from the units flows take (hours, days), checked the same way."""
+    return SyncOptions(
+        page_size=page_size,
+        lookback=window_from_hours(lookback_hours, "lookback_hours"),
+        reconcile=window_from_hours(reconcile_days, "reconcile_days", "days"),
+        full_refresh=full_refresh,
+        start_date=start_date,
+        payout_destinations=list(payout_destinations or []),
+    )
 
 
 @dataclass
@@ -61,6 +147,7 @@ class StreamResult:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+    outside_window: int = 0
     cursor_before: str | None = None
     cursor_after: str | None = None
     resumed: bool = False
@@ -76,10 +163,10 @@ class StreamResult:
 ProgressCallback = Callable[[StreamResult], None]
 
 
-def _newest(rows: list[dict], field_name: str) -> datetime | None:
-    values = [parse_datetime(r.get(field_name)) for r in rows]
-    values = [v for v in values if v is not None]
-    return max(values) if values else None
+def _starts_full_read(page: Page) -> bool:
+    """Whether the page after this one reads the whole list (no since_datetime, no cursor)."""
+    nxt = page.next_params
+    return nxt is not None and "since_datetime" not in nxt and "starting_after" not in nxt
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -112,11 +199,14 @@ class StreamSync:
         self.account_id = account_id
         self.options = options
         self.partition = partition
-        self.run_started_at = run_started_at or datetime.now(UTC)
+        self.run_started_at = run_started_at or times.now()
+        #: The latest a cursor may ever be: the run's start plus the clock skew.
+        self.until = self.run_started_at + CLOCK_SKEW
         self.run_id = run_id or uuid.uuid4().hex
         self.on_page = on_page
         self.page_size = max(1, min(options.page_size, stream.max_page_size))
         self.lookback = options.lookback if options.lookback is not None else stream.lookback
+        self.label = f"{account_id}/{stream.name}" + (f"/{partition}" if partition else "")
 
     # -- the run ---------------------------------------------------------------------------------
 
@@ -130,10 +220,10 @@ class StreamSync:
             self.partition,
             cursor_before=iso(state.cursor),
         )
-        if self.stream.order == "desc":
+        if self.stream.incremental == "window":
             self._run_window(state, result)
         else:
-            self._run_ascending(state, result)
+            self._run_since(state, result)
         after = self.client.stats.snapshot()
         result.requests = after["requests"] - before["requests"]
         result.retries = after["retries"] - before["retries"]
@@ -145,12 +235,33 @@ class StreamSync:
         path = self.stream.url_path(self.account_id, self.partition or None)
         return self.client.get_json(path, host=self.stream.host, params=params)
 
+    def _trusted_cursor(self, state: StreamState) -> datetime | None:
+        cursor = state.cursor
+        if cursor is not None and cursor > self.until:
+            # Carried there by a row with a wrong date (earlier versions let one move it). What
+            # was skipped since is unknown, so read everything once; the upserts dedupe.
+            logger.warning(
+                "%s: the saved cursor %s is in the future; ignoring it and reading everything "
+                "again, once",
+                self.label,
+                iso(cursor),
+            )
+            return None
+        return cursor
+
     def _lower_bound(self, state: StreamState) -> datetime | None:
-        if self.options.full_refresh or state.cursor is None:
-            return self.options.start_date
-        lower = state.cursor - self.lookback
-        if self.options.start_date is not None:
-            lower = max(lower, self.options.start_date)
+        cursor = self._trusted_cursor(state)
+        if self.options.full_refresh or cursor is None:
+            lower = self.options.start_date
+        else:
+            lower = cursor - self.lookback
+            if self.options.start_date is not None:
+                lower = max(lower, self.options.start_date)
+        if self.options.reconcile is not None and lower is not None:
+            reconcile = self.run_started_at - self.options.reconcile
+            if self.options.start_date is not None:
+                reconcile = max(reconcile, self.options.start_date)
+            lower = min(lower, reconcile)
         return lower
 
     def _base_params(self, lower: datetime | None, upper: datetime | None) -> dict[str, Any]:
@@ -161,46 +272,105 @@ class StreamSync:
             params[self.stream.upper_param] = iso(upper)
         return params
 
-    # -- newest first: a fixed window --------------------------------------------------------------
+    def _newest_in_window(
+        self,
+        rows: list[dict],
+        lower: datetime | None,
+        upper: datetime | None,
+        result: StreamResult,
+    ) -> datetime | None:
+        """The newest cursor value among rows inside ``[lower, upper]`` and not after
+        ``until``; rows outside what was asked for are counted and named in a warning."""
+        field_name = self.stream.cursor_field
+        newest, outside = None, []
+        for row in rows:
+            value = parse_datetime(row.get(field_name))
+            if value is None:
+                continue
+            if (lower is not None and value < lower) or (upper is not None and value > upper):
+                outside.append((row, value))
+                continue
+            if value > self.until:
+                if value > times.now() + CLOCK_SKEW:
+                    outside.append((row, value))
+                continue
+            if newest is None or value > newest:
+                newest = value
+        if outside:
+            result.outside_window += len(outside)
+            named = ", ".join(
+                f"{row.get(self.stream.primary_key)!s:.80} ({field_name} {iso(value)})"
+                for row, value in outside[:WARN_ROWS]
+            )
+            more = f" and {len(outside) - WARN_ROWS} more" if len(outside) > WARN_ROWS else ""
+            logger.warning(
+                "%s: %d row(s) outside the window asked for (%s .. %s) were stored but do not "
+                "move the cursor: %s%s",
+                self.label,
+                len(outside),
+                iso(lower) or "start",
+                iso(upper) or "now",
+                named,
+                more,
+            )
+        return newest
+
+    def _moved_cursor(self, old: datetime | None, seen: datetime | None) -> datetime | None:
+        """Where the cursor goes after a complete read: forward only, and never past ``until``
+        (which also mends a cursor that an earlier version let a future-dated row carry
+        away). A full refresh clears the old cursor first."""
+        new = _later(old, seen)
+        if new is not None and new > self.until:
+            new = self.until
+        return new
+
+    # -- window streams ----------------------------------------------------------------------------
 
     def _run_window(self, state: StreamState, result: StreamResult) -> None:
         resume = None
-        if state.in_progress and not self.options.full_refresh:
-            lower, upper, resume = state.window_lower, state.window_upper, state.resume
-            result.resumed = True
-            logger.info(
-                "%s/%s: resuming the window %s..%s from its last committed page",
-                self.account_id,
-                self.stream.name,
-                iso(lower),
-                iso(upper),
-            )
-        else:
-            lower, upper = self._lower_bound(state), self.run_started_at
+        reset = self.options.full_refresh
+        lower, upper = self._lower_bound(state), self.run_started_at
+        if state.in_progress and not reset:
+            saved_lower = state.window_lower
+            covers = saved_lower is None or (lower is not None and saved_lower <= lower)
+            if self.options.reconcile is None or covers:
+                lower, upper, resume = saved_lower, state.window_upper, state.resume
+                result.resumed = True
+                logger.info(
+                    "%s: resuming the window %s..%s from its last committed page",
+                    self.label,
+                    iso(lower),
+                    iso(upper),
+                )
+            elif lower is not None:
+                # A reconcile run takes in the unfinished window rather than resuming it.
+                lower = min(lower, saved_lower)
         try:
-            self._page_window(lower, upper, resume, result)
+            self._page_window(lower, upper, resume, reset, result)
         except DinteroAPIError as exc:
             if resume is None or exc.status_code != 400:
                 raise
             # A resume token the API no longer accepts: re-read the window (upserts dedupe).
             logger.warning(
-                "%s/%s: the saved page cursor was refused (%s); re-reading the window",
-                self.account_id,
-                self.stream.name,
+                "%s: the saved page cursor was refused (%s); re-reading the window",
+                self.label,
                 exc.message,
             )
             result.resumed = False
-            self._page_window(lower, upper, None, result)
+            self._page_window(lower, upper, None, reset, result)
 
     def _page_window(
         self,
         lower: datetime | None,
         upper: datetime | None,
         resume: dict[str, Any] | None,
+        reset: bool,
         result: StreamResult,
     ) -> None:
-        paginator = self.stream.paginator(self.page_size, iso(lower))
-        filtered_by_api = self.stream.lower_param is not None
+        paginator = self.stream.paginator(self.page_size, lower, self.until)
+        # The window that was asked for: the API's filter when it has one, else everything.
+        asked = (lower, upper) if self.stream.filtered_by_api else (None, None)
+        first = True
         for page in pages(
             self._fetch,
             paginator,
@@ -208,111 +378,114 @@ class StreamSync:
             base_params=self._base_params(lower, upper),
             max_pages=self.options.max_pages,
         ):
-            rows = page.rows
+            newest = self._newest_in_window(page.rows, *asked, result)
             last = page.next_params is None
-            if not filtered_by_api:
-                rows, passed_window = self._clip(rows, lower, upper)
-                last = last or passed_window
-            self._commit_window_page(page, rows, lower, upper, last, result)
+            clear_cursor = reset and first and resume is None
+            first = False
+
+            def update(
+                state: StreamState,
+                write: PageWrite,
+                newest=newest,
+                last=last,
+                page=page,
+                clear_cursor=clear_cursor,
+            ) -> StreamState:
+                # A full refresh forgets the old cursor with its first page, so a crash mid-way
+                # leaves a window whose completion sets the cursor from what it read.
+                cursor = None if clear_cursor else state.cursor
+                seen = _later(state.max_seen if state.in_progress else None, newest)
+                common = dict(
+                    rows_total=state.rows_total + write.inserted,
+                    last_run_at=times.now(),
+                    last_run_id=self.run_id,
+                )
+                if last:
+                    return with_state(
+                        state,
+                        cursor=self._moved_cursor(cursor, seen),
+                        max_seen=None,
+                        window_lower=None,
+                        window_upper=None,
+                        resume=None,
+                        **common,
+                    )
+                return with_state(
+                    state,
+                    cursor=cursor,
+                    max_seen=seen,
+                    window_lower=lower,
+                    window_upper=upper,
+                    resume=page.next_params,
+                    **common,
+                )
+
+            write, new_state = self.sink.write_page(
+                self.stream, self.account_id, self.partition, page.rows, update
+            )
+            self._account(page, write, new_state, result)
             if last:
                 return
 
-    def _clip(
-        self, rows: list[dict], lower: datetime | None, upper: datetime | None
-    ) -> tuple[list[dict], bool]:
-        """Rows inside the window, and whether the newest-first list has passed below it."""
-        kept, passed = [], False
-        for row in rows:
-            value = parse_datetime(row.get(self.stream.cursor_field))
-            if value is not None and upper is not None and value > upper:
-                continue
-            if value is not None and lower is not None and value < lower:
-                passed = True
-                continue
-            kept.append(row)
-        return kept, passed
+    # -- since streams -----------------------------------------------------------------------------
 
-    def _commit_window_page(
-        self,
-        page: Page,
-        rows: list[dict],
-        lower: datetime | None,
-        upper: datetime | None,
-        last: bool,
-        result: StreamResult,
-    ) -> None:
-        newest = _newest(rows, self.stream.cursor_field)
-
-        def update(state: StreamState, write: PageWrite) -> StreamState:
-            seen = _later(state.max_seen if state.in_progress else None, newest)
-            common = dict(
-                rows_total=state.rows_total + write.inserted,
-                last_run_at=datetime.now(UTC),
-                last_run_id=self.run_id,
-            )
-            if last:
-                # The whole window is in: the cursor may move, but only forward.
-                return with_state(
-                    state,
-                    cursor=_later(state.cursor, seen),
-                    max_seen=None,
-                    window_lower=None,
-                    window_upper=None,
-                    resume=None,
-                    **common,
-                )
-            return with_state(
-                state,
-                max_seen=seen,
-                window_lower=lower,
-                window_upper=upper,
-                resume=page.next_params,
-                **common,
-            )
-
-        write, new_state = self.sink.write_page(
-            self.stream, self.account_id, self.partition, rows, update
-        )
-        self._account(page, rows, write, new_state, result)
-
-    # -- oldest first: the cursor moves with each page ---------------------------------------------
-
-    def _run_ascending(self, state: StreamState, result: StreamResult) -> None:
+    def _run_since(self, state: StreamState, result: StreamResult) -> None:
         lower = self._lower_bound(state)
-        upper = self.run_started_at
-        paginator = self.stream.paginator(self.page_size, iso(lower))
-        for page in pages(self._fetch, paginator, max_pages=self.options.max_pages):
-            rows, beyond = [], False
-            for row in page.rows:
-                value = parse_datetime(row.get(self.stream.cursor_field))
-                if value is not None and value > upper:
-                    beyond = True  # changed after the run started: the next run takes it
-                    continue
-                rows.append(row)
-            newest = _newest(rows, self.stream.cursor_field)
+        reset = self.options.full_refresh
+        paginator = self.stream.paginator(self.page_size, lower, self.until)
+        asked_lower = (
+            lower - SinceDatetimePaginator.STEP
+            if isinstance(paginator, SinceDatetimePaginator) and lower is not None
+            else None
+        )
+        first, scan_newest = True, None
+        for page in pages(
+            self._fetch,
+            paginator,
+            base_params=dict(self.stream.extra_params),
+            max_pages=self.options.max_pages,
+        ):
+            scanned = "since_datetime" not in page.params
+            if scanned:
+                # The whole list, in an order nobody documents: the cursor waits for the end.
+                newest = self._newest_in_window(page.rows, None, None, result)
+                scan_newest = _later(scan_newest, newest)
+                newest = scan_newest if page.next_params is None else None
+            else:
+                newest = self._newest_in_window(page.rows, asked_lower, None, result)
+            clear_cursor = reset and first
+            first = False
 
-            def update(state: StreamState, write: PageWrite, newest=newest) -> StreamState:
+            def update(
+                state: StreamState, write: PageWrite, newest=newest, clear_cursor=clear_cursor
+            ) -> StreamState:
+                cursor = None if clear_cursor else state.cursor
                 return with_state(
                     state,
-                    cursor=_later(state.cursor, newest),
+                    cursor=self._moved_cursor(cursor, newest),
                     rows_total=state.rows_total + write.inserted,
-                    last_run_at=datetime.now(UTC),
+                    last_run_at=times.now(),
                     last_run_id=self.run_id,
                 )
 
             write, new_state = self.sink.write_page(
-                self.stream, self.account_id, self.partition, rows, update
+                self.stream, self.account_id, self.partition, page.rows, update
             )
-            self._account(page, rows, write, new_state, result)
-            if beyond:
-                return
+            self._account(page, write, new_state, result)
+            if not scanned and _starts_full_read(page):
+                logger.warning(
+                    "%s: more than %d rows share one %s, which since_datetime cannot page past; "
+                    "reading the whole list instead",
+                    self.label,
+                    page.params.get("limit"),
+                    self.stream.cursor_field,
+                )
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
     def _account(
         self,
         page: Page,
-        rows: list[dict],
         write: PageWrite,
         state: StreamState,
         result: StreamResult,
@@ -324,11 +497,10 @@ class StreamSync:
         result.unchanged += write.unchanged + write.duplicates
         result.cursor_after = iso(state.cursor)
         logger.debug(
-            "%s/%s page %d: %d rows (+%d new, %d updated)",
-            self.account_id,
-            self.stream.name,
+            "%s page %d: %d rows (+%d new, %d updated)",
+            self.label,
             page.number,
-            len(rows),
+            len(page.rows),
             write.inserted,
             write.updated,
         )
@@ -381,7 +553,7 @@ def sync_stream(
             raise ConfigurationError(
                 f"{stream.name} needs payout destination ids: pass payout_destinations=[...]"
             )
-    run_started_at = run_started_at or datetime.now(UTC)
+    run_started_at = run_started_at or times.now()
     return [
         StreamSync(
             client,

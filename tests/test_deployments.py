@@ -162,7 +162,11 @@ def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
                 time.sleep(2)
         finally:
             worker.terminate()
-            output, _ = worker.communicate(timeout=60)
+            try:
+                output, _ = worker.communicate(timeout=60)
+            except subprocess.TimeoutExpired:  # a loaded machine: the states are what count
+                worker.kill()
+                output, _ = worker.communicate()
         assert sorted(states.values()) == ["COMPLETED"] * 4, (states, output[-4000:])
         with sqlite3.connect(database) as conn:
             per_account = dict(

@@ -20,6 +20,7 @@ from prefect_dintero.errors import ConfigurationError, MalformedResponseError
 from prefect_dintero.paginators import (
     LastEvaluatedKeyPaginator,
     MalformedPageError,
+    NextPageTokenPaginator,
     PaginationError,
     SinceDatetimePaginator,
     StartingAfterPaginator,
@@ -120,9 +121,16 @@ def test_page_cap_stops_with_an_error():
 def test_envelope_without_a_key_stops_and_wrong_shapes_are_malformed():
     fetch, _ = fake_fetch([{"items": [{"id": "1"}]}])
     assert [p.rows for p in pages(fetch, LastEvaluatedKeyPaginator(5))] == [[{"id": "1"}]]
+    # items and entries are optional in Dintero's schemas: a missing list is an empty page.
+    for body in ({}, {"items": None}, {"last_evaluated_key": None}):
+        fetch, _ = fake_fetch([body])
+        assert [p.rows for p in pages(fetch, LastEvaluatedKeyPaginator(5))] == [[]]
+    fetch, _ = fake_fetch([{"next_page_token": ""}])
+    assert [p.rows for p in pages(fetch, NextPageTokenPaginator(5))] == [[]]
     for body, paginator in (
-        ({"entries": []}, LastEvaluatedKeyPaginator(5)),
+        ([{"id": "1"}], LastEvaluatedKeyPaginator(5)),
         ({"items": "x"}, LastEvaluatedKeyPaginator(5)),
+        ({"entries": [1]}, NextPageTokenPaginator(5)),
         ([1, 2], StartingAfterPaginator(5)),
         ({"x": 1}, StartingAfterPaginator(5)),
     ):
@@ -131,12 +139,52 @@ def test_envelope_without_a_key_stops_and_wrong_shapes_are_malformed():
             list(pages(fetch, paginator))
 
 
-def test_since_datetime_grows_the_page_once_then_reports_a_stuck_timestamp():
-    same = [{"id": str(i), "updated_at": "2026-01-01T00:00:00Z"} for i in range(100)]
-    fetch, calls = fake_fetch([same[:10], same])
-    with pytest.raises(PaginationError, match="share updated_at"):
-        list(pages(fetch, SinceDatetimePaginator(10, "2026-01-01T00:00:00Z")))
-    assert [c["limit"] for c in calls] == [10, 100]
+def test_a_short_page_is_not_the_last_one():
+    fetch, calls = fake_fetch([[{"id": "a"}], [{"id": "b"}, {"id": "c"}], []])
+    assert [len(p.rows) for p in pages(fetch, StartingAfterPaginator(5))] == [1, 2, 0]
+    assert [c.get("starting_after") for c in calls] == [None, "a", "c"]
+
+
+def customer(i: int, at: str) -> dict:
+    return {"id": f"c{i:03d}", "updated_at": at}
+
+
+def test_since_datetime_pages_by_the_newest_value_whatever_the_order_within_a_page():
+    until = datetime(2026, 2, 1, tzinfo=UTC)
+    page1 = [customer(2, "2026-01-02T00:00:00.000Z"), customer(1, "2026-01-01T00:00:00.000Z")]
+    page2 = [customer(2, "2026-01-02T00:00:00.000Z"), customer(3, "2026-01-03T00:00:00.000Z")]
+    page3 = [customer(3, "2026-01-03T00:00:00.000Z")]
+    fetch, calls = fake_fetch([page1, page2, page3])
+    paginator = SinceDatetimePaginator(2, None, until)
+    assert [len(p.rows) for p in pages(fetch, paginator)] == [2, 2, 1]
+    # From the epoch, then one millisecond before the newest value: inclusive or exclusive,
+    # the rows sharing it come back.
+    assert [c["since_datetime"] for c in calls] == [
+        "1969-12-31T23:59:59.999Z",
+        "2026-01-01T23:59:59.999Z",
+        "2026-01-02T23:59:59.999Z",
+    ]
+
+
+def test_since_datetime_ignores_future_rows_for_paging():
+    until = datetime(2026, 2, 1, tzinfo=UTC)
+    page1 = [customer(9, "2099-01-01T00:00:00.000Z"), customer(1, "2026-01-01T00:00:00.000Z")]
+    fetch, calls = fake_fetch([page1, [customer(1, "2026-01-01T00:00:00.000Z")]])
+    assert len(list(pages(fetch, SinceDatetimePaginator(2, None, until)))) == 2
+    assert calls[1]["since_datetime"] == "2025-12-31T23:59:59.999Z"
+
+
+def test_since_datetime_grows_the_page_then_reads_the_whole_list_past_a_cluster():
+    until = datetime(2026, 2, 1, tzinfo=UTC)
+    same = [customer(i, "2026-01-01T00:00:00.000Z") for i in range(150)]
+    fetch, calls = fake_fetch([same[:10], same[:10], same[:100], same[:100], same[100:], []])
+    paginator = SinceDatetimePaginator(10, None, until)
+    got = list(pages(fetch, paginator))
+    assert [c.get("limit") for c in calls] == [10, 10, 100, 100, 100, 100]
+    # The fourth request reads the whole list (no since_datetime), then pages by id.
+    assert "since_datetime" not in calls[3] and "starting_after" not in calls[3]
+    assert [c.get("starting_after") for c in calls[4:]] == ["c099", "c149"]
+    assert paginator.scanning and len(got) == 6
 
 
 # -- full and incremental sync ------------------------------------------------------------------
@@ -148,7 +196,7 @@ def test_full_sync_equals_the_source_for_every_stream(emu, destination):
     results = sync_all(emu, sink)
     assert_equals_source(emu, sink)
     tx = results["transactions"][0]
-    assert tx.inserted == 180 and tx.pages == 180 // 17 + 1 and tx.cursor_before is None
+    assert tx.inserted == 180 and tx.pages == 180 // 17 + 2 and tx.cursor_before is None
     assert parse_datetime(tx.cursor_after) == max(
         parse_datetime(t["created_at"]) for t in emu.dump("transactions")
     )
@@ -288,7 +336,17 @@ def test_faults_during_sync_give_the_same_data(emu, destination):
         {"route": "*", "probability": 0.15, "status": 429, "retry_after": 0},
         {"route": "*", "probability": 0.05, "status": 503},
         {"route": "*", "probability": 0.05, "drop": True},
-        {"route": "*", "probability": 0.03, "status": 401},
+        # A 401 from the token endpoint is the client's credentials: permanent, not a fault.
+        *(
+            {"route": route, "probability": 0.03, "status": 401}
+            for route in (
+                "transactions",
+                "sessions",
+                "settlements",
+                "customers",
+                "payout_transfers",
+            )
+        ),
     )
     results = sync_all(emu, sink)
     emu.clear_faults()
