@@ -8,7 +8,8 @@ server in their own):
 2. token economy, a user's session block with a rotating refresh token: 4 processes, each with
    64 threads and 64 coroutines, sharing the session through a Prefect server;
 3. sync throughput and memory at 10 000 and 100 000 transactions, against a bare httpx loop over
-   the same pages, and the requests of a no-change incremental re-run.
+   the same pages, and the requests of a no-change incremental re-run;
+4. the daily reconcile run (90 days re-read) at 100 000 transactions, after late changes.
 
 Figures are ratios and counts from this one run: the machine is shared, so absolute speeds move.
 
@@ -78,6 +79,7 @@ def main() -> None:
     service_4 = run("token_economy.py", *common, "--processes", "4")
     session_4 = run("token_economy.py", *common, "--processes", "4", "--identity", "session")
     syncs = run("sync_throughput.py", "--sizes", *sizes)
+    recon = run("reconcile.py", "--transactions", sizes[-1])
 
     rows: list[tuple[str, str, str]] = []
     for label, r in (
@@ -121,6 +123,18 @@ def main() -> None:
                 f"lookback window, {s['no_change_inserted']} inserted",
             )
         )
+    rows.append(
+        (
+            f"Reconcile run (90 days re-read), {recon['transactions']:,} transactions over 180 "
+            "days",
+            f"{recon['reconcile_requests']} requests, {recon['reconcile_seconds']} s",
+            f"{recon['reconcile_rows']:,} rows read, {recon['reconcile_updated']} of "
+            f"{recon['late_changes']} late changes taken in ({recon['stale_after_reconcile']} "
+            f"rows differ from the source after it); the hourly run before it: "
+            f"{recon['hourly_requests']} requests, {recon['hourly_seconds']} s, "
+            f"{recon['hourly_updated']} updated",
+        )
+    )
     print(f"\nMachine: {where}\n")
     print("| Measure | Value | Detail |")
     print("|---|---|---|")

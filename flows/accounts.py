@@ -11,6 +11,7 @@ from prefect.deployments import run_deployment
 from pydantic import BaseModel, Field
 
 from prefect_dintero.errors import ConfigurationError, DinteroError
+from prefect_dintero.sync import sync_options
 
 from .sync import SYNCS_PER_ACCOUNT, account_limit_name, dintero_sync
 
@@ -58,6 +59,7 @@ def dintero_sync_accounts(
     lookback_hours: float | None = None,
     page_size: int = 100,
     full_refresh: bool = False,
+    reconcile_days: float | None = None,
 ) -> list[dict[str, Any]]:
     """Fan out one sync per account.
 
@@ -68,8 +70,8 @@ def dintero_sync_accounts(
             starts a run of ``deployment_name`` per account and waits for all of them, so
             workers share the work.
         deployment_name: the ``dintero-sync`` deployment to run in ``"deployments"`` mode.
-        streams, destination, destination_block, lookback_hours, page_size, full_refresh: passed
-            to every account's ``dintero-sync`` run.
+        streams, destination, destination_block, lookback_hours, page_size, full_refresh,
+            reconcile_days: passed to every account's ``dintero-sync`` run.
 
     Returns:
         One row per account: its credentials block, state and rows fetched.
@@ -80,6 +82,9 @@ def dintero_sync_accounts(
     names = [a.credentials_block for a in accounts]
     if len(set(names)) != len(names):
         raise ConfigurationError("an account is listed twice; each credentials block once")
+    sync_options(  # refused here, before one run per account fails with it
+        page_size=page_size, lookback_hours=lookback_hours, reconcile_days=reconcile_days
+    )
     ensure_account_limits(accounts)
     common = dict(
         streams=streams,
@@ -88,6 +93,7 @@ def dintero_sync_accounts(
         lookback_hours=lookback_hours,
         page_size=page_size,
         full_refresh=full_refresh,
+        reconcile_days=reconcile_days,
     )
     rows: list[dict[str, Any]] = []
     if mode == "subflows":

@@ -16,6 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dintero.errors import ConfigurationError, DinteroError
 from prefect_dintero.redact import install_log_filter
 from prefect_dintero.streams import resolve_streams
+from prefect_dintero.sync import sync_options
 
 from ..tasks import get_bearer_token
 from ..tasks.destinations import check_destination
@@ -63,6 +64,7 @@ def dintero_sync(
     full_refresh: bool = False,
     payout_destinations: list[str] | None = None,
     start_date: datetime | None = None,
+    reconcile_days: float | None = None,
 ) -> list[dict[str, Any]]:
     """Sync the chosen streams of one account.
 
@@ -82,6 +84,10 @@ def dintero_sync(
         full_refresh: ignore saved cursors and read everything again (rows are upserted).
         payout_destinations: payout destination ids whose transfers to sync.
         start_date: the oldest data a first sync reads; None reads all history.
+        reconcile_days: re-read at least the last N days of every stream, whatever the
+            cursor. Transactions are refunded and settled for months after they are created,
+            and Dintero filters them only on ``created_at``: the daily ``reconcile`` deployment
+            sets 90 to catch what left the hourly lookback.
 
     Returns:
         One summary per stream: pages, fetched, inserted, updated, cursor before and after,
@@ -97,8 +103,13 @@ def dintero_sync(
             )
         selected = [s for s in selected if not s.per_destination]
     check_destination(destination, destination_block)
-    if page_size < 1:
-        raise ConfigurationError("page_size must be at least 1")
+    # Refused before any request: a negative lookback, say, would silently skip data.
+    sync_options(
+        page_size=page_size,
+        lookback_hours=lookback_hours,
+        reconcile_days=reconcile_days,
+        start_date=start_date,
+    )
 
     # One sync per account at a time across workers, when the limit exists (the fan-out flow
     # creates it); without it this is a no-op.
@@ -114,6 +125,7 @@ def dintero_sync(
             full_refresh,
             payout_destinations,
             start_date,
+            reconcile_days,
         )
 
 
@@ -128,6 +140,7 @@ def _sync(
     full_refresh: bool,
     payout_destinations: list[str] | None,
     start_date: datetime | None,
+    reconcile_days: float | None,
 ) -> list[dict[str, Any]]:
     logger = get_run_logger()
     bearer = get_bearer_token(credentials_block, session_block)
@@ -147,6 +160,7 @@ def _sync(
             full_refresh=full_refresh,
             payout_destinations=payout_destinations,
             start_date=start_date,
+            reconcile_seconds=reconcile_days * 86400 if reconcile_days is not None else None,
         ): spec.name
         for spec in selected
     }
@@ -175,6 +189,7 @@ def _sync(
                 "requests": s["requests"] if s else 0,
                 "retries": s["retries"] if s else 0,
                 "rate_limited": s["rate_limited"] if s else 0,
+                "outside_window": s["outside_window"] if s else 0,
                 "seconds": s["seconds"] if s else 0,
                 "cursor_after": (s["cursor_after"] or "") if s else "",
                 "error": failures.get(spec.name, ""),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -13,7 +13,7 @@ from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.redact import install_log_filter
 from prefect_dintero.sink import Sink
 from prefect_dintero.streams import resolve_streams
-from prefect_dintero.sync import StreamResult, SyncOptions
+from prefect_dintero.sync import StreamResult, SyncOptions, window_from_hours
 from prefect_dintero.sync import sync_stream as sync_stream_core
 
 from ._retry import retry_if_transient
@@ -44,6 +44,7 @@ def sync_stream(
     full_refresh: bool = False,
     payout_destinations: list[str] | None = None,
     start_date: datetime | None = None,
+    reconcile_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Sync one stream of the bearer's account, committing each page with the stream's state.
 
@@ -60,6 +61,8 @@ def sync_stream(
         full_refresh: ignore the saved cursor.
         payout_destinations: payout destination ids, for ``payout_transfers``.
         start_date: the oldest data a first sync reads.
+        reconcile_seconds: re-read at least this far back from now, whatever the cursor (the
+            reconcile run: catches late refunds and settlements).
 
     Returns:
         Counts: pages, fetched, inserted, updated, unchanged, requests, retries, rate_limited,
@@ -71,10 +74,11 @@ def sync_stream(
     sink: Sink = open_sink(destination, destination_block)
     options = SyncOptions(
         page_size=page_size,
-        lookback=timedelta(seconds=lookback_seconds) if lookback_seconds is not None else None,
+        lookback=window_from_hours(lookback_seconds, "lookback_seconds", "seconds"),
         full_refresh=full_refresh,
         start_date=start_date,
         payout_destinations=list(payout_destinations or []),
+        reconcile=window_from_hours(reconcile_seconds, "reconcile_seconds", "seconds"),
     )
 
     def progress(result: StreamResult) -> None:
@@ -112,6 +116,7 @@ def _summarise(stream: str, account_id: str, results: list[StreamResult]) -> dic
         "inserted",
         "updated",
         "unchanged",
+        "outside_window",
         "requests",
         "retries",
         "rate_limited",

@@ -52,6 +52,7 @@ def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
         out = run([*PREFECT, "--no-prompt", "deploy", "--all"], env)
         for name in (
             "dintero-sync/hourly",
+            "dintero-sync/reconcile",
             "dintero-sync/backfill",
             "dintero-login/manual",
             "dintero-sync-accounts/nightly",
@@ -94,6 +95,10 @@ def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
         assert hourly["schedules"][0]["schedule"]["timezone"] == "Europe/Oslo"
         assert hourly["global_concurrency_limit"]["limit"] == 1
         assert hourly["parameters"] == {"credentials_block": "dintero", "destination": "dintero.db"}
+        reconcile = next(d for d in deployments if d["name"] == "reconcile")
+        assert reconcile["parameters"]["reconcile_days"] == 90
+        assert reconcile["schedules"][0]["schedule"]["cron"] == "15 3 * * *"
+        assert reconcile["global_concurrency_limit"]["limit"] == 1
 
 
 @pytest.mark.slow

@@ -86,6 +86,16 @@ def test_sync_flow_all_streams_then_incremental(emu, creds, destination):
     assert again["transactions"]["inserted"] == 4 and again["customers"]["inserted"] == 2
     assert again["transactions"]["fetched"] < 120 / 4
     assert equals_source(emu, Sink(destination), CATALOG)
+    # Changes to transactions months old: the hourly lookback misses them, the reconcile run
+    # (the nightly deployment's reconcile_days) takes them in.
+    late = emu.mutate(update_transactions=10, recent_days=170)["changed"][AID]["transactions"]
+    hourly = dintero_sync(creds, streams=["transactions"], destination=destination)
+    assert hourly[0]["updated"] < late
+    reconcile = dintero_sync(
+        creds, streams=["transactions"], destination=destination, reconcile_days=400
+    )
+    assert hourly[0]["updated"] + reconcile[0]["updated"] == late
+    assert equals_source(emu, Sink(destination), ["transactions"])
 
 
 def test_all_streams_without_destinations_skips_payout_transfers(emu, creds, tmp_path):
