@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -15,18 +16,22 @@ from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.concurrency.asyncio import concurrency as aconcurrency
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists
 from pydantic import Field, SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
 from prefect_dintero.provider import OIDCSessionProvider
+from prefect_dintero.redact import get_logger
 from prefect_dintero.store import TokenStore, same_token
 from prefect_dintero.tokens import Token, UserInfo
 
 from .credentials import LOGO_URL, DinteroCredentials
 
-#: How long a renewal may wait for another process's renewal of the same session.
-RENEWAL_SLOT_TIMEOUT = 120.0
+logger = get_logger(__name__)
+
+#: The block type's slug, to read a session block's non-secret fields cheaply.
+SESSION_BLOCK_SLUG = "dintero-oidc-session"
 # The shortest lease Prefect allows. A process killed mid-renewal holds the slot until its lease
 # expires (and the server's repossessor runs): this bounds that wait at about a minute.
 RENEWAL_SLOT_LEASE = 60.0
@@ -59,6 +64,7 @@ class DinteroOIDCSession(Block):
         refresh_token: the refresh token, when Dintero issued one.
         expires_at: when the access token expires.
         user_info: who logged in, as Dintero reports it (not secret).
+        session_id: identifies this login; a new login changes it (not secret).
 
     Examples:
         Call Dintero as the logged-in user:
@@ -96,6 +102,13 @@ class DinteroOIDCSession(Block):
         default=None,
         description="Who logged in (authority, sub, name), as Dintero reports it; not secret.",
     )
+    session_id: str | None = Field(
+        default=None,
+        description=(
+            "Identifies this login (not secret). A new login into the block changes it, and "
+            "every process using the block switches to the new login at its next request."
+        ),
+    )
 
     # -- conversions ----------------------------------------------------------------------------
 
@@ -108,6 +121,7 @@ class DinteroOIDCSession(Block):
             issued_at=self.issued_at or self.expires_at,
             expires_at=self.expires_at,
             user_info=UserInfo.model_validate(self.user_info) if self.user_info else None,
+            session_id=self.session_id,
         )
 
     @classmethod
@@ -169,6 +183,7 @@ def _token_fields(token: Token) -> dict[str, Any]:
         "issued_at": token.issued_at,
         "expires_at": token.expires_at,
         "user_info": token.user_info.model_dump() if token.user_info else None,
+        "session_id": token.session_id,
     }
 
 
@@ -180,9 +195,12 @@ def refresh_limit_name(cache_key: str) -> str:
 class BlockSessionStore(TokenStore):
     """The core's token store for one saved session block.
 
-    Reads are served from memory; inside a renewal the block is re-read, so a session renewed
-    by another process is picked up instead of renewed again. A renewed token is saved to the
-    block before it is handed out. An invalidated token (a 401) is only marked in memory.
+    Reads are served from memory, after asking Prefect which login the block holds now (its
+    ``session_id``, read without secrets): when someone logged in again into the block, the new
+    login replaces the old one at this process's next request. Inside a renewal the block is
+    re-read, so a session renewed by another process is picked up instead of renewed again. A
+    renewed token is saved to the block before it is handed out. An invalidated token (a 401)
+    is only marked in memory.
     """
 
     _instances: dict[str, BlockSessionStore] = {}
@@ -192,6 +210,7 @@ class BlockSessionStore(TokenStore):
     def __init__(self, block_name: str, cache_key: str, block: DinteroOIDCSession) -> None:
         self.block_name = block_name
         self.limit_name = refresh_limit_name(cache_key)
+        self.slot_timeout = 2 * block.credentials.request_deadline_seconds + 10.0
         self._token: Token | None = block.to_token()
         self._lock = threading.Lock()
 
@@ -199,27 +218,63 @@ class BlockSessionStore(TokenStore):
     def for_block(
         cls, block_name: str, cache_key: str, block: DinteroOIDCSession
     ) -> BlockSessionStore:
-        """One store per session in a process, so every client of it shares one cache."""
+        """One store per session block in a process, so every client of it shares one cache;
+        a block loaded with another login than the store holds brings that login in."""
         with cls._instances_lock:
             store = cls._instances.get(cache_key)
             if store is None:
                 store = cls._instances[cache_key] = cls(block_name, cache_key, block)
-            return store
+        store._take_login(block.to_token())
+        return store
+
+    def _take_login(self, saved: Token) -> bool:
+        """Hold ``saved`` if it is another login than the one held; say whether it was."""
+        with self._lock:
+            if self._token is not None and self._token.identity == saved.identity:
+                return False
+            self._token = saved
+        logger.info("a new login into the session block %r is used from now on", self.block_name)
+        return True
 
     # -- reads ----------------------------------------------------------------------------------
 
+    def _saved_login(self) -> str | None:
+        with get_client(sync_client=True) as client:
+            document = client.read_block_document_by_name(
+                self.block_name, SESSION_BLOCK_SLUG, include_secrets=False
+            )
+        return document.data.get("session_id")
+
+    async def _asaved_login(self) -> str | None:
+        async with get_client() as client:
+            document = await client.read_block_document_by_name(
+                self.block_name, SESSION_BLOCK_SLUG, include_secrets=False
+            )
+        return document.data.get("session_id")
+
+    def _is_other_login(self, saved_id: str | None) -> bool:
+        # A block saved before session ids has none; its login then never changed by one.
+        token = self._token
+        return saved_id is not None and (token is None or saved_id != token.identity)
+
     def get(self, key: str, *, reload: bool = False) -> Token | None:
-        if reload:
+        if reload or self._is_other_login(self._saved_login()):
             block = DinteroOIDCSession.load(self.block_name, _sync=True)
-            with self._lock:
-                self._token = block.to_token()
+            if not reload:
+                self._take_login(block.to_token())
+            else:
+                with self._lock:
+                    self._token = block.to_token()
         return self._token
 
     async def aget(self, key: str, *, reload: bool = False) -> Token | None:
-        if reload:
+        if reload or self._is_other_login(await self._asaved_login()):
             block = await DinteroOIDCSession.aload(self.block_name)
-            with self._lock:
-                self._token = block.to_token()
+            if not reload:
+                self._take_login(block.to_token())
+            else:
+                with self._lock:
+                    self._token = block.to_token()
         return self._token
 
     # -- writes ---------------------------------------------------------------------------------
@@ -251,10 +306,13 @@ class BlockSessionStore(TokenStore):
 
     # -- cross-process serialisation --------------------------------------------------------------
 
+    # Prefect's upsert reads, then creates: two processes renewing at once for the first time
+    # can both try to create the limit, and the second is told it exists, which is the point.
+
     def _ensure_limit(self) -> None:
         if self.limit_name in self._limits_ready:
             return
-        with get_client(sync_client=True) as client:
+        with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
             client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
         self._limits_ready.add(self.limit_name)
 
@@ -262,7 +320,8 @@ class BlockSessionStore(TokenStore):
         if self.limit_name in self._limits_ready:
             return
         async with get_client() as client:
-            await client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
         self._limits_ready.add(self.limit_name)
 
     # Another process holding the slot is renewing this session. Prefect would make a waiter
@@ -311,15 +370,16 @@ class BlockSessionStore(TokenStore):
     def _timed_out(self) -> TimeoutError:
         return TimeoutError(
             f"another process has held the renewal slot of the Dintero session "
-            f"{self.block_name!r} for {RENEWAL_SLOT_TIMEOUT:.0f} s; if a worker died while "
-            f"renewing, its slot in the {self.limit_name!r} concurrency limit frees itself "
-            f"within {RENEWAL_SLOT_LEASE:.0f} s"
+            f"{self.block_name!r} for {self.slot_timeout:.0f} s, longer than its token requests "
+            f"may take (two request deadlines); if a worker died while renewing, its slot in "
+            f"the {self.limit_name!r} concurrency limit frees itself within "
+            f"{RENEWAL_SLOT_LEASE:.0f} s"
         )
 
     @contextmanager
     def renewal_lock(self, key: str) -> Iterator[None]:
         self._ensure_limit()
-        deadline = time.monotonic() + RENEWAL_SLOT_TIMEOUT
+        deadline = time.monotonic() + self.slot_timeout
         while (slot := self._try_slot()) is None:
             if time.monotonic() > deadline:
                 raise self._timed_out()
@@ -330,7 +390,7 @@ class BlockSessionStore(TokenStore):
     @asynccontextmanager
     async def arenewal_lock(self, key: str) -> AsyncIterator[None]:
         await self._aensure_limit()
-        deadline = time.monotonic() + RENEWAL_SLOT_TIMEOUT
+        deadline = time.monotonic() + self.slot_timeout
         while (slot := await self._atry_slot()) is None:
             if time.monotonic() > deadline:
                 raise self._timed_out()

@@ -1,9 +1,10 @@
 """The ``dintero-login`` flow: a user logs in once, from the Prefect UI or non-interactively."""
 
 import contextlib
-from typing import Any
+import inspect
+from typing import Any, get_args, get_type_hints
 
-from prefect import flow, get_run_logger
+from prefect import Flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
@@ -44,22 +45,38 @@ def _delete_pasted_input() -> None:
             delete_flow_run_input(key=key, flow_run_id=context.flow_run.id)
 
 
-@flow(
-    name="dintero-login",
-    description=(
-        "Log a user in to Dintero through the API client's OIDC identity provider and save the "
-        "session as a Dintero OIDC Session block. Without an authorization response the run "
-        "pauses: open the login link from the logs or artifacts, log in, and paste the redirect "
-        "URL into the resume form."
-    ),
-    log_prints=False,
-)
-def dintero_login(
+class SecretParametersFlow(Flow):
+    """A flow that stores every parameter its signature types ``SecretStr`` masked.
+
+    Prefect stores a run's parameters as the caller passed them: ``SecretStr`` in the signature
+    masks a ``SecretStr`` argument, but a plain ``str`` would be stored, and shown in the UI, as
+    it is. This flow masks by the signature, whatever the caller passes.
+    """
+
+    def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        serialized = super().serialize_parameters(parameters)
+        for name in _secret_parameters(self.fn):
+            if serialized.get(name) is not None:
+                serialized[name] = MASK
+        return serialized
+
+
+def _secret_parameters(fn: Any) -> list[str]:
+    hints = get_type_hints(fn)
+    return [
+        name
+        for name in inspect.signature(fn).parameters
+        if hints.get(name) is not None and SecretStr in (hints[name], *get_args(hints[name]))
+    ]
+
+
+def _dintero_login(
     credentials_block: str,
     session_block: str,
     authorization_response: SecretStr | None = None,
     timeout_seconds: int = 900,
     poll_interval_seconds: int = 5,
+    state: str | None = None,
 ) -> dict[str, Any]:
     """Log in once; every later flow loads the saved session by name.
 
@@ -68,10 +85,15 @@ def dintero_login(
             ``oidc_authorize_url`` set, for the interactive login).
         session_block: name to save the ``DinteroOIDCSession`` block under.
         authorization_response: for non-interactive use, the redirect URL or the bare code.
-            It is a secret: Prefect stores it masked, so pass it when calling the flow in
-            process, not as a deployment parameter (deployments use the pause form).
+            It is a secret: the run stores it masked, whether it is passed as a ``SecretStr``
+            or a plain string. Pass it when calling the flow in process, not as a deployment
+            parameter (deployments use the pause form).
         timeout_seconds: how long to wait for the pasted code before failing.
         poll_interval_seconds: how often the paused run checks for the resume.
+        state: the ``state`` of the login link the user followed, when you built it: a pasted
+            redirect URL must then carry the same one (the interactive login always checks
+            its own). A bare code carries no state, so nothing ties it to your login link:
+            pass the whole redirect URL when you have it.
 
     Returns:
         Who logged in and until when (no secrets).
@@ -80,7 +102,7 @@ def dintero_login(
     logger = get_run_logger()
     credentials = DinteroCredentials.load(credentials_block, _sync=True)
     paused = False
-    expected_state: str | None = None
+    expected_state = state
     if authorization_response is None:
         expected_state = new_state()
         url = build_authorize_url(
@@ -115,7 +137,11 @@ def dintero_login(
         paused = True
         pasted = answer.authorization_response.get_secret_value()
     else:
-        pasted = authorization_response.get_secret_value()
+        pasted = (
+            authorization_response.get_secret_value()
+            if isinstance(authorization_response, SecretStr)
+            else str(authorization_response)
+        )
         if pasted == MASK:
             raise LoginError(
                 "the authorization response arrived masked (it was stored as a deployment "
@@ -145,3 +171,16 @@ def dintero_login(
         description="Who logged in to Dintero, and until when.",
     )
     return facts
+
+
+dintero_login = SecretParametersFlow(
+    _dintero_login,
+    name="dintero-login",
+    description=(
+        "Log a user in to Dintero through the API client's OIDC identity provider and save the "
+        "session as a Dintero OIDC Session block. Without an authorization response the run "
+        "pauses: open the login link from the logs or artifacts, log in, and paste the redirect "
+        "URL into the resume form."
+    ),
+    log_prints=False,
+)

@@ -25,13 +25,26 @@ def _emulator_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "emulator",
-        help="run the bundled Dintero emulator on loopback",
+        help="run the bundled Dintero emulator on loopback (for tests)",
         description=(
-            "Serve an offline stand-in for api.dintero.com and checkout.dintero.com on one origin. "
-            "Point a credentials block's api_url and checkout_url at the printed base URL."
+            "Serve an offline stand-in for api.dintero.com and checkout.dintero.com on one origin, "
+            "for tests and demos: it prints its client secret, and its /_emulator/* control "
+            "routes (fault injection, clock, data dumps, every issued token) need no "
+            "authentication. Point a credentials block's api_url and checkout_url at the "
+            "printed base URL."
         ),
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="loopback address to bind (default: 127.0.0.1); others need --allow-remote",
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host: anyone who can reach it can read every token it "
+        "issued; only on a network of your own tests",
+    )
     p.add_argument("--port", type=int, default=8787, help="port to bind (default: 8787)")
     p.add_argument(
         "--account-id",
@@ -141,6 +154,13 @@ def _run_emulator(args: argparse.Namespace) -> int:
     from .emulator.config import EmulatorConfig
     from .emulator.faults import FaultConfigError, FaultInjector
     from .emulator.server import serve_forever
+    from .validation import is_loopback
+
+    if not is_loopback(args.host) and not args.allow_remote:
+        raise CliError(
+            f"--host {args.host} is not a loopback address: the emulator's control routes are "
+            "open to anyone who reaches it; add --allow-remote if that is what you want"
+        )
 
     config = EmulatorConfig(
         client_id=args.client_id,
@@ -193,7 +213,7 @@ def _run_emulator(args: argparse.Namespace) -> int:
         "Ctrl-C to stop.",
         flush=True,
     )
-    serve_forever(config, args.host, args.port, faults=faults)
+    serve_forever(config, args.host, args.port, faults=faults, allow_remote=args.allow_remote)
     return 0
 
 
@@ -292,7 +312,14 @@ def _login_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--credentials-block", required=True, help="Dintero Credentials block name")
     p.add_argument("--session-block", required=True, help="name to save the session block under")
-    p.add_argument("--code", help="an authorization code you already have (skips the prompt)")
+    p.add_argument(
+        "--code-stdin",
+        action="store_true",
+        help="read an authorization code (or redirect URL) you already have from standard "
+        "input instead of printing a login link; its state cannot be checked",
+    )
+    # A code on the command line lands in shell history and in every process listing.
+    p.add_argument("--code", help=argparse.SUPPRESS)
     p.set_defaults(handler=_run_login)
 
 
@@ -303,9 +330,14 @@ def _run_login(args: argparse.Namespace) -> int:
     from .flows import dintero_login
     from .login import build_authorize_url, new_state, parse_authorization_response
 
+    if args.code is not None:
+        raise CliError(
+            "--code puts the code in your shell history and process list: pipe it instead, "
+            "e.g. `prefect-dintero login ... --code-stdin < code.txt`, or answer the prompt"
+        )
     creds = DinteroCredentials.load(args.credentials_block, _sync=True)
-    if args.code:
-        code = args.code
+    if args.code_stdin:
+        code = parse_authorization_response(sys.stdin.readline())
     else:
         state = new_state()
         url = build_authorize_url(

@@ -7,9 +7,15 @@ from typing import Any, Literal
 
 import httpx
 
+from .redact import redact
+
 
 class DinteroError(Exception):
     """Base of every prefect-dintero error.
+
+    Its message is masked when the error is built (``redact``): errors become Prefect state
+    messages, artifacts, events and persisted exceptions, which log filters never see, and a
+    server or proxy may echo a request, Authorization header and all, into an error body.
 
     Attributes:
         retryable: True when the same call may succeed later (rate limits, 5xx, network);
@@ -17,6 +23,9 @@ class DinteroError(Exception):
     """
 
     retryable: bool = False
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(DinteroError, ValueError):
@@ -49,10 +58,10 @@ class DinteroAPIError(DinteroError):
     ) -> None:
         self.retry_after = retry_after
         self.status_code = status_code
-        self.code = code
-        self.message = message
+        self.code = redact(code) if code else code
+        self.message = redact(message)
         self.method = method
-        self.url = url
+        self.url = redact(url) if url else url
         self.hint = hint
         super().__init__(self._render())
 
@@ -102,12 +111,32 @@ class TransientError(DinteroAPIError):
     retryable = True
 
 
+class DeadlineExceeded(TransientError):
+    """A request did not finish (connect, send, whole response) within its total deadline.
+
+    Retryable as a whole (a task retry may find the server well again), but a request is not
+    retried on its own: a server that trickles would hold every attempt to the deadline.
+    """
+
+
 class MalformedResponseError(DinteroAPIError):
     """Dintero answered 2xx with a body that is not the documented shape (or not JSON)."""
 
 
+#: An error message longer than this is cut: a body that echoes the request can be long.
+MAX_MESSAGE_CHARS = 300
+
+
 def _error_fields(response: httpx.Response) -> tuple[str | None, str]:
-    """Dintero's ``{"error": {"code", "message"}}``, tolerant of anything else."""
+    """Dintero's ``{"error": {"code", "message"}}``, tolerant of anything else, and short."""
+    code, message = _raw_error_fields(response)
+    message = " ".join(message.split())  # one line, whatever the body held
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + " [...]"
+    return (code[:80] if code else code), message
+
+
+def _raw_error_fields(response: httpx.Response) -> tuple[str | None, str]:
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError):

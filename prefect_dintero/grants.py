@@ -7,6 +7,7 @@ endpoint bodies and Authorization headers are never logged.
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 import httpx
 from pydantic import SecretStr
 
+from . import deadline
 from .credentials import ClientCredentials
 from .errors import Endpoint, InvalidGrantError, MalformedResponseError
 from .redact import register_secret
@@ -46,8 +48,9 @@ def _headers(creds: ClientCredentials, authorization: str) -> dict[str, str]:
 
 def client_credentials_request(creds: ClientCredentials) -> httpx.Request:
     """``POST {api_url}/v1/accounts/{aid}/auth/token`` with HTTP Basic and the audience."""
-    pair = f"{creds.client_id}:{creds.client_secret.get_secret_value()}".encode()
-    basic = "Basic " + base64.b64encode(pair).decode()
+    pair = base64.b64encode(f"{creds.client_id}:{creds.client_secret.get_secret_value()}".encode())
+    register_secret(pair.decode())  # the secret in another form: masked wherever it shows
+    basic = "Basic " + pair.decode()
     body = {"grant_type": "client_credentials", "audience": creds.resolved_audience}
     return httpx.Request("POST", creds.token_url, headers=_headers(creds, basic), json=body)
 
@@ -106,6 +109,7 @@ def parse_token_response(
         sent_at,
         previous_refresh_token=previous.refresh_token if previous else None,
         previous_user_info=previous.user_info if previous else None,
+        previous_session_id=previous.identity if previous else None,
     )
 
 
@@ -117,7 +121,7 @@ def _sync_http(http: httpx.Client | None) -> Iterator[httpx.Client]:
     if http is not None:
         yield http
         return
-    with httpx.Client(timeout=DEFAULT_TIMEOUT, verify=ssl_context()) as client:
+    with deadline.install(httpx.Client(timeout=DEFAULT_TIMEOUT, verify=ssl_context())) as client:
         yield client
 
 
@@ -137,13 +141,14 @@ def _post(
     stats: ClientStats | None,
     previous: Token | None = None,
     endpoint: Endpoint = "client_credentials",
+    deadline_seconds: float | None = None,
 ) -> Token:
     with _sync_http(http) as client:
 
         def attempt() -> Token:
             request = build()
             sent_at = datetime.now(UTC)
-            response = send_sync(client, request, auth=None)
+            response = send_sync(client, request, auth=None, deadline=deadline_seconds)
             return parse_token_response(response, sent_at, previous, stats, endpoint)
 
         return policy.call(attempt, on_retry_counter(stats))
@@ -156,13 +161,14 @@ async def _apost(
     stats: ClientStats | None,
     previous: Token | None = None,
     endpoint: Endpoint = "client_credentials",
+    deadline_seconds: float | None = None,
 ) -> Token:
     async with _async_http(http) as client:
 
         async def attempt() -> Token:
             request = build()
             sent_at = datetime.now(UTC)
-            response = await send_async(client, request, auth=None)
+            response = await send_async(client, request, auth=None, deadline=deadline_seconds)
             return parse_token_response(response, sent_at, previous, stats, endpoint)
 
         return await policy.acall(attempt, on_retry_counter(stats))
@@ -181,7 +187,13 @@ def fetch_client_credentials_token(
         AuthenticationError: the client id or secret is wrong (never retried).
         PermissionDeniedError: the audience is not a grant of this client.
     """
-    return _post(lambda: client_credentials_request(creds), http, policy, stats)
+    return _post(
+        lambda: client_credentials_request(creds),
+        http,
+        policy,
+        stats,
+        deadline_seconds=creds.request_deadline_seconds,
+    )
 
 
 async def afetch_client_credentials_token(
@@ -192,7 +204,19 @@ async def afetch_client_credentials_token(
     stats: ClientStats | None = None,
 ) -> Token:
     """Async form of :func:`fetch_client_credentials_token`."""
-    return await _apost(lambda: client_credentials_request(creds), http, policy, stats)
+    return await _apost(
+        lambda: client_credentials_request(creds),
+        http,
+        policy,
+        stats,
+        deadline_seconds=creds.request_deadline_seconds,
+    )
+
+
+def _new_login(token: Token) -> Token:
+    """A fresh login gets a session id of its own: caches, locks and saved sessions tell
+    logins apart by it, whatever name they are stored under."""
+    return token.model_copy(update={"session_id": secrets.token_hex(16)})
 
 
 def _code_hint(exc: InvalidGrantError, attempts_made: bool) -> InvalidGrantError:
@@ -234,9 +258,17 @@ def exchange_authorization_code(
         return authorization_code_request(creds, service_token, code, redirect_uri)
 
     try:
-        return _post(build, http, policy, _Tee(stats, local), endpoint="code_exchange")
+        token = _post(
+            build,
+            http,
+            policy,
+            _Tee(stats, local),
+            endpoint="code_exchange",
+            deadline_seconds=creds.request_deadline_seconds,
+        )
     except InvalidGrantError as exc:
         raise _code_hint(exc, local.retries > 0) from None
+    return _new_login(token)
 
 
 async def aexchange_authorization_code(
@@ -257,9 +289,17 @@ async def aexchange_authorization_code(
         return authorization_code_request(creds, service_token, code, redirect_uri)
 
     try:
-        return await _apost(build, http, policy, _Tee(stats, local), endpoint="code_exchange")
+        token = await _apost(
+            build,
+            http,
+            policy,
+            _Tee(stats, local),
+            endpoint="code_exchange",
+            deadline_seconds=creds.request_deadline_seconds,
+        )
     except InvalidGrantError as exc:
         raise _code_hint(exc, local.retries > 0) from None
+    return _new_login(token)
 
 
 def refresh_session_token(
@@ -284,7 +324,15 @@ def refresh_session_token(
     def build() -> httpx.Request:
         return refresh_token_request(creds, service_token, refresh)
 
-    return _post(build, http, policy, stats, previous=session, endpoint="refresh")
+    return _post(
+        build,
+        http,
+        policy,
+        stats,
+        previous=session,
+        endpoint="refresh",
+        deadline_seconds=creds.request_deadline_seconds,
+    )
 
 
 async def arefresh_session_token(
@@ -304,7 +352,15 @@ async def arefresh_session_token(
     def build() -> httpx.Request:
         return refresh_token_request(creds, service_token, refresh)
 
-    return await _apost(build, http, policy, stats, previous=session, endpoint="refresh")
+    return await _apost(
+        build,
+        http,
+        policy,
+        stats,
+        previous=session,
+        endpoint="refresh",
+        deadline_seconds=creds.request_deadline_seconds,
+    )
 
 
 class _Tee(ClientStats):

@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import httpx
 
+from . import deadline
 from .credentials import ClientCredentials
 from .errors import DinteroAPIError, InvalidGrantError, ReauthorizationRequired
 from .grants import (
@@ -111,7 +112,9 @@ class TokenProvider:
         if self._transport is None:
             return None  # the grant functions open a short-lived client per renewal
         if self._http is None:
-            self._http = httpx.Client(transport=self._transport, timeout=DEFAULT_TIMEOUT)
+            self._http = deadline.install(
+                httpx.Client(transport=self._transport, timeout=DEFAULT_TIMEOUT)
+            )
         return self._http
 
     @asynccontextmanager
@@ -278,7 +281,9 @@ class OIDCSessionProvider(TokenProvider):
     Args:
         credentials: the API client the user logged in through.
         session: a name for the session (the Prefect block name, or any stable id).
-        initial: the session token, stored if the store holds none for this session yet.
+        initial: the session token, stored if the store holds none for this session yet. The
+            token's login (``Token.identity``) is part of the key: two logins never share a
+            cached token, whatever names they are given.
     """
 
     def __init__(
@@ -292,9 +297,10 @@ class OIDCSessionProvider(TokenProvider):
         leeway: float | None = None,
         stats: ClientStats | None = None,
     ) -> None:
+        key_name = session if initial is None else f"{session}\x1f{initial.identity}"
         super().__init__(
             credentials,
-            key=credentials.cache_key(session=session),
+            key=credentials.cache_key(session=key_name),
             store=store,
             leeway=leeway,
             stats=stats,

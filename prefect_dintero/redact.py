@@ -1,8 +1,15 @@
-"""Keeping secrets out of logs: a registry of live secret values and a filter that masks them."""
+"""Keeping secrets out of logs, errors, states and artifacts.
+
+Two nets, applied wherever text leaves the process (log records, and every error message this
+package builds): a registry of the secret values this process holds (client secrets, tokens,
+codes, the Basic header), and patterns for secrets it never saw, such as a bearer token echoed
+back by a proxy or an unknown token in an error body.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 
@@ -45,9 +52,30 @@ def register_secret(value: str | None) -> None:
     REGISTRY.add(value)
 
 
+#: Secrets recognised by their shape, whoever issued them. Each keeps its label and masks the
+#: value: an Authorization scheme's credentials, token-like JSON or form fields, a ``code``
+#: query parameter, and a URL's ``user:password@``.
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9\-._~+/]+=*"), rf"\1\2{MASK}"),
+    (
+        re.compile(
+            r"(?i)([\"']?\b(?:access_token|refresh_token|id_token|client_secret|password|passwd"
+            r"|authorization|api[_-]?key|secret)\b[\"']?\s*[:=]\s*[\"']?)([^\"'&\s,;}]+)"
+        ),
+        rf"\1{MASK}",
+    ),
+    # Not ``state``: it is a nonce that travels openly, and a login link must keep it.
+    (re.compile(r"([?&#](?:code|token|access_token|refresh_token)=)([^&#\s\"']+)"), rf"\1{MASK}"),
+    (re.compile(r"(://[^/\s:@]+:)([^/\s@]+)(@)"), rf"\1{MASK}\3"),
+)
+
+
 def redact(text: str) -> str:
-    """``text`` with every registered secret replaced by ``**********``."""
-    return REGISTRY.redact(text)
+    """``text`` with every registered secret, and anything shaped like one, masked."""
+    text = REGISTRY.redact(text)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class SecretMaskingFilter(logging.Filter):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
+import re
 import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +17,11 @@ from .redact import register_secret
 #: Used when a token response has no ``expires_in``: short, so a wrong guess costs one renewal,
 #: never a token treated as eternal (singer-sdk #612, authlib's "never expires").
 DEFAULT_LIFETIME_SECONDS = 300
+#: The longest lifetime believed: Dintero documents 4 hours (examples say a day). A longer
+#: ``expires_in`` (``1e12``) is treated as a missing one.
+MAX_LIFETIME_SECONDS = 366 * 86400
+#: What an access token may hold to go into an Authorization header: visible ASCII.
+HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 MIN_LEEWAY_SECONDS = 60.0
 LEEWAY_FRACTION = 0.10
 MAX_LEEWAY_FRACTION = 0.20
@@ -56,6 +64,9 @@ class Token(BaseModel):
     refresh_token: SecretStr | None = None
     scope: str | None = None
     user_info: UserInfo | None = None
+    #: Identifies one login (not secret): set when a code is exchanged, kept through refreshes.
+    #: Caches and locks key a user's token by it, so two sessions never share a token.
+    session_id: str | None = None
 
     @field_validator("issued_at", "expires_at")
     @classmethod
@@ -79,6 +90,7 @@ class Token(BaseModel):
         *,
         previous_refresh_token: SecretStr | None = None,
         previous_user_info: UserInfo | None = None,
+        previous_session_id: str | None = None,
     ) -> Token:
         """Parse a token endpoint's JSON body.
 
@@ -87,21 +99,30 @@ class Token(BaseModel):
             sent_at: when the request was sent (timezone-aware).
             previous_refresh_token: kept when a refresh response omits ``refresh_token``.
             previous_user_info: kept when a refresh response omits ``user_info``.
+            previous_session_id: the login a refreshed token continues.
         """
         if not isinstance(payload, dict) or not isinstance(payload.get("access_token"), str):
             raise MalformedResponseError(
                 "the token endpoint answered without an access_token",
                 hint="This is not a token response; check api_url",
             )
+        if not HEADER_SAFE.fullmatch(payload["access_token"]):
+            # It would go into an Authorization header, where httpx would refuse it and quote it.
+            raise MalformedResponseError(
+                "the token endpoint answered with an access_token that an HTTP header cannot "
+                "carry (empty, or with spaces, line breaks or other control characters)",
+                hint="This is not a usable token response; check api_url",
+            )
         expires_in = payload.get("expires_in")
         if (
             not isinstance(expires_in, (int, float))
             or isinstance(expires_in, bool)
-            or expires_in <= 0
+            or not math.isfinite(expires_in)
+            or not 0 < expires_in <= MAX_LIFETIME_SECONDS
         ):
             warnings.warn(
-                f"Dintero's token response had no usable expires_in; assuming "
-                f"{DEFAULT_LIFETIME_SECONDS} s",
+                f"Dintero's token response had no usable expires_in ({expires_in!r:.40}); "
+                f"assuming {DEFAULT_LIFETIME_SECONDS} s",
                 MissingExpiryWarning,
                 stacklevel=2,
             )
@@ -120,6 +141,7 @@ class Token(BaseModel):
             user_info=UserInfo.model_validate(user_info)
             if isinstance(user_info, dict)
             else previous_user_info,
+            session_id=previous_session_id,
         )
 
     # -- expiry ---------------------------------------------------------------------------------
@@ -149,6 +171,15 @@ class Token(BaseModel):
         return (now or datetime.now(UTC)) >= self.expires_at
 
     @property
+    def identity(self) -> str:
+        """Which login this token belongs to: its ``session_id``, or for a token from before
+        session ids, a one-way fingerprint of its access token."""
+        if self.session_id:
+            return self.session_id
+        digest = hashlib.sha256(self.access_token.get_secret_value().encode()).hexdigest()
+        return f"fp-{digest[:32]}"
+
+    @property
     def is_user_session(self) -> bool:
         return self.user_info is not None or self.refresh_token is not None
 
@@ -169,6 +200,7 @@ class Token(BaseModel):
             "refresh_token": self.refresh_token.get_secret_value() if self.refresh_token else None,
             "scope": self.scope,
             "user_info": self.user_info.model_dump() if self.user_info else None,
+            "session_id": self.session_id,
         }
 
     @classmethod

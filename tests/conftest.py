@@ -12,6 +12,7 @@ os.environ["PREFECT_TEST_MODE"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
+import base64  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -38,6 +39,8 @@ class Evidence:
     def remember_emulator(self, server: EmulatorServer) -> None:
         self.emulators += 1
         self.secrets[server.config.client_secret] = "client secret"
+        pair = f"{server.config.client_id}:{server.config.client_secret}".encode()
+        self.secrets[base64.b64encode(pair).decode()] = "Basic credentials"
         state = server.state
         with state.lock:
             for token in state.issued["access_tokens"]:

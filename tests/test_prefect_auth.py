@@ -375,6 +375,102 @@ def test_login_non_interactive_with_a_redirect_url(emu):
     assert facts["user_sub"] == emu.config.user.sub
 
 
+def _stored_parameters(flow_name: str) -> list[dict]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+    return [r.parameters for r in runs if r.name and r.parameters.get("session_block")]
+
+
+def test_login_stores_a_plain_string_code_masked(emu):
+    """Called with a plain str, not a SecretStr, the code still never reaches the run's
+    stored parameters."""
+    creds_name = save_credentials(emu)
+    session = unique("plain")
+    redirect = emu.login(state="s-plain")
+    facts = dintero_login(creds_name, session, authorization_response=redirect, state="s-plain")
+    assert facts["user_sub"] == emu.config.user.sub
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.parameters.get("session_block") == session]
+    assert len(runs) == 1
+    assert runs[0].parameters["authorization_response"] == MASK
+    assert redirect not in json.dumps(runs[0].parameters)
+
+
+def test_login_checks_the_state_when_the_caller_knows_it(emu):
+    creds_name = save_credentials(emu)
+    with pytest.raises(LoginError, match="state"):
+        dintero_login(
+            creds_name,
+            unique("s"),
+            authorization_response=SecretStr(emu.login(state="from-another-attempt")),
+            state="the-one-we-sent",
+        )
+
+
+def test_a_second_login_reaches_every_user_of_the_block_at_its_next_request(emu):
+    creds_name = save_credentials(emu)
+    session_name = login_session(emu, creds_name)
+    bearer = DinteroOIDCSession.load(session_name).get_bearer()
+    first = bearer.token()
+    with DinteroOIDCSession.load(session_name).get_client() as client:
+        client.get_json("/v1/transactions", host="checkout", params={"limit": 1})
+    login_session(emu, creds_name, session_name)  # someone logs in again into the same block
+    saved = DinteroOIDCSession.load(session_name)
+    assert saved.access_token.get_secret_value() != first
+    # The bearer and a client built before the new login both use it from their next request.
+    assert bearer.token() == saved.access_token.get_secret_value()
+    assert DinteroOIDCSession.load(session_name).get_bearer().token() == bearer.token()
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from prefect_dintero import DinteroOIDCSession
+    started = time.monotonic()
+    try:
+        DinteroOIDCSession.load(sys.argv[1]).get_bearer().token()
+        outcome = "OK"
+    except Exception as exc:
+        outcome = type(exc).__name__
+    print(f"{outcome} {time.monotonic() - started:.1f}")
+    """
+)
+
+
+def test_a_hung_token_request_holding_the_renewal_slot_holds_no_one_past_the_deadline(
+    dintero_emulator_factory,
+):
+    # Refresh tokens that do not rotate: the hung answer came after the work was done, and a
+    # rotated-out refresh token would end the session (see the crash loop for that case).
+    emu = dintero_emulator_factory(refresh_tokens=True, rotate_refresh_tokens=False, transactions=5)
+    creds_name = save_credentials(emu, request_deadline_seconds=3.0)
+    session_name = login_session(emu, creds_name)
+    session = DinteroOIDCSession.load(session_name)
+    session.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+    session.save(session_name, overwrite=True)
+    # Whoever renews first gets a service token, then a refresh answer that trickles (one byte
+    # a second: each read is quick, the whole answer never is).
+    emu.set_faults({"route": "token", "sequence": ["ok", {"trickle": 1.0}]})
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HOLDER, session_name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
+    outcomes = sorted(p.communicate(timeout=180)[0].split() for p in procs)
+    # One held the slot and failed at its deadline; the other waited no longer than that,
+    # then renewed the session itself.
+    assert [o[0] for o in outcomes] == ["DeadlineExceeded", "OK"], outcomes
+    waited = float(outcomes[1][1]) - float(outcomes[0][1])
+    assert waited < 10, outcomes
+    assert DinteroOIDCSession.load(session_name).expires_at > datetime.now(UTC)
+
+
 def test_login_refuses_a_masked_code(emu):
     creds_name = save_credentials(emu)
     with pytest.raises(LoginError, match="masked"):
