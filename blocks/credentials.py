@@ -13,6 +13,7 @@ from prefect_dintero.credentials import (
     DEFAULT_CHECKOUT_URL,
     ClientCredentials,
 )
+from prefect_dintero.deadline import DEFAULT_REQUEST_DEADLINE
 from prefect_dintero.grants import aexchange_authorization_code, exchange_authorization_code
 from prefect_dintero.provider import ClientCredentialsProvider
 from prefect_dintero.tokens import Token
@@ -39,6 +40,7 @@ class DinteroCredentials(CredentialsBlock):
         redirect_uri: the redirect URI registered for user logins.
         token_leeway_seconds: renew tokens this long before they expire.
         system_name: sent as Dintero-System-Name on every request.
+        request_deadline_seconds: the most one request may take in all.
 
     Examples:
         Load saved credentials and list a page of transactions:
@@ -102,6 +104,15 @@ class DinteroCredentials(CredentialsBlock):
         default=None,
         description="Your system's name, sent to Dintero as the Dintero-System-Name header.",
     )
+    request_deadline_seconds: float = Field(
+        default=DEFAULT_REQUEST_DEADLINE,
+        gt=0,
+        le=3600,
+        description=(
+            "The most one request may take in all: connecting, sending, and reading the whole "
+            "response. A server that hangs or trickles its answer fails the request then."
+        ),
+    )
 
     @field_validator("account_id")
     @classmethod
@@ -133,6 +144,7 @@ class DinteroCredentials(CredentialsBlock):
             checkout_url=self.checkout_url,
             audience=self.audience,
             system_name=self.system_name,
+            request_deadline_seconds=self.request_deadline_seconds,
         )
 
     def get_client(

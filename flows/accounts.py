@@ -11,9 +11,12 @@ from prefect.deployments import run_deployment
 from pydantic import BaseModel, Field
 
 from prefect_dintero.errors import ConfigurationError, DinteroError
-from prefect_dintero.sync import sync_options
+from prefect_dintero.sync import sync_options, window_from_hours
 
-from .sync import SYNCS_PER_ACCOUNT, account_limit_name, dintero_sync
+from .sync import DEFAULT_TIMEOUT_MINUTES, SYNCS_PER_ACCOUNT, account_limit_name, dintero_sync
+
+#: How long a deployment run may wait for a worker before the fan-out stops waiting for it.
+PICKUP_GRACE_SECONDS = 600
 
 
 class AccountTarget(BaseModel):
@@ -60,6 +63,7 @@ def dintero_sync_accounts(
     page_size: int = 100,
     full_refresh: bool = False,
     reconcile_days: float | None = None,
+    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES,
 ) -> list[dict[str, Any]]:
     """Fan out one sync per account.
 
@@ -72,6 +76,9 @@ def dintero_sync_accounts(
         deployment_name: the ``dintero-sync`` deployment to run in ``"deployments"`` mode.
         streams, destination, destination_block, lookback_hours, page_size, full_refresh,
             reconcile_days: passed to every account's ``dintero-sync`` run.
+        timeout_minutes: each account's run's budget (its ``timeout_minutes``); in
+            ``"deployments"`` mode the fan-out waits for a run that long plus a grace period
+            for a worker to pick it up, then cancels it and reports it as timed out.
 
     Returns:
         One row per account: its credentials block, state and rows fetched.
@@ -85,6 +92,9 @@ def dintero_sync_accounts(
     sync_options(  # refused here, before one run per account fails with it
         page_size=page_size, lookback_hours=lookback_hours, reconcile_days=reconcile_days
     )
+    budget = window_from_hours(timeout_minutes, "timeout_minutes", "minutes")
+    if not budget:
+        raise ConfigurationError("timeout_minutes must be more than 0")
     ensure_account_limits(accounts)
     common = dict(
         streams=streams,
@@ -94,6 +104,7 @@ def dintero_sync_accounts(
         page_size=page_size,
         full_refresh=full_refresh,
         reconcile_days=reconcile_days,
+        timeout_minutes=timeout_minutes,
     )
     rows: list[dict[str, Any]] = []
     if mode == "subflows":
@@ -117,7 +128,9 @@ def dintero_sync_accounts(
                     "payout_destinations": target.payout_destinations,
                     **common,
                 },
-                timeout=None,
+                # Bounded: a run no worker picks up, or one that hangs, must not hold the
+                # fan-out (and the next night's) for ever.
+                timeout=budget.total_seconds() + PICKUP_GRACE_SECONDS,
                 as_subflow=True,
             )
 
@@ -127,7 +140,19 @@ def dintero_sync_accounts(
             futures = [pool.submit(copy_context().run, start, t) for t in accounts]
             flow_runs = [f.result() for f in futures]
         for target, flow_run in zip(accounts, flow_runs, strict=True):
-            rows.append(_row(target, flow_run.state))
+            state = flow_run.state
+            if state is None or not state.is_final():
+                _cancel(flow_run.id)
+                rows.append({**_row(target, state), "state": "TIMED_OUT"})
+                logger.error(
+                    "%s: its run did not finish within %s minutes (plus %d s to be picked up); "
+                    "cancelled",
+                    target.credentials_block,
+                    timeout_minutes,
+                    PICKUP_GRACE_SECONDS,
+                )
+                continue
+            rows.append(_row(target, state))
     else:
         raise ConfigurationError(f"mode must be 'subflows' or 'deployments', not {mode!r}")
 
@@ -142,6 +167,14 @@ def dintero_sync_accounts(
     if failed:
         raise AccountsFailed(f"{len(failed)} of {len(rows)} accounts failed: {', '.join(failed)}")
     return rows
+
+
+def _cancel(flow_run_id: Any) -> None:
+    """Ask Prefect to cancel a run the fan-out stopped waiting for."""
+    from prefect.states import Cancelling
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
 
 
 def _row(target: AccountTarget, state: Any) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The ``dintero-sync`` flow: keep Dintero's data fresh in your database."""
 
+import time
 from datetime import datetime
 from typing import Any
 
@@ -14,9 +15,9 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_dintero.errors import ConfigurationError, DinteroError
-from prefect_dintero.redact import install_log_filter
+from prefect_dintero.redact import install_log_filter, redact
 from prefect_dintero.streams import resolve_streams
-from prefect_dintero.sync import sync_options
+from prefect_dintero.sync import sync_options, window_from_hours
 
 from ..tasks import get_bearer_token
 from ..tasks.destinations import check_destination
@@ -25,6 +26,9 @@ from ..tasks.sync import sync_stream
 #: Streams run concurrently, bounded: each holds a database connection and an HTTP client.
 MAX_CONCURRENT_STREAMS = 4
 
+
+#: The run's budget by default: an hourly run ends before the next one starts.
+DEFAULT_TIMEOUT_MINUTES = 50.0
 
 #: How many syncs of one account may run at once, across every worker.
 SYNCS_PER_ACCOUNT = 1
@@ -65,6 +69,7 @@ def dintero_sync(
     payout_destinations: list[str] | None = None,
     start_date: datetime | None = None,
     reconcile_days: float | None = None,
+    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES,
 ) -> list[dict[str, Any]]:
     """Sync the chosen streams of one account.
 
@@ -88,6 +93,11 @@ def dintero_sync(
             cursor. Transactions are refunded and settled for months after they are created,
             and Dintero filters them only on ``created_at``: the daily ``reconcile`` deployment
             sets 90 to catch what left the hourly lookback.
+        timeout_minutes: the run's budget, waiting for the account's slot included: streams
+            still running then are stopped and named in the failure, so a hung server never
+            holds the next scheduled run (each request also has its own deadline, the
+            credentials block's ``request_deadline_seconds``). The default ends an hourly
+            run before the next one starts.
 
     Returns:
         One summary per stream: pages, fetched, inserted, updated, cursor before and after,
@@ -103,17 +113,27 @@ def dintero_sync(
             )
         selected = [s for s in selected if not s.per_destination]
     check_destination(destination, destination_block)
+    budget = window_from_hours(timeout_minutes, "timeout_minutes", "minutes")
+    if not budget:
+        raise ConfigurationError("timeout_minutes must be more than 0")
+    run_deadline = time.monotonic() + budget.total_seconds()
     # Refused before any request: a negative lookback, say, would silently skip data.
     sync_options(
         page_size=page_size,
         lookback_hours=lookback_hours,
         reconcile_days=reconcile_days,
         start_date=start_date,
+        payout_destinations=payout_destinations,
     )
 
     # One sync per account at a time across workers, when the limit exists (the fan-out flow
     # creates it); without it this is a no-op.
-    with concurrency(account_limit_name(credentials_block), occupy=1, strict=False):
+    with concurrency(
+        account_limit_name(credentials_block),
+        occupy=1,
+        strict=False,
+        timeout_seconds=budget.total_seconds(),
+    ):
         return _sync(
             credentials_block,
             session_block,
@@ -126,6 +146,7 @@ def dintero_sync(
             payout_destinations,
             start_date,
             reconcile_days,
+            run_deadline,
         )
 
 
@@ -141,6 +162,7 @@ def _sync(
     payout_destinations: list[str] | None,
     start_date: datetime | None,
     reconcile_days: float | None,
+    run_deadline: float,
 ) -> list[dict[str, Any]]:
     logger = get_run_logger()
     bearer = get_bearer_token(credentials_block, session_block)
@@ -149,8 +171,10 @@ def _sync(
         0.0, description=f"Streams synced for Dintero account {account_id}"
     )
     lookback_seconds = lookback_hours * 3600 if lookback_hours is not None else None
+    left = max(1.0, run_deadline - time.monotonic())
+    task = sync_stream.with_options(timeout_seconds=left)
     futures = {
-        sync_stream.submit(
+        task.submit(
             bearer,
             spec.name,
             destination=destination,
@@ -166,14 +190,26 @@ def _sync(
     }
     summaries: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        name = futures[future]
-        try:
-            summaries[name] = future.result()
-        except Exception as exc:  # the others keep going; the run fails below, naming this one
-            failures[name] = f"{type(exc).__name__}: {exc}"
-            logger.error("stream %s failed: %s", name, failures[name])
-        update_progress_artifact(progress_id, 100.0 * done / len(futures))
+    try:
+        for done, future in enumerate(
+            as_completed(list(futures), timeout=max(0.0, run_deadline - time.monotonic())),
+            start=1,
+        ):
+            name = futures[future]
+            try:
+                summaries[name] = future.result()
+            except Exception as exc:  # the others go on; the run fails below, naming this one
+                failures[name] = f"{type(exc).__name__}: {redact(str(exc))}"
+                logger.error("stream %s failed: %s", name, failures[name])
+            update_progress_artifact(progress_id, 100.0 * done / len(futures))
+    except TimeoutError:
+        for name in futures.values():
+            if name not in summaries and name not in failures:
+                failures[name] = (
+                    "did not finish within the run's budget (timeout_minutes); its committed "
+                    "pages are kept and the next run resumes it"
+                )
+                logger.error("stream %s failed: %s", name, failures[name])
 
     rows = []
     for spec in selected:

@@ -6,6 +6,7 @@ from collections.abc import AsyncGenerator, Generator
 
 import httpx
 
+from . import deadline
 from .provider import TokenProvider
 from .transport import ClientStats
 
@@ -48,6 +49,7 @@ class DinteroAuth(httpx.Auth):
         replayable = is_replayable(request)
         token = self.provider.get_token()
         request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
+        deadline.restart()  # the request's deadline counts from here, not from the token wait
         response = yield request
         for _ in range(self.max_renewals):
             if response.status_code != 401 or not replayable:
@@ -56,6 +58,7 @@ class DinteroAuth(httpx.Auth):
             self.stats.add(auth_retries=1)
             token = self.provider.get_token()
             request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
+            deadline.restart()
             response = yield request
 
     async def async_auth_flow(
@@ -66,6 +69,7 @@ class DinteroAuth(httpx.Auth):
         replayable = is_replayable(request)
         token = await self.provider.aget_token()
         request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
+        deadline.restart()
         response = yield request
         for _ in range(self.max_renewals):
             if response.status_code != 401 or not replayable:
@@ -74,6 +78,7 @@ class DinteroAuth(httpx.Auth):
             self.stats.add(auth_retries=1)
             token = await self.provider.aget_token()
             request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
+            deadline.restart()
             response = yield request
 
     def __repr__(self) -> str:

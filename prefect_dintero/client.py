@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any, Literal
 
 import httpx
 
+from . import deadline
 from .auth import DinteroAuth
 from .credentials import ClientCredentials
 from .errors import MalformedResponseError
@@ -25,6 +28,18 @@ from .transport import (
 )
 
 Host = Literal["api", "checkout"]
+
+
+def _finite_or_text(text: str) -> float | str:
+    number = float(text)
+    return number if math.isfinite(number) else text
+
+
+def decode_json(content: bytes) -> Any:
+    """JSON as Dintero sends it, with ``NaN``, ``Infinity`` and numbers too large for a float
+    kept as the text they were: no database's JSON can hold them as numbers, and one such
+    value must not fail a stream on every run."""
+    return json.loads(content, parse_constant=str, parse_float=_finite_or_text)
 
 
 class _ClientBase:
@@ -61,6 +76,7 @@ class _ClientBase:
         self.token_provider = token_provider
         self.retry_policy = retry_policy or RetryPolicy()
         self._timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
+        self._deadline = credentials.request_deadline_seconds
         self._headers = default_headers(credentials.system_name)
 
     def stats_snapshot(self) -> dict[str, int]:
@@ -79,7 +95,7 @@ class _ClientBase:
     @staticmethod
     def _json(response: httpx.Response) -> Any:
         try:
-            return response.json()
+            return decode_json(response.content)
         except ValueError:
             raise MalformedResponseError(
                 "the body is not valid JSON",
@@ -130,12 +146,14 @@ class DinteroClient(_ClientBase):
         super().__init__(credentials, **kwargs)
         if transport is not None:
             self.token_provider.use_transport(sync=transport)
-        self._http = httpx.Client(
-            auth=DinteroAuth(self.token_provider, self.stats),
-            timeout=self._timeout,
-            headers=self._headers,
-            transport=transport,
-            verify=ssl_context(),
+        self._http = deadline.install(
+            httpx.Client(
+                auth=DinteroAuth(self.token_provider, self.stats),
+                timeout=self._timeout,
+                headers=self._headers,
+                transport=transport,
+                verify=ssl_context(),
+            )
         )
 
     def request(
@@ -153,7 +171,8 @@ class DinteroClient(_ClientBase):
         def attempt() -> httpx.Response:
             # A fresh request per attempt: auth is re-applied, so a retry never reuses a dead token.
             request = self._http.build_request(method, url, params=params, json=json)
-            return check_response(send_sync(self._http, request), self.stats)
+            response = send_sync(self._http, request, deadline=self._deadline)
+            return check_response(response, self.stats)
 
         return self.retry_policy.call(attempt, on_retry_counter(self.stats))
 
@@ -229,7 +248,7 @@ class AsyncDinteroClient(_ClientBase):
 
         async def attempt() -> httpx.Response:
             request = self._http.build_request(method, url, params=params, json=json)
-            response = await send_async(self._http, request)
+            response = await send_async(self._http, request, deadline=self._deadline)
             return check_response(response, self.stats)
 
         return await self.retry_policy.acall(attempt, on_retry_counter(self.stats))

@@ -8,12 +8,14 @@ from typing import Any
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from .deadline import DEFAULT_REQUEST_DEADLINE
 from .errors import ConfigurationError
 from .redact import register_secret
 from .validation import validate_base_url, validate_owner_id
@@ -38,6 +40,8 @@ class ClientCredentials(BaseModel):
     checkout_url: str = DEFAULT_CHECKOUT_URL
     audience: str | None = None
     system_name: str | None = None
+    #: The most one request may take in all (connect, send, whole response), seconds.
+    request_deadline_seconds: float = Field(default=DEFAULT_REQUEST_DEADLINE, gt=0, le=3600)
 
     def __init__(self, **data: Any) -> None:
         try:

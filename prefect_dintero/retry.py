@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from .errors import DinteroError
+from .errors import DeadlineExceeded, DinteroError
 
 T = TypeVar("T")
 
@@ -35,7 +35,9 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 
 
 def is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, DinteroError) and exc.retryable
+    """Whether one request is worth sending again: transient failures, except a deadline that
+    ran out (a server that trickles would hold every attempt to the deadline)."""
+    return isinstance(exc, DinteroError) and exc.retryable and not isinstance(exc, DeadlineExceeded)
 
 
 @dataclass(frozen=True)

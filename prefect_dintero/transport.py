@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 from collections.abc import Callable
@@ -11,10 +12,27 @@ from typing import Any
 import httpx
 
 from ._version import __version__
-from .errors import DinteroError, Endpoint, TransientError, error_from_response
+from .deadline import (
+    DEFAULT_REQUEST_DEADLINE,
+    ResponseTooLarge,
+    aread_within,
+    read_within,
+    request_deadline,
+)
+from .errors import (
+    DeadlineExceeded,
+    DinteroAPIError,
+    DinteroError,
+    Endpoint,
+    MalformedResponseError,
+    TransientError,
+    error_from_response,
+)
 from .retry import parse_retry_after
 
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=30.0)
+#: The largest response body read: a page of 1,000 settlements is about 2 MB.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 USER_AGENT = f"prefect-dintero/{__version__}"
 
 _ssl_lock = threading.Lock()
@@ -88,14 +106,29 @@ RETRYABLE_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteP
 
 
 def transport_error(exc: httpx.TransportError, request: httpx.Request | None) -> DinteroError:
+    """The error to raise for a failed send, in words that carry no secret.
+
+    httpx's own errors must not travel further: "Illegal header value" quotes the header (a
+    token with a line break in it), and every httpx error holds the request, Authorization
+    header included, which pickling the exception would keep.
+    """
+    where = dict(
+        method=request.method if request is not None else None,
+        url=str(request.url.copy_with(query=None)) if request is not None else None,
+    )
     if isinstance(exc, RETRYABLE_TRANSPORT):
-        url = str(request.url.copy_with(query=None)) if request is not None else None
         return TransientError(
-            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-            method=request.method if request is not None else None,
-            url=url,
+            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, **where
         )
-    raise exc
+    if isinstance(exc, httpx.LocalProtocolError):
+        return DinteroAPIError(
+            "the request could not be sent: a header value is not valid HTTP (a token or "
+            "secret with a line break or another control character in it?)",
+            hint="Check the credentials block's values and log in again if a session's token "
+            "is damaged",
+            **where,
+        )
+    return DinteroAPIError(f"{type(exc).__name__}: {exc}", **where)
 
 
 def check_response(
@@ -127,22 +160,76 @@ def on_retry_counter(stats: ClientStats | None) -> Callable[[BaseException, floa
     return count
 
 
-def send_sync(http: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
-    """One attempt: send, read, map errors. Transport errors become ``TransientError``."""
+def _deadline_error(request: httpx.Request, deadline: float) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"no complete answer within the request's deadline of {deadline:g} s (connect, send "
+        "and the whole response)",
+        method=request.method,
+        url=str(request.url.copy_with(query=None)),
+        hint="The server is hanging or trickling its answer; the deadline is the credentials "
+        "block's request_deadline_seconds",
+    )
+
+
+def _too_large(request: httpx.Request, exc: ResponseTooLarge) -> MalformedResponseError:
+    return MalformedResponseError(
+        f"the response body is {exc.size:,} bytes or more, over the {exc.limit:,} allowed",
+        status_code=exc.status_code,
+        method=request.method,
+        url=str(request.url.copy_with(query=None)),
+        hint="Nothing from it was used; a page that big is not a Dintero page",
+    )
+
+
+def send_sync(
+    http: httpx.Client,
+    request: httpx.Request,
+    *,
+    deadline: float | None = DEFAULT_REQUEST_DEADLINE,
+    max_bytes: int = MAX_BODY_BYTES,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One attempt: send, read (within ``deadline`` seconds in all and ``max_bytes``), map
+    errors. Transport errors become ``TransientError``, a deadline ``DeadlineExceeded``."""
+    clock = None
     try:
-        response = http.send(request, **kwargs)
-        response.read()
+        with request_deadline(deadline) as clock:
+            response = http.send(request, stream=True, **kwargs)
+            try:
+                read_within(response, max_bytes)
+            finally:
+                response.close()
+    except ResponseTooLarge as exc:
+        raise _too_large(request, exc) from None
     except httpx.TransportError as exc:
-        raise transport_error(exc, request) from exc
+        if deadline is not None and clock is not None and clock.expired():
+            raise _deadline_error(request, deadline) from None
+        raise transport_error(exc, request) from None
     return response
 
 
 async def send_async(
-    http: httpx.AsyncClient, request: httpx.Request, **kwargs: Any
+    http: httpx.AsyncClient,
+    request: httpx.Request,
+    *,
+    deadline: float | None = DEFAULT_REQUEST_DEADLINE,
+    max_bytes: int = MAX_BODY_BYTES,
+    **kwargs: Any,
 ) -> httpx.Response:
+    """Async form of :func:`send_sync`: the deadline is an ``asyncio.timeout``."""
     try:
-        response = await http.send(request, **kwargs)
-        await response.aread()
+        async with asyncio.timeout(deadline) as timeout:
+            with request_deadline(deadline) as clock:
+                clock.timeout = timeout  # the auth flow restarts it once it has a token
+                response = await http.send(request, stream=True, **kwargs)
+                try:
+                    await aread_within(response, max_bytes)
+                finally:
+                    await response.aclose()
+    except TimeoutError:
+        raise _deadline_error(request, deadline or 0) from None
+    except ResponseTooLarge as exc:
+        raise _too_large(request, exc) from None
     except httpx.TransportError as exc:
-        raise transport_error(exc, request) from exc
+        raise transport_error(exc, request) from None
     return response

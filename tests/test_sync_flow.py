@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import time
 import uuid
 
 import pytest
@@ -177,3 +180,92 @@ def test_sync_into_postgres_through_a_connector_block(emu, creds, postgres_url):
     result = dintero_sync(creds, streams=["settlements"], destination_block="warehouse")
     assert result[0]["inserted"] == len(emu.dump("settlements"))
     assert equals_source(emu, Sink(postgres_url), ["settlements"])
+
+
+# -- deadlines and echoing servers ----------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_creds(emu) -> str:
+    """Credentials whose requests must finish within 1.5 s."""
+    name = f"quick-{uuid.uuid4().hex[:8]}"
+    DinteroCredentials(
+        account_id=AID,
+        client_id=emu.config.client_id,
+        client_secret=SecretStr(emu.config.client_secret),
+        api_url=emu.url,
+        checkout_url=emu.url,
+        request_deadline_seconds=1.5,
+    ).save(name, overwrite=True, _sync=True)
+    return name
+
+
+def test_a_trickling_server_fails_the_run_naming_it_and_the_next_run_proceeds(
+    emu, quick_creds, tmp_path, monkeypatch
+):
+    import prefect_dintero.flows.sync as sync_flow
+
+    # Task retries are tested elsewhere; here one attempt shows the request's own deadline.
+    monkeypatch.setattr(sync_flow, "sync_stream", sync_flow.sync_stream.with_options(retries=0))
+    destination = str(tmp_path / "trickle.db")
+    emu.set_faults({"route": "transactions", "probability": 1.0, "trickle": 0.3})
+    started = time.monotonic()
+    try:
+        with pytest.raises(SyncFailed) as info:
+            dintero_sync(quick_creds, streams=["transactions"], destination=destination)
+    finally:
+        emu.clear_faults()
+    assert time.monotonic() - started < 30
+    assert re.search(r"transactions \(DeadlineExceeded: .*deadline of 1.5 s", str(info.value))
+    again = dintero_sync(quick_creds, streams=["transactions"], destination=destination)
+    assert again[0]["inserted"] == len(emu.dump("transactions"))
+
+
+def test_a_run_stops_at_its_budget_naming_the_streams_still_running(emu, creds, tmp_path):
+    emu.set_faults({"route": "sessions", "probability": 1.0, "trickle": 0.3})
+    started = time.monotonic()
+    try:
+        with pytest.raises(SyncFailed, match=r"sessions \(did not finish within the run's budget"):
+            dintero_sync(
+                creds,
+                streams=["sessions", "settlements"],
+                destination=str(tmp_path / "budget.db"),
+                timeout_minutes=0.1,
+            )
+    finally:
+        emu.clear_faults()
+    assert time.monotonic() - started < 40
+
+
+def test_an_echoing_server_leaves_no_secret_in_states_artifacts_or_events(
+    emu, creds, tmp_path, evidence
+):
+    """A proxy that echoes the request (Authorization header and all) into its error body: the
+    run fails, and no state message, artifact or event carries the bearer token."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    emu.set_faults(
+        {"route": "transactions", "probability": 1.0, "status": 400, "echo": True},
+    )
+    try:
+        with pytest.raises(SyncFailed) as info:
+            dintero_sync(creds, streams=["transactions"], destination=str(tmp_path / "e.db"))
+    finally:
+        emu.clear_faults()
+    issued = emu.issued()
+    secrets = [issued["client_secret"], *issued["access_tokens"]]
+    texts = [str(info.value)]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        texts += [r.state.message or "" for r in runs if r.state]
+        texts += [r.state.message or "" for r in client.read_task_runs() if r.state]
+        texts += [str(a.data) for a in client.read_artifacts()]
+    api = PREFECT_API_URL.value()
+    events = httpx.post(f"{api}/events/filter", json={"limit": 200}, timeout=30).json()
+    texts.append(json.dumps(events))
+    blob = "\n".join(texts)
+    assert "ECHO" in blob  # the echo did reach the run's failure
+    assert not [s for s in secrets if s in blob]
+    assert "Bearer ey" not in blob
+    evidence.text(blob)

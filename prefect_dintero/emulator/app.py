@@ -20,7 +20,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -29,8 +29,8 @@ from .faults import FaultAction, FaultConfigError
 from .state import EmulatorState
 from .tokens import CodeRecord, RefreshRecord
 
-OID_RE = re.compile(r"^[PT](\d{3}|\d{8})$")
-AID_RE = re.compile(r"^[PT]\d{8}$")
+OID_RE = re.compile(r"[PT](?:[0-9]{3}|[0-9]{8})")
+AID_RE = re.compile(r"[PT][0-9]{8}")
 TRANSACTION_STATUSES = {
     "AUTHORIZATION_VOIDED",
     "AUTHORIZED",
@@ -68,6 +68,21 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 #: or bad client credentials. ``--error-codes generic`` answers 400/401/403 with a code and a
 #: message a client cannot know, so it must classify by endpoint and status.
 GENERIC_ERROR_STATUSES = (400, 401, 403)
+
+
+def trickling(response: Response, interval: float) -> StreamingResponse:
+    """The same response, its body sent one byte every ``interval`` seconds (headers at once).
+    Starlette's streaming stops when the client goes away."""
+    body = bytes(response.body)
+
+    async def bytes_slowly():
+        for i in range(len(body)):
+            yield body[i : i + 1]
+            await asyncio.sleep(interval)
+
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    headers["content-length"] = str(len(body))
+    return StreamingResponse(bytes_slowly(), response.status_code, headers=headers)
 
 
 class DroppingResponse(Response):
@@ -184,7 +199,7 @@ class EmulatorApp:
         self.state.in_flight[route] += 1
         try:
             action = self.state.faults.pick(route)
-            response = await self._faulted(action) if action else None
+            response = await self._faulted(action, request) if action else None
             if response is None:
                 try:
                     response = await handler(request)
@@ -194,6 +209,8 @@ class EmulatorApp:
                     response = Response(b'{"items": [{"id": ', 200, media_type="application/json")
                 if action is not None and action.extra_rows and response.status_code == 200:
                     response = self._with_extra_rows(route, response, action.extra_rows)
+                if action is not None and action.trickle:
+                    response = trickling(response, action.trickle)
                 if action is not None and action.delay_response:
                     # The work is done (a token rotated, say); the client just hears late.
                     await asyncio.sleep(action.delay_response)
@@ -214,11 +231,17 @@ class EmulatorApp:
             body[key] = [*extra, *(body.get(key) or [])]
         return JSONResponse(body, response.status_code)
 
-    async def _faulted(self, action: FaultAction) -> Response | None:
+    async def _faulted(self, action: FaultAction, request: Request) -> Response | None:
         if action.latency:
             await asyncio.sleep(action.latency)
         if action.drop:
             return DroppingResponse()
+        if action.status and action.echo:
+            # What a debugging proxy answers: the request it got, credentials and all.
+            lines = [f"{request.method} {request.url.path}?{request.url.query} HTTP/1.1"]
+            lines += [f"{k}: {v}" for k, v in request.headers.items()]
+            lines.append((await request.body()).decode("utf-8", "replace"))
+            return error_response(action.status, "ECHO", "\n".join(lines))
         if action.status:
             headers = {}
             if action.retry_after is not None:
@@ -251,7 +274,7 @@ class EmulatorApp:
         return None
 
     def _check_oid(self, oid: str) -> None:
-        if not OID_RE.match(oid):
+        if not OID_RE.fullmatch(oid):
             raise ApiError(
                 400, "BAD_REQUEST", "account id must be P or T followed by 3 or 8 digits"
             )
@@ -269,7 +292,7 @@ class EmulatorApp:
 
     def _account(self, request: Request) -> tuple[str, Any]:
         aid = request.path_params["aid"]
-        if not AID_RE.match(aid):
+        if not AID_RE.fullmatch(aid):
             raise ApiError(400, "BAD_REQUEST", "account id must be P or T followed by 8 digits")
         self._authenticate(request, aid)
         if aid not in self.state.accounts:

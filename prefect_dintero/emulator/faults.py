@@ -13,8 +13,10 @@ An action is any of ``status`` (with ``retry_after`` seconds and ``retry_after_f
 ``latency`` (seconds, alone or before another action), ``delay_response`` (seconds: answer
 normally, doing the work, but hold the response back, so a client that dies meanwhile never learns
 the result), ``malformed`` (200 with broken JSON), ``extra_rows`` (objects added to a 200 page
-whatever its filters say, as a server that ignores them would), or the string ``"ok"`` in a
-sequence.
+whatever its filters say, as a server that ignores them would), ``trickle`` (seconds: answer
+normally but send the body one byte at a time, that long apart, as a hung proxy might),
+``echo`` (with ``status``: an error body that quotes the request, headers and all, as some
+proxies and debug servers do), or the string ``"ok"`` in a sequence.
 Probability rules matching a request share one draw, so their rates add up exactly (20 % + 10 % +
 5 % = 35 % of requests faulted).
 """
@@ -55,6 +57,8 @@ class FaultAction:
     malformed: bool = False
     delay_response: float = 0.0
     extra_rows: tuple[dict, ...] = ()
+    trickle: float = 0.0
+    echo: bool = False
 
     @property
     def is_noop(self) -> bool:
@@ -65,12 +69,15 @@ class FaultAction:
             or self.malformed
             or self.delay_response
             or self.extra_rows
+            or self.trickle
         )
 
     @property
     def kind(self) -> str:
         if self.drop:
             return "drop"
+        if self.echo and self.status:
+            return f"{self.status} echo"
         if self.malformed:
             return "malformed"
         if self.status:
@@ -79,6 +86,8 @@ class FaultAction:
             return "delayed response"
         if self.extra_rows:
             return "extra rows"
+        if self.trickle:
+            return "trickle"
         return "latency" if self.latency else "ok"
 
     @classmethod
@@ -96,6 +105,8 @@ class FaultAction:
             "malformed",
             "delay_response",
             "extra_rows",
+            "trickle",
+            "echo",
             "route",
             "probability",
         }
@@ -119,6 +130,8 @@ class FaultAction:
             malformed=bool(raw.get("malformed", False)),
             delay_response=float(raw.get("delay_response", 0.0)),
             extra_rows=tuple(extra),
+            trickle=float(raw.get("trickle", 0.0)),
+            echo=bool(raw.get("echo", False)),
         )
 
 
