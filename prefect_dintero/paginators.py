@@ -248,6 +248,11 @@ def pages(
     for number in range(1, max_pages + 1):
         body = fetch({**(base_params or {}), **params})
         rows = paginator.rows(body)
+        asked = params.get("limit")
+        if isinstance(asked, int) and len(rows) > asked:
+            raise MalformedPageError(
+                f"the page holds {len(rows)} rows, more than the {asked} asked for"
+            )
         next_params = paginator.next_params(body, rows)
         yield Page(number, params, rows, next_params, body)
         if next_params is None:

@@ -8,6 +8,9 @@ any instant leaves data and cursor consistent: the cursor is never ahead of the 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import sqlite3
 import threading
 import time
@@ -44,6 +47,7 @@ from sqlalchemy.types import TypeDecorator
 from . import times
 from .errors import ConfigurationError, DinteroError
 from .paginators import MalformedPageError
+from .redact import get_logger
 from .streams import Stream
 from .times import CLOCK_SKEW, iso, parse_datetime
 
@@ -57,7 +61,11 @@ __all__ = [
     "with_state",
 ]
 
+logger = get_logger(__name__)
+
 STATE_TABLE = "dintero_sync_state"
+#: Values named, per page, in warnings about values that do not fit their column.
+WARN_UNFIT = 5
 #: Arbitrary but fixed: the advisory lock id that serialises prefect-dintero's DDL.
 SCHEMA_LOCK_KEY = 0x44494E54
 
@@ -91,18 +99,44 @@ _TYPES = {
 }
 
 
-def _coerce(kind: str, value: Any) -> Any:
+BIGINT_RANGE = (-(2**63), 2**63 - 1)
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
+
+
+class Unfit(ValueError):
+    """A value that does not fit its typed column (it stays in ``raw``)."""
+
+
+def coerce(kind: str, value: Any) -> Any:
+    """A value for a typed column, or ``Unfit`` saying why it does not fit.
+
+    Amounts are integers in minor units (https://docs.dintero.com/docs/glossary: "33890 is
+    338.90 NOK"). An integral float (``33890.0``) or a string of digits (``"33890"``) is that
+    integer; anything with a fraction (``338.9``, ``"338.90"``), a non-finite number, a boolean
+    or a number beyond 64 bits does not fit and is never rounded or truncated.
+    """
     if value is None:
         return None
     if kind == "datetime":
-        return parse_datetime(value)
+        parsed = parse_datetime(value)
+        if parsed is None:
+            raise Unfit("is not an ISO 8601 date-time that UTC can hold")
+        return parsed
     if kind == "int":
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return None
+        if isinstance(value, bool):
+            raise Unfit("is a boolean, not an integer")
+        whole_float = isinstance(value, float) and math.isfinite(value) and value.is_integer()
+        digits = isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip())
+        if not (isinstance(value, int) or whole_float or digits):
+            raise Unfit("is not an integer (amounts are integers in minor units)")
+        number = int(value)
+        if not BIGINT_RANGE[0] <= number <= BIGINT_RANGE[1]:
+            raise Unfit("does not fit a 64-bit integer")
+        return number
     if kind == "bool":
-        return bool(value)
+        if not isinstance(value, bool):
+            raise Unfit("is not a boolean")
+        return value
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -135,11 +169,34 @@ class PageWrite:
     keys: list[str] = field(default_factory=list, repr=False)
 
 
-def redact_url(url: str) -> str:
+#: Query parameters of a database URL that carry a secret (libpq and drivers accept these).
+SECRET_QUERY_KEYS = frozenset(
+    {"password", "passwd", "pwd", "pass", "sslpassword", "secret", "token", "passfile"}
+)
+
+
+def url_secrets(url: str) -> list[str]:
+    """Where a database URL carries a password: ``user:password@`` or ``?password=``."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+    except ArgumentError:
+        return []
+    found = ["the user:password@ part"] if parsed.password else []
+    found += [f"?{key}=" for key in parsed.query if key.lower() in SECRET_QUERY_KEYS]
+    return found
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit to print: its password and secret query values masked."""
+    try:
+        parsed = make_url(url)
     except ArgumentError:
         return "<unparseable URL>"
+    masked = {
+        key: ("***" if key.lower() in SECRET_QUERY_KEYS else value)
+        for key, value in parsed.query.items()
+    }
+    return parsed.set(query=masked).render_as_string(hide_password=True)
 
 
 def resolve_destination(destination: str | Path) -> str:
@@ -147,7 +204,13 @@ def resolve_destination(destination: str | Path) -> str:
     destination = str(destination)
     if "://" not in destination:
         return f"sqlite:///{Path(destination).expanduser().resolve()}"
-    url = make_url(destination)
+    try:
+        url = make_url(destination)
+    except ArgumentError:  # its message quotes the URL, password and all
+        raise DestinationError(
+            "the destination is not a database URL (expected e.g. "
+            "postgresql://user@host/database, or a path for SQLite)"
+        ) from None
     if url.drivername in ("postgresql", "postgres"):
         # psycopg 3 is the driver the postgres extra installs.
         url = url.set(drivername="postgresql+psycopg")
@@ -168,6 +231,21 @@ def _use_wal(cursor: Any) -> None:
             if "locked" not in str(exc) or attempt == 49:
                 raise
             time.sleep(0.02 * (attempt + 1))
+
+
+def create_private_file(path: str | None) -> None:
+    """Create a new SQLite file readable by its owner only (0600): it will hold customers'
+    names and e-mails. SQLite gives its -wal and -shm files the same mode. An existing file
+    keeps the mode its owner chose."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise DestinationError(f"cannot create the SQLite file {path}: {exc.strerror}") from None
+    os.close(fd)
 
 
 def tune_sqlite(engine: Engine) -> Engine:
@@ -243,6 +321,7 @@ class Sink:
     def _create_engine(url: str) -> Engine:
         try:
             if url.startswith("sqlite"):
+                create_private_file(make_url(url).database)
                 return tune_sqlite(
                     create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
                 )
@@ -252,8 +331,11 @@ class Sink:
                 f"no database driver for {redact_url(url)}: {exc}. For PostgreSQL install "
                 "'prefect-dintero[postgres]'"
             ) from None
-        except ArgumentError as exc:
-            raise DestinationError(f"not a database URL: {exc}") from None
+        except ArgumentError:
+            raise DestinationError(
+                f"not a database URL: {redact_url(url)} (expected e.g. "
+                "postgresql://user@host/database, or a path for SQLite)"
+            ) from None
 
     # -- schema --------------------------------------------------------------------------------
 
@@ -361,20 +443,47 @@ class Sink:
     def build_rows(
         self, stream: Stream, account_id: str, objects: list[dict], now: datetime
     ) -> list[dict]:
-        """Rows for the table, or MalformedPageError if any object lacks its primary key."""
-        rows = []
+        """Rows for the table, or MalformedPageError if any object lacks its primary key.
+
+        A value that does not fit its typed column is stored as NULL there, with a warning
+        naming the stream, the object and the field; the ``raw`` JSON keeps it. One odd value
+        must not fail the stream on every run.
+        """
+        rows, unfit = [], []
         for position, obj in enumerate(objects):
             key = obj.get(stream.primary_key)
-            if not isinstance(key, str) or not key:
+            if not isinstance(key, str) or not key or len(key) > 255:
                 raise MalformedPageError(
-                    f"object {position} of a {stream.name} page has no {stream.primary_key!r}"
+                    f"object {position} of a {stream.name} page has no usable "
+                    f"{stream.primary_key!r} (a string of at most 255 characters)"
                 )
             row = {"account_id": account_id, "raw": obj, "synced_at": now}
             for col in stream.columns:
-                row[col.name] = (
-                    _coerce(col.type, col.extract(obj)) if col.name != stream.primary_key else key
-                )
+                if col.name == stream.primary_key:
+                    row[col.name] = key
+                    continue
+                value = col.extract(obj)
+                try:
+                    row[col.name] = coerce(col.type, value)
+                except Unfit as why:
+                    row[col.name] = None
+                    unfit.append((key, col.path or col.name, value, why))
             rows.append(row)
+        for key, field_name, value, why in unfit[:WARN_UNFIT]:
+            logger.warning(
+                "%s %s: %s %.60r %s; stored as NULL in its column (the raw JSON keeps it)",
+                stream.name,
+                key[:80],
+                field_name,
+                value,
+                why,
+            )
+        if len(unfit) > WARN_UNFIT:
+            logger.warning(
+                "%s: %d more values on this page did not fit their columns",
+                stream.name,
+                len(unfit) - WARN_UNFIT,
+            )
         return rows
 
     def write_page(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import quote
 
 from .errors import ConfigurationError
 from .paginators import (
@@ -20,6 +21,7 @@ from .paginators import (
     SinceDatetimePaginator,
     StartingAfterPaginator,
 )
+from .validation import validate_account_id, validate_payout_destination
 
 ColumnType = Literal["text", "int", "datetime", "bool"]
 #: Builds a stream's paginator from (page size, lower bound, until): the lower bound of the
@@ -99,7 +101,13 @@ class Stream:
         return f"dintero_{self.name}"
 
     def url_path(self, account_id: str, destination: str | None = None) -> str:
-        return self.path.format(account_id=account_id, destination=destination or "")
+        """The endpoint's path, each id validated and encoded as one path segment."""
+        return self.path.format(
+            account_id=quote(validate_account_id(account_id), safe=""),
+            destination=quote(validate_payout_destination(destination), safe="")
+            if destination
+            else "",
+        )
 
 
 CATALOG: dict[str, Stream] = {

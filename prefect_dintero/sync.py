@@ -31,6 +31,7 @@ from .redact import get_logger
 from .sink import PageWrite, Sink, StreamState, with_state
 from .streams import Stream
 from .times import CLOCK_SKEW, iso, parse_datetime
+from .validation import validate_payout_destination
 
 logger = get_logger(__name__)
 
@@ -47,7 +48,7 @@ def window_from_hours(value: float | None, name: str, unit: str = "hours") -> ti
     Args:
         value: the number, or None (not set).
         name: the parameter's name, for the message.
-        unit: ``"hours"``, ``"days"`` or ``"seconds"``.
+        unit: ``"days"``, ``"hours"``, ``"minutes"`` or ``"seconds"``.
     """
     if value is None:
         return None
@@ -57,7 +58,7 @@ def window_from_hours(value: float | None, name: str, unit: str = "hours") -> ti
         raise ConfigurationError(
             f"{name} must not be negative (got {value}): a negative window would skip data"
         )
-    seconds = value * {"hours": 3600, "days": 86400, "seconds": 1}[unit]
+    seconds = value * {"hours": 3600, "days": 86400, "minutes": 60, "seconds": 1}[unit]
     if seconds > MAX_WINDOW.total_seconds():
         raise ConfigurationError(
             f"{name}={value} is longer than {MAX_WINDOW.days} days; use full_refresh to read "
@@ -104,6 +105,9 @@ class SyncOptions:
             value = getattr(self, name)
             if value is not None:
                 window_from_hours(value.total_seconds(), name, "seconds")
+        self.payout_destinations = [
+            validate_payout_destination(d) for d in self.payout_destinations
+        ]
         if self.start_date is not None:
             start = self.start_date
             if start.tzinfo is None:

@@ -9,13 +9,17 @@ import httpx
 
 from .errors import ConfigurationError
 
-OWNER_ID_RE = re.compile(r"^[PT](\d{3}|\d{8})$")
-ACCOUNT_ID_RE = re.compile(r"^[PT]\d{8}$")
+# Whole-string matches of ASCII digits: ``$`` also matches before a final newline, and ``\d``
+# matches every Unicode digit (fullwidth ones, say).
+OWNER_ID_RE = re.compile(r"[PT](?:[0-9]{3}|[0-9]{8})")
+ACCOUNT_ID_RE = re.compile(r"[PT][0-9]{8}")
+#: A payout destination id as one URL path segment: no slash, no dot segments, no controls.
+PAYOUT_DESTINATION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
 def validate_owner_id(value: str) -> str:
     """An account or partner id for the auth endpoints (``oid``): P/T + 3 or 8 digits."""
-    if not isinstance(value, str) or not OWNER_ID_RE.match(value):
+    if not isinstance(value, str) or not OWNER_ID_RE.fullmatch(value):
         raise ConfigurationError(
             f"{value!r} is not a Dintero account id: expected T (test) or P (production) followed "
             "by 8 digits, e.g. T12345678 (or 3 digits for a partner id)"
@@ -25,10 +29,24 @@ def validate_owner_id(value: str) -> str:
 
 def validate_account_id(value: str) -> str:
     """A merchant account id (``aid``): P/T + 8 digits."""
-    if not isinstance(value, str) or not ACCOUNT_ID_RE.match(value):
+    if not isinstance(value, str) or not ACCOUNT_ID_RE.fullmatch(value):
         raise ConfigurationError(
             f"{value!r} is not a Dintero merchant account id: expected T (test) or P (production) "
             "followed by 8 digits, e.g. T12345678"
+        )
+    return value
+
+
+def validate_payout_destination(value: str) -> str:
+    """A payout destination id, safe to put in a URL path as one segment.
+
+    Dintero does not document the format; the ids it shows are letters, digits and dashes. An
+    id with a slash or a dot segment would send the authenticated request to another path.
+    """
+    if not isinstance(value, str) or not PAYOUT_DESTINATION_RE.fullmatch(value) or ".." in value:
+        raise ConfigurationError(
+            f"{value!r} is not a payout destination id: expected letters, digits, '-', '_', '.' "
+            "or ':' (at most 128), as Dintero Backoffice shows it"
         )
     return value
 

@@ -6,23 +6,29 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from prefect_dintero.errors import ConfigurationError
-from prefect_dintero.sink import Sink
+from prefect_dintero.sink import Sink, url_secrets
 
 
 def check_destination(destination: str, destination_block: str | None = None) -> None:
-    """Reject a destination that would put a password into flow parameters."""
+    """Reject a destination that would put a password into flow parameters (never printing
+    it)."""
     if destination_block:
         return
     if "://" in destination:
         try:
-            url = make_url(destination)
-        except ArgumentError as exc:
-            raise ConfigurationError(f"destination is not a database URL: {exc}") from None
-        if url.password:
+            make_url(destination)
+        except ArgumentError:
             raise ConfigurationError(
-                "the destination URL carries a password, and flow parameters are visible in the "
-                "Prefect UI: save the connection as a SqlAlchemyConnector block and pass "
-                "destination_block, or leave the password out and set PGPASSWORD for the worker"
+                "destination is not a database URL (expected e.g. "
+                "postgresql://user@host/database, or a path for SQLite)"
+            ) from None
+        where = url_secrets(destination)
+        if where:
+            raise ConfigurationError(
+                f"the destination URL carries a password ({', '.join(where)}), and flow "
+                "parameters are visible in the Prefect UI: save the connection as a "
+                "SqlAlchemyConnector block and pass destination_block, or leave the password "
+                "out and set PGPASSWORD for the worker"
             )
 
 

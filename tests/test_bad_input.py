@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from prefect_dintero.tasks.destinations import check_destination
 from pydantic import SecretStr
 from sqlalchemy import create_engine, inspect, text
 
@@ -87,6 +88,54 @@ class StripFirstId(httpx.HTTPTransport):
         if items:
             items[0].pop("id", None)
         return httpx.Response(response.status_code, headers=response.headers, json=body)
+
+
+class Inflate(httpx.HTTPTransport):
+    """Passes requests to the emulator, then blows up the transactions page it answers: 30,000
+    rows (a limit of 25 was asked for), or 30 MB of body."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if "/transactions" not in request.url.path:
+            return response
+        response.read()
+        row = response.json()[0]
+        if self.what == "rows":
+            body = json.dumps(
+                [{"id": f"{row['id']}{i}", "created_at": row["created_at"]} for i in range(30_000)]
+            )
+        else:
+            body = json.dumps([{**row, "padding": "x" * 30_000_000}])
+        return httpx.Response(
+            200, content=body.encode(), headers={"content-type": "application/json"}
+        )
+
+
+def inflated_page(emu, destination, what: str) -> None:
+    specs = resolve_streams(["transactions"])
+    sink = Sink(destination)
+    sink.prepare(specs)
+    with DinteroClient(creds_for(emu), retry_policy=FAST, transport=Inflate(what)) as client:
+        sync_stream(client, sink, specs[0], AID, SyncOptions(page_size=25))
+
+
+def destination_with_a_query_password(emu, destination) -> None:
+    url = "postgresql://nobody@127.0.0.1:1/nothing?password=db-password&sslmode=disable"
+    check_destination(url)
+    sync(emu, url)
+
+
+def payout_destination_outside_its_path(emu, destination) -> None:
+    specs = resolve_streams(["payout_transfers"])
+    options = SyncOptions(page_size=25, payout_destinations=["PD-main/../PD-store-2"])
+    sink = Sink(destination)
+    sink.prepare(specs)
+    with DinteroClient(creds_for(emu), retry_policy=FAST) as client:
+        sync_stream(client, sink, specs[0], AID, options)
 
 
 def used_code(emu, destination) -> None:
@@ -197,6 +246,29 @@ CASES: dict[str, Case] = {
         lambda emu, d: sync(emu, "postgresql+psycopg://nobody:db-password@127.0.0.1:1/nothing"),
         DestinationError,
         "cannot use the destination database",
+    ),
+    "account id with a trailing newline": Case(
+        lambda emu, d: sync(emu, d, creds_for(emu, account_id="T12345678\n")),
+        ConfigurationError,
+        "account id",
+    ),
+    "payout destination id leaving its path": Case(
+        payout_destination_outside_its_path, ConfigurationError, "not a payout destination id"
+    ),
+    "password in the destination URL's query": Case(
+        destination_with_a_query_password, ConfigurationError, r"\?password="
+    ),
+    "page with 30,000 rows for a limit of 25": Case(
+        lambda emu, d: inflated_page(emu, d, "rows"),
+        MalformedPageError,
+        "more than the 25 asked for",
+        {"token": {"200": 1}, "transactions": {"200": 1}},
+    ),
+    "page of 30 MB": Case(
+        lambda emu, d: inflated_page(emu, d, "bytes"),
+        MalformedResponseError,
+        "allowed",
+        {"token": {"200": 1}, "transactions": {"200": 1}},
     ),
     "expired OIDC session without a refresh token": Case(
         expired_session_without_refresh,

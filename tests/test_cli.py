@@ -94,10 +94,21 @@ def test_register_login_and_sync(server_env, tmp_path):
             "cli-creds",
             "--session-block",
             "cli-session",
-            "--code",
-            emu.authorization_code(),
+            "--code-stdin",
+            stdin=emu.authorization_code() + "\n",
         )
         assert ok.returncode == 0 and "Ada Lovelace" in ok.stdout, ok.stderr[-2000:]
+        on_command_line = cli(
+            server_env,
+            "login",
+            "--credentials-block",
+            "cli-creds",
+            "--session-block",
+            "cli-session",
+            "--code",
+            "a-code-in-shell-history",
+        )
+        assert on_command_line.returncode == 2 and "--code-stdin" in on_command_line.stderr
         database = tmp_path / "cli.db"
         synced = cli(
             server_env,

@@ -279,7 +279,7 @@ def test_a_page_missing_its_primary_key_writes_nothing(destination):
     sink = Sink(destination)
     spec = CATALOG["transactions"]
     sink.prepare([spec])
-    with pytest.raises(MalformedPageError, match="has no 'id'"):
+    with pytest.raises(MalformedPageError, match="has no usable 'id'"):
         sink.write_page(
             spec,
             AID,

@@ -198,10 +198,11 @@ def test_a_row_dated_2099_is_stored_but_never_moves_the_cursor(
     sink = Sink(destination)
     sink.prepare([spec])
     future = stray(emu, id=f"{AID}.from2099", created_at="2099-01-01T00:00:00.000Z")
-    emu.set_faults({"route": "transactions", "sequence": [{"extra_rows": [future]}]})
+    # Into the second, short page: a page with more rows than asked for is refused outright.
+    emu.set_faults({"route": "transactions", "sequence": ["ok", {"extra_rows": [future]}]})
     started = datetime.now(UTC)
     with caplog.at_level(logging.WARNING):
-        [first] = sync_all(emu, sink, streams=[spec])["transactions"]
+        [first] = sync_all(emu, sink, options(emu, page_size=100), streams=[spec])["transactions"]
     assert first.outside_window == 1
     assert f"{AID}.from2099" in caplog.text and "do not move the cursor" in caplog.text
     cursor = sink.read_state(AID, "transactions").cursor

@@ -129,12 +129,28 @@ class EmulatorClient:
         return parse_qs(urlsplit(location).query)["code"][0]
 
 
+def _require_loopback(host: str, allow_remote: bool) -> None:
+    from ..validation import is_loopback
+
+    if not allow_remote and not is_loopback(host):
+        raise ValueError(
+            f"the emulator binds loopback addresses only (got {host!r}): its /_emulator/* routes "
+            "are unauthenticated; pass allow_remote=True for a network of your own tests"
+        )
+
+
 class EmulatorServer(EmulatorClient):
     """The emulator on 127.0.0.1 in a daemon thread. Use :func:`running_emulator`."""
 
     def __init__(
-        self, config: EmulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        config: EmulatorConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        allow_remote: bool = False,
     ) -> None:
+        _require_loopback(host, allow_remote)
         self.config = config or EmulatorConfig()
         self.state = EmulatorState(self.config)
         self._sock = _bind(host, port)
@@ -198,8 +214,16 @@ def running_emulator(
         server.stop()
 
 
-def serve_forever(config: EmulatorConfig, host: str, port: int, faults: dict | None = None) -> None:
+def serve_forever(
+    config: EmulatorConfig,
+    host: str,
+    port: int,
+    faults: dict | None = None,
+    *,
+    allow_remote: bool = False,
+) -> None:
     """Serve in the foreground until interrupted (the ``prefect-dintero emulator`` command)."""
+    _require_loopback(host, allow_remote)
     state = EmulatorState(config)
     if faults:
         state.faults.configure(faults)

@@ -1,0 +1,445 @@
+"""Hostile servers and second logins: one identity per session, deadlines on every request and
+run, secrets masked in errors, bad data from the API.
+
+The bad-input matrix (tests/test_bad_input.py) holds the user mistakes; the secret scan
+(tests/test_zz_secret_scan.py) looks for every secret in everything the session left behind,
+including what the echoing server below put into Prefect's database.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from prefect_dintero.client import AsyncDinteroClient, DinteroClient
+from prefect_dintero.credentials import ClientCredentials
+from prefect_dintero.emulator import EmulatorConfig, running_emulator
+from prefect_dintero.errors import DeadlineExceeded, DinteroError
+from prefect_dintero.grants import fetch_client_credentials_token
+from prefect_dintero.redact import MASK
+from prefect_dintero.retry import RetryPolicy
+from prefect_dintero.sink import Sink
+from prefect_dintero.store import DEFAULT_STORE, InMemoryTokenStore
+from prefect_dintero.streams import CATALOG
+from prefect_dintero.sync import SyncOptions, sync_stream
+from prefect_dintero.tokens import MissingExpiryWarning, Token
+
+from .test_token_core import creds_for
+
+AID = "T12345678"
+SMALL = dict(transactions=40, sessions=10, settlements=5, customers=5, transfers_per_destination=5)
+FAST = RetryPolicy(max_attempts=3, backoff_base=0.01, backoff_cap=0.05, retry_after_cap=0.2)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tokens():
+    DEFAULT_STORE.clear()
+
+
+# -- identity -------------------------------------------------------------------------------------
+
+
+def _user_token(access: str, session_id: str | None = None) -> Token:
+    now = datetime.now(UTC)
+    return Token(
+        access_token=SecretStr(access),
+        issued_at=now,
+        expires_at=now + timedelta(hours=1),
+        session_id=session_id,
+    )
+
+
+def _bearer_seen(client: DinteroClient, seen: list[str]) -> None:
+    client.get_json("/v1/transactions", host="checkout")
+    assert seen, "no request was sent"
+
+
+@pytest.mark.parametrize("with_session_ids", [False, True])
+def test_two_sessions_never_share_a_token_whatever_their_names(with_session_ids):
+    """A client built with bob's session sends bob's bearer, even when alice's session was
+    cached first under the same (default) name."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["authorization"])
+        return httpx.Response(200, json=[])
+
+    creds = ClientCredentials(
+        account_id=AID,
+        client_id="c",
+        client_secret=SecretStr("s" * 12),
+        api_url="http://127.0.0.1:9",
+        checkout_url="http://127.0.0.1:9",
+    )
+    alice = _user_token("alice-access-token", "alice-login" if with_session_ids else None)
+    bob = _user_token("bob-access-token", "bob-login" if with_session_ids else None)
+    transport = httpx.MockTransport(handler)
+    with DinteroClient(creds, session=alice, transport=transport) as client:
+        client.get_json("/v1/transactions", host="checkout")
+    with DinteroClient(creds, session=bob, transport=transport) as client:
+        client.get_json("/v1/transactions", host="checkout")
+    with DinteroClient(creds, session=alice, session_name="default", transport=transport) as c:
+        c.get_json("/v1/transactions", host="checkout")
+    assert seen == [
+        "Bearer alice-access-token",
+        "Bearer bob-access-token",
+        "Bearer alice-access-token",
+    ]
+
+
+def test_a_refreshed_token_keeps_its_login_and_a_new_login_gets_its_own(dintero_emulator_factory):
+    from prefect_dintero.grants import exchange_authorization_code
+    from prefect_dintero.provider import OIDCSessionProvider
+
+    emu = dintero_emulator_factory(refresh_tokens=True, **SMALL)
+    creds = creds_for(emu)
+    service = fetch_client_credentials_token(creds)
+    first = exchange_authorization_code(creds, emu.authorization_code(), service_token=service)
+    second = exchange_authorization_code(creds, emu.authorization_code(), service_token=service)
+    assert first.session_id and second.session_id and first.session_id != second.session_id
+    provider = OIDCSessionProvider(
+        creds, "ada", initial=first, store=InMemoryTokenStore(), leeway=1e6
+    )
+    renewed = provider.get_token()  # the leeway makes it renew at once
+    assert renewed.session_id == first.session_id
+    assert not renewed.same_access_token(first)
+    other = OIDCSessionProvider(creds, "ada", initial=second, store=provider.store)
+    assert other.key != provider.key
+
+
+# -- deadlines ------------------------------------------------------------------------------------
+
+
+def _quick(emu, seconds: float) -> ClientCredentials:
+    return creds_for(emu, request_deadline_seconds=seconds)
+
+
+def test_a_trickling_body_fails_at_the_deadline_not_the_read_timeout(
+    dintero_emulator_factory, evidence
+):
+    emu = dintero_emulator_factory(**SMALL)
+    # One byte every 0.4 s: each read succeeds long before httpx's 30 s read timeout.
+    emu.set_faults({"route": "transactions", "probability": 1.0, "trickle": 0.4})
+    started = time.monotonic()
+    with (
+        DinteroClient(_quick(emu, 2.0), retry_policy=FAST) as client,
+        pytest.raises(DeadlineExceeded, match="deadline of 2 s") as info,
+    ):
+        client.get_json("/v1/transactions", host="checkout", params={"limit": 50})
+    elapsed = time.monotonic() - started
+    assert 2.0 <= elapsed < 4.0, elapsed
+    evidence.note(
+        f"deadline · body trickled a byte every 0.4 s (read timeout 30 s): "
+        f"{type(info.value).__name__} after {elapsed:.1f} s, deadline 2 s"
+    )
+    # A request that hit its deadline is not sent again by the client (a trickling server
+    # would hold every attempt); the task around it may retry later.
+    assert emu.stats()["requests"]["transactions"] == {"200": 1}
+    assert info.value.retryable
+
+
+async def test_the_async_client_has_the_same_deadline(dintero_emulator_factory):
+    emu = dintero_emulator_factory(**SMALL)
+    emu.set_faults({"route": "transactions", "probability": 1.0, "trickle": 0.4})
+    started = time.monotonic()
+    async with AsyncDinteroClient(_quick(emu, 2.0), retry_policy=FAST) as client:
+        with pytest.raises(DeadlineExceeded):
+            await client.get_json("/v1/transactions", host="checkout", params={"limit": 50})
+    assert 2.0 <= time.monotonic() - started < 4.0
+
+
+def test_waiting_for_a_token_does_not_count_against_the_request_deadline(
+    dintero_emulator_factory,
+):
+    from prefect_dintero.provider import ClientCredentialsProvider
+
+    emu = dintero_emulator_factory(**SMALL)
+    creds = _quick(emu, 1.0)
+
+    class SlowToRenew(ClientCredentialsProvider):
+        def _renew(self, current):  # another process's renewal held the slot for a while
+            time.sleep(1.5)
+            return super()._renew(current)
+
+    provider = SlowToRenew(creds, store=InMemoryTokenStore())
+    with DinteroClient(creds, token_provider=provider, retry_policy=FAST) as client:
+        assert client.get_json("/v1/transactions", host="checkout", params={"limit": 2})
+
+
+def test_a_trickling_token_endpoint_fails_at_the_deadline(dintero_emulator_factory):
+    emu = dintero_emulator_factory(**SMALL)
+    emu.set_faults({"route": "token", "probability": 1.0, "trickle": 0.5})
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        fetch_client_credentials_token(_quick(emu, 1.5))
+    assert time.monotonic() - started < 3.5
+    assert emu.stats()["requests"]["token"] == {"200": 1}
+
+
+class _TricklingHeaders:
+    """A raw server that sends its status line and headers one byte a second (no ASGI server
+    can), to show the deadline covers the headers too."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n[]":
+                    if self.stop.is_set():
+                        return
+                    try:
+                        conn.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                    time.sleep(1.0)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_trickling_headers_fail_at_the_deadline_too(evidence):
+    server = _TricklingHeaders()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        creds = ClientCredentials(
+            account_id=AID,
+            client_id="c",
+            client_secret=SecretStr("s" * 12),
+            api_url=url,
+            checkout_url=url,
+            request_deadline_seconds=2.0,
+        )
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            fetch_client_credentials_token(creds)
+        elapsed = time.monotonic() - started
+        assert elapsed < 3.5
+        evidence.note(
+            f"deadline · headers trickled a byte a second: DeadlineExceeded after "
+            f"{elapsed:.1f} s, deadline 2 s"
+        )
+    finally:
+        server.close()
+
+
+# -- secrets outside the logs ---------------------------------------------------------------------
+
+
+def test_an_echoed_request_never_reaches_an_error_message(dintero_emulator_factory):
+    emu = dintero_emulator_factory(**SMALL)
+    creds = creds_for(emu)
+    basic = base64.b64encode(f"{creds.client_id}:{emu.config.client_secret}".encode()).decode()
+    emu.set_faults(
+        {"route": "token", "sequence": [{"status": 400, "echo": True}]},
+        {"route": "transactions", "sequence": [{"status": 403, "echo": True}]},
+    )
+    with pytest.raises(DinteroError) as token_error:
+        fetch_client_credentials_token(creds)
+    token = fetch_client_credentials_token(creds).access_token.get_secret_value()
+    with DinteroClient(creds) as client, pytest.raises(DinteroError) as data_error:
+        client.get_json("/v1/transactions", host="checkout")
+    for error in (token_error.value, data_error.value):
+        text = f"{error} {error.args} {vars(error)}"
+        assert basic not in text and emu.config.client_secret not in text
+        assert token not in text and "Bearer e" not in text
+        # Where the (cut) message still shows the echoed Authorization header, it is masked.
+        assert "authorization" not in text.lower() or MASK in text
+        assert "\n" not in str(error)
+
+
+def test_a_token_with_a_line_break_is_refused_without_quoting_it(dintero_emulator):
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"access_token": "abc.def\r\nX-Evil: 1", "expires_in": 60})
+
+    creds = ClientCredentials(account_id=AID, client_id="c", client_secret=SecretStr("s" * 12))
+    with (
+        httpx.Client(transport=httpx.MockTransport(handler)) as http,
+        pytest.raises(DinteroError) as info,
+    ):
+        fetch_client_credentials_token(creds, http=http)
+    assert "abc.def" not in str(info.value) and "header cannot carry" in str(info.value)
+    # And a damaged token already saved somewhere is refused by httpx without being quoted.
+    damaged = _user_token("x" * 20 + "\r\nInjected: yes")
+    with (
+        DinteroClient(creds_for(dintero_emulator), session=damaged, retry_policy=FAST) as client,
+        pytest.raises(DinteroError) as info,
+    ):
+        client.get_json("/v1/transactions", host="checkout")
+    assert "Injected" not in str(info.value) and "not valid HTTP" in str(info.value)
+    assert info.value.__cause__ is None
+
+
+# -- bad data from the API ------------------------------------------------------------------------
+
+
+def test_values_that_do_not_fit_their_column_are_null_with_a_warning(tmp_path, caplog):
+    spec = CATALOG["transactions"]
+    sink = Sink(tmp_path / "d.db")
+    sink.prepare([spec])
+    base = {"created_at": "2026-01-01T00:00:00.000Z", "updated_at": "2026-01-02T00:00:00.000Z"}
+    rows = [
+        {**base, "id": "T12345678.huge", "amount": 10**20},
+        {**base, "id": "T12345678.float", "amount": 1e20},
+        {**base, "id": "T12345678.inf", "amount": "Infinity"},
+        {**base, "id": "T12345678.nan", "amount": "NaN"},
+        {**base, "id": "T12345678.decimal", "amount": 338.9},
+        {**base, "id": "T12345678.string", "amount": "338.90"},
+        {**base, "id": "T12345678.whole", "amount": 33890.0},
+        {**base, "id": "T12345678.digits", "amount": "33890"},
+        {**base, "id": "T12345678.bool", "amount": True},
+        {**base, "id": "T12345678.far", "updated_at": "9999-12-31T23:59:59-05:00", "amount": 1},
+    ]
+    with caplog.at_level(logging.WARNING):
+        sink.write_page(spec, AID, "", rows, lambda state, write: state)
+    stored = {r["id"]: r for r in sink.rows(spec, AID)}
+    assert len(stored) == len(rows)
+    amounts = {k.split(".")[1]: v["amount"] for k, v in stored.items()}
+    assert amounts == {
+        "huge": None,
+        "float": None,
+        "inf": None,
+        "nan": None,
+        "decimal": None,
+        "string": None,
+        "whole": 33890,
+        "digits": 33890,
+        "bool": None,
+        "far": 1,
+    }
+    assert stored["T12345678.far"]["updated_at"] is None
+    assert stored["T12345678.decimal"]["raw"]["amount"] == 338.9  # the raw JSON keeps it
+    # Named, stream, object and field, up to five a page; the rest counted.
+    for key in ("huge", "float", "inf", "nan", "decimal"):
+        assert f"transactions T12345678.{key}: amount" in caplog.text
+    assert "3 more values on this page did not fit their columns" in caplog.text
+
+
+def test_non_finite_numbers_from_the_api_are_kept_as_text(destination, dintero_emulator_factory):
+    emu = dintero_emulator_factory(**SMALL)
+    spec = CATALOG["transactions"]
+    newest = max(emu.dump("transactions"), key=lambda t: t["created_at"])
+    body = httpx.get(f"{emu.url}/_emulator/health").json()  # the emulator is up
+    assert body["ok"]
+
+    class NonFinite(httpx.HTTPTransport):
+        def handle_request(self, request):
+            response = super().handle_request(request)
+            if request.url.path != "/v1/transactions":
+                return response
+            response.read()
+            text = response.text.replace(f'"amount":{newest["amount"]}', '"amount":NaN', 1)
+            text = text.replace('"amount":', '"amount":1e400,"x":', 1)
+            return httpx.Response(
+                200, content=text.encode(), headers={"content-type": "application/json"}
+            )
+
+    sink = Sink(destination)
+    sink.prepare([spec])
+    with DinteroClient(creds_for(emu), retry_policy=FAST, transport=NonFinite()) as client:
+        [result] = sync_stream(client, sink, spec, AID, SyncOptions(page_size=100))
+    assert result.inserted == 40
+    raws = json.dumps([r["raw"] for r in sink.rows(spec, AID)])
+    assert '"NaN"' in raws and '"1e400"' in raws
+
+
+@pytest.mark.parametrize("expires_in", [1e12, float("inf"), -5, "3600", None, True])
+def test_a_bad_expires_in_falls_back_like_a_missing_one(expires_in):
+    payload = {"access_token": "a" * 20, "expires_in": expires_in}
+    with pytest.warns(MissingExpiryWarning):
+        token = Token.from_response(payload, datetime.now(UTC))
+    assert token.lifetime == timedelta(seconds=300)
+
+
+def test_a_page_with_more_rows_than_asked_for_is_refused(dintero_emulator_factory, tmp_path):
+    from prefect_dintero.paginators import MalformedPageError
+
+    emu = dintero_emulator_factory(**SMALL)
+    big = [{"id": f"{AID}.x{i}", "created_at": "2026-01-01T00:00:00Z"} for i in range(30_000)]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=big)
+
+    spec = CATALOG["transactions"]
+    sink = Sink(tmp_path / "d.db")
+    sink.prepare([spec])
+    creds = creds_for(emu)
+    DEFAULT_STORE.clear()
+    with DinteroClient(creds, transport=httpx.MockTransport(handler)) as client:
+        client.token_provider.use_transport(sync=httpx.HTTPTransport())
+        with pytest.raises(MalformedPageError, match="30000 rows, more than the 100 asked for"):
+            sync_stream(client, sink, spec, AID, SyncOptions(page_size=100))
+    assert sink.count(spec) == 0
+
+
+def test_a_body_over_the_cap_is_refused_before_it_is_read(dintero_emulator_factory):
+    from prefect_dintero.errors import MalformedResponseError
+
+    emu = dintero_emulator_factory(**SMALL)
+    chunk = b'{"id": "T12345678.padding-padding-padding", "x": "' + b"y" * 1000 + b'"},'
+    body = b"[" + chunk * 30_000 + b'{"id": "T12345678.last"}]'  # about 31 MB
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+    with DinteroClient(creds_for(emu), transport=httpx.MockTransport(handler)) as client:
+        client.token_provider.use_transport(sync=httpx.HTTPTransport())
+        with pytest.raises(MalformedResponseError, match="over the 16,777,216 allowed"):
+            client.get_json("/v1/transactions", host="checkout")
+
+
+# -- files and the emulator -----------------------------------------------------------------------
+
+
+def test_a_new_sqlite_destination_is_private(tmp_path):
+    path = tmp_path / "dintero.db"
+    sink = Sink(path)
+    sink.prepare([CATALOG["customers"]])
+    sink.write_page(
+        CATALOG["customers"],
+        AID,
+        "",
+        [{"id": "c1", "updated_at": "2026-01-01T00:00:00Z", "email": "ada@example.com"}],
+        lambda state, write: state,
+    )
+    for name in ("dintero.db", "dintero.db-wal", "dintero.db-shm"):
+        file = tmp_path / name
+        if file.exists():
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, name
+
+
+def test_the_emulator_binds_loopback_only_unless_told():
+    from prefect_dintero.cli import main
+
+    with pytest.raises(ValueError, match="loopback"):
+        running_emulator(EmulatorConfig(), host="0.0.0.0").__enter__()
+    assert main(["emulator", "--host", "0.0.0.0", "--port", "0"]) == 2
+    help_text = subprocess.run(
+        [sys.executable, "-m", "prefect_dintero.cli", "emulator", "--help"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "for tests" in help_text and "--allow-remote" in help_text
