@@ -1,143 +1,42 @@
-"""The destination: SQLite or PostgreSQL through SQLAlchemy Core.
+"""The sink: tables and stream state in one database, each page committed with its state.
 
 One table per stream (typed columns, ``account_id``, the object as JSON) and one state table.
 Each page's rows and the stream's state are written in one database transaction, so a crash at
-any instant leaves data and cursor consistent: the cursor is never ahead of the data.
+any instant leaves data and cursor consistent: the cursor is never ahead of the data. What
+differs between SQLite and PostgreSQL lives in their dialect classes.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import re
-import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Column,
-    DateTime,
-    Engine,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    inspect,
-    literal,
-    or_,
-    select,
-    text,
-)
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, inspect, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
-from sqlalchemy.types import TypeDecorator
 
-from . import times
-from .errors import ConfigurationError, DinteroError
-from .paginators import MalformedPageError
-from .redact import get_logger
-from .streams import Stream
-from .times import CLOCK_SKEW, iso, parse_datetime
-
-__all__ = [
-    "DestinationError",
-    "PageWrite",
-    "Sink",
-    "StreamState",
-    "iso",
-    "parse_datetime",
-    "with_state",
-]
+from .. import times
+from ..errors import ConfigurationError, DinteroError
+from ..paginators import MalformedPageError
+from ..redact import get_logger
+from ..streams import Stream
+from ..times import CLOCK_SKEW
+from .destinations import DestinationError, redact_url, resolve_destination
+from .dialect import Dialect
+from .postgresql import PostgreSQLDialect
+from .sqlite import SQLiteDialect
+from .values import COLUMN_TYPES, JSON_TYPE, Unfit, UTCDateTime, coerce
 
 logger = get_logger(__name__)
 
 STATE_TABLE = "dintero_sync_state"
 #: Values named, per page, in warnings about values that do not fit their column.
 WARN_UNFIT = 5
-#: Arbitrary but fixed: the advisory lock id that serialises prefect-dintero's DDL.
-SCHEMA_LOCK_KEY = 0x44494E54
-
-
-class DestinationError(ConfigurationError):
-    """The destination database cannot be reached or used."""
-
-
-class UTCDateTime(TypeDecorator):
-    """Aware UTC datetimes on every dialect (SQLite has no timezone type)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Any) -> datetime | None:
-        dt = parse_datetime(value)
-        if dt is not None and dialect.name == "sqlite":
-            return dt.replace(tzinfo=None)
-        return dt
-
-    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
-        return parse_datetime(value)
-
-
-JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")
-_TYPES = {
-    "text": lambda: Text(),
-    "int": lambda: BigInteger(),
-    "datetime": lambda: UTCDateTime(),
-    "bool": lambda: Boolean(),
-}
-
-
-BIGINT_RANGE = (-(2**63), 2**63 - 1)
-_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
-
-
-class Unfit(ValueError):
-    """A value that does not fit its typed column (it stays in ``raw``)."""
-
-
-def coerce(kind: str, value: Any) -> Any:
-    """A value for a typed column, or ``Unfit`` saying why it does not fit.
-
-    Amounts are integers in minor units (https://docs.dintero.com/docs/glossary: "33890 is
-    338.90 NOK"). An integral float (``33890.0``) or a string of digits (``"33890"``) is that
-    integer; anything with a fraction (``338.9``, ``"338.90"``), a non-finite number, a boolean
-    or a number beyond 64 bits does not fit and is never rounded or truncated.
-    """
-    if value is None:
-        return None
-    if kind == "datetime":
-        parsed = parse_datetime(value)
-        if parsed is None:
-            raise Unfit("is not an ISO 8601 date-time that UTC can hold")
-        return parsed
-    if kind == "int":
-        if isinstance(value, bool):
-            raise Unfit("is a boolean, not an integer")
-        whole_float = isinstance(value, float) and math.isfinite(value) and value.is_integer()
-        digits = isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip())
-        if not (isinstance(value, int) or whole_float or digits):
-            raise Unfit("is not an integer (amounts are integers in minor units)")
-        number = int(value)
-        if not BIGINT_RANGE[0] <= number <= BIGINT_RANGE[1]:
-            raise Unfit("does not fit a 64-bit integer")
-        return number
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise Unfit("is not a boolean")
-        return value
-    return value if isinstance(value, str) else json.dumps(value)
+DIALECTS: dict[str, type[Dialect]] = {"sqlite": SQLiteDialect, "postgresql": PostgreSQLDialect}
 
 
 @dataclass
@@ -169,111 +68,6 @@ class PageWrite:
     keys: list[str] = field(default_factory=list, repr=False)
 
 
-#: Query parameters of a database URL that carry a secret (libpq and drivers accept these).
-SECRET_QUERY_KEYS = frozenset(
-    {"password", "passwd", "pwd", "pass", "sslpassword", "secret", "token", "passfile"}
-)
-
-
-def url_secrets(url: str) -> list[str]:
-    """Where a database URL carries a password: ``user:password@`` or ``?password=``."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return []
-    found = ["the user:password@ part"] if parsed.password else []
-    found += [f"?{key}=" for key in parsed.query if key.lower() in SECRET_QUERY_KEYS]
-    return found
-
-
-def redact_url(url: str) -> str:
-    """A database URL fit to print: its password and secret query values masked."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return "<unparseable URL>"
-    masked = {
-        key: ("***" if key.lower() in SECRET_QUERY_KEYS else value)
-        for key, value in parsed.query.items()
-    }
-    return parsed.set(query=masked).render_as_string(hide_password=True)
-
-
-def resolve_destination(destination: str | Path) -> str:
-    """A SQLAlchemy URL from a URL or a file path (a path means SQLite)."""
-    destination = str(destination)
-    if "://" not in destination:
-        return f"sqlite:///{Path(destination).expanduser().resolve()}"
-    try:
-        url = make_url(destination)
-    except ArgumentError:  # its message quotes the URL, password and all
-        raise DestinationError(
-            "the destination is not a database URL (expected e.g. "
-            "postgresql://user@host/database, or a path for SQLite)"
-        ) from None
-    if url.drivername in ("postgresql", "postgres"):
-        # psycopg 3 is the driver the postgres extra installs.
-        url = url.set(drivername="postgresql+psycopg")
-    return url.render_as_string(hide_password=False)
-
-
-def _use_wal(cursor: Any) -> None:
-    """Switch a SQLite database to WAL once. Several streams open a new file at the same moment;
-    the switch needs the file to itself and SQLite answers "locked" at once instead of waiting,
-    so the losers wait a little and find it done."""
-    for attempt in range(50):
-        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-            return
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == 49:
-                raise
-            time.sleep(0.02 * (attempt + 1))
-
-
-def create_private_file(path: str | None) -> None:
-    """Create a new SQLite file readable by its owner only (0600): it will hold customers'
-    names and e-mails. SQLite gives its -wal and -shm files the same mode. An existing file
-    keeps the mode its owner chose."""
-    if not path or path == ":memory:" or path.startswith("file:"):
-        return
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise DestinationError(f"cannot create the SQLite file {path}: {exc.strerror}") from None
-    os.close(fd)
-
-
-def tune_sqlite(engine: Engine) -> Engine:
-    """WAL, a busy timeout, and BEGIN IMMEDIATE on every connection of a SQLite engine."""
-    if getattr(engine, "_dintero_tuned", False):
-        return engine
-
-    @event.listens_for(engine, "connect")
-    def _sqlite_connect(dbapi_connection: Any, record: Any) -> None:
-        # Let SQLAlchemy, not the sqlite3 module, issue BEGIN (as IMMEDIATE below).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=60000")
-        # WAL: readers never block the writer; NORMAL is durable across process crashes
-        # (SIGKILL), which is what a sync must survive.
-        _use_wal(cursor)
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _sqlite_begin(conn: Connection) -> None:
-        # Take the write lock at BEGIN: the state row is read, then written.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine._dintero_tuned = True  # type: ignore[attr-defined]
-    return engine
-
-
 class Sink:
     """Tables and state in one database. Thread-safe: each write uses its own connection.
 
@@ -287,17 +81,15 @@ class Sink:
             if url is None:
                 raise ConfigurationError("a destination URL or engine is needed")
             self.url = resolve_destination(url)
-            engine = self._create_engine(self.url)
+            name = "sqlite" if self.url.startswith("sqlite") else "postgresql"
+            self.dialect_impl = self._dialect(name)
+            engine = self._create_engine(self.dialect_impl, self.url)
         else:
             self.url = engine.url.render_as_string(hide_password=False)
-            if engine.dialect.name == "sqlite":
-                tune_sqlite(engine)
+            self.dialect_impl = self._dialect(engine.dialect.name)
+            engine = self.dialect_impl.tune(engine)
         self.engine = engine
-        self.dialect = engine.dialect.name
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise DestinationError(
-                f"unsupported destination dialect {self.dialect!r}: use SQLite or PostgreSQL"
-            )
+        self.dialect = self.dialect_impl.name
         self.metadata = MetaData()
         self.state_table = Table(
             STATE_TABLE,
@@ -315,17 +107,22 @@ class Sink:
             Column("last_run_id", String(64)),
         )
         self._tables: dict[str, Table] = {}
+        self._upserts: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     @staticmethod
-    def _create_engine(url: str) -> Engine:
+    def _dialect(name: str) -> Dialect:
+        dialect = DIALECTS.get(name)
+        if dialect is None:
+            raise DestinationError(
+                f"unsupported destination dialect {name!r}: use SQLite or PostgreSQL"
+            )
+        return dialect()
+
+    @staticmethod
+    def _create_engine(dialect: Dialect, url: str) -> Engine:
         try:
-            if url.startswith("sqlite"):
-                create_private_file(make_url(url).database)
-                return tune_sqlite(
-                    create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-                )
-            return create_engine(url, pool_pre_ping=True)
+            return dialect.create_engine(url)
         except (NoSuchModuleError, ModuleNotFoundError) as exc:
             raise DestinationError(
                 f"no database driver for {redact_url(url)}: {exc}. For PostgreSQL install "
@@ -349,7 +146,7 @@ class Sink:
                     columns.append(
                         Column(
                             col.name,
-                            String(255) if is_key else _TYPES[col.type](),
+                            String(255) if is_key else COLUMN_TYPES[col.type](),
                             primary_key=is_key,
                             nullable=not is_key,
                         )
@@ -365,13 +162,7 @@ class Sink:
         tables = [self.table_for(s) for s in streams]
         try:
             with self.engine.begin() as conn:
-                if self.dialect == "postgresql":
-                    # Streams prepare their tables concurrently; PostgreSQL's CREATE TABLE IF NOT
-                    # EXISTS still races, so one schema change at a time (SQLite's BEGIN
-                    # IMMEDIATE already serialises this).
-                    conn.execute(
-                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY}
-                    )
+                self.dialect_impl.lock_schema(conn)
                 self.metadata.create_all(conn, tables=[self.state_table, *tables])
                 inspector = inspect(conn)
                 for table in tables:
@@ -429,13 +220,13 @@ class Sink:
         t = self.state_table
         # Two runs may create the row at once: let the database settle it, not a read first.
         conn.execute(
-            self._insert(t)
+            self.dialect_impl.insert(t)
             .values(account_id=account_id, stream=stream, partition=partition, rows_total=0)
             .on_conflict_do_nothing(index_elements=["account_id", "stream", "partition"])
         )
-        query = select(t).where(self._state_key(account_id, stream, partition))
-        if self.dialect == "postgresql":
-            query = query.with_for_update()  # SQLite's BEGIN IMMEDIATE already excludes writers
+        query = self.dialect_impl.lock_row(
+            select(t).where(self._state_key(account_id, stream, partition))
+        )
         return self._state_from_row(conn.execute(query).mappings().first())
 
     # -- writes ----------------------------------------------------------------------------------
@@ -524,7 +315,10 @@ class Sink:
                     self._classify(
                         conn, table, stream, account_id, rows, version, trusted_until, result
                     )
-                    conn.execute(self._upsert(table, pk, version, trusted_until), rows)
+                    if version:  # the upsert's guard compares with it, row by row
+                        for row in rows:
+                            row["trusted_until"] = trusted_until
+                    conn.execute(self._upsert(stream, table, version), rows)
                 new_state = update_state(state, result)
                 conn.execute(
                     self.state_table.update()
@@ -586,27 +380,12 @@ class Sink:
             else:
                 result.unchanged += 1
 
-    def _insert(self, table: Table) -> Any:
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table)
-
-    def _upsert(self, table: Table, pk: str, version: str | None, trusted_until: datetime) -> Any:
-        stmt = self._insert(table)
-        keys = {"account_id", pk}
-        updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
-        # Never let an older copy of an object replace a newer one (a replayed page, a slow
-        # run), unless either version can't be trusted (see ``replaces``).
-        where = None
-        if version:
-            new, old = stmt.excluded[version], table.c[version]
-            limit = literal(trusted_until, UTCDateTime())
-            where = or_(new.is_(None), old.is_(None), new > limit, old > limit, new >= old)
-        return stmt.on_conflict_do_update(
-            index_elements=["account_id", pk], set_=updates, where=where
-        )
+    def _upsert(self, stream: Stream, table: Table, version: str | None) -> Any:
+        statement = self._upserts.get(stream.name)
+        if statement is None:
+            statement = self.dialect_impl.upsert(table, stream.primary_key, version)
+            self._upserts[stream.name] = statement
+        return statement
 
     # -- reads for tests and summaries -------------------------------------------------------------
 

@@ -1,0 +1,78 @@
+"""Where the data goes: destination URLs, their secrets, and new SQLite files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from ..errors import ConfigurationError
+
+
+class DestinationError(ConfigurationError):
+    """The destination database cannot be reached or used."""
+
+
+#: Query parameters of a database URL that carry a secret (libpq and drivers accept these).
+SECRET_QUERY_KEYS = frozenset(
+    {"password", "passwd", "pwd", "pass", "sslpassword", "secret", "token", "passfile"}
+)
+
+
+def url_secrets(url: str) -> list[str]:
+    """Where a database URL carries a password: ``user:password@`` or ``?password=``."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return []
+    found = ["the user:password@ part"] if parsed.password else []
+    found += [f"?{key}=" for key in parsed.query if key.lower() in SECRET_QUERY_KEYS]
+    return found
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit to print: its password and secret query values masked."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "<unparseable URL>"
+    masked = {
+        key: ("***" if key.lower() in SECRET_QUERY_KEYS else value)
+        for key, value in parsed.query.items()
+    }
+    return parsed.set(query=masked).render_as_string(hide_password=True)
+
+
+def resolve_destination(destination: str | Path) -> str:
+    """A SQLAlchemy URL from a URL or a file path (a path means SQLite)."""
+    destination = str(destination)
+    if "://" not in destination:
+        return f"sqlite:///{Path(destination).expanduser().resolve()}"
+    try:
+        url = make_url(destination)
+    except ArgumentError:  # its message quotes the URL, password and all
+        raise DestinationError(
+            "the destination is not a database URL (expected e.g. "
+            "postgresql://user@host/database, or a path for SQLite)"
+        ) from None
+    if url.drivername in ("postgresql", "postgres"):
+        # psycopg 3 is the driver the postgres extra installs.
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+def create_private_file(path: str | None) -> None:
+    """Create a new SQLite file readable by its owner only (0600): it will hold customers'
+    names and e-mails. SQLite gives its -wal and -shm files the same mode. An existing file
+    keeps the mode its owner chose."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise DestinationError(f"cannot create the SQLite file {path}: {exc.strerror}") from None
+    os.close(fd)
