@@ -7,6 +7,7 @@ import math
 from typing import Any, Literal
 
 import httpx
+import orjson
 
 from . import deadline
 from .auth import DinteroAuth
@@ -38,8 +39,15 @@ def _finite_or_text(text: str) -> float | str:
 def decode_json(content: bytes) -> Any:
     """JSON as Dintero sends it, with ``NaN``, ``Infinity`` and numbers too large for a float
     kept as the text they were: no database's JSON can hold them as numbers, and one such
-    value must not fail a stream on every run."""
-    return json.loads(content, parse_constant=str, parse_float=_finite_or_text)
+    value must not fail a stream on every run.
+
+    orjson (Prefect's own dependency) decodes pages several times faster than ``json``; it
+    refuses those numbers, and only then does the slower decoder with its hooks run.
+    """
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return json.loads(content, parse_constant=str, parse_float=_finite_or_text)
 
 
 class _ClientBase:

@@ -14,9 +14,11 @@ missing or empty (the schemas mark ``items``, ``entries``, ``last_evaluated_key`
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from queue import Full, Queue
 from typing import Any
 
 from .errors import DinteroError, MalformedResponseError
@@ -263,3 +265,46 @@ def pages(
         seen.add(marker)
         params = next_params
     raise PaginationError(f"stopped after the page cap of {max_pages} pages")
+
+
+def fetched_ahead(source: Iterator[Page], depth: int = 1) -> Iterator[Page]:
+    """The same pages, the next ``depth`` fetched in a thread while the caller writes this one.
+
+    Memory stays flat (at most ``depth`` pages wait), and nothing changes for a crash: a page
+    is only committed by the caller, so a run killed with a page fetched ahead resumes from
+    the last page it committed. An error while fetching reaches the caller at that page.
+    """
+    queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for page in source:
+                if not put(("page", page)):
+                    return
+            put(("done", None))
+        except BaseException as exc:  # handed to the caller, raised there
+            put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="dintero-fetch-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = queue.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        # The caller stopped (done, or failed writing): the fetcher stops at its next page.
+        stop.set()

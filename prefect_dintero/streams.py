@@ -37,13 +37,21 @@ class Column:
     type: ColumnType = "text"
     path: str | None = None
 
+    def __post_init__(self) -> None:
+        # Split once: the path is walked for every row of every page.
+        steps = tuple(
+            (part, int(part) if part.isdigit() else None)
+            for part in (self.path or self.name).split(".")
+        )
+        object.__setattr__(self, "_steps", steps)
+
     def extract(self, obj: dict) -> Any:
         value: Any = obj
-        for part in (self.path or self.name).split("."):
-            if isinstance(value, list):
-                value = value[int(part)] if part.isdigit() and len(value) > int(part) else None
-            elif isinstance(value, dict):
-                value = value.get(part)
+        for key, index in self._steps:  # type: ignore[attr-defined]
+            if type(value) is dict:
+                value = value.get(key)
+            elif type(value) is list and index is not None:
+                value = value[index] if len(value) > index else None
             else:
                 return None
             if value is None:

@@ -26,7 +26,7 @@ from typing import Any
 from . import times
 from .client import DinteroClient
 from .errors import ConfigurationError, DinteroAPIError
-from .paginators import DEFAULT_MAX_PAGES, Page, SinceDatetimePaginator, pages
+from .paginators import DEFAULT_MAX_PAGES, Page, SinceDatetimePaginator, fetched_ahead, pages
 from .redact import get_logger
 from .sink import PageWrite, Sink, StreamState, with_state
 from .streams import Stream
@@ -375,12 +375,14 @@ class StreamSync:
         # The window that was asked for: the API's filter when it has one, else everything.
         asked = (lower, upper) if self.stream.filtered_by_api else (None, None)
         first = True
-        for page in pages(
-            self._fetch,
-            paginator,
-            start_params=resume,
-            base_params=self._base_params(lower, upper),
-            max_pages=self.options.max_pages,
+        for page in fetched_ahead(
+            pages(
+                self._fetch,
+                paginator,
+                start_params=resume,
+                base_params=self._base_params(lower, upper),
+                max_pages=self.options.max_pages,
+            )
         ):
             newest = self._newest_in_window(page.rows, *asked, result)
             last = page.next_params is None
@@ -443,11 +445,13 @@ class StreamSync:
             else None
         )
         first, scan_newest = True, None
-        for page in pages(
-            self._fetch,
-            paginator,
-            base_params=dict(self.stream.extra_params),
-            max_pages=self.options.max_pages,
+        for page in fetched_ahead(
+            pages(
+                self._fetch,
+                paginator,
+                base_params=dict(self.stream.extra_params),
+                max_pages=self.options.max_pages,
+            )
         ):
             scanned = "since_datetime" not in page.params
             if scanned:

@@ -42,17 +42,17 @@ def parse_datetime(value: Any) -> datetime | None:
     Dintero documents "ISO 8601 … If a timezone is not specified we assume UTC". A value that
     parses but cannot be held as UTC (``9999-12-31T23:59:59-05:00``) is unusable too.
     """
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, str):
+    if type(value) is str:
         try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            dt = datetime.fromisoformat(value)  # takes "Z" since Python 3.11
         except ValueError:
             return None
+    elif isinstance(value, datetime):
+        dt = value
     else:
         return None
+    if dt.tzinfo is UTC:
+        return dt
     try:
         return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     except (OverflowError, ValueError):

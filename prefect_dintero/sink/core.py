@@ -29,7 +29,7 @@ from .destinations import DestinationError, redact_url, resolve_destination
 from .dialect import Dialect
 from .postgresql import PostgreSQLDialect
 from .sqlite import SQLiteDialect
-from .values import COLUMN_TYPES, JSON_TYPE, Unfit, UTCDateTime, coerce
+from .values import COERCERS, COLUMN_TYPES, JSON_TYPE, Unfit, UTCDateTime
 
 logger = get_logger(__name__)
 
@@ -108,6 +108,7 @@ class Sink:
         )
         self._tables: dict[str, Table] = {}
         self._upserts: dict[str, Any] = {}
+        self._coercers: dict[str, list[tuple[Any, Callable[[Any], Any]]]] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -249,16 +250,17 @@ class Sink:
                     f"{stream.primary_key!r} (a string of at most 255 characters)"
                 )
             row = {"account_id": account_id, "raw": obj, "synced_at": now}
-            for col in stream.columns:
-                if col.name == stream.primary_key:
-                    row[col.name] = key
-                    continue
+            for col, to_column in self._columns(stream):
                 value = col.extract(obj)
+                if value is None:
+                    row[col.name] = None
+                    continue
                 try:
-                    row[col.name] = coerce(col.type, value)
+                    row[col.name] = to_column(value)
                 except Unfit as why:
                     row[col.name] = None
                     unfit.append((key, col.path or col.name, value, why))
+            row[stream.primary_key] = key
             rows.append(row)
         for key, field_name, value, why in unfit[:WARN_UNFIT]:
             logger.warning(
@@ -276,6 +278,19 @@ class Sink:
                 len(unfit) - WARN_UNFIT,
             )
         return rows
+
+    def _columns(self, stream: Stream) -> list[tuple[Any, Callable[[Any], Any]]]:
+        """The stream's typed columns (its key aside) with the function that fits a value to
+        each, worked out once per stream."""
+        columns = self._coercers.get(stream.name)
+        if columns is None:
+            columns = [
+                (col, COERCERS[col.type])
+                for col in stream.columns
+                if col.name != stream.primary_key
+            ]
+            self._coercers[stream.name] = columns
+        return columns
 
     def write_page(
         self,
@@ -318,7 +333,7 @@ class Sink:
                     if version:  # the upsert's guard compares with it, row by row
                         for row in rows:
                             row["trusted_until"] = trusted_until
-                    conn.execute(self._upsert(stream, table, version), rows)
+                    self.dialect_impl.write(conn, self._upsert(stream, table, version), rows)
                 new_state = update_state(state, result)
                 conn.execute(
                     self.state_table.update()

@@ -37,6 +37,10 @@ class Dialect:
         """The state row's query, locking the row until the transaction ends."""
         return query
 
+    def write(self, conn: Connection, statement: Any, rows: list[dict]) -> None:
+        """Run the upsert for a page's rows (executemany)."""
+        conn.execute(statement, rows)
+
     def upsert(self, table: Table, pk: str, version: str | None) -> Any:
         """``INSERT ... ON CONFLICT DO UPDATE`` for ``table``, built once per table.
 

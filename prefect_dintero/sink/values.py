@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -48,6 +49,43 @@ class Unfit(ValueError):
     """A value that does not fit its typed column (it stays in ``raw``)."""
 
 
+def _as_datetime(value: Any) -> datetime:
+    parsed = parse_datetime(value)
+    if parsed is None:
+        raise Unfit("is not an ISO 8601 date-time that UTC can hold")
+    return parsed
+
+
+def _as_int(value: Any) -> int:
+    if type(value) is int:
+        number = value
+    elif isinstance(value, bool):
+        raise Unfit("is a boolean, not an integer")
+    elif (isinstance(value, float) and math.isfinite(value) and value.is_integer()) or (
+        isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip())
+    ):
+        number = int(value)
+    else:
+        raise Unfit("is not an integer (amounts are integers in minor units)")
+    if not BIGINT_RANGE[0] <= number <= BIGINT_RANGE[1]:
+        raise Unfit("does not fit a 64-bit integer")
+    return number
+
+
+def _as_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Unfit("is not a boolean")
+    return value
+
+
+def _as_text(value: Any) -> str:
+    return value if type(value) is str else dump_json(value)
+
+
+#: One function per column type, looked up once per column rather than branched on per value.
+COERCERS = {"datetime": _as_datetime, "int": _as_int, "bool": _as_bool, "text": _as_text}
+
+
 def coerce(kind: str, value: Any) -> Any:
     """A value for a typed column, or ``Unfit`` saying why it does not fit.
 
@@ -56,26 +94,23 @@ def coerce(kind: str, value: Any) -> Any:
     integer; anything with a fraction (``338.9``, ``"338.90"``), a non-finite number, a boolean
     or a number beyond 64 bits does not fit and is never rounded or truncated.
     """
-    if value is None:
-        return None
-    if kind == "datetime":
-        parsed = parse_datetime(value)
-        if parsed is None:
-            raise Unfit("is not an ISO 8601 date-time that UTC can hold")
-        return parsed
-    if kind == "int":
-        if isinstance(value, bool):
-            raise Unfit("is a boolean, not an integer")
-        whole_float = isinstance(value, float) and math.isfinite(value) and value.is_integer()
-        digits = isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip())
-        if not (isinstance(value, int) or whole_float or digits):
-            raise Unfit("is not an integer (amounts are integers in minor units)")
-        number = int(value)
-        if not BIGINT_RANGE[0] <= number <= BIGINT_RANGE[1]:
-            raise Unfit("does not fit a 64-bit integer")
-        return number
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise Unfit("is not a boolean")
-        return value
-    return value if isinstance(value, str) else json.dumps(value)
+    return None if value is None else COERCERS[kind](value)
+
+
+def dump_json(value: Any) -> str:
+    """JSON text for a column: orjson, or ``json`` for what orjson refuses (integers beyond
+    64 bits). Non-finite numbers never get here: they were decoded as text."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
+def sqlite_datetime(value: datetime) -> str:
+    """A UTC datetime as SQLAlchemy stores it in SQLite (``2026-01-02 03:04:05.000000``), so
+    old and new rows compare as text in SQL."""
+    if value.tzinfo is UTC:  # what parse_datetime gives: cut the "+00:00" off
+        return value.isoformat(sep=" ", timespec="microseconds")[:-6]
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(sep=" ", timespec="microseconds")
