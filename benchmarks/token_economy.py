@@ -5,10 +5,13 @@ Each of ``--processes`` worker processes runs ``--threads`` threads (each with i
 ``--seconds`` while access tokens live ``--lifetime`` seconds. A good token manager asks for one
 token per lifetime, however many callers there are.
 
-Two identities:
+Three identities:
 
-- ``--identity service`` (default): the API client's own client-credentials token. Threads and
-  coroutines of a process share one token; processes keep their own.
+- ``--identity service`` (default): the API client's own client-credentials token from a
+  ``DinteroCredentials`` block on a real ``prefect server start``, shared by every process
+  through a ``DinteroServiceToken`` block (renewed by one process at a time).
+- ``--identity service-memory``: the same token kept in each process's memory (the core
+  library without Prefect, or ``share_service_token=False``): processes keep their own.
 - ``--identity session``: a logged-in user's session saved as a ``DinteroOIDCSession`` block on a
   real ``prefect server start``. Its refresh (with a rotating refresh token) is single-flight
   across processes through a Prefect global concurrency limit.
@@ -44,6 +47,11 @@ def worker(args: argparse.Namespace) -> None:
 
         session = DinteroOIDCSession.load("bench-session")
         make_client, make_async_client = session.get_client, session.get_async_client
+    elif args.identity == "service":
+        from prefect_dintero import DinteroCredentials
+
+        credentials = DinteroCredentials.load("bench-creds")
+        make_client, make_async_client = credentials.get_client, credentials.get_async_client
     else:
         from pydantic import SecretStr
 
@@ -136,7 +144,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--coroutines", type=int, default=64)
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--identity", choices=["service", "session"], default="service")
+    parser.add_argument(
+        "--identity", choices=["service", "service-memory", "session"], default="service"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--start-at", help=argparse.SUPPRESS)
@@ -153,10 +163,10 @@ def main() -> None:
     env = dict(os.environ)
     try:
         with tempfile.TemporaryDirectory() as home:
-            if args.identity == "session":
+            if args.identity in ("session", "service"):
                 server, env = start_prefect_server(Path(home))
                 log_in(env, url)
-                # The session from the login is fresh; count only what the load costs.
+                # What the login cost is not the load's: count from here.
                 httpx.delete(f"{url}/_emulator/stats")
             start_at = time.time() + 8  # time for every worker to import and load its block
             workers = [

@@ -19,6 +19,8 @@ from prefect_dintero.provider import ClientCredentialsProvider
 from prefect_dintero.tokens import Token
 from prefect_dintero.validation import validate_base_url, validate_owner_id
 
+from .service_token import BlockServiceTokenStore
+
 LOGO_URL = "https://github.com/Dintero.png"
 
 
@@ -41,6 +43,7 @@ class DinteroCredentials(CredentialsBlock):
         token_leeway_seconds: renew tokens this long before they expire.
         system_name: sent as Dintero-System-Name on every request.
         request_deadline_seconds: the most one request may take in all.
+        share_service_token: share one service token per lifetime across runs and workers.
 
     Examples:
         Load saved credentials and list a page of transactions:
@@ -104,6 +107,14 @@ class DinteroCredentials(CredentialsBlock):
         default=None,
         description="Your system's name, sent to Dintero as the Dintero-System-Name header.",
     )
+    share_service_token: bool = Field(
+        default=True,
+        description=(
+            "Keep the client's service token in a Dintero Service Token block (encrypted) so "
+            "every run and worker using these credentials shares one token per lifetime; off "
+            "keeps a token in each process's memory."
+        ),
+    )
     request_deadline_seconds: float = Field(
         default=DEFAULT_REQUEST_DEADLINE,
         gt=0,
@@ -157,14 +168,23 @@ class DinteroCredentials(CredentialsBlock):
                 :class:`AsyncDinteroClient`.
         """
         cls = AsyncDinteroClient if client_type == "async" else DinteroClient
-        return cls(self.to_core(), leeway=self.token_leeway_seconds)
+        provider = self.service_token_provider()
+        return cls(provider.credentials, token_provider=provider)
 
     def get_async_client(self) -> AsyncDinteroClient:
         """An :class:`AsyncDinteroClient` authenticated with the service token."""
-        return AsyncDinteroClient(self.to_core(), leeway=self.token_leeway_seconds)
+        provider = self.service_token_provider()
+        return AsyncDinteroClient(provider.credentials, token_provider=provider)
 
     def service_token_provider(self) -> ClientCredentialsProvider:
-        return ClientCredentialsProvider(self.to_core(), leeway=self.token_leeway_seconds)
+        """The service token's provider: shared through a Dintero Service Token block when this
+        block is saved and ``share_service_token`` is on, else this process's memory."""
+        core = self.to_core()
+        name = getattr(self, "_block_document_name", None)
+        store = None
+        if self.share_service_token and name:
+            store = BlockServiceTokenStore.for_credentials(name, core)
+        return ClientCredentialsProvider(core, store=store, leeway=self.token_leeway_seconds)
 
     def exchange_authorization_code(self, code: str, redirect_uri: str | None = None) -> Token:
         """Exchange a user's authorization code for a session token (single attempt per code).

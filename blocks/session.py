@@ -2,51 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import threading
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
 from datetime import datetime
 from typing import Any, Literal
 
-import httpx
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
-from prefect.concurrency.asyncio import concurrency as aconcurrency
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
 from pydantic import Field, SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
 from prefect_dintero.provider import OIDCSessionProvider
 from prefect_dintero.redact import get_logger
-from prefect_dintero.store import TokenStore, same_token
 from prefect_dintero.tokens import Token, UserInfo
 
 from .credentials import LOGO_URL, DinteroCredentials
+from .token_store import RENEWAL_SLOT_LEASE, BlockTokenStore
 
 logger = get_logger(__name__)
 
 #: The block type's slug, to read a session block's non-secret fields cheaply.
 SESSION_BLOCK_SLUG = "dintero-oidc-session"
-# The shortest lease Prefect allows. A process killed mid-renewal holds the slot until its lease
-# expires (and the server's repossessor runs): this bounds that wait at about a minute.
-RENEWAL_SLOT_LEASE = 60.0
-#: How often a process waiting for another's renewal asks for the slot again.
-RENEWAL_POLL_SECONDS = 0.25
-
-
-def _slot_is_taken(exc: BaseException) -> bool:
-    """Whether acquiring the slot failed because another holder has it (HTTP 423)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
-            return True
-        cause = cause.__cause__
-    return False
 
 
 class DinteroOIDCSession(Block):
@@ -192,27 +168,25 @@ def refresh_limit_name(cache_key: str) -> str:
     return f"dintero-session-refresh-{cache_key[:16]}"
 
 
-class BlockSessionStore(TokenStore):
+class BlockSessionStore(BlockTokenStore):
     """The core's token store for one saved session block.
 
     Reads are served from memory, after asking Prefect which login the block holds now (its
     ``session_id``, read without secrets): when someone logged in again into the block, the new
-    login replaces the old one at this process's next request. Inside a renewal the block is
-    re-read, so a session renewed by another process is picked up instead of renewed again. A
-    renewed token is saved to the block before it is handed out. An invalidated token (a 401)
-    is only marked in memory.
+    login replaces the old one at this process's next request. Renewals run in the block's
+    renewal slot (``BlockTokenStore``); one that waits longer than two request deadlines fails.
     """
 
     _instances: dict[str, BlockSessionStore] = {}
     _instances_lock = threading.Lock()
-    _limits_ready: set[str] = set()
 
     def __init__(self, block_name: str, cache_key: str, block: DinteroOIDCSession) -> None:
+        super().__init__(
+            refresh_limit_name(cache_key),
+            2 * block.credentials.request_deadline_seconds + 10.0,
+            block.to_token(),
+        )
         self.block_name = block_name
-        self.limit_name = refresh_limit_name(cache_key)
-        self.slot_timeout = 2 * block.credentials.request_deadline_seconds + 10.0
-        self._token: Token | None = block.to_token()
-        self._lock = threading.Lock()
 
     @classmethod
     def for_block(
@@ -236,7 +210,25 @@ class BlockSessionStore(TokenStore):
         logger.info("a new login into the session block %r is used from now on", self.block_name)
         return True
 
-    # -- reads ----------------------------------------------------------------------------------
+    # -- the block ------------------------------------------------------------------------------
+
+    def _load(self) -> Token | None:
+        return DinteroOIDCSession.load(self.block_name, _sync=True).to_token()
+
+    async def _aload(self) -> Token | None:
+        return (await DinteroOIDCSession.aload(self.block_name)).to_token()
+
+    def _save(self, token: Token) -> None:
+        block = DinteroOIDCSession.load(self.block_name, _sync=True)
+        block._apply(token)
+        block.save(self.block_name, overwrite=True, _sync=True)
+
+    async def _asave(self, token: Token) -> None:
+        block = await DinteroOIDCSession.aload(self.block_name)
+        block._apply(token)
+        await block.asave(self.block_name, overwrite=True)
+
+    # -- reads: which login the block holds --------------------------------------------------
 
     def _saved_login(self) -> str | None:
         with get_client(sync_client=True) as client:
@@ -258,145 +250,31 @@ class BlockSessionStore(TokenStore):
         return saved_id is not None and (token is None or saved_id != token.identity)
 
     def get(self, key: str, *, reload: bool = False) -> Token | None:
-        if reload or self._is_other_login(self._saved_login()):
-            block = DinteroOIDCSession.load(self.block_name, _sync=True)
-            if not reload:
-                self._take_login(block.to_token())
-            else:
-                with self._lock:
-                    self._token = block.to_token()
+        if reload:
+            return super().get(key, reload=True)
+        if self._is_other_login(self._saved_login()):
+            saved = self._load()
+            if saved is not None:
+                self._take_login(saved)
         return self._token
 
     async def aget(self, key: str, *, reload: bool = False) -> Token | None:
-        if reload or self._is_other_login(await self._asaved_login()):
-            block = await DinteroOIDCSession.aload(self.block_name)
-            if not reload:
-                self._take_login(block.to_token())
-            else:
-                with self._lock:
-                    self._token = block.to_token()
+        if reload:
+            return await super().aget(key, reload=True)
+        if self._is_other_login(await self._asaved_login()):
+            saved = await self._aload()
+            if saved is not None:
+                self._take_login(saved)
         return self._token
 
-    # -- writes ---------------------------------------------------------------------------------
-
-    def _swap_in_memory(self, expected: Token | None, new: Token | None) -> bool:
-        with self._lock:
-            if not same_token(self._token, expected):
-                return False
-            self._token = new
-            return True
-
-    def compare_and_swap(self, key: str, expected: Token | None, new: Token | None) -> bool:
-        if new is not None and not new.same_access_token(expected):
-            block = DinteroOIDCSession.load(self.block_name, _sync=True)
-            if not same_token(block.to_token(), expected):
-                return False
-            block._apply(new)
-            block.save(self.block_name, overwrite=True, _sync=True)
-        return self._swap_in_memory(expected, new)
-
-    async def acompare_and_swap(self, key: str, expected: Token | None, new: Token | None) -> bool:
-        if new is not None and not new.same_access_token(expected):
-            block = await DinteroOIDCSession.aload(self.block_name)
-            if not same_token(block.to_token(), expected):
-                return False
-            block._apply(new)
-            await block.asave(self.block_name, overwrite=True)
-        return self._swap_in_memory(expected, new)
-
-    # -- cross-process serialisation --------------------------------------------------------------
-
-    # Prefect's upsert reads, then creates: two processes renewing at once for the first time
-    # can both try to create the limit, and the second is told it exists, which is the point.
-
-    def _ensure_limit(self) -> None:
-        if self.limit_name in self._limits_ready:
-            return
-        with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-            client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
-        self._limits_ready.add(self.limit_name)
-
-    async def _aensure_limit(self) -> None:
-        if self.limit_name in self._limits_ready:
-            return
-        async with get_client() as client:
-            with contextlib.suppress(ObjectAlreadyExists):
-                await client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
-        self._limits_ready.add(self.limit_name)
-
-    # Another process holding the slot is renewing this session. Prefect would make a waiter
-    # sleep for the server's Retry-After, which grows to 30 s under contention, while its token
-    # is expired; instead, ask for the slot without waiting, every RENEWAL_POLL_SECONDS. Inside
-    # the slot the caller re-reads the block and finds the other process's renewal there.
-
-    def _try_slot(self) -> ExitStack | None:
-        stack = ExitStack()
-        try:
-            stack.enter_context(
-                concurrency(
-                    self.limit_name,
-                    occupy=1,
-                    max_retries=0,
-                    lease_duration=RENEWAL_SLOT_LEASE,
-                    strict=False,
-                )
-            )
-        except Exception as exc:  # Prefect's error class is private; the 423 below is not
-            stack.close()
-            if not _slot_is_taken(exc):
-                raise
-            return None
-        return stack
-
-    async def _atry_slot(self) -> AsyncExitStack | None:
-        stack = AsyncExitStack()
-        try:
-            await stack.enter_async_context(
-                aconcurrency(
-                    self.limit_name,
-                    occupy=1,
-                    max_retries=0,
-                    lease_duration=RENEWAL_SLOT_LEASE,
-                    strict=False,
-                )
-            )
-        except Exception as exc:  # Prefect's error class is private; the 423 below is not
-            await stack.aclose()
-            if not _slot_is_taken(exc):
-                raise
-            return None
-        return stack
-
-    def _timed_out(self) -> TimeoutError:
-        return TimeoutError(
+    def _slot_timed_out(self) -> None:
+        raise TimeoutError(
             f"another process has held the renewal slot of the Dintero session "
             f"{self.block_name!r} for {self.slot_timeout:.0f} s, longer than its token requests "
             f"may take (two request deadlines); if a worker died while renewing, its slot in "
             f"the {self.limit_name!r} concurrency limit frees itself within "
             f"{RENEWAL_SLOT_LEASE:.0f} s"
         )
-
-    @contextmanager
-    def renewal_lock(self, key: str) -> Iterator[None]:
-        self._ensure_limit()
-        deadline = time.monotonic() + self.slot_timeout
-        while (slot := self._try_slot()) is None:
-            if time.monotonic() > deadline:
-                raise self._timed_out()
-            time.sleep(RENEWAL_POLL_SECONDS)
-        with slot:
-            yield
-
-    @asynccontextmanager
-    async def arenewal_lock(self, key: str) -> AsyncIterator[None]:
-        await self._aensure_limit()
-        deadline = time.monotonic() + self.slot_timeout
-        while (slot := await self._atry_slot()) is None:
-            if time.monotonic() > deadline:
-                raise self._timed_out()
-            await asyncio.sleep(RENEWAL_POLL_SECONDS)
-        async with slot:
-            yield
 
     def __repr__(self) -> str:
         return f"BlockSessionStore(block={self.block_name!r}, limit={self.limit_name!r})"

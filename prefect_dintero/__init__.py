@@ -10,7 +10,7 @@ import sys as _sys
 
 from ._version import __version__
 
-_BLOCKS = ("DinteroCredentials", "DinteroOIDCSession")
+_BLOCKS = ("DinteroCredentials", "DinteroOIDCSession", "DinteroServiceToken")
 
 __all__ = ["__version__", *_BLOCKS]
 
@@ -28,4 +28,4 @@ def __dir__() -> list[str]:
 
 
 if "prefect" in _sys.modules:
-    from .blocks import DinteroCredentials, DinteroOIDCSession  # noqa: F401
+    from .blocks import DinteroCredentials, DinteroOIDCSession, DinteroServiceToken  # noqa: F401

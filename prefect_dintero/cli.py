@@ -449,9 +449,9 @@ def _register_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_register(args: argparse.Namespace) -> int:
-    from .blocks import DinteroCredentials, DinteroOIDCSession
+    from .blocks import DinteroCredentials, DinteroOIDCSession, DinteroServiceToken
 
-    for block in (DinteroCredentials, DinteroOIDCSession):
+    for block in (DinteroCredentials, DinteroOIDCSession, DinteroServiceToken):
         block.register_type_and_schema()
         print(f"registered block type {block.get_block_type_name()!r}")
     return 0

@@ -10,12 +10,12 @@ import base64
 import secrets
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 
 import httpx
 from pydantic import SecretStr
 
-from . import deadline
+from . import deadline, times
 from .credentials import ClientCredentials
 from .errors import Endpoint, InvalidGrantError, MalformedResponseError
 from .redact import register_secret
@@ -147,7 +147,7 @@ def _post(
 
         def attempt() -> Token:
             request = build()
-            sent_at = datetime.now(UTC)
+            sent_at = times.now()
             response = send_sync(client, request, auth=None, deadline=deadline_seconds)
             return parse_token_response(response, sent_at, previous, stats, endpoint)
 
@@ -167,7 +167,7 @@ async def _apost(
 
         async def attempt() -> Token:
             request = build()
-            sent_at = datetime.now(UTC)
+            sent_at = times.now()
             response = await send_async(client, request, auth=None, deadline=deadline_seconds)
             return parse_token_response(response, sent_at, previous, stats, endpoint)
 

@@ -6,11 +6,12 @@ import hashlib
 import math
 import re
 import warnings
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from . import times
 from .errors import MalformedResponseError
 from .redact import register_secret
 
@@ -164,11 +165,11 @@ class Token(BaseModel):
         return timedelta(seconds=min(seconds, MAX_LEEWAY_FRACTION * lifetime))
 
     def is_fresh(self, now: datetime | None = None, leeway: float | None = None) -> bool:
-        now = now or datetime.now(UTC)
+        now = now or times.now()
         return now < self.expires_at - self.leeway(leeway)
 
     def is_expired(self, now: datetime | None = None) -> bool:
-        return (now or datetime.now(UTC)) >= self.expires_at
+        return (now or times.now()) >= self.expires_at
 
     @property
     def identity(self) -> str:

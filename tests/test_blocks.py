@@ -10,11 +10,11 @@ import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import SecretStr, ValidationError
 
-from prefect_dintero import DinteroCredentials, DinteroOIDCSession
+from prefect_dintero import DinteroCredentials, DinteroOIDCSession, DinteroServiceToken
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
 
 
-@pytest.mark.parametrize("block", [DinteroCredentials, DinteroOIDCSession])
+@pytest.mark.parametrize("block", [DinteroCredentials, DinteroOIDCSession, DinteroServiceToken])
 class TestBlockStandards(BlockStandardTestSuite):
     @pytest.fixture
     def block(self, block):

@@ -31,7 +31,7 @@ from prefect_dintero.flows import dintero_login
 from prefect_dintero.tasks import exchange_authorization_code, get_bearer_token
 from pydantic import SecretStr
 
-from prefect_dintero import DinteroCredentials, DinteroOIDCSession
+from prefect_dintero import DinteroCredentials, DinteroOIDCSession, DinteroServiceToken
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
 from prefect_dintero.errors import (
     AuthenticationError,
@@ -119,7 +119,7 @@ def login_session(emu, creds_name: str, session_name: str | None = None) -> str:
 def test_block_types_are_registered_by_the_entry_point():
     with get_client(sync_client=True) as client:
         slugs = {bt.slug for bt in client.read_block_types()}
-    assert {"dintero-credentials", "dintero-oidc-session"} <= slugs
+    assert {"dintero-credentials", "dintero-oidc-session", "dintero-service-token"} <= slugs
 
 
 def test_prefect_block_register_module_works():
@@ -469,6 +469,98 @@ def test_a_hung_token_request_holding_the_renewal_slot_holds_no_one_past_the_dea
     waited = float(outcomes[1][1]) - float(outcomes[0][1])
     assert waited < 10, outcomes
     assert DinteroOIDCSession.load(session_name).expires_at > datetime.now(UTC)
+
+
+SYNC_RUN = textwrap.dedent(
+    """
+    import sys
+    from prefect_dintero.flows import dintero_sync
+    result = dintero_sync(sys.argv[1], streams=["transactions"], destination=sys.argv[2])
+    print("OK", result[0]["fetched"])
+    """
+)
+
+
+def test_sync_runs_in_many_processes_share_one_service_token(dintero_emulator_factory, tmp_path):
+    """Four dintero-sync runs one after another, each its own process, then three at once,
+    within one token lifetime: one client-credentials grant in all."""
+    emu = dintero_emulator_factory(transactions=20, sessions=3, settlements=3, customers=3)
+    creds_name = save_credentials(emu)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+    def start(i: int) -> subprocess.Popen:
+        database = str(tmp_path / f"run-{i}.db")
+        return subprocess.Popen(
+            [sys.executable, "-c", SYNC_RUN, creds_name, database],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+
+    outputs = [start(i).communicate(timeout=180)[0] for i in range(4)]
+    concurrent = [start(i) for i in range(4, 7)]
+    outputs += [p.communicate(timeout=180)[0] for p in concurrent]
+    assert all("OK 20" in out for out in outputs), [o[-1500:] for o in outputs]
+    grants = emu.stats()["token_grants"]["client_credentials"]
+    assert grants == 1, grants
+    saved = DinteroServiceToken.load(f"{creds_name}-service-token")
+    assert saved.expires_at > datetime.now(UTC)
+
+
+def test_a_shared_service_token_never_serves_other_credentials(dintero_emulator_factory):
+    emu = dintero_emulator_factory(account_ids=["T12345678", "T87654321"], transactions=5)
+    first = save_credentials(emu)
+    second = save_credentials(emu, account_id="T87654321")
+    token_a = DinteroCredentials.load(first).service_token_provider().get_token()
+    # Someone saves the first credentials' token under the second's name: it is refused, since
+    # it was issued to other credentials, and the second gets a token of its own.
+    DinteroServiceToken.load(f"{first}-service-token").save(
+        f"{second}-service-token", overwrite=True
+    )
+    token_b = DinteroCredentials.load(second).service_token_provider().get_token()
+    assert not token_b.same_access_token(token_a)
+    with DinteroCredentials.load(second).get_client() as client:
+        assert client.get_json("/v1/accounts/T87654321/settlements", params={"limit": 1})
+    assert emu.stats()["token_grants"]["client_credentials"] == 2
+    # With sharing off, a process keeps its own token, and the block is left alone.
+    private = save_credentials(emu, share_service_token=False)
+    DinteroCredentials.load(private).service_token_provider().get_token()
+    with pytest.raises(ValueError):
+        DinteroServiceToken.load(f"{private}-service-token")
+
+
+GRANT_AND_DIE = textwrap.dedent(
+    """
+    import sys
+    from prefect_dintero import DinteroCredentials
+    DinteroCredentials.load(sys.argv[1]).service_token_provider().get_token()
+    """
+)
+
+
+def test_a_process_killed_while_renewing_the_service_token_holds_no_one(
+    dintero_emulator_factory,
+):
+    emu = dintero_emulator_factory(transactions=5)
+    creds_name = save_credentials(emu, request_deadline_seconds=3.0)
+    # The grant is answered late: the process holds the renewal slot when it is killed.
+    emu.set_faults({"route": "token", "sequence": [{"delay_response": 30}]})
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    holder = subprocess.Popen([sys.executable, "-c", GRANT_AND_DIE, creds_name], env=env)
+    deadline = time.monotonic() + 60
+    while emu.stats()["in_flight"].get("token") != 1:
+        assert time.monotonic() < deadline and holder.poll() is None
+        time.sleep(0.1)
+    holder.kill()
+    holder.wait()
+    started = time.monotonic()
+    token = DinteroCredentials.load(creds_name).service_token_provider().get_token()
+    waited = time.monotonic() - started
+    assert token.is_fresh() and waited < 20, waited
+    assert DinteroServiceToken.load(f"{creds_name}-service-token").access_token == (
+        token.access_token
+    )
 
 
 def test_login_refuses_a_masked_code(emu):

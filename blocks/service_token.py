@@ -1,0 +1,153 @@
+"""The API client's service token as a Prefect block: one token per lifetime for every run."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from datetime import datetime
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from prefect_dintero.credentials import ClientCredentials
+from prefect_dintero.redact import get_logger
+from prefect_dintero.tokens import Token
+
+from .token_store import BlockTokenStore
+
+logger = get_logger(__name__)
+
+LOGO_URL = "https://github.com/Dintero.png"
+
+
+class DinteroServiceToken(Block):
+    """The current client-credentials token of a Dintero Credentials block.
+
+    Every ``dintero-sync`` run is a process of its own, and Dintero rate-limits its token
+    endpoint: this block lets every run and worker using the same credentials share one token
+    per lifetime. prefect-dintero saves and renews it itself (under ``<credentials>-service-token``)
+    when the credentials block's ``share_service_token`` is on; nobody needs to edit it. The
+    server stores it encrypted, like every block's secrets.
+
+    Attributes:
+        access_token: the service access token.
+        token_type: the token type, always Bearer.
+        issued_at: when the token was requested.
+        expires_at: when it expires.
+        credentials_fingerprint: a one-way fingerprint of the credentials it belongs to.
+
+    Examples:
+        See when the shared token expires:
+        ```python
+        from prefect_dintero.blocks import DinteroServiceToken
+
+        service_token = DinteroServiceToken.load("BLOCK_NAME")
+        print(service_token.expires_at)
+        ```
+    """
+
+    _block_type_name = "Dintero Service Token"
+    _logo_url = LOGO_URL
+    _documentation_url = "https://docs.dintero.com/docs/checkout/authentication"
+    _description = "A Dintero API client's current service token, shared by every run."
+
+    access_token: SecretStr = Field(description="The service (client-credentials) access token.")
+    token_type: str = Field(default="Bearer", description="The token type, always Bearer.")
+    issued_at: datetime = Field(description="When the token was requested.")
+    expires_at: datetime = Field(description="When the token expires.")
+    credentials_fingerprint: str = Field(
+        description=(
+            "A one-way fingerprint of the credentials (account, client, secret, audience) the "
+            "token belongs to: a token is never used for other credentials."
+        )
+    )
+
+
+def service_token_block_name(credentials_block: str) -> str:
+    """The name the shared token of a credentials block is saved under."""
+    return f"{credentials_block}-service-token"
+
+
+def token_limit_name(fingerprint: str) -> str:
+    """The global concurrency limit that serialises one credential's grants (no secret)."""
+    return f"dintero-token-grant-{fingerprint[:16]}"
+
+
+class BlockServiceTokenStore(BlockTokenStore):
+    """The core's token store for a credentials block's shared service token.
+
+    Seeded from the saved block at start (so a run within the token's lifetime asks for none),
+    renewed in the credential's slot. A waiter whose slot stays taken past two request deadlines
+    renews on its own: a second grant costs nothing but one request, unlike a refresh token.
+    """
+
+    _instances: dict[str, BlockServiceTokenStore] = {}
+    _instances_lock = threading.Lock()
+
+    def __init__(self, credentials_block: str, credentials: ClientCredentials) -> None:
+        self.block_name = service_token_block_name(credentials_block)
+        self.fingerprint = credentials.cache_key()
+        super().__init__(
+            token_limit_name(self.fingerprint),
+            2 * credentials.request_deadline_seconds + 10.0,
+            None,
+        )
+        self._token = self._load()
+
+    @classmethod
+    def for_credentials(
+        cls, credentials_block: str, credentials: ClientCredentials
+    ) -> BlockServiceTokenStore:
+        """One store per credentials (block and fingerprint) in a process."""
+        key = f"{credentials_block}\x1f{credentials.cache_key()}"
+        with cls._instances_lock:
+            store = cls._instances.get(key)
+            if store is None:
+                store = cls._instances[key] = cls(credentials_block, credentials)
+            return store
+
+    def _mine(self, block: DinteroServiceToken | None) -> Token | None:
+        if block is None or block.credentials_fingerprint != self.fingerprint:
+            return None  # none saved yet, or saved for other credentials (a changed secret)
+        return Token(
+            access_token=block.access_token,
+            token_type=block.token_type,
+            issued_at=block.issued_at,
+            expires_at=block.expires_at,
+        )
+
+    def _load(self) -> Token | None:
+        with contextlib.suppress(ValueError):  # Prefect's "unable to find block document"
+            return self._mine(DinteroServiceToken.load(self.block_name, _sync=True))
+        return None
+
+    async def _aload(self) -> Token | None:
+        with contextlib.suppress(ValueError):
+            return self._mine(await DinteroServiceToken.aload(self.block_name))
+        return None
+
+    def _block(self, token: Token) -> DinteroServiceToken:
+        return DinteroServiceToken(
+            access_token=token.access_token,
+            token_type=token.token_type,
+            issued_at=token.issued_at,
+            expires_at=token.expires_at,
+            credentials_fingerprint=self.fingerprint,
+        )
+
+    def _save(self, token: Token) -> None:
+        self._block(token).save(self.block_name, overwrite=True, _sync=True)
+
+    async def _asave(self, token: Token) -> None:
+        await self._block(token).asave(self.block_name, overwrite=True)
+
+    def _slot_timed_out(self) -> None:
+        logger.warning(
+            "another process has held the service token's renewal slot %r for %.0f s; asking "
+            "Dintero for a token without it",
+            self.limit_name,
+            self.slot_timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"BlockServiceTokenStore(block={self.block_name!r}, limit={self.limit_name!r})"
