@@ -24,8 +24,14 @@ demo: $(STAMP)
 	  PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(BIN)/prefect-dintero demo
 
+# The suite runs in two processes (a file stays in one), then the secret scan runs on its own
+# over everything both left behind (their evidence is handed over in .pytest-evidence/).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	rm -rf $(CURDIR)/.pytest-evidence
+	DINTERO_EVIDENCE_DIR=$(CURDIR)/.pytest-evidence $(BIN)/python -m pytest -q -n 2 \
+	  --dist loadfile --durations=20 --ignore=tests/test_zz_secret_scan.py
+	DINTERO_EVIDENCE_DIR=$(CURDIR)/.pytest-evidence $(BIN)/python -m pytest -q \
+	  tests/test_zz_secret_scan.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,7 +42,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .pytest-evidence
 
 # One table: token grants per lifetime, sync throughput vs a bare loop, peak RSS, no-change run.
 bench: $(STAMP)

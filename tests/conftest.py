@@ -13,6 +13,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 import base64  # noqa: E402
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -60,8 +61,36 @@ class Evidence:
         """A figure or fact worth reading in the test summary (fault counts, kills, ...)."""
         self.notes.append(line)
 
+    # ``make test`` runs the suite in two processes (pytest-xdist), then the secret scan on its
+    # own: each process leaves what it saw in DINTERO_EVIDENCE_DIR, and the scan reads it all.
+
+    def dump(self, directory: Path, name: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{name}.json").write_text(
+            json.dumps(
+                {
+                    "secrets": self.secrets,
+                    "emulators": self.emulators,
+                    "paths": sorted(str(p) for p in self.paths),
+                    "texts": self.texts,
+                    "notes": self.notes,
+                }
+            )
+        )
+
+    def load(self, directory: Path) -> None:
+        for file in sorted(directory.glob("*.json")):
+            data = json.loads(file.read_text())
+            self.secrets.update(data["secrets"])
+            self.emulators += data["emulators"]
+            self.paths.update(Path(p) for p in data["paths"])
+            self.texts.extend(data["texts"])
+            self.notes.extend(data["notes"])
+
 
 EVIDENCE = Evidence()
+_EVIDENCE_DIR = os.environ.get("DINTERO_EVIDENCE_DIR")
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 EVIDENCE.scan_path(_PREFECT_HOME)
 _stop_emulator = EmulatorServer.stop
 
@@ -85,6 +114,21 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         EVIDENCE.text(content)
     if report.failed:
         EVIDENCE.text(report.longreprtext)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # The secret scan run on its own: take in what the parallel run's processes left.
+    if _EVIDENCE_DIR and not _WORKER and Path(_EVIDENCE_DIR).is_dir():
+        args = [str(a) for a in session.config.args]
+        if args and all("test_zz_secret_scan" in a for a in args):
+            EVIDENCE.load(Path(_EVIDENCE_DIR))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _EVIDENCE_DIR and _WORKER:
+        # This process's temporary files (sync databases, server logs) are scanned too.
+        EVIDENCE.scan_path(session.config._tmp_path_factory.getbasetemp())
+        EVIDENCE.dump(Path(_EVIDENCE_DIR), _WORKER)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -113,7 +157,29 @@ def prefect_server():
 
 
 def _postgres_url() -> str | None:
-    return os.environ.get("DINTERO_TEST_POSTGRES_URL")
+    """The test database: one per xdist worker (created on demand), so workers never drop each
+    other's tables."""
+    url = os.environ.get("DINTERO_TEST_POSTGRES_URL")
+    if not url or not _WORKER:
+        return url
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    name = f"{base.database}_{_WORKER}"
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            ).first()
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception:  # unreachable: the postgres_url fixture says so
+        return url
+    finally:
+        engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="session")

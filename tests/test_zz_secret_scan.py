@@ -62,18 +62,32 @@ def _checkpoint(database: Path) -> None:
 
 
 def _postgres_text(url: str) -> str:
+    """Every dintero_ table of the test database and of each parallel worker's copy of it."""
     from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy.engine import make_url
 
-    engine = create_engine(url)
-    chunks = []
+    base = make_url(url)
+    engine = create_engine(base)
     try:
         with engine.connect() as conn:
-            for name in inspect(conn).get_table_names():
-                if name.startswith("dintero_"):
-                    rows = conn.execute(text(f'SELECT t::text FROM "{name}" t')).scalars()
-                    chunks.extend(rows)
+            names = conn.execute(
+                text("SELECT datname FROM pg_database WHERE datname LIKE :prefix"),
+                {"prefix": f"{base.database}%"},
+            ).scalars()
+            databases = list(names)
     finally:
         engine.dispose()
+    chunks = []
+    for database in databases:
+        engine = create_engine(base.set(database=database))
+        try:
+            with engine.connect() as conn:
+                for name in inspect(conn).get_table_names():
+                    if name.startswith("dintero_"):
+                        rows = conn.execute(text(f'SELECT t::text FROM "{name}" t')).scalars()
+                        chunks.extend(rows)
+        finally:
+            engine.dispose()
     return "\n".join(chunks)
 
 
