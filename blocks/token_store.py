@@ -44,6 +44,59 @@ def _slot_is_taken(exc: BaseException) -> bool:
     return False
 
 
+def _changed(old: Token | None, new: Token) -> bool:
+    return old is None or not new.same_access_token(old) or new.expires_at != old.expires_at
+
+
+def try_slot(limit_name: str, lease: float) -> ExitStack | None:
+    """A slot of a global concurrency limit if one is free now (the caller exits the stack to
+    free it), else None. Never sleeps for the server's Retry-After: callers poll."""
+    stack = ExitStack()
+    try:
+        stack.enter_context(
+            concurrency(limit_name, occupy=1, max_retries=0, lease_duration=lease, strict=False)
+        )
+    except Exception as exc:  # Prefect's error class is private; the 423 below is not
+        stack.close()
+        if not _slot_is_taken(exc):
+            raise
+        return None
+    return stack
+
+
+async def atry_slot(limit_name: str, lease: float) -> AsyncExitStack | None:
+    """Async form of :func:`try_slot`."""
+    stack = AsyncExitStack()
+    try:
+        await stack.enter_async_context(
+            aconcurrency(limit_name, occupy=1, max_retries=0, lease_duration=lease, strict=False)
+        )
+    except Exception as exc:  # Prefect's error class is private; the 423 below is not
+        await stack.aclose()
+        if not _slot_is_taken(exc):
+            raise
+        return None
+    return stack
+
+
+@contextmanager
+def slot(limit_name: str, timeout: float, lease: float, poll: float = 0.5) -> Iterator[None]:
+    """Hold a slot of a global concurrency limit, asking for it every ``poll`` seconds for at
+    most ``timeout``: Prefect's own waiting sleeps for a Retry-After that grows to 30 s when
+    several processes wait, far past the moment the slot frees.
+
+    Raises:
+        TimeoutError: the slot stayed taken for ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while (held := try_slot(limit_name, lease)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the {limit_name!r} slot stayed taken for {timeout:.0f} s")
+        time.sleep(poll)
+    with held:
+        yield
+
+
 class BlockTokenStore(TokenStore):
     """Base of the block-backed stores: memory, compare-and-swap through the block, the slot.
 
@@ -97,15 +150,17 @@ class BlockTokenStore(TokenStore):
             return True
 
     def compare_and_swap(self, key: str, expected: Token | None, new: Token | None) -> bool:
-        # An invalidated copy (a 401) only changes memory; a renewed token is saved first.
-        if new is not None and not new.same_access_token(expected):
+        # Saved before it is used: a renewed token, and a token Dintero refused (401), marked
+        # expired, so no process takes it from the block again; every process renews instead,
+        # one at a time.
+        if new is not None and _changed(expected, new):
             if not same_token(self._load(), expected):
                 return False
             self._save(new)
         return self._swap_in_memory(expected, new)
 
     async def acompare_and_swap(self, key: str, expected: Token | None, new: Token | None) -> bool:
-        if new is not None and not new.same_access_token(expected):
+        if new is not None and _changed(expected, new):
             if not same_token(await self._aload(), expected):
                 return False
             await self._asave(new)
@@ -137,42 +192,10 @@ class BlockTokenStore(TokenStore):
     # the slot the caller re-reads the block and finds the other process's renewal there.
 
     def _try_slot(self) -> ExitStack | None:
-        stack = ExitStack()
-        try:
-            stack.enter_context(
-                concurrency(
-                    self.limit_name,
-                    occupy=1,
-                    max_retries=0,
-                    lease_duration=RENEWAL_SLOT_LEASE,
-                    strict=False,
-                )
-            )
-        except Exception as exc:  # Prefect's error class is private; the 423 below is not
-            stack.close()
-            if not _slot_is_taken(exc):
-                raise
-            return None
-        return stack
+        return try_slot(self.limit_name, RENEWAL_SLOT_LEASE)
 
     async def _atry_slot(self) -> AsyncExitStack | None:
-        stack = AsyncExitStack()
-        try:
-            await stack.enter_async_context(
-                aconcurrency(
-                    self.limit_name,
-                    occupy=1,
-                    max_retries=0,
-                    lease_duration=RENEWAL_SLOT_LEASE,
-                    strict=False,
-                )
-            )
-        except Exception as exc:  # Prefect's error class is private; the 423 below is not
-            await stack.aclose()
-            if not _slot_is_taken(exc):
-                raise
-            return None
-        return stack
+        return await atry_slot(self.limit_name, RENEWAL_SLOT_LEASE)
 
     def _slot_timed_out(self) -> None:
         """The slot stayed taken for ``slot_timeout``: raise, or return to renew without it."""
