@@ -24,11 +24,11 @@ demo: $(STAMP)
 	  PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 $(BIN)/prefect-dintero demo
 
-# The suite runs in two processes (a file stays in one), then the secret scan runs on its own
+# The suite runs in three processes (a file stays in one), then the secret scan runs on its own
 # over everything both left behind (their evidence is handed over in .pytest-evidence/).
 test: $(STAMP)
 	rm -rf $(CURDIR)/.pytest-evidence
-	DINTERO_EVIDENCE_DIR=$(CURDIR)/.pytest-evidence $(BIN)/python -m pytest -q -n 2 \
+	DINTERO_EVIDENCE_DIR=$(CURDIR)/.pytest-evidence $(BIN)/python -m pytest -q -n 3 \
 	  --dist loadfile --durations=20 --ignore=tests/test_zz_secret_scan.py
 	DINTERO_EVIDENCE_DIR=$(CURDIR)/.pytest-evidence $(BIN)/python -m pytest -q \
 	  tests/test_zz_secret_scan.py

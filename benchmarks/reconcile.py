@@ -1,11 +1,12 @@
-"""The reconcile run's cost: requests and time to re-read 90 days at 100 000 transactions.
+"""The reconcile run's cost: requests and time to re-read 92 days at 100 000 transactions.
 
 The emulator (in its own process, its clock at the real time) holds N transactions spread over
 180 days. A child process syncs them all into a new SQLite file, then, as the schedule would:
 
 - an hourly run (each stream's lookback: transactions 3 days);
-- the daily reconcile run (``reconcile_days=90``), after late changes (refunds of transactions
-  up to 90 days old, captures and settlements) that the hourly run cannot see.
+- the daily reconcile run (``reconcile_days=92``, as the deployment), after late changes
+  (refunds of transactions up to 90 days old, captures and settlements) that the hourly run
+  cannot see.
 
 It reports each run's requests, rows read and seconds, and checks that after the reconcile run
 the table equals the source.
@@ -89,7 +90,7 @@ def main() -> None:
                 f"{url}/_emulator/mutate", json={"update_transactions": args.late_changes}
             ).json()["changed"]
             hourly = child(url, db, "none")
-            reconcile = child(url, db, "90")
+            reconcile = child(url, db, "92")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -9,7 +9,8 @@ server in their own):
    64 threads and 64 coroutines, sharing the session through a Prefect server;
 3. sync throughput and memory at 10 000 and 100 000 transactions, against a bare httpx loop over
    the same pages, and the requests of a no-change incremental re-run;
-4. the daily reconcile run (90 days re-read) at 100 000 transactions, after late changes.
+4. the daily reconcile run (92 days re-read) at 100 000 transactions, after late changes;
+5. a simulated month of hourly ``dintero-sync`` runs (``month.py``; 3 days with ``--quick``).
 
 Figures are ratios and counts from this one run: the machine is shared, so absolute speeds move.
 
@@ -80,6 +81,7 @@ def main() -> None:
     session_4 = run("token_economy.py", *common, "--processes", "4", "--identity", "session")
     syncs = run("sync_throughput.py", "--sizes", *sizes)
     recon = run("reconcile.py", "--transactions", sizes[-1])
+    month = run("month.py", "--days", "3" if args.quick else "30")
 
     rows: list[tuple[str, str, str]] = []
     for label, r in (
@@ -135,7 +137,7 @@ def main() -> None:
         )
     rows.append(
         (
-            f"Reconcile run (90 days re-read), {recon['transactions']:,} transactions over 180 "
+            f"Reconcile run (92 days re-read), {recon['transactions']:,} transactions over 180 "
             "days",
             f"{recon['reconcile_requests']} requests, {recon['reconcile_seconds']} s",
             f"{recon['reconcile_rows']:,} rows read, {recon['reconcile_updated']} of "
@@ -143,6 +145,18 @@ def main() -> None:
             f"rows differ from the source after it); the hourly run before it: "
             f"{recon['hourly_requests']} requests, {recon['hourly_seconds']} s, "
             f"{recon['hourly_updated']} updated",
+        )
+    )
+    rows.append(
+        (
+            f"A simulated month: {month['days']} days of hourly dintero-sync runs and a nightly "
+            "reconcile",
+            f"{month['failed']} of {month['runs']} runs failed, {month['stale_rows_end']} stale "
+            "rows at the end",
+            f"{month['changes']:,} changes arrived, max staleness {month['max_staleness_h']} h, "
+            f"p95 {month['p95_staleness_h']} h; {month['token_grants']} token grants, "
+            f"{month['manual_logins']} manual logins, {month['requests_per_run']} requests per "
+            f"run, longest run {month['max_run_seconds']} s",
         )
     )
     print(f"\nMachine: {where}\n")

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from prefect_dintero.errors import ConfigurationError, DinteroError
 from prefect_dintero.sync import sync_options, window_from_hours
 
-from .sync import DEFAULT_TIMEOUT_MINUTES, SYNCS_PER_ACCOUNT, account_limit_name, dintero_sync
+from .sync import DEFAULT_TIMEOUT_MINUTES, dintero_sync, ensure_account_limit
 
 #: How long a deployment run may wait for a worker before the fan-out stops waiting for it.
 PICKUP_GRACE_SECONDS = 600
@@ -32,11 +32,8 @@ class AccountTarget(BaseModel):
 
 
 def ensure_account_limits(targets: list[AccountTarget]) -> None:
-    with get_client(sync_client=True) as client:
-        for target in targets:
-            client.upsert_global_concurrency_limit_by_name(
-                account_limit_name(target.credentials_block), limit=SYNCS_PER_ACCOUNT
-            )
+    for target in targets:
+        ensure_account_limit(target.credentials_block)
 
 
 class AccountsFailed(DinteroError):

@@ -1,5 +1,6 @@
 """The ``dintero-sync`` flow: keep Dintero's data fresh in your database."""
 
+import contextlib
 import time
 from datetime import datetime
 from typing import Any
@@ -10,18 +11,23 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.concurrency.sync import concurrency
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from prefect_dintero.errors import ConfigurationError, DinteroError
+from prefect_dintero.errors import ConfigurationError, DinteroError, ReauthorizationRequired
 from prefect_dintero.redact import install_log_filter, redact
 from prefect_dintero.streams import resolve_streams
 from prefect_dintero.sync import sync_options, window_from_hours
 
+from ..blocks import DinteroCredentials
+from ..blocks.token_store import slot
 from ..tasks import get_bearer_token
 from ..tasks.destinations import check_destination
 from ..tasks.sync import sync_stream
+from . import events
 
 #: Streams run concurrently, bounded: each holds a database connection and an HTTP client.
 MAX_CONCURRENT_STREAMS = 4
@@ -30,13 +36,30 @@ MAX_CONCURRENT_STREAMS = 4
 #: The run's budget by default: an hourly run ends before the next one starts.
 DEFAULT_TIMEOUT_MINUTES = 50.0
 
+#: A crashed run holds its account's slot this long at most (Prefect's shortest lease).
+ACCOUNT_SLOT_LEASE = 60.0
+
 #: How many syncs of one account may run at once, across every worker.
 SYNCS_PER_ACCOUNT = 1
 
 
 def account_limit_name(credentials_block: str) -> str:
-    """The global concurrency limit bounding concurrent syncs of one account (if it exists)."""
+    """The global concurrency limit bounding concurrent syncs of one account."""
     return f"dintero-account-{credentials_block}"
+
+
+def ensure_account_limit(credentials_block: str) -> None:
+    """Create the account's limit (one sync at a time) unless it exists; an existing one is left
+    as its owner set it."""
+    name = account_limit_name(credentials_block)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=SYNCS_PER_ACCOUNT)
+                )
 
 
 class SyncFailed(DinteroError):
@@ -70,6 +93,7 @@ def dintero_sync(
     start_date: datetime | None = None,
     reconcile_days: float | None = None,
     timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES,
+    one_run_at_a_time: bool = True,
 ) -> list[dict[str, Any]]:
     """Sync the chosen streams of one account.
 
@@ -98,6 +122,10 @@ def dintero_sync(
             holds the next scheduled run (each request also has its own deadline, the
             credentials block's ``request_deadline_seconds``). The default ends an hourly
             run before the next one starts.
+        one_run_at_a_time: wait (within the budget) while another run of the same credentials
+            block runs, whichever deployment or worker started it: the hourly run and the
+            nightly reconcile never overlap. A run that crashed holds the account for at most
+            a minute.
 
     Returns:
         One summary per stream: pages, fetched, inserted, updated, cursor before and after,
@@ -126,13 +154,18 @@ def dintero_sync(
         payout_destinations=payout_destinations,
     )
 
-    # One sync per account at a time across workers, when the limit exists (the fan-out flow
-    # creates it); without it this is a no-op.
-    with concurrency(
-        account_limit_name(credentials_block),
-        occupy=1,
-        strict=False,
-        timeout_seconds=budget.total_seconds(),
+    # One sync of an account at a time, across every worker and deployment (the hourly run
+    # and the nightly reconcile included): a run waits for the one before it, within its budget.
+    if one_run_at_a_time:
+        ensure_account_limit(credentials_block)
+    with (
+        slot(
+            account_limit_name(credentials_block),
+            timeout=budget.total_seconds(),
+            lease=ACCOUNT_SLOT_LEASE,
+        )
+        if one_run_at_a_time
+        else contextlib.nullcontext()
     ):
         return _sync(
             credentials_block,
@@ -165,16 +198,27 @@ def _sync(
     run_deadline: float,
 ) -> list[dict[str, Any]]:
     logger = get_run_logger()
-    bearer = get_bearer_token(credentials_block, session_block)
-    account_id = bearer.account_id
+    account_id = DinteroCredentials.load(credentials_block, _sync=True).account_id
+    try:
+        bearer = get_bearer_token(credentials_block, session_block)
+    except Exception as exc:
+        if session_block and isinstance(exc, ReauthorizationRequired):
+            events.emit_session_expired(session_block, account_id, exc.expires_at)
+        events.emit_sync_result(
+            account_id, credentials_block, session_block, {}, {}, f"{type(exc).__name__}: {exc}"
+        )
+        raise
+    if session_block and not bearer.renewable:
+        events.warn_if_session_ends_soon(
+            session_block, account_id, bearer.login_id, bearer.expires_at
+        )
     progress_id = create_progress_artifact(
         0.0, description=f"Streams synced for Dintero account {account_id}"
     )
     lookback_seconds = lookback_hours * 3600 if lookback_hours is not None else None
-    left = max(1.0, run_deadline - time.monotonic())
-    task = sync_stream.with_options(timeout_seconds=left)
+    ends_at = time.time() + max(1.0, run_deadline - time.monotonic())
     futures = {
-        task.submit(
+        sync_stream.submit(
             bearer,
             spec.name,
             destination=destination,
@@ -185,6 +229,7 @@ def _sync(
             payout_destinations=payout_destinations,
             start_date=start_date,
             reconcile_seconds=reconcile_days * 86400 if reconcile_days is not None else None,
+            ends_at=ends_at,
         ): spec.name
         for spec in selected
     }
@@ -236,6 +281,7 @@ def _sync(
         key=_artifact_key(account_id),
         description=f"Last Dintero sync of account {account_id}, one row per stream.",
     )
+    events.emit_sync_result(account_id, credentials_block, session_block, summaries, failures)
     if failures:
         raise SyncFailed(
             f"{len(failures)} of {len(futures)} streams failed: "

@@ -44,6 +44,17 @@ class DinteroBearer:
         return self._provider.get_token().expires_at
 
     @property
+    def renewable(self) -> bool:
+        """Whether the identity outlives its token: a service client, or a session with a
+        refresh token. A session without one ends at ``expires_at``."""
+        return not self.is_user_session or self._provider.get_token().refresh_token is not None
+
+    @property
+    def login_id(self) -> str:
+        """Which login a user session is (not secret): a new login gets a new one."""
+        return self._provider.get_token().identity
+
+    @property
     def renewals(self) -> int:
         return self._provider.renewals
 

@@ -63,6 +63,11 @@ def _emulator_parser(sub: argparse._SubParsersAction) -> None:
         help=f"registered OIDC redirect URI; repeatable (default: {DEFAULT_REDIRECT_URI})",
     )
     p.add_argument("--token-lifetime", type=int, default=3600, help="access token lifetime, s")
+    p.add_argument(
+        "--session-lifetime",
+        type=int,
+        help="lifetime of a user session's tokens, s (default: the token lifetime)",
+    )
     p.add_argument("--code-lifetime", type=int, default=60, help="authorization code lifetime, s")
     p.add_argument(
         "--refresh-tokens", action="store_true", help="issue refresh tokens from the OIDC exchange"
@@ -166,6 +171,7 @@ def _run_emulator(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         client_secret=args.client_secret,
         token_lifetime=args.token_lifetime,
+        session_lifetime=args.session_lifetime,
         code_lifetime=args.code_lifetime,
         refresh_tokens=args.refresh_tokens,
         rotate_refresh_tokens=args.rotate_refresh_tokens,
@@ -457,6 +463,46 @@ def _run_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _automation_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "automation",
+        help="write the session-expiring automation for your notification block",
+        description=(
+            "Write the automation that, on dintero.session.expiring, sends a notification "
+            "through your notification block with the link to run dintero-login/manual. Feed "
+            "it to: prefect automation create --from-file FILE."
+        ),
+    )
+    p.add_argument(
+        "--notification-block",
+        required=True,
+        metavar="TYPE/NAME",
+        help="the notification block, as its type slug and name (e.g. slack-webhook/team)",
+    )
+    p.add_argument("--output", default="-", help="file to write (default: standard output)")
+    p.set_defaults(handler=_run_automation)
+
+
+def _run_automation(args: argparse.Namespace) -> int:
+    from prefect.blocks.core import Block
+
+    from .flows.automations import automation_yaml
+
+    if "/" not in args.notification_block:
+        raise CliError(
+            "--notification-block takes the block's type slug and name, e.g. slack-webhook/team"
+        )
+    block = Block.load(args.notification_block, _sync=True)
+    text = automation_yaml(str(block._block_document_id))
+    if args.output == "-":
+        print(text, end="")
+    else:
+        with open(args.output, "w") as out:
+            out.write(text)
+        print(f"wrote {args.output}: prefect automation create --from-file {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prefect-dintero",
@@ -469,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     _login_parser(sub)
     _sync_parser(sub)
     _register_parser(sub)
+    _automation_parser(sub)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any, Literal
 
 import httpx
@@ -12,7 +13,7 @@ import orjson
 from . import deadline
 from .auth import DinteroAuth
 from .credentials import ClientCredentials
-from .errors import MalformedResponseError
+from .errors import MalformedResponseError, RunBudgetExceeded
 from .provider import ClientCredentialsProvider, OIDCSessionProvider, TokenProvider
 from .retry import RetryPolicy
 from .store import TokenStore
@@ -85,7 +86,22 @@ class _ClientBase:
         self.retry_policy = retry_policy or RetryPolicy()
         self._timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
         self._deadline = credentials.request_deadline_seconds
+        #: When the run using this client must be over (``time.time()``), if it has a budget:
+        #: no request then lasts past it.
+        self.run_ends_at: float | None = None
         self._headers = default_headers(credentials.system_name)
+
+    def _request_deadline(self) -> float:
+        """The request's deadline: the credentials', or what the run's budget has left."""
+        if self.run_ends_at is None:
+            return self._deadline
+        left = self.run_ends_at - time.time()
+        if left <= 0:
+            raise RunBudgetExceeded(
+                "the run's budget is spent (timeout_minutes): no more requests are sent; the "
+                "committed pages are kept and the next run resumes"
+            )
+        return min(self._deadline, left)
 
     def stats_snapshot(self) -> dict[str, int]:
         """This client's counters, with renewals of its token provider (which may be shared)."""
@@ -179,7 +195,7 @@ class DinteroClient(_ClientBase):
         def attempt() -> httpx.Response:
             # A fresh request per attempt: auth is re-applied, so a retry never reuses a dead token.
             request = self._http.build_request(method, url, params=params, json=json)
-            response = send_sync(self._http, request, deadline=self._deadline)
+            response = send_sync(self._http, request, deadline=self._request_deadline())
             return check_response(response, self.stats)
 
         return self.retry_policy.call(attempt, on_retry_counter(self.stats))
@@ -256,7 +272,7 @@ class AsyncDinteroClient(_ClientBase):
 
         async def attempt() -> httpx.Response:
             request = self._http.build_request(method, url, params=params, json=json)
-            response = await send_async(self._http, request, deadline=self._deadline)
+            response = await send_async(self._http, request, deadline=self._request_deadline())
             return check_response(response, self.stats)
 
         return await self.retry_policy.acall(attempt, on_retry_counter(self.stats))

@@ -92,7 +92,13 @@ class InvalidGrantError(DinteroAPIError):
 
 
 class ReauthorizationRequired(DinteroError):
-    """The user's session expired and cannot be renewed: the user must log in again."""
+    """The user's session expired and cannot be renewed: the user must log in again.
+
+    Attributes:
+        expires_at: when the session ended, when known.
+    """
+
+    expires_at: Any = None
 
 
 class LoginError(DinteroError):
@@ -117,6 +123,10 @@ class DeadlineExceeded(TransientError):
     Retryable as a whole (a task retry may find the server well again), but a request is not
     retried on its own: a server that trickles would hold every attempt to the deadline.
     """
+
+
+class RunBudgetExceeded(DinteroError):
+    """The run's time budget is spent: nothing more is sent, what was committed stays."""
 
 
 class MalformedResponseError(DinteroAPIError):

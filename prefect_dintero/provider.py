@@ -333,11 +333,13 @@ class OIDCSessionProvider(TokenProvider):
         when = ""
         if current is not None:
             when = f" (it expired at {current.expires_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC)"
-        return ReauthorizationRequired(
+        error = ReauthorizationRequired(
             f"The Dintero login session{who} for account {self.credentials.account_id} "
             f"{cause}{when}. Log in again: run the 'dintero_login' flow (or "
             f"'prefect-dintero login') to save a new session '{self.session}'."
         )
+        error.expires_at = current.expires_at if current is not None else None
+        return error
 
     def _check_renewable(self, current: Token | None) -> Token:
         if current is None:

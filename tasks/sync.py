@@ -45,6 +45,7 @@ def sync_stream(
     payout_destinations: list[str] | None = None,
     start_date: datetime | None = None,
     reconcile_seconds: float | None = None,
+    ends_at: float | None = None,
 ) -> dict[str, Any]:
     """Sync one stream of the bearer's account, committing each page with the stream's state.
 
@@ -63,6 +64,8 @@ def sync_stream(
         start_date: the oldest data a first sync reads.
         reconcile_seconds: re-read at least this far back from now, whatever the cursor (the
             reconcile run: catches late refunds and settlements).
+        ends_at: when the run must be over (``time.time()``): no request outlasts it. Prefect's
+            task timeouts cannot stop a thread waiting on the network; this can.
 
     Returns:
         Counts: pages, fetched, inserted, updated, unchanged, requests, retries, rate_limited,
@@ -88,6 +91,7 @@ def sync_stream(
     try:
         sink.prepare([spec])
         with bearer.client() as client:
+            client.run_ends_at = ends_at
             results = sync_stream_core(
                 client, sink, spec, bearer.account_id, options, on_page=progress
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 # Set before anything imports prefect: its settings are read once, at import.
@@ -225,3 +226,16 @@ def destination(request, tmp_path) -> str:
     url = request.getfixturevalue("postgres_url")
     _drop_dintero_tables(url)
     return url
+
+
+@pytest.fixture(scope="session")
+def month_benchmark():
+    """``benchmarks/month.py`` loaded as a module (the benchmarks are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "month.py"
+    spec = importlib.util.spec_from_file_location("month", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["month"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

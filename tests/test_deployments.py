@@ -68,8 +68,25 @@ def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
             cwd=tmp_path,
         )
         runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}).json()
-        states = {r["name"]: r["state_type"] for r in runs}
+        deployments = {
+            d["id"]: d["name"]
+            for d in httpx.post(f"{env['PREFECT_API_URL']}/deployments/filter", json={}).json()
+        }
+        by_deployment = {}
+        for r in runs:
+            by_deployment.setdefault(deployments.get(r["deployment_id"]), []).append(r)
+        states = {r["name"]: r["state_type"] for r in by_deployment["backfill"]}
         assert list(states.values()) == ["COMPLETED"], (states, worker[-2000:])
+        # The sync's dintero.sync.completed event triggered the downstream deployment.
+        deadline = time.monotonic() + 60
+        while "after-sync" not in by_deployment and time.monotonic() < deadline:
+            time.sleep(1)
+            runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}).json()
+            for r in runs:
+                if deployments.get(r["deployment_id"]) == "after-sync":
+                    by_deployment["after-sync"] = [r]
+        [triggered] = by_deployment["after-sync"]
+        assert triggered["parameters"]["account_id"] == "T12345678"
         with sqlite3.connect(database) as conn:
             counts = {
                 t: conn.execute(f"select count(*) from dintero_{t}").fetchone()[0]
@@ -96,7 +113,7 @@ def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
         assert hourly["global_concurrency_limit"]["limit"] == 1
         assert hourly["parameters"] == {"credentials_block": "dintero", "destination": "dintero.db"}
         reconcile = next(d for d in deployments if d["name"] == "reconcile")
-        assert reconcile["parameters"]["reconcile_days"] == 90
+        assert reconcile["parameters"]["reconcile_days"] == 92
         assert reconcile["schedules"][0]["schedule"]["cron"] == "15 3 * * *"
         assert reconcile["global_concurrency_limit"]["limit"] == 1
 
@@ -159,8 +176,13 @@ def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
             states: dict = {}
             while time.monotonic() < deadline:
                 runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}).json()
-                states = {r["name"]: r["state_type"] for r in runs}
-                if len(runs) == 4 and all(
+                # The syncs' events also trigger the after-sync deployment: not counted here.
+                states = {
+                    r["name"]: r["state_type"]
+                    for r in runs
+                    if not r["parameters"].get("account_id")
+                }
+                if len(states) == 4 and all(
                     s in ("COMPLETED", "FAILED", "CRASHED") for s in states.values()
                 ):
                     break

@@ -489,18 +489,23 @@ def test_sync_runs_in_many_processes_share_one_service_token(dintero_emulator_fa
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
 
     def start(i: int) -> subprocess.Popen:
-        database = str(tmp_path / f"run-{i}.db")
-        return subprocess.Popen(
-            [sys.executable, "-c", SYNC_RUN, creds_name, database],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
+        # Output to a file, not a pipe: a run waiting for another's account slot must not keep
+        # that one blocked on a full pipe nobody reads yet.
+        with open(tmp_path / f"run-{i}.log", "w") as log:
+            return subprocess.Popen(
+                [sys.executable, "-c", SYNC_RUN, creds_name, str(tmp_path / f"run-{i}.db")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
 
-    outputs = [start(i).communicate(timeout=180)[0] for i in range(4)]
-    concurrent = [start(i) for i in range(4, 7)]
-    outputs += [p.communicate(timeout=180)[0] for p in concurrent]
+    def output(i: int, process: subprocess.Popen) -> str:
+        process.wait(timeout=180)
+        return (tmp_path / f"run-{i}.log").read_text()
+
+    outputs = [output(i, start(i)) for i in range(4)]
+    concurrent = {i: start(i) for i in range(4, 7)}
+    outputs += [output(i, p) for i, p in concurrent.items()]
     assert all("OK 20" in out for out in outputs), [o[-1500:] for o in outputs]
     grants = emu.stats()["token_grants"]["client_credentials"]
     assert grants == 1, grants

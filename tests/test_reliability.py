@@ -145,13 +145,16 @@ SETUP = textwrap.dedent(
 )
 
 # The user's sync, as a deployment would run it: the dintero-sync flow, reading as the user.
+# The next run starts as soon as one is killed: with one_run_at_a_time it would first wait for
+# the killed run's account slot to lapse (a minute), which tests/test_month.py covers.
 SYNC = textwrap.dedent(
     """
     import sys
     from prefect_dintero.flows import dintero_sync
 
     dintero_sync("crash-creds", session_block="crash-session", destination=sys.argv[1],
-                 page_size=40, payout_destinations=["PD-main", "PD-store-2"])
+                 page_size=40, payout_destinations=["PD-main", "PD-store-2"],
+                 one_run_at_a_time=False)
     print("DONE", flush=True)
     """
 )

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect_dintero.flows import dintero_login, dintero_sync
 from prefect_dintero.flows.sync import SyncFailed
 from pydantic import SecretStr
@@ -269,3 +270,51 @@ def test_an_echoing_server_leaves_no_secret_in_states_artifacts_or_events(
     assert not [s for s in secrets if s in blob]
     assert "Bearer ey" not in blob
     evidence.text(blob)
+
+
+def test_two_overlapping_runs_of_one_account_never_sync_at_once(emu, creds, tmp_path):
+    """The second run waits for the first, whichever deployment or worker starts them, and no
+    limit needs creating beforehand."""
+    import threading
+
+    from prefect_dintero.flows.sync import account_limit_name
+
+    destination = str(tmp_path / "overlap.db")
+    # Slow pages: the first run is still syncing when the second one starts.
+    emu.set_faults({"route": "transactions", "probability": 1.0, "latency": 0.5})
+    states = {}
+
+    def start(label: str) -> None:
+        states[label] = dintero_sync(
+            creds,
+            streams=["transactions"],
+            destination=destination,
+            page_size=40,
+            return_state=True,
+        )
+
+    try:
+        first = threading.Thread(target=start, args=("first",))
+        first.start()
+        time.sleep(2.0)
+        second = threading.Thread(target=start, args=("second",))
+        second.start()
+        first.join(120)
+        second.join(120)
+    finally:
+        emu.clear_faults()
+    assert states["first"].is_completed() and states["second"].is_completed()
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(account_limit_name(creds))
+        spans = []
+        for state in states.values():
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+                )
+            )
+            syncs = [t for t in tasks if t.name.startswith("sync-")]
+            spans.append((min(t.start_time for t in syncs), max(t.end_time for t in syncs)))
+    assert limit.limit == 1
+    (_, first_end), (second_start, _) = sorted(spans)
+    assert first_end <= second_start, f"the syncs overlapped: {spans}"

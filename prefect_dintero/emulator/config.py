@@ -41,6 +41,9 @@ class EmulatorConfig:
     user: TestUser = field(default_factory=TestUser)
     #: Lifetime of access tokens, seconds.
     token_lifetime: int = 3600
+    #: Lifetime of a user session's access tokens (the OIDC exchange's ``expires_in``), when it
+    #: differs: Dintero documents 4 hours for service tokens and shows 86400 for the exchange.
+    session_lifetime: int | None = None
     #: Issue refresh tokens from the OIDC exchange.
     refresh_tokens: bool = False
     #: Rotate refresh tokens: every refresh returns a new one and revokes the old one.

@@ -210,6 +210,9 @@ class AccountData:
         }
         self._serial = 0
         self.last_change_ms = 0
+        #: Every change made by ``mutate``: (stream, key, when in epoch ms), oldest first, so a
+        #: simulation can tell how long each took to reach a destination.
+        self.change_log: list[tuple[str, str, int]] = []
         end_ms = to_ms(start)
         begin_ms = to_ms(start - timedelta(days=config.history_days))
         for ms in self._spread(config.transactions, begin_ms, end_ms):
@@ -533,7 +536,26 @@ class AccountData:
                 changed.setdefault("payout_transfers", []).append(entry["ledger_entry_id"])
         #: The latest time given to a change: one millisecond apart, they may run ahead of now.
         self.last_change_ms = now_ms
+        for stream, keys in changed.items():
+            self.change_log.extend((stream, key, self._changed_at(stream, key)) for key in keys)
         return {k: len(v) for k, v in changed.items()}
+
+    def _changed_at(self, stream: str, key: str) -> int:
+        obj = self.find(stream, key)
+        stamp = (obj or {}).get("updated_at") or (obj or {}).get("created_at")
+        return to_ms(datetime.fromisoformat(stamp.replace("Z", "+00:00"))) if stamp else 0
+
+    def find(self, stream: str, key: str) -> dict | None:
+        """One object of a stream by its key."""
+        if stream == "payout_transfers":
+            return next((c.by_id[key] for c in self.transfers.values() if key in c.by_id), None)
+        collection = {
+            "transactions": self.transactions,
+            "sessions": self.sessions,
+            "settlements": self.settlements_by_created,
+            "customers": self.customers,
+        }[stream]
+        return collection.by_id.get(key)
 
     def _touch_customer(self, cid: str, now_ms: int) -> None:
         cust = self.customers.by_id[cid]

@@ -64,6 +64,9 @@ class EmulatorState:
     def issue_access_token(
         self, *, client_id: str, account_id: str, audience: str, sub: str, grant: str
     ) -> tuple[str, int]:
+        lifetime = self.config.token_lifetime
+        if grant == "authorization_code" and self.config.session_lifetime is not None:
+            lifetime = self.config.session_lifetime
         with self.lock:
             self._generation += 1
             now = self.clock.timestamp()
@@ -76,13 +79,13 @@ class EmulatorState:
                 "gty": grant,
                 "scope": "admin:checkout read:settlements read:customers read:payout",
                 "iat": int(now),
-                "exp": int(now) + self.config.token_lifetime,
+                "exp": int(now) + lifetime,
                 "gen": self._generation,
                 "jti": secrets.token_hex(8),
             }
             token = self.signer.sign(claims)
             self.issued["access_tokens"].append(token)
-            return token, self.config.token_lifetime
+            return token, lifetime
 
     def check_access_token(self, token: str) -> tuple[dict | None, str]:
         """The token's claims and "" when valid, else None and why not."""
