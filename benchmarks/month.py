@@ -196,8 +196,11 @@ def _from_ms(ms: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
 
 
-def simulate(days: int, destination: str, *, log=print) -> Month:
-    """Run the month against a Prefect API already configured (PREFECT_API_URL or a harness)."""
+def simulate(days: int, destination: str, *, traffic: float = 1.0, log=print) -> Month:
+    """Run the month against a Prefect API already configured (PREFECT_API_URL or a harness).
+
+    ``traffic`` scales the hourly traffic (the test suite's short month uses half, for CI's
+    time budget: every hourly run then reads about half the pages)."""
     from prefect_dintero.flows import dintero_login, dintero_sync
     from prefect_dintero.flows import events as sync_events
     from pydantic import SecretStr
@@ -223,6 +226,7 @@ def simulate(days: int, destination: str, *, log=print) -> Month:
         seed=30,
     )
     month = Month(days)
+    hourly = {kind: max(1, round(n * traffic)) for kind, n in HOURLY.items()}
     name = f"month-{int(time.time())}"
     session = f"{name}-session"
     need_login: list[bool] = []
@@ -279,7 +283,7 @@ def simulate(days: int, destination: str, *, log=print) -> Month:
                 day_stale: list[float] = []
                 for hour in range(24):
                     emu.advance_clock(3600)
-                    emu.mutate(**HOURLY, **(NIGHTLY if hour == 0 else {}))
+                    emu.mutate(**hourly, **(NIGHTLY if hour == 0 else {}))
                     pending.add(data.change_log[seen_log:])
                     seen_log = len(data.change_log)
                     emu.set_faults(DROPS, *faults.get((day, hour), []))

@@ -49,7 +49,9 @@ def events(name: str, since: datetime) -> list[dict]:
 @pytest.mark.slow
 def test_three_days_unattended_on_sqlite(month_benchmark, tmp_path, evidence):
     # PostgreSQL: tests/test_month_postgres.py (its own file, so the two run side by side).
-    month = month_benchmark.simulate(3, str(tmp_path / "month.db"), log=lambda line: None)
+    month = month_benchmark.simulate(
+        3, str(tmp_path / "month.db"), traffic=0.5, log=lambda line: None
+    )
     evidence.note("sqlite · " + month.line())
     assert not month.unmet_goals(), (month.unmet_goals(), month.failures, month.stale)
 

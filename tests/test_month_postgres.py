@@ -18,6 +18,6 @@ def test_a_day_unattended_on_postgres(month_benchmark, postgres_url, evidence):
     from tests.conftest import _drop_dintero_tables
 
     _drop_dintero_tables(postgres_url)
-    month = month_benchmark.simulate(1, postgres_url, log=lambda line: None)
+    month = month_benchmark.simulate(1, postgres_url, traffic=0.5, log=lambda line: None)
     evidence.note("postgresql · " + month.line())
     assert not month.unmet_goals(), (month.unmet_goals(), month.failures, month.stale)
