@@ -50,12 +50,16 @@ def dintero_sync_summary(
                 )
             }
         for spec in CATALOG.values():
-            cursors = [s.cursor for (stream, _), s in states.items() if stream == spec.name]
+            cursors = [
+                s.cursor
+                for (stream, _), s in states.items()
+                if stream == spec.name and s.cursor is not None
+            ]
             rows.append(
                 {
                     "stream": spec.name,
                     "rows": sink.count(spec, account_id),
-                    "cursor": max(cursors).isoformat() if any(cursors) else None,
+                    "cursor": max(cursors).isoformat() if cursors else None,
                 }
             )
     finally:

@@ -238,8 +238,12 @@ def pages(
     start_params: dict[str, Any] | None = None,
     base_params: dict[str, Any] | None = None,
     max_pages: int = DEFAULT_MAX_PAGES,
+    check_rows: Callable[[list[Any]], None] | None = None,
 ) -> Iterator[Page]:
     """Yield pages one at a time (memory stays flat), from ``start_params`` when resuming.
+
+    ``check_rows`` sees each page's rows before the next page is asked for: a page it refuses
+    ends the pagination there, with no request sent after it (pages may be fetched ahead).
 
     Raises:
         PaginationError: a cursor repeated, or ``max_pages`` pages were read.
@@ -255,6 +259,8 @@ def pages(
             raise MalformedPageError(
                 f"the page holds {len(rows)} rows, more than the {asked} asked for"
             )
+        if check_rows is not None:
+            check_rows(rows)
         next_params = paginator.next_params(body, rows)
         yield Page(number, params, rows, next_params, body)
         if next_params is None:

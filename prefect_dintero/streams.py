@@ -16,6 +16,7 @@ from urllib.parse import quote
 from .errors import ConfigurationError
 from .paginators import (
     LastEvaluatedKeyPaginator,
+    MalformedPageError,
     NextPageTokenPaginator,
     Paginator,
     SinceDatetimePaginator,
@@ -107,6 +108,17 @@ class Stream:
     @property
     def table_name(self) -> str:
         return f"dintero_{self.name}"
+
+    def check_keys(self, objects: list[dict]) -> None:
+        """MalformedPageError unless every object has a usable primary key: checked as a page
+        arrives, before the next page is asked for, so a bad page stops the stream there."""
+        for position, obj in enumerate(objects):
+            key = obj.get(self.primary_key) if isinstance(obj, dict) else None
+            if not isinstance(key, str) or not key or len(key) > 255:
+                raise MalformedPageError(
+                    f"object {position} of a {self.name} page has no usable "
+                    f"{self.primary_key!r} (a string of at most 255 characters)"
+                )
 
     def url_path(self, account_id: str, destination: str | None = None) -> str:
         """The endpoint's path, each id validated and encoded as one path segment."""

@@ -382,6 +382,7 @@ class StreamSync:
                 start_params=resume,
                 base_params=self._base_params(lower, upper),
                 max_pages=self.options.max_pages,
+                check_rows=self.stream.check_keys,
             )
         ):
             newest = self._newest_in_window(page.rows, *asked, result)
@@ -451,6 +452,7 @@ class StreamSync:
                 paginator,
                 base_params=dict(self.stream.extra_params),
                 max_pages=self.options.max_pages,
+                check_rows=self.stream.check_keys,
             )
         ):
             scanned = "since_datetime" not in page.params

@@ -21,7 +21,6 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, S
 
 from .. import times
 from ..errors import ConfigurationError, DinteroError
-from ..paginators import MalformedPageError
 from ..redact import get_logger
 from ..streams import Stream
 from ..times import CLOCK_SKEW
@@ -241,14 +240,10 @@ class Sink:
         naming the stream, the object and the field; the ``raw`` JSON keeps it. One odd value
         must not fail the stream on every run.
         """
+        stream.check_keys(objects)
         rows, unfit = [], []
-        for position, obj in enumerate(objects):
-            key = obj.get(stream.primary_key)
-            if not isinstance(key, str) or not key or len(key) > 255:
-                raise MalformedPageError(
-                    f"object {position} of a {stream.name} page has no usable "
-                    f"{stream.primary_key!r} (a string of at most 255 characters)"
-                )
+        for obj in objects:
+            key = obj[stream.primary_key]
             row = {"account_id": account_id, "raw": obj, "synced_at": now}
             for col, to_column in self._columns(stream):
                 value = col.extract(obj)
