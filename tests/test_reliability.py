@@ -146,7 +146,7 @@ SETUP = textwrap.dedent(
 
 # The user's sync, as a deployment would run it: the dintero-sync flow, reading as the user.
 # The next run starts as soon as one is killed: with one_run_at_a_time it would first wait for
-# the killed run's account slot to lapse (a minute), which tests/test_month.py covers.
+# the killed run's account slot to lapse (a minute); tests/test_sync_flow.py tests the slot.
 SYNC = textwrap.dedent(
     """
     import sys
