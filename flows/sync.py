@@ -15,6 +15,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import as_completed
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_dintero.errors import ConfigurationError, DinteroError, ReauthorizationRequired
@@ -48,10 +49,17 @@ def account_limit_name(credentials_block: str) -> str:
     return f"dintero-account-{credentials_block}"
 
 
+#: Account limits this process has seen exist, by API URL: read once per process, not per run.
+_limits_made: set[tuple[str | None, str]] = set()
+
+
 def ensure_account_limit(credentials_block: str) -> None:
     """Create the account's limit (one sync at a time) unless it exists; an existing one is left
     as its owner set it."""
     name = account_limit_name(credentials_block)
+    seen = (PREFECT_API_URL.value(), name)
+    if seen in _limits_made:
+        return
     with get_client(sync_client=True) as client:
         try:
             client.read_global_concurrency_limit_by_name(name)
@@ -60,6 +68,7 @@ def ensure_account_limit(credentials_block: str) -> None:
                 client.create_global_concurrency_limit(
                     GlobalConcurrencyLimitCreate(name=name, limit=SYNCS_PER_ACCOUNT)
                 )
+    _limits_made.add(seen)
 
 
 class SyncFailed(DinteroError):
@@ -198,16 +207,18 @@ def _sync(
     run_deadline: float,
 ) -> list[dict[str, Any]]:
     logger = get_run_logger()
-    account_id = DinteroCredentials.load(credentials_block, _sync=True).account_id
     try:
         bearer = get_bearer_token(credentials_block, session_block)
     except Exception as exc:
+        # Only now is the block read here: the bearer names the account when there is one.
+        account_id = DinteroCredentials.load(credentials_block, _sync=True).account_id
         if session_block and isinstance(exc, ReauthorizationRequired):
             events.emit_session_expired(session_block, account_id, exc.expires_at)
         events.emit_sync_result(
             account_id, credentials_block, session_block, {}, {}, f"{type(exc).__name__}: {exc}"
         )
         raise
+    account_id = bearer.account_id
     if session_block and not bearer.renewable:
         events.warn_if_session_ends_soon(
             session_block, account_id, bearer.login_id, bearer.expires_at
