@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect.blocks.abstract import CredentialsBlock
+from prefect_dintero.blocks.service_token import BlockServiceTokenStore
 from pydantic import Field, SecretStr, field_validator
 
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
@@ -18,8 +19,6 @@ from prefect_dintero.grants import aexchange_authorization_code, exchange_author
 from prefect_dintero.provider import ClientCredentialsProvider
 from prefect_dintero.tokens import Token
 from prefect_dintero.validation import validate_base_url, validate_owner_id
-
-from .service_token import BlockServiceTokenStore
 
 LOGO_URL = "https://github.com/Dintero.png"
 

@@ -11,6 +11,8 @@ import httpx
 from prefect.blocks.core import Block
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL
+from prefect_dintero.blocks.credentials import LOGO_URL, DinteroCredentials
+from prefect_dintero.blocks.token_store import RENEWAL_SLOT_LEASE, BlockTokenStore
 from pydantic import Field, SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
@@ -18,9 +20,6 @@ from prefect_dintero.client import AsyncDinteroClient, DinteroClient
 from prefect_dintero.provider import OIDCSessionProvider
 from prefect_dintero.redact import get_logger
 from prefect_dintero.tokens import Token, UserInfo
-
-from .credentials import LOGO_URL, DinteroCredentials
-from .token_store import RENEWAL_SLOT_LEASE, BlockTokenStore
 
 logger = get_logger(__name__)
 

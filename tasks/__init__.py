@@ -1,6 +1,6 @@
 """Prefect tasks of prefect-dintero (installed as ``prefect_dintero.tasks``)."""
 
-from .auth import exchange_authorization_code, get_bearer_token
-from .sync import sync_stream
+from prefect_dintero.tasks.auth import exchange_authorization_code, get_bearer_token
+from prefect_dintero.tasks.sync import sync_stream
 
 __all__ = ["exchange_authorization_code", "get_bearer_token", "sync_stream"]

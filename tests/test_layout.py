@@ -1,0 +1,97 @@
+"""The package's shape: the Prefect layer loads by file path, the core without Prefect."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FLOW_FILES = {
+    "flows/sync.py:dintero_sync": "dintero-sync",
+    "flows/login.py:dintero_login": "dintero-login",
+    "flows/accounts.py:dintero_sync_accounts": "dintero-sync-accounts",
+    "flows/summary.py:dintero_sync_summary": "dintero-sync-summary",
+}
+
+
+def run_python(code: str, cwd: Path = ROOT) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_each_flow_file_loads_by_path_and_deploys_from_source():
+    # What `flow.serve()` from a file, `prefect deploy flows/sync.py:dintero_sync` and a worker
+    # pulling the source do: load the file by path. Placeholders are refused, so an import that
+    # only works inside the package (a relative one) fails here instead of deploying a stub.
+    out = run_python(
+        f"""
+        from prefect.flows import Flow, load_flow_from_entrypoint
+
+        for entrypoint, name in {FLOW_FILES!r}.items():
+            flow = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
+            assert isinstance(flow, Flow) and flow.name == name, (entrypoint, flow)
+            print("loaded", entrypoint, flow.fn.__module__)
+
+        # The object `.serve()` and `.deploy()` start from, built from the source tree.
+        sync = Flow.from_source(source={str(ROOT)!r}, entrypoint="flows/sync.py:dintero_sync")
+        deployment = sync.to_deployment(name="by-path")
+        assert deployment.entrypoint == "flows/sync.py:dintero_sync", deployment.entrypoint
+        schema = deployment._parameter_openapi_schema.properties
+        assert {{"credentials_block", "lookback_hours", "destination"}} <= set(schema), schema
+        print("deployable", deployment.name)
+        """,
+    )
+    assert out.count("loaded ") == len(FLOW_FILES)
+    assert "deployable by-path" in out
+
+
+def test_the_core_imports_with_prefect_absent():
+    # Every core module, with `prefect` made unimportable: the core is usable without Prefect.
+    out = run_python(
+        """
+        import importlib, pkgutil, sys
+
+        class NoPrefect:
+            def find_spec(self, name, path=None, target=None):
+                if name == "prefect" or name.startswith("prefect."):
+                    raise ModuleNotFoundError(f"blocked: {name}")
+                return None
+
+        sys.meta_path.insert(0, NoPrefect())
+        import prefect_dintero
+
+        prefect_side = {"prefect_dintero.blocks", "prefect_dintero.tasks",
+                        "prefect_dintero.flows", "prefect_dintero.cli"}
+        names = []
+        for info in pkgutil.walk_packages(prefect_dintero.__path__, "prefect_dintero."):
+            if any(info.name == p or info.name.startswith(p + ".") for p in prefect_side):
+                continue
+            if info.name.endswith(".__main__"):  # runs a program; what it imports is checked
+                continue
+            importlib.import_module(info.name)
+            names.append(info.name)
+        assert not [m for m in sys.modules if m == "prefect" or m.startswith("prefect.")]
+        print(len(names), " ".join(sorted(names)))
+        """,
+        cwd=Path("/"),
+    )
+    count, modules = out.split(" ", 1)
+    for core in (
+        "prefect_dintero.sync",
+        "prefect_dintero.sink",
+        "prefect_dintero.client",
+        "prefect_dintero.emulator.app",
+        "prefect_dintero.streams",
+    ):
+        assert core in modules.split(), (core, modules)
+    assert int(count) >= 25
