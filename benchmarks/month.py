@@ -201,12 +201,12 @@ def simulate(days: int, destination: str, *, traffic: float = 1.0, log=print) ->
 
     ``traffic`` scales the hourly traffic (the test suite's short month uses half, for CI's
     time budget: every hourly run then reads about half the pages)."""
-    from prefect_dintero.flows import dintero_login, dintero_sync
-    from prefect_dintero.flows import events as sync_events
     from pydantic import SecretStr
 
     from prefect_dintero import DinteroCredentials
     from prefect_dintero.emulator import EmulatorConfig, running_emulator
+    from prefect_dintero.flows import dintero_login, dintero_sync
+    from prefect_dintero.flows import events as sync_events
     from prefect_dintero.sink import Sink
     from prefect_dintero.times import use_clock
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect.blocks.abstract import CredentialsBlock
-from prefect_dintero.blocks.service_token import BlockServiceTokenStore
 from pydantic import Field, SecretStr, field_validator
 
+from prefect_dintero.blocks.service_token import BlockServiceTokenStore
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
 from prefect_dintero.credentials import (
     DEFAULT_API_URL,

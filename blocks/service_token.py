@@ -7,9 +7,9 @@ import threading
 from datetime import datetime
 
 from prefect.blocks.core import Block
-from prefect_dintero.blocks.token_store import BlockTokenStore
 from pydantic import Field, SecretStr
 
+from prefect_dintero.blocks.token_store import BlockTokenStore
 from prefect_dintero.credentials import ClientCredentials
 from prefect_dintero.redact import get_logger
 from prefect_dintero.tokens import Token

@@ -11,11 +11,11 @@ import httpx
 from prefect.blocks.core import Block
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL
-from prefect_dintero.blocks.credentials import LOGO_URL, DinteroCredentials
-from prefect_dintero.blocks.token_store import RENEWAL_SLOT_LEASE, BlockTokenStore
 from pydantic import Field, SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
+from prefect_dintero.blocks.credentials import LOGO_URL, DinteroCredentials
+from prefect_dintero.blocks.token_store import RENEWAL_SLOT_LEASE, BlockTokenStore
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
 from prefect_dintero.provider import OIDCSessionProvider
 from prefect_dintero.redact import get_logger

@@ -8,10 +8,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
-from prefect_dintero.flows.sync import DEFAULT_TIMEOUT_MINUTES, dintero_sync, ensure_account_limit
 from pydantic import BaseModel, Field
 
 from prefect_dintero.errors import ConfigurationError, DinteroError
+from prefect_dintero.flows.sync import DEFAULT_TIMEOUT_MINUTES, dintero_sync, ensure_account_limit
 from prefect_dintero.sync import sync_options, window_from_hours
 
 #: How long a deployment run may wait for a worker before the fan-out stops waiting for it.

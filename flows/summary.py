@@ -6,11 +6,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect_dintero.tasks.destinations import open_sink
 from sqlalchemy import select
 
 from prefect_dintero.redact import install_log_filter
 from prefect_dintero.streams import CATALOG
+from prefect_dintero.tasks.destinations import open_sink
 
 
 @flow(

@@ -17,17 +17,17 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
+
 from prefect_dintero.blocks import DinteroCredentials
 from prefect_dintero.blocks.token_store import slot
-from prefect_dintero.flows import events
-from prefect_dintero.tasks import get_bearer_token
-from prefect_dintero.tasks.destinations import check_destination
-from prefect_dintero.tasks.sync import sync_stream
-
 from prefect_dintero.errors import ConfigurationError, DinteroError, ReauthorizationRequired
+from prefect_dintero.flows import events
 from prefect_dintero.redact import install_log_filter, redact
 from prefect_dintero.streams import resolve_streams
 from prefect_dintero.sync import sync_options, window_from_hours
+from prefect_dintero.tasks import get_bearer_token
+from prefect_dintero.tasks.destinations import check_destination
+from prefect_dintero.tasks.sync import sync_stream
 
 #: Streams run concurrently, bounded: each holds a database connection and an HTTP client.
 MAX_CONCURRENT_STREAMS = 4

@@ -7,13 +7,13 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
-from prefect_dintero.blocks import DinteroCredentials, DinteroOIDCSession
-from prefect_dintero.tasks._retry import retry_if_transient
 from pydantic import SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
+from prefect_dintero.blocks import DinteroCredentials, DinteroOIDCSession
 from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.redact import install_log_filter, register_secret
+from prefect_dintero.tasks._retry import retry_if_transient
 
 
 def _secret(value: SecretStr | str) -> str:

@@ -8,8 +8,6 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
-from prefect_dintero.tasks._retry import retry_if_transient
-from prefect_dintero.tasks.destinations import open_sink
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.redact import install_log_filter
@@ -17,6 +15,8 @@ from prefect_dintero.sink import Sink
 from prefect_dintero.streams import resolve_streams
 from prefect_dintero.sync import StreamResult, SyncOptions, window_from_hours
 from prefect_dintero.sync import sync_stream as sync_stream_core
+from prefect_dintero.tasks._retry import retry_if_transient
+from prefect_dintero.tasks.destinations import open_sink
 
 #: Log a progress line every this many pages of a stream.
 PROGRESS_EVERY_PAGES = 10

@@ -6,12 +6,12 @@ import uuid
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect_dintero.flows import AccountTarget, dintero_sync_accounts
 from pydantic import SecretStr
 
 from prefect_dintero import DinteroCredentials
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
 from prefect_dintero.errors import ConfigurationError
+from prefect_dintero.flows import AccountTarget, dintero_sync_accounts
 from prefect_dintero.sink import Sink
 from prefect_dintero.streams import CATALOG
 

@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from prefect_dintero.tasks.destinations import check_destination
 from pydantic import SecretStr
 from sqlalchemy import create_engine, inspect, text
 
@@ -36,6 +35,7 @@ from prefect_dintero.sink import STATE_TABLE, DestinationError, Sink
 from prefect_dintero.store import DEFAULT_STORE
 from prefect_dintero.streams import CATALOG, resolve_streams
 from prefect_dintero.sync import SyncOptions, sync_stream
+from prefect_dintero.tasks.destinations import check_destination
 from prefect_dintero.tokens import Token
 
 from .test_sync import AID, FAST

@@ -15,12 +15,12 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
-from prefect_dintero.flows import dintero_login, dintero_sync
-from prefect_dintero.flows.automations import FILE_HEADER, automation_yaml
 from pydantic import SecretStr
 
 from prefect_dintero import DinteroCredentials, DinteroOIDCSession
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
+from prefect_dintero.flows import dintero_login, dintero_sync
+from prefect_dintero.flows.automations import FILE_HEADER, automation_yaml
 from prefect_dintero.times import use_clock
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -27,8 +27,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL, PREFECT_HOME
-from prefect_dintero.flows import dintero_login
-from prefect_dintero.tasks import exchange_authorization_code, get_bearer_token
 from pydantic import SecretStr
 
 from prefect_dintero import DinteroCredentials, DinteroOIDCSession, DinteroServiceToken
@@ -40,7 +38,9 @@ from prefect_dintero.errors import (
     LoginError,
     ReauthorizationRequired,
 )
+from prefect_dintero.flows import dintero_login
 from prefect_dintero.redact import MASK
+from prefect_dintero.tasks import exchange_authorization_code, get_bearer_token
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

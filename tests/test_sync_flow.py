@@ -10,13 +10,13 @@ import uuid
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect_dintero.flows import dintero_login, dintero_sync
-from prefect_dintero.flows.sync import SyncFailed
 from pydantic import SecretStr
 
 from prefect_dintero import DinteroCredentials
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
 from prefect_dintero.errors import ConfigurationError
+from prefect_dintero.flows import dintero_login, dintero_sync
+from prefect_dintero.flows.sync import SyncFailed
 from prefect_dintero.sink import Sink
 from prefect_dintero.streams import CATALOG
 
