@@ -443,3 +443,25 @@ def test_the_emulator_binds_loopback_only_unless_told():
         text=True,
     ).stdout
     assert "for tests" in help_text and "--allow-remote" in help_text
+    # Every option that has a default says it.
+    for option, default in [("--port", "8787"), ("--transactions", "250"), ("--seed", "42")]:
+        options = help_text.split("options:", 1)[1]
+        line = options[options.index(option) :].split("\n  --", 1)[0]
+        assert f"(default: {default})" in " ".join(line.split()), (option, line)
+
+
+def test_a_busy_port_is_one_line_before_any_banner():
+    with running_emulator(EmulatorConfig()) as emu:
+        port = emu.url.rsplit(":", 1)[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "prefect_dintero.emulator", "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert done.stdout == ""  # no banner for a server that never started
+    assert done.stderr.strip().splitlines() == [
+        f"emulator: error: 127.0.0.1:{port} is already in use (another emulator?); stop it or "
+        "pass --port"
+    ]

@@ -1,7 +1,7 @@
-"""``python -m prefect_dintero.emulator`` is ``prefect-dintero emulator``."""
+"""``python -m prefect_dintero.emulator`` serves the emulator (``prefect-dintero emulator``)."""
 
 import sys
 
-from prefect_dintero.cli import main
+from prefect_dintero.emulator.cli import main
 
-sys.exit(main(["emulator", *sys.argv[1:]]))
+sys.exit(main())

@@ -1,0 +1,259 @@
+"""The ``prefect-dintero`` command line: the Prefect side of the package (it saves blocks and runs
+flows); the emulator's own command is core (``prefect_dintero.emulator.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+
+from prefect_dintero._version import __version__
+from prefect_dintero.cli import demo
+from prefect_dintero.emulator import cli as emulator_cli
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit status 2, no traceback."""
+
+
+def _login_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "login",
+        help="log a user in and save the session block",
+        description=(
+            "Print the identity provider's login link for the API client, read back the URL "
+            "you were redirected to (or the code), check its state, exchange the code with the "
+            "dintero-login flow, and save a Dintero OIDC Session block."
+        ),
+    )
+    p.add_argument("--credentials-block", required=True, help="Dintero Credentials block name")
+    p.add_argument("--session-block", required=True, help="name to save the session block under")
+    p.add_argument(
+        "--code-stdin",
+        action="store_true",
+        help="read an authorization code (or redirect URL) you already have from standard "
+        "input instead of printing a login link; its state cannot be checked",
+    )
+    # A code on the command line lands in shell history and in every process listing.
+    p.add_argument("--code", help=argparse.SUPPRESS)
+    p.set_defaults(handler=_run_login)
+
+
+def _run_login(args: argparse.Namespace) -> int:
+    from pydantic import SecretStr
+
+    from prefect_dintero.blocks import DinteroCredentials
+    from prefect_dintero.flows import dintero_login
+    from prefect_dintero.login import build_authorize_url, new_state, parse_authorization_response
+
+    if args.code is not None:
+        raise CliError(
+            "--code puts the code in your shell history and process list: pipe it instead, "
+            "e.g. `prefect-dintero login ... --code-stdin < code.txt`, or answer the prompt"
+        )
+    creds = DinteroCredentials.load(args.credentials_block, _sync=True)
+    if args.code_stdin:
+        code = parse_authorization_response(sys.stdin.readline())
+    else:
+        state = new_state()
+        url = build_authorize_url(
+            creds.oidc_authorize_url, creds.client_id, creds.redirect_uri, state
+        )
+        print(f"Open this link, log in, and paste the URL you are redirected to:\n\n  {url}\n")
+        pasted = input("Redirect URL (or code): ")
+        code = parse_authorization_response(pasted, expected_state=state)
+    facts = dintero_login(
+        args.credentials_block, args.session_block, authorization_response=SecretStr(code)
+    )
+    print(
+        f"Logged in {facts['user_name'] or facts['user_sub']}; session saved as block "
+        f"{args.session_block!r}, valid until {facts['expires_at']}"
+    )
+    return 0
+
+
+def _sync_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sync",
+        help="run the dintero-sync flow",
+        description="Sync Dintero streams of one account into SQLite or PostgreSQL.",
+    )
+    p.add_argument("--credentials-block", required=True, help="Dintero Credentials block name")
+    p.add_argument("--session-block", help="Dintero OIDC Session block name (sync as the user)")
+    p.add_argument(
+        "--stream",
+        action="append",
+        dest="streams",
+        metavar="NAME",
+        help="a stream to sync; repeatable (default: all)",
+    )
+    p.add_argument(
+        "--destination",
+        default="dintero.db",
+        help="SQLite file or SQLAlchemy URL without a password (default: dintero.db)",
+    )
+    p.add_argument("--destination-block", help="a SqlAlchemyConnector block name instead")
+    p.add_argument("--lookback-hours", type=float, help="re-read this far before the cursor")
+    p.add_argument("--page-size", type=int, default=100, help="rows per request (default: 100)")
+    p.add_argument("--full-refresh", action="store_true", help="ignore the saved cursors")
+    p.add_argument(
+        "--payout-destination",
+        action="append",
+        dest="payout_destinations",
+        metavar="ID",
+        help="payout destination id for payout_transfers; repeatable",
+    )
+    p.add_argument(
+        "--start-date",
+        type=datetime.fromisoformat,
+        help="oldest data a first sync reads (ISO 8601)",
+    )
+    p.add_argument(
+        "--reconcile-days",
+        type=float,
+        help="re-read at least the last N days, whatever the cursor (catches late refunds)",
+    )
+    p.set_defaults(handler=_run_sync)
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    from prefect_dintero.blocks import DinteroCredentials
+    from prefect_dintero.flows import dintero_sync
+    from prefect_dintero.streams import resolve_streams
+    from prefect_dintero.sync import sync_options
+    from prefect_dintero.tasks.destinations import check_destination
+
+    # Mistakes are reported before a flow run starts (and logs a traceback of its own).
+    resolve_streams(args.streams)
+    check_destination(args.destination, args.destination_block)
+    sync_options(
+        page_size=args.page_size,
+        lookback_hours=args.lookback_hours,
+        reconcile_days=args.reconcile_days,
+        start_date=args.start_date,
+    )
+    DinteroCredentials.load(args.credentials_block, _sync=True)
+
+    results = dintero_sync(
+        args.credentials_block,
+        session_block=args.session_block,
+        streams=args.streams,
+        destination=args.destination,
+        destination_block=args.destination_block,
+        lookback_hours=args.lookback_hours,
+        page_size=args.page_size,
+        full_refresh=args.full_refresh,
+        payout_destinations=args.payout_destinations,
+        start_date=args.start_date,
+        reconcile_days=args.reconcile_days,
+    )
+    for r in results:
+        print(f"{r['stream']}: {r['fetched']} rows, {r['inserted']} new, {r['updated']} updated")
+    return 0
+
+
+def _register_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "register",
+        help="register the block types on the current Prefect API",
+        description=(
+            "Register the Dintero Credentials and Dintero OIDC Session block types with the "
+            "Prefect API in use (PREFECT_API_URL), so they appear in its UI."
+        ),
+    )
+    p.set_defaults(handler=_run_register)
+
+
+def _run_register(args: argparse.Namespace) -> int:
+    from prefect_dintero.blocks import DinteroCredentials, DinteroOIDCSession, DinteroServiceToken
+
+    for block in (DinteroCredentials, DinteroOIDCSession, DinteroServiceToken):
+        block.register_type_and_schema()
+        print(f"registered block type {block.get_block_type_name()!r}")
+    return 0
+
+
+def _automation_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "automation",
+        help="write the session-expiring automation for your notification block",
+        description=(
+            "Write the automation that, on dintero.session.expiring, sends a notification "
+            "through your notification block with the link to run dintero-login/manual. Feed "
+            "it to: prefect automation create --from-file FILE."
+        ),
+    )
+    p.add_argument(
+        "--notification-block",
+        required=True,
+        metavar="TYPE/NAME",
+        help="the notification block, as its type slug and name (e.g. slack-webhook/team)",
+    )
+    p.add_argument("--output", default="-", help="file to write (default: standard output)")
+    p.set_defaults(handler=_run_automation)
+
+
+def _run_automation(args: argparse.Namespace) -> int:
+    from prefect.blocks.core import Block
+
+    from prefect_dintero.flows.automations import automation_yaml
+
+    if "/" not in args.notification_block:
+        raise CliError(
+            "--notification-block takes the block's type slug and name, e.g. slack-webhook/team"
+        )
+    block = Block.load(args.notification_block, _sync=True)
+    text = automation_yaml(str(block._block_document_id))
+    if args.output == "-":
+        print(text, end="")
+    else:
+        with open(args.output, "w") as out:
+            out.write(text)
+        print(f"wrote {args.output}: prefect automation create --from-file {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prefect-dintero",
+        description="Prefect integration for the Dintero payments API.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    emulator_cli.add_parser(sub)
+    demo.add_parser(sub)
+    _login_parser(sub)
+    _sync_parser(sub)
+    _register_parser(sub)
+    _automation_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"prefect-dintero {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Mistakes a user can fix: bad input, bad credentials, a missing block, a failed sync."""
+    from prefect_dintero.errors import DinteroError
+
+    if isinstance(exc, (CliError, emulator_cli.UsageError, DinteroError, ValueError, EOFError)):
+        return True
+    name = type(exc).__name__
+    return name in {"ObjectNotFound", "PrefectHTTPStatusError"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
