@@ -38,7 +38,8 @@ SYNC = textwrap.dedent(
     from prefect_dintero.credentials import ClientCredentials
     from prefect_dintero.sink import Sink
     from prefect_dintero.streams import CATALOG
-    from prefect_dintero.sync import SyncOptions, sync_stream
+    from prefect_dintero.request import SyncRequest
+    from prefect_dintero.sync import sync_stream
     url, db, reconcile_days = sys.argv[1], sys.argv[2], sys.argv[3]
     creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
         client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url)
@@ -49,7 +50,7 @@ SYNC = textwrap.dedent(
     t0 = time.perf_counter()
     with DinteroClient(creds) as client:
         [r] = sync_stream(client, sink, spec, "T12345678",
-                          SyncOptions(page_size=100, reconcile=reconcile))
+                          SyncRequest(page_size=100, reconcile=reconcile))
     seconds = time.perf_counter() - t0
     stale = None
     if reconcile:

@@ -62,7 +62,8 @@ SYNC = textwrap.dedent(
     from prefect_dintero.credentials import ClientCredentials
     from prefect_dintero.sink import Sink
     from prefect_dintero.streams import CATALOG
-    from prefect_dintero.sync import SyncOptions, sync_stream
+    from prefect_dintero.request import SyncRequest
+    from prefect_dintero.sync import sync_stream
     url, db = sys.argv[1], sys.argv[2]
     creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
         client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url)
@@ -71,7 +72,7 @@ SYNC = textwrap.dedent(
     sink.prepare([spec])
     t0 = time.perf_counter()
     with DinteroClient(creds) as client:
-        [result] = sync_stream(client, sink, spec, "T12345678", SyncOptions(page_size=100))
+        [result] = sync_stream(client, sink, spec, "T12345678", SyncRequest(page_size=100))
     seconds = time.perf_counter() - t0
     print(json.dumps({"rows": result.fetched, "inserted": result.inserted, "requests": result.requests,
                       "pages": result.pages, "seconds": seconds, "table_rows": sink.count(spec),

@@ -120,33 +120,24 @@ def _sync_parser(sub: argparse._SubParsersAction) -> None:
 def _run_sync(args: argparse.Namespace) -> int:
     from prefect_dintero.blocks import DinteroCredentials
     from prefect_dintero.flows import dintero_sync
-    from prefect_dintero.streams import resolve_streams
-    from prefect_dintero.sync import sync_options
-    from prefect_dintero.tasks.destinations import check_destination
+    from prefect_dintero.request import SyncRequest
 
     # Mistakes are reported before a flow run starts (and logs a traceback of its own).
-    resolve_streams(args.streams)
-    check_destination(args.destination, args.destination_block)
-    sync_options(
-        page_size=args.page_size,
-        lookback_hours=args.lookback_hours,
-        reconcile_days=args.reconcile_days,
-        start_date=args.start_date,
-    )
-    DinteroCredentials.load(args.credentials_block, _sync=True)
-
-    results = dintero_sync(
-        args.credentials_block,
-        session_block=args.session_block,
+    request = SyncRequest.build(
         streams=args.streams,
         destination=args.destination,
         destination_block=args.destination_block,
         lookback_hours=args.lookback_hours,
+        reconcile_days=args.reconcile_days,
         page_size=args.page_size,
         full_refresh=args.full_refresh,
-        payout_destinations=args.payout_destinations,
         start_date=args.start_date,
-        reconcile_days=args.reconcile_days,
+        payout_destinations=args.payout_destinations,
+    )
+    DinteroCredentials.load(args.credentials_block, _sync=True)
+
+    results = dintero_sync(
+        args.credentials_block, session_block=args.session_block, **request.flow_parameters()
     )
     for r in results:
         print(f"{r['stream']}: {r['fetched']} rows, {r['inserted']} new, {r['updated']} updated")

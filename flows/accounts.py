@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from prefect_dintero.errors import ConfigurationError, DinteroError
 from prefect_dintero.flows.sync import DEFAULT_TIMEOUT_MINUTES, dintero_sync, ensure_account_limit
-from prefect_dintero.sync import sync_options, window_from_hours
+from prefect_dintero.request import SyncRequest, window
 
 #: How long a deployment run may wait for a worker before the fan-out stops waiting for it.
 PICKUP_GRACE_SECONDS = 600
@@ -85,45 +85,44 @@ def dintero_sync_accounts(
     names = [a.credentials_block for a in accounts]
     if len(set(names)) != len(names):
         raise ConfigurationError("an account is listed twice; each credentials block once")
-    sync_options(  # refused here, before one run per account fails with it
-        page_size=page_size, lookback_hours=lookback_hours, reconcile_days=reconcile_days
-    )
-    budget = window_from_hours(timeout_minutes, "timeout_minutes", "minutes")
+    # Each account's request, checked here, before one run per account fails with it.
+    requests = {
+        target.credentials_block: SyncRequest.build(
+            streams=streams,
+            destination=destination,
+            destination_block=destination_block,
+            lookback_hours=lookback_hours,
+            reconcile_days=reconcile_days,
+            page_size=page_size,
+            full_refresh=full_refresh,
+            payout_destinations=target.payout_destinations,
+        )
+        for target in accounts
+    }
+    budget = window(timeout_minutes, "timeout_minutes", "minutes")
     if not budget:
         raise ConfigurationError("timeout_minutes must be more than 0")
     ensure_account_limits(accounts)
-    common = dict(
-        streams=streams,
-        destination=destination,
-        destination_block=destination_block,
-        lookback_hours=lookback_hours,
-        page_size=page_size,
-        full_refresh=full_refresh,
-        reconcile_days=reconcile_days,
-        timeout_minutes=timeout_minutes,
-    )
+
+    def parameters(target: AccountTarget) -> dict[str, Any]:
+        return {
+            "credentials_block": target.credentials_block,
+            "session_block": target.session_block,
+            "timeout_minutes": timeout_minutes,
+            **requests[target.credentials_block].flow_parameters(),
+        }
+
     rows: list[dict[str, Any]] = []
     if mode == "subflows":
         for target in accounts:
-            state = dintero_sync(
-                credentials_block=target.credentials_block,
-                session_block=target.session_block,
-                payout_destinations=target.payout_destinations,
-                return_state=True,
-                **common,
-            )
+            state = dintero_sync(**parameters(target), return_state=True)
             rows.append(_row(target, state))
     elif mode == "deployments":
 
         def start(target: AccountTarget) -> Any:
             return run_deployment(
                 name=deployment_name,
-                parameters={
-                    "credentials_block": target.credentials_block,
-                    "session_block": target.session_block,
-                    "payout_destinations": target.payout_destinations,
-                    **common,
-                },
+                parameters=parameters(target),
                 # Bounded: a run no worker picks up, or one that hangs, must not hold the
                 # fan-out (and the next night's) for ever.
                 timeout=budget.total_seconds() + PICKUP_GRACE_SECONDS,

@@ -23,10 +23,8 @@ from prefect_dintero.blocks.token_store import slot
 from prefect_dintero.errors import ConfigurationError, DinteroError, ReauthorizationRequired
 from prefect_dintero.flows import events
 from prefect_dintero.redact import install_log_filter, redact
-from prefect_dintero.streams import resolve_streams
-from prefect_dintero.sync import sync_options, window_from_hours
+from prefect_dintero.request import SyncRequest, window
 from prefect_dintero.tasks import get_bearer_token
-from prefect_dintero.tasks.destinations import check_destination
 from prefect_dintero.tasks.sync import sync_stream
 
 #: Streams run concurrently, bounded: each holds a database connection and an HTTP client.
@@ -140,27 +138,23 @@ def dintero_sync(
         requests, retries and rate-limited responses.
     """
     install_log_filter()
-    explicit = streams is not None
-    selected = resolve_streams(streams)
-    if not payout_destinations:
-        if explicit and any(s.per_destination for s in selected):
-            raise ConfigurationError(
-                "payout_transfers needs payout_destinations=[...] (the payout destination ids)"
-            )
-        selected = [s for s in selected if not s.per_destination]
-    check_destination(destination, destination_block)
-    budget = window_from_hours(timeout_minutes, "timeout_minutes", "minutes")
-    if not budget:
-        raise ConfigurationError("timeout_minutes must be more than 0")
-    run_deadline = time.monotonic() + budget.total_seconds()
-    # Refused before any request: a negative lookback, say, would silently skip data.
-    sync_options(
-        page_size=page_size,
+    # Checked here, once, before any block is loaded or request sent: a negative lookback, say,
+    # would silently skip data.
+    request = SyncRequest.build(
+        streams=streams,
+        destination=destination,
+        destination_block=destination_block,
         lookback_hours=lookback_hours,
         reconcile_days=reconcile_days,
+        page_size=page_size,
+        full_refresh=full_refresh,
         start_date=start_date,
         payout_destinations=payout_destinations,
     )
+    budget = window(timeout_minutes, "timeout_minutes", "minutes")
+    if not budget:
+        raise ConfigurationError("timeout_minutes must be more than 0")
+    run_deadline = time.monotonic() + budget.total_seconds()
 
     # One sync of an account at a time, across every worker and deployment (the hourly run
     # and the nightly reconcile included): a run waits for the one before it, within its budget.
@@ -175,34 +169,13 @@ def dintero_sync(
         if one_run_at_a_time
         else contextlib.nullcontext()
     ):
-        return _sync(
-            credentials_block,
-            session_block,
-            selected,
-            destination,
-            destination_block,
-            lookback_hours,
-            page_size,
-            full_refresh,
-            payout_destinations,
-            start_date,
-            reconcile_days,
-            run_deadline,
-        )
+        return _sync(credentials_block, session_block, request, run_deadline)
 
 
 def _sync(
     credentials_block: str,
     session_block: str | None,
-    selected: list,
-    destination: str,
-    destination_block: str | None,
-    lookback_hours: float | None,
-    page_size: int,
-    full_refresh: bool,
-    payout_destinations: list[str] | None,
-    start_date: datetime | None,
-    reconcile_days: float | None,
+    request: SyncRequest,
     run_deadline: float,
 ) -> list[dict[str, Any]]:
     logger = get_run_logger()
@@ -225,23 +198,9 @@ def _sync(
     progress_id = create_progress_artifact(
         0.0, description=f"Streams synced for Dintero account {account_id}"
     )
-    lookback_seconds = lookback_hours * 3600 if lookback_hours is not None else None
     ends_at = time.time() + max(1.0, run_deadline - time.monotonic())
     futures = {
-        sync_stream.submit(
-            bearer,
-            spec.name,
-            destination=destination,
-            destination_block=destination_block,
-            lookback_seconds=lookback_seconds,
-            page_size=page_size,
-            full_refresh=full_refresh,
-            payout_destinations=payout_destinations,
-            start_date=start_date,
-            reconcile_seconds=reconcile_days * 86400 if reconcile_days is not None else None,
-            ends_at=ends_at,
-        ): spec.name
-        for spec in selected
+        sync_stream.submit(bearer, name, request, ends_at=ends_at): name for name in request.streams
     }
     summaries: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
@@ -267,12 +226,12 @@ def _sync(
                 logger.error("stream %s failed: %s", name, failures[name])
 
     rows = []
-    for spec in selected:
-        s = summaries.get(spec.name)
+    for name in request.streams:
+        s = summaries.get(name)
         rows.append(
             {
-                "stream": spec.name,
-                "status": "failed" if spec.name in failures else "ok",
+                "stream": name,
+                "status": "failed" if name in failures else "ok",
                 "rows_fetched": s["fetched"] if s else 0,
                 "inserted": s["inserted"] if s else 0,
                 "updated": s["updated"] if s else 0,
@@ -283,7 +242,7 @@ def _sync(
                 "outside_window": s["outside_window"] if s else 0,
                 "seconds": s["seconds"] if s else 0,
                 "cursor_after": (s["cursor_after"] or "") if s else "",
-                "error": failures.get(spec.name, ""),
+                "error": failures.get(name, ""),
             }
         )
     create_table_artifact(
@@ -298,4 +257,4 @@ def _sync(
             + "; ".join(f"{name} ({error})" for name, error in failures.items())
             + ". The other streams were synced and committed; a rerun resumes the failed ones."
         )
-    return [summaries[spec.name] for spec in selected]
+    return [summaries[name] for name in request.streams]

@@ -15,128 +15,27 @@ deduplicated by the upsert.
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from . import times
 from .client import DinteroClient
 from .errors import ConfigurationError, DinteroAPIError
-from .paginators import DEFAULT_MAX_PAGES, Page, SinceDatetimePaginator, fetched_ahead, pages
+from .paginators import Page, SinceDatetimePaginator, fetched_ahead, pages
 from .redact import get_logger
+from .request import SyncRequest
 from .sink import PageWrite, Sink, StreamState, with_state
 from .streams import Stream
 from .times import CLOCK_SKEW, iso, parse_datetime
-from .validation import validate_payout_destination
 
 logger = get_logger(__name__)
 
-#: The longest lookback or reconcile window accepted: ten years is already more than any
-#: Dintero history; anything longer is a typo.
-MAX_WINDOW = timedelta(days=3660)
 #: Rows named in one warning about rows outside the requested window.
 WARN_ROWS = 3
-
-
-def window_from_hours(value: float | None, name: str, unit: str = "hours") -> timedelta | None:
-    """A non-negative, finite window in ``unit`` as a timedelta; ConfigurationError otherwise.
-
-    Args:
-        value: the number, or None (not set).
-        name: the parameter's name, for the message.
-        unit: ``"days"``, ``"hours"``, ``"minutes"`` or ``"seconds"``.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigurationError(f"{name} must be a number of {unit}, got {value!r}")
-    if value < 0:
-        raise ConfigurationError(
-            f"{name} must not be negative (got {value}): a negative window would skip data"
-        )
-    seconds = value * {"hours": 3600, "days": 86400, "minutes": 60, "seconds": 1}[unit]
-    if seconds > MAX_WINDOW.total_seconds():
-        raise ConfigurationError(
-            f"{name}={value} is longer than {MAX_WINDOW.days} days; use full_refresh to read "
-            "everything"
-        )
-    return timedelta(seconds=seconds)
-
-
-@dataclass
-class SyncOptions:
-    """How to sync. Checked when built, so a bad value fails before any request.
-
-    Attributes:
-        page_size: rows asked for per page (capped at each endpoint's maximum).
-        lookback: re-read this far before the saved cursor; None uses each stream's default
-            (transactions 3 days: they change status for days after creation).
-        full_refresh: read everything again and reset the cursors.
-        start_date: the oldest data a first (or full) sync reads; None reads everything.
-        payout_destinations: the payout destinations whose transfers to sync.
-        max_pages: a hard page cap per window (a safety net, never reached in practice).
-        reconcile: re-read at least this far back from the run's start, whatever the cursor
-            (the daily reconcile run: refunds and settlements change transactions for months,
-            and Dintero filters them only on ``created_at``).
-    """
-
-    page_size: int = 100
-    lookback: timedelta | None = None
-    full_refresh: bool = False
-    start_date: datetime | None = None
-    payout_destinations: list[str] = field(default_factory=list)
-    max_pages: int = DEFAULT_MAX_PAGES
-    reconcile: timedelta | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.page_size, bool) or not isinstance(self.page_size, int):
-            raise ConfigurationError(f"page_size must be an integer, got {self.page_size!r}")
-        if self.page_size < 1:
-            raise ConfigurationError(f"page_size must be at least 1, got {self.page_size}")
-        if isinstance(self.max_pages, bool) or not isinstance(self.max_pages, int):
-            raise ConfigurationError(f"max_pages must be an integer, got {self.max_pages!r}")
-        if self.max_pages < 1:
-            raise ConfigurationError(f"max_pages must be at least 1, got {self.max_pages}")
-        for name in ("lookback", "reconcile"):
-            value = getattr(self, name)
-            if value is not None:
-                window_from_hours(value.total_seconds(), name, "seconds")
-        self.payout_destinations = [
-            validate_payout_destination(d) for d in self.payout_destinations
-        ]
-        if self.start_date is not None:
-            start = self.start_date
-            if start.tzinfo is None:
-                start = start.replace(tzinfo=UTC)  # Dintero's rule: no timezone means UTC
-            if start > times.now() + CLOCK_SKEW:
-                raise ConfigurationError(
-                    f"start_date {iso(start)} is in the future: nothing would be read"
-                )
-            self.start_date = start
-
-
-def sync_options(
-    *,
-    page_size: int = 100,
-    lookback_hours: float | None = None,
-    reconcile_days: float | None = None,
-    full_refresh: bool = False,
-    start_date: datetime | None = None,
-    payout_destinations: list[str] | None = None,
-) -> SyncOptions:
-    """:class:`SyncOptions` from the units flows take (hours, days), checked the same way."""
-    return SyncOptions(
-        page_size=page_size,
-        lookback=window_from_hours(lookback_hours, "lookback_hours"),
-        reconcile=window_from_hours(reconcile_days, "reconcile_days", "days"),
-        full_refresh=full_refresh,
-        start_date=start_date,
-        payout_destinations=list(payout_destinations or []),
-    )
 
 
 @dataclass
@@ -190,7 +89,7 @@ class StreamSync:
         sink: Sink,
         stream: Stream,
         account_id: str,
-        options: SyncOptions,
+        request: SyncRequest,
         *,
         partition: str = "",
         run_started_at: datetime | None = None,
@@ -201,15 +100,15 @@ class StreamSync:
         self.sink = sink
         self.stream = stream
         self.account_id = account_id
-        self.options = options
+        self.request = request
         self.partition = partition
         self.run_started_at = run_started_at or times.now()
         #: The latest a cursor may ever be: the run's start plus the clock skew.
         self.until = self.run_started_at + CLOCK_SKEW
         self.run_id = run_id or uuid.uuid4().hex
         self.on_page = on_page
-        self.page_size = max(1, min(options.page_size, stream.max_page_size))
-        self.lookback = options.lookback if options.lookback is not None else stream.lookback
+        self.page_size = max(1, min(request.page_size, stream.max_page_size))
+        self.lookback = request.lookback if request.lookback is not None else stream.lookback
         self.label = f"{account_id}/{stream.name}" + (f"/{partition}" if partition else "")
 
     # -- the run ---------------------------------------------------------------------------------
@@ -255,16 +154,16 @@ class StreamSync:
 
     def _lower_bound(self, state: StreamState) -> datetime | None:
         cursor = self._trusted_cursor(state)
-        if self.options.full_refresh or cursor is None:
-            lower = self.options.start_date
+        if self.request.full_refresh or cursor is None:
+            lower = self.request.start_date
         else:
             lower = cursor - self.lookback
-            if self.options.start_date is not None:
-                lower = max(lower, self.options.start_date)
-        if self.options.reconcile is not None and lower is not None:
-            reconcile = self.run_started_at - self.options.reconcile
-            if self.options.start_date is not None:
-                reconcile = max(reconcile, self.options.start_date)
+            if self.request.start_date is not None:
+                lower = max(lower, self.request.start_date)
+        if self.request.reconcile is not None and lower is not None:
+            reconcile = self.run_started_at - self.request.reconcile
+            if self.request.start_date is not None:
+                reconcile = max(reconcile, self.request.start_date)
             lower = min(lower, reconcile)
         return lower
 
@@ -332,12 +231,12 @@ class StreamSync:
 
     def _run_window(self, state: StreamState, result: StreamResult) -> None:
         resume = None
-        reset = self.options.full_refresh
+        reset = self.request.full_refresh
         lower, upper = self._lower_bound(state), self.run_started_at
         if state.in_progress and not reset:
             saved_lower = state.window_lower
             covers = saved_lower is None or (lower is not None and saved_lower <= lower)
-            if self.options.reconcile is None or covers:
+            if self.request.reconcile is None or covers:
                 lower, upper, resume = saved_lower, state.window_upper, state.resume
                 result.resumed = True
                 logger.info(
@@ -381,7 +280,7 @@ class StreamSync:
                 paginator,
                 start_params=resume,
                 base_params=self._base_params(lower, upper),
-                max_pages=self.options.max_pages,
+                max_pages=self.request.max_pages,
                 check_rows=self.stream.check_keys,
             )
         ):
@@ -438,7 +337,7 @@ class StreamSync:
 
     def _run_since(self, state: StreamState, result: StreamResult) -> None:
         lower = self._lower_bound(state)
-        reset = self.options.full_refresh
+        reset = self.request.full_refresh
         paginator = self.stream.paginator(self.page_size, lower, self.until)
         asked_lower = (
             lower - SinceDatetimePaginator.STEP
@@ -451,7 +350,7 @@ class StreamSync:
                 self._fetch,
                 paginator,
                 base_params=dict(self.stream.extra_params),
-                max_pages=self.options.max_pages,
+                max_pages=self.request.max_pages,
                 check_rows=self.stream.check_keys,
             )
         ):
@@ -523,7 +422,7 @@ def sync_stream(
     sink: Sink,
     stream: Stream,
     account_id: str,
-    options: SyncOptions | None = None,
+    request: SyncRequest | None = None,
     *,
     run_started_at: datetime | None = None,
     on_page: ProgressCallback | None = None,
@@ -555,10 +454,10 @@ def sync_stream(
             assert result.inserted == sink.count(CATALOG["transactions"]) == 250
         ```
     """
-    options = options or SyncOptions()
+    request = request or SyncRequest()
     partitions = [""]
     if stream.per_destination:
-        partitions = list(options.payout_destinations)
+        partitions = list(request.payout_destinations)
         if not partitions:
             raise ConfigurationError(
                 f"{stream.name} needs payout destination ids: pass payout_destinations=[...]"
@@ -570,7 +469,7 @@ def sync_stream(
             sink,
             stream,
             account_id,
-            options,
+            request,
             partition=partition,
             run_started_at=run_started_at,
             on_page=on_page,

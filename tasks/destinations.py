@@ -2,34 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from prefect_dintero.errors import ConfigurationError
-from prefect_dintero.sink import Sink, url_secrets
-
-
-def check_destination(destination: str, destination_block: str | None = None) -> None:
-    """Reject a destination that would put a password into flow parameters (never printing
-    it)."""
-    if destination_block:
-        return
-    if "://" in destination:
-        try:
-            make_url(destination)
-        except ArgumentError:
-            raise ConfigurationError(
-                "destination is not a database URL (expected e.g. "
-                "postgresql://user@host/database, or a path for SQLite)"
-            ) from None
-        where = url_secrets(destination)
-        if where:
-            raise ConfigurationError(
-                f"the destination URL carries a password ({', '.join(where)}), and flow "
-                "parameters are visible in the Prefect UI: save the connection as a "
-                "SqlAlchemyConnector block and pass destination_block, or leave the password "
-                "out and set PGPASSWORD for the worker"
-            )
+from prefect_dintero.request import check_destination
+from prefect_dintero.sink import Sink
 
 
 def open_sink(destination: str = "dintero.db", destination_block: str | None = None) -> Sink:

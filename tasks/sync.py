@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -11,9 +10,10 @@ from prefect.tasks import exponential_backoff
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.redact import install_log_filter
+from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import Sink
 from prefect_dintero.streams import resolve_streams
-from prefect_dintero.sync import StreamResult, SyncOptions, window_from_hours
+from prefect_dintero.sync import StreamResult
 from prefect_dintero.sync import sync_stream as sync_stream_core
 from prefect_dintero.tasks._retry import retry_if_transient
 from prefect_dintero.tasks.destinations import open_sink
@@ -36,33 +36,20 @@ PROGRESS_EVERY_PAGES = 10
 def sync_stream(
     bearer: DinteroBearer,
     stream: str,
-    destination: str = "dintero.db",
-    destination_block: str | None = None,
-    lookback_seconds: float | None = None,
-    page_size: int = 100,
-    full_refresh: bool = False,
-    payout_destinations: list[str] | None = None,
-    start_date: datetime | None = None,
-    reconcile_seconds: float | None = None,
+    request: SyncRequest,
     ends_at: float | None = None,
 ) -> dict[str, Any]:
     """Sync one stream of the bearer's account, committing each page with the stream's state.
 
-    Transient HTTP failures are retried per request by the client; this task is retried only
-    when those retries ran out, and then resumes from the last committed page.
+    Transient HTTP failures are retried per request by the client (the credentials block's
+    retry settings); this task is retried only when those ran out, and then resumes from the
+    last committed page.
 
     Args:
         bearer: from ``get_bearer_token`` (never persisted).
-        stream: a stream name: transactions, sessions, settlements, customers, payout_transfers.
-        destination: a SQLite file path or a SQLAlchemy URL without a password.
-        destination_block: a prefect-sqlalchemy ``SqlAlchemyConnector`` block name instead.
-        lookback_seconds: re-read this far before the cursor; None uses the stream's default.
-        page_size: rows per page (capped at the endpoint's maximum).
-        full_refresh: ignore the saved cursor.
-        payout_destinations: payout destination ids, for ``payout_transfers``.
-        start_date: the oldest data a first sync reads.
-        reconcile_seconds: re-read at least this far back from now, whatever the cursor (the
-            reconcile run: catches late refunds and settlements).
+        stream: one of ``request.streams``.
+        request: the run's :class:`~prefect_dintero.request.SyncRequest`: destination,
+            lookback, page size, payout destinations.
         ends_at: when the run must be over (``time.time()``): no request outlasts it. Prefect's
             task timeouts cannot stop a thread waiting on the network; this can.
 
@@ -73,15 +60,7 @@ def sync_stream(
     install_log_filter()
     logger = get_run_logger()
     [spec] = resolve_streams([stream])
-    sink: Sink = open_sink(destination, destination_block)
-    options = SyncOptions(
-        page_size=page_size,
-        lookback=window_from_hours(lookback_seconds, "lookback_seconds", "seconds"),
-        full_refresh=full_refresh,
-        start_date=start_date,
-        payout_destinations=list(payout_destinations or []),
-        reconcile=window_from_hours(reconcile_seconds, "reconcile_seconds", "seconds"),
-    )
+    sink: Sink = open_sink(request.destination, request.destination_block)
 
     def progress(result: StreamResult) -> None:
         if result.pages % PROGRESS_EVERY_PAGES == 0:
@@ -92,7 +71,7 @@ def sync_stream(
         with bearer.client() as client:
             client.run_ends_at = ends_at
             results = sync_stream_core(
-                client, sink, spec, bearer.account_id, options, on_page=progress
+                client, sink, spec, bearer.account_id, request, on_page=progress
             )
     finally:
         sink.dispose()

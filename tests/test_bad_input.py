@@ -31,10 +31,11 @@ from prefect_dintero.errors import (
 from prefect_dintero.grants import exchange_authorization_code, fetch_client_credentials_token
 from prefect_dintero.login import parse_authorization_response
 from prefect_dintero.paginators import MalformedPageError
+from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import STATE_TABLE, DestinationError, Sink
 from prefect_dintero.store import DEFAULT_STORE
 from prefect_dintero.streams import CATALOG, resolve_streams
-from prefect_dintero.sync import SyncOptions, sync_stream
+from prefect_dintero.sync import sync_stream
 from prefect_dintero.tasks.destinations import check_destination
 from prefect_dintero.tokens import Token
 
@@ -61,7 +62,7 @@ def sync(emu, destination, creds=None, streams=("transactions",), **client_kwarg
     client = DinteroClient(creds or creds_for(emu), retry_policy=FAST, **client_kwargs)
     with client:
         for spec in specs:
-            sync_stream(client, sink, spec, AID, SyncOptions(page_size=25))
+            sync_stream(client, sink, spec, AID, SyncRequest(page_size=25))
 
 
 def exchange(emu, code: str, redirect_uri: str | None = None) -> Token:
@@ -120,7 +121,7 @@ def inflated_page(emu, destination, what: str) -> None:
     sink = Sink(destination)
     sink.prepare(specs)
     with DinteroClient(creds_for(emu), retry_policy=FAST, transport=Inflate(what)) as client:
-        sync_stream(client, sink, specs[0], AID, SyncOptions(page_size=25))
+        sync_stream(client, sink, specs[0], AID, SyncRequest(page_size=25))
 
 
 def destination_with_a_query_password(emu, destination) -> None:
@@ -131,7 +132,7 @@ def destination_with_a_query_password(emu, destination) -> None:
 
 def payout_destination_outside_its_path(emu, destination) -> None:
     specs = resolve_streams(["payout_transfers"])
-    options = SyncOptions(page_size=25, payout_destinations=["PD-main/../PD-store-2"])
+    options = SyncRequest(page_size=25, payout_destinations=["PD-main/../PD-store-2"])
     sink = Sink(destination)
     sink.prepare(specs)
     with DinteroClient(creds_for(emu), retry_policy=FAST) as client:
@@ -176,7 +177,7 @@ def missing_primary_key(emu, destination) -> None:
     sink = Sink(destination)
     sink.prepare(specs)
     with DinteroClient(creds, retry_policy=FAST, transport=StripFirstId()) as client:
-        sync_stream(client, sink, specs[0], AID, SyncOptions(page_size=25))
+        sync_stream(client, sink, specs[0], AID, SyncRequest(page_size=25))
 
 
 def malformed_json_page(emu, destination) -> None:

@@ -29,11 +29,12 @@ from prefect_dintero.emulator import EmulatorConfig, running_emulator
 from prefect_dintero.errors import DeadlineExceeded, DinteroError
 from prefect_dintero.grants import fetch_client_credentials_token
 from prefect_dintero.redact import MASK
+from prefect_dintero.request import SyncRequest
 from prefect_dintero.retry import RetryPolicy
 from prefect_dintero.sink import Sink
 from prefect_dintero.store import DEFAULT_STORE, InMemoryTokenStore
 from prefect_dintero.streams import CATALOG
-from prefect_dintero.sync import SyncOptions, sync_stream
+from prefect_dintero.sync import sync_stream
 from prefect_dintero.tokens import MissingExpiryWarning, Token
 
 from .test_token_core import creds_for
@@ -360,7 +361,7 @@ def test_non_finite_numbers_from_the_api_are_kept_as_text(destination, dintero_e
     sink = Sink(destination)
     sink.prepare([spec])
     with DinteroClient(creds_for(emu), retry_policy=FAST, transport=NonFinite()) as client:
-        [result] = sync_stream(client, sink, spec, AID, SyncOptions(page_size=100))
+        [result] = sync_stream(client, sink, spec, AID, SyncRequest(page_size=100))
     assert result.inserted == 40
     raws = json.dumps([r["raw"] for r in sink.rows(spec, AID)])
     assert '"NaN"' in raws and '"1e400"' in raws
@@ -391,7 +392,7 @@ def test_a_page_with_more_rows_than_asked_for_is_refused(dintero_emulator_factor
     with DinteroClient(creds, transport=httpx.MockTransport(handler)) as client:
         client.token_provider.use_transport(sync=httpx.HTTPTransport())
         with pytest.raises(MalformedPageError, match="30000 rows, more than the 100 asked for"):
-            sync_stream(client, sink, spec, AID, SyncOptions(page_size=100))
+            sync_stream(client, sink, spec, AID, SyncRequest(page_size=100))
     assert sink.count(spec) == 0
 
 

@@ -26,11 +26,12 @@ from prefect_dintero.paginators import (
     StartingAfterPaginator,
     pages,
 )
+from prefect_dintero.request import SyncRequest
 from prefect_dintero.retry import RetryPolicy
 from prefect_dintero.sink import DestinationError, Sink, StreamState, parse_datetime
 from prefect_dintero.store import DEFAULT_STORE
 from prefect_dintero.streams import CATALOG, resolve_streams
-from prefect_dintero.sync import SyncOptions, sync_stream
+from prefect_dintero.sync import sync_stream
 
 from .test_token_core import creds_for
 
@@ -46,8 +47,8 @@ def _fresh_tokens():
     DEFAULT_STORE.clear()
 
 
-def options(emu, **kw) -> SyncOptions:
-    return SyncOptions(
+def options(emu, **kw) -> SyncRequest:
+    return SyncRequest(
         page_size=kw.pop("page_size", 17), payout_destinations=emu.config.payout_destinations, **kw
     )
 
@@ -449,7 +450,7 @@ def test_payout_transfers_need_destinations(emu):
         pytest.raises(ConfigurationError, match="payout destination"),
         DinteroClient(creds_for(emu)) as client,
     ):
-        sync_stream(client, sink, CATALOG["payout_transfers"], AID, SyncOptions())
+        sync_stream(client, sink, CATALOG["payout_transfers"], AID, SyncRequest())
 
 
 # -- crashes --------------------------------------------------------------------------------------
@@ -463,13 +464,14 @@ CRASHER = textwrap.dedent(
     from prefect_dintero.retry import RetryPolicy
     from prefect_dintero.sink import Sink
     from prefect_dintero.streams import CATALOG
-    from prefect_dintero.sync import SyncOptions, sync_stream
+    from prefect_dintero.request import SyncRequest
+    from prefect_dintero.sync import sync_stream
     url, destination = sys.argv[1], sys.argv[2]
     creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
         client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url)
     sink = Sink(destination)
     sink.prepare(list(CATALOG.values()))
-    opts = SyncOptions(page_size=7, payout_destinations=["PD-main", "PD-store-2"])
+    opts = SyncRequest(page_size=7, payout_destinations=["PD-main", "PD-store-2"])
     policy = RetryPolicy(max_attempts=8, backoff_base=0.01, backoff_cap=0.05, retry_after_cap=0.2)
     with DinteroClient(creds, retry_policy=policy) as client:
         for spec in CATALOG.values():

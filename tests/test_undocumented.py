@@ -27,10 +27,11 @@ from prefect_dintero.errors import (
 )
 from prefect_dintero.grants import exchange_authorization_code, fetch_client_credentials_token
 from prefect_dintero.provider import ClientCredentialsProvider, OIDCSessionProvider
+from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import Sink, with_state
 from prefect_dintero.store import DEFAULT_STORE, InMemoryTokenStore
 from prefect_dintero.streams import CATALOG, Stream
-from prefect_dintero.sync import SyncOptions, sync_options, sync_stream
+from prefect_dintero.sync import sync_stream
 from prefect_dintero.times import CLOCK_SKEW, parse_datetime, use_clock
 from prefect_dintero.tokens import Token
 
@@ -68,8 +69,8 @@ def _fresh_tokens():
     DEFAULT_STORE.clear()
 
 
-def options(emu, **kw) -> SyncOptions:
-    return SyncOptions(
+def options(emu, **kw) -> SyncRequest:
+    return SyncRequest(
         page_size=kw.pop("page_size", 10), payout_destinations=emu.config.payout_destinations, **kw
     )
 
@@ -282,7 +283,7 @@ def test_absurd_parameters_are_refused_before_any_request(kwargs, message):
     from prefect_dintero.flows.sync import dintero_sync
 
     with pytest.raises(ConfigurationError, match=message):
-        sync_options(**kwargs)
+        SyncRequest.build(**kwargs)
     # The flow refuses them before it loads a block: this one does not exist, and no Prefect
     # API is running, so anything later would fail differently.
     with pytest.raises(ConfigurationError, match=message):

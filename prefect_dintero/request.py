@@ -1,0 +1,286 @@
+"""What one sync run is asked to do: one typed object, built and checked once at the edge.
+
+The CLI, the ``dintero-sync`` flow and the fan-out each build a :class:`SyncRequest` from what
+the user typed; from there it goes unchanged to the tasks and the core. Every check runs when it
+is built, before any request or database connection, with the user's own parameter names in
+the message.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from . import times
+from .credentials import validation_message
+from .errors import ConfigurationError
+from .paginators import DEFAULT_MAX_PAGES
+from .sink.destinations import url_secrets
+from .streams import Stream, resolve_streams
+from .times import CLOCK_SKEW, iso
+from .validation import validate_payout_destination
+
+#: The longest lookback or reconcile window accepted: ten years is already more than any
+#: Dintero history; anything longer is a typo.
+MAX_WINDOW = timedelta(days=3660)
+
+_UNIT_SECONDS = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+
+
+def window(value: float | None, name: str, unit: str = "hours") -> timedelta | None:
+    """A non-negative, finite window of ``value`` ``unit`` as a timedelta; None stays None.
+
+    Args:
+        value: the number the user gave.
+        name: the user's name for it, for the message (``lookback_hours``).
+        unit: ``"days"``, ``"hours"``, ``"minutes"`` or ``"seconds"``.
+
+    Raises:
+        ConfigurationError: not a finite number, negative, or longer than ten years.
+    """
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds() / _UNIT_SECONDS[unit]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigurationError(f"{name} must be a number of {unit}, got {value!r}")
+    if value < 0:
+        raise ConfigurationError(
+            f"{name} must not be negative (got {value}): a negative window would skip data"
+        )
+    seconds = value * _UNIT_SECONDS[unit]
+    if seconds > MAX_WINDOW.total_seconds():
+        raise ConfigurationError(
+            f"{name}={value} is longer than {MAX_WINDOW.days} days; use full_refresh to read "
+            "everything"
+        )
+    return timedelta(seconds=seconds)
+
+
+def check_destination(destination: str, destination_block: str | None = None) -> None:
+    """Refuse a destination URL that would put a password into flow parameters (visible in the
+    Prefect UI), never printing it."""
+    if destination_block or "://" not in destination:
+        return
+    try:
+        make_url(destination)
+    except ArgumentError:  # its message quotes the URL, password and all
+        raise ConfigurationError(
+            "destination is not a database URL (expected e.g. postgresql://user@host/database, "
+            "or a path for SQLite)"
+        ) from None
+    where = url_secrets(destination)
+    if where:
+        raise ConfigurationError(
+            f"the destination URL carries a password ({', '.join(where)}), and flow parameters "
+            "are visible in the Prefect UI: save the connection as a SqlAlchemyConnector block "
+            "and pass destination_block, or leave the password out and set PGPASSWORD for the "
+            "worker"
+        )
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ConfigurationError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+class SyncRequest(BaseModel):
+    """One sync run's request: which streams, where to, how far back.
+
+    Built once where the user's input arrives (CLI, flow, fan-out) and passed unchanged to the
+    tasks and the core; every check runs when it is built.
+
+    Examples:
+        ```python
+        from datetime import timedelta
+        from prefect_dintero.request import SyncRequest
+
+        request = SyncRequest.build(streams=["transactions"], lookback_hours=6)
+        assert request.lookback == timedelta(hours=6)
+        assert request.flow_parameters()["lookback_hours"] == 6
+        ```
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    streams: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Stream names. Empty means every stream (payout_transfers only with "
+            "payout_destinations)."
+        ),
+    )
+    destination: str = Field(
+        default="dintero.db",
+        description="A SQLite file path or a SQLAlchemy URL without a password.",
+    )
+    destination_block: str | None = Field(
+        default=None, description="A prefect-sqlalchemy SqlAlchemyConnector block name instead."
+    )
+    lookback: timedelta | None = Field(
+        default=None,
+        description="Re-read this far before each cursor; None uses each stream's default.",
+    )
+    reconcile: timedelta | None = Field(
+        default=None,
+        description="Re-read at least this far back from the run's start, whatever the cursor.",
+    )
+    page_size: int = Field(default=100, description="Rows per request (capped per endpoint).")
+    full_refresh: bool = Field(default=False, description="Ignore and reset the cursors.")
+    start_date: datetime | None = Field(
+        default=None, description="The oldest data a first (or full) sync reads; UTC if naive."
+    )
+    payout_destinations: tuple[str, ...] = Field(
+        default=(), description="Payout destination ids whose transfers to sync."
+    )
+    max_pages: int = Field(
+        default=DEFAULT_MAX_PAGES, description="A hard page cap per window (a safety net)."
+    )
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigurationError(validation_message(exc)) from None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        streams: list[str] | None = None,
+        destination: str = "dintero.db",
+        destination_block: str | None = None,
+        lookback_hours: float | None = None,
+        reconcile_days: float | None = None,
+        page_size: int = 100,
+        full_refresh: bool = False,
+        start_date: datetime | None = None,
+        payout_destinations: list[str] | None = None,
+    ) -> SyncRequest:
+        """From the parameters flows and the CLI take (hours, days), named as the user named
+        them in any error.
+
+        Raises:
+            ConfigurationError: an unknown stream, a negative or absurd window, a password in
+                the destination URL, a malformed payout destination id.
+        """
+        return cls(
+            streams=_stream_names(streams, payout_destinations),
+            destination=destination,
+            destination_block=destination_block,
+            lookback=window(lookback_hours, "lookback_hours"),
+            reconcile=window(reconcile_days, "reconcile_days", "days"),
+            page_size=_count(page_size, "page_size"),
+            full_refresh=full_refresh,
+            start_date=start_date,
+            payout_destinations=tuple(payout_destinations or ()),
+        )
+
+    def flow_parameters(self) -> dict[str, Any]:
+        """This request as ``dintero-sync``'s parameters (hours and days), for a flow run or a
+        deployment run started from it."""
+        return {
+            "streams": list(self.streams),
+            "destination": self.destination,
+            "destination_block": self.destination_block,
+            "lookback_hours": _in(self.lookback, "hours"),
+            "reconcile_days": _in(self.reconcile, "days"),
+            "page_size": self.page_size,
+            "full_refresh": self.full_refresh,
+            "start_date": self.start_date,
+            "payout_destinations": list(self.payout_destinations) or None,
+        }
+
+    @property
+    def specs(self) -> list[Stream]:
+        """The streams' catalog entries, in the request's order."""
+        return resolve_streams(list(self.streams))
+
+    # -- checks, run once when the request is built ---------------------------------------------
+
+    @field_validator("page_size", "max_pages", mode="before")
+    @classmethod
+    def _counts(cls, value: Any, info: Any) -> int:
+        return _count(value, info.field_name)
+
+    @field_validator("lookback", "reconcile", mode="before")
+    @classmethod
+    def _windows(cls, value: Any, info: Any) -> timedelta | None:
+        return window(value, info.field_name, "seconds")
+
+    @field_validator("payout_destinations", mode="before")
+    @classmethod
+    def _destinations(cls, value: Any) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        return tuple(validate_payout_destination(d) for d in value)
+
+    @field_validator("start_date")
+    @classmethod
+    def _start(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)  # Dintero's rule: no timezone means UTC
+        if value > times.now() + CLOCK_SKEW:
+            raise ConfigurationError(
+                f"start_date {iso(value)} is in the future: nothing would be read"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_streams(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("streams"):
+            # Every stream that can run: payout_transfers needs destinations.
+            data = {**data, "streams": _stream_names(None, data.get("payout_destinations"))}
+        return data
+
+    @field_validator("streams", mode="before")
+    @classmethod
+    def _streams(cls, value: Any) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        return tuple(s.name for s in resolve_streams(list(value)))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SyncRequest:
+        check_destination(self.destination, self.destination_block)
+        if not self.payout_destinations and any(s.per_destination for s in self.specs):
+            raise ConfigurationError(
+                "payout_transfers needs payout_destinations=[...] (the payout destination ids)"
+            )
+        return self
+
+
+def _stream_names(
+    streams: list[str] | tuple[str, ...] | None, payout_destinations: Any
+) -> tuple[str, ...]:
+    selected = resolve_streams(list(streams) if streams is not None else None)
+    if streams is None and not payout_destinations:
+        selected = [s for s in selected if not s.per_destination]
+    return tuple(s.name for s in selected)
+
+
+def _in(value: timedelta | None, unit: str) -> float | None:
+    if value is None:
+        return None
+    number = value.total_seconds() / _UNIT_SECONDS[unit]
+    return int(number) if number.is_integer() else number
