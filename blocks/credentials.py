@@ -17,6 +17,7 @@ from prefect_dintero.credentials import (
 from prefect_dintero.deadline import DEFAULT_REQUEST_DEADLINE
 from prefect_dintero.grants import aexchange_authorization_code, exchange_authorization_code
 from prefect_dintero.provider import ClientCredentialsProvider
+from prefect_dintero.retry import RetryPolicy
 from prefect_dintero.tokens import Token
 from prefect_dintero.validation import validate_base_url, validate_owner_id
 
@@ -42,6 +43,8 @@ class DinteroCredentials(CredentialsBlock):
         token_leeway_seconds: renew tokens this long before they expire.
         system_name: sent as Dintero-System-Name on every request.
         request_deadline_seconds: the most one request may take in all.
+        retry_attempts: attempts per request for transient failures, the first included.
+        retry_max_wait_seconds: the longest one wait between attempts may be.
         share_service_token: share one service token per lifetime across runs and workers.
 
     Examples:
@@ -124,6 +127,27 @@ class DinteroCredentials(CredentialsBlock):
         ),
     )
 
+    retry_attempts: int = Field(
+        default=RetryPolicy.max_attempts,
+        ge=1,
+        le=20,
+        description=(
+            "Attempts per request, the first included, when Dintero answers 429 or 5xx or the "
+            "network fails; token requests alike. Bad credentials and bad input are never "
+            "retried. A sync stream whose request runs out of attempts resumes from its last "
+            "committed page, twice at most."
+        ),
+    )
+    retry_max_wait_seconds: float = Field(
+        default=RetryPolicy.retry_after_cap,
+        gt=0,
+        le=900,
+        description=(
+            "The longest one wait between attempts may be, a Retry-After asked by Dintero "
+            "included (waits start at 0.5 s and double, with jitter)."
+        ),
+    )
+
     @field_validator("account_id")
     @classmethod
     def _check_account(cls, value: str) -> str:
@@ -155,6 +179,8 @@ class DinteroCredentials(CredentialsBlock):
             audience=self.audience,
             system_name=self.system_name,
             request_deadline_seconds=self.request_deadline_seconds,
+            retry_attempts=self.retry_attempts,
+            retry_max_wait_seconds=self.retry_max_wait_seconds,
         )
 
     def get_client(

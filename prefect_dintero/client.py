@@ -83,7 +83,7 @@ class _ClientBase:
                     credentials, store=store, leeway=leeway, stats=self.stats
                 )
         self.token_provider = token_provider
-        self.retry_policy = retry_policy or RetryPolicy()
+        self.retry_policy = retry_policy or credentials.retry_policy
         self._timeout = timeout if timeout is not None else DEFAULT_TIMEOUT
         self._deadline = credentials.request_deadline_seconds
         #: When the run using this client must be over (``time.time()``), if it has a budget:

@@ -18,6 +18,7 @@ from pydantic import (
 from .deadline import DEFAULT_REQUEST_DEADLINE
 from .errors import ConfigurationError
 from .redact import register_secret
+from .retry import RetryPolicy
 from .validation import validate_base_url, validate_owner_id
 
 DEFAULT_API_URL = "https://api.dintero.com"
@@ -42,6 +43,10 @@ class ClientCredentials(BaseModel):
     system_name: str | None = None
     #: The most one request may take in all (connect, send, whole response), seconds.
     request_deadline_seconds: float = Field(default=DEFAULT_REQUEST_DEADLINE, gt=0, le=3600)
+    #: Attempts per request for transient failures (429, 5xx, network), the first included.
+    retry_attempts: int = Field(default=RetryPolicy.max_attempts, ge=1, le=20)
+    #: The longest one wait between attempts may be, a server's Retry-After included.
+    retry_max_wait_seconds: float = Field(default=RetryPolicy.retry_after_cap, gt=0, le=900)
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -74,6 +79,11 @@ class ClientCredentials(BaseModel):
             )
         register_secret(self.client_secret.get_secret_value())
         return self
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """How every request made with these credentials is retried (data and tokens)."""
+        return RetryPolicy.from_limits(self.retry_attempts, self.retry_max_wait_seconds)
 
     @property
     def token_url(self) -> str:

@@ -32,9 +32,6 @@ from .transport import (
     ssl_context,
 )
 
-TOKEN_RETRY = RetryPolicy(max_attempts=4, backoff_base=0.5, backoff_cap=8.0, retry_after_cap=30.0)
-
-
 # -- request builders (pure) ---------------------------------------------------------------------
 
 
@@ -178,7 +175,7 @@ def fetch_client_credentials_token(
     creds: ClientCredentials,
     *,
     http: httpx.Client | None = None,
-    policy: RetryPolicy = TOKEN_RETRY,
+    policy: RetryPolicy | None = None,
     stats: ClientStats | None = None,
 ) -> Token:
     """Ask Dintero for a service (client-credentials) access token.
@@ -190,7 +187,7 @@ def fetch_client_credentials_token(
     return _post(
         lambda: client_credentials_request(creds),
         http,
-        policy,
+        policy or creds.retry_policy,
         stats,
         deadline_seconds=creds.request_deadline_seconds,
     )
@@ -200,14 +197,14 @@ async def afetch_client_credentials_token(
     creds: ClientCredentials,
     *,
     http: httpx.AsyncClient | None = None,
-    policy: RetryPolicy = TOKEN_RETRY,
+    policy: RetryPolicy | None = None,
     stats: ClientStats | None = None,
 ) -> Token:
     """Async form of :func:`fetch_client_credentials_token`."""
     return await _apost(
         lambda: client_credentials_request(creds),
         http,
-        policy,
+        policy or creds.retry_policy,
         stats,
         deadline_seconds=creds.request_deadline_seconds,
     )
@@ -237,7 +234,7 @@ def exchange_authorization_code(
     service_token: Token,
     redirect_uri: str | None = None,
     http: httpx.Client | None = None,
-    policy: RetryPolicy = TOKEN_RETRY,
+    policy: RetryPolicy | None = None,
     stats: ClientStats | None = None,
 ) -> Token:
     """Exchange an OIDC authorization code for a user session token.
@@ -261,7 +258,7 @@ def exchange_authorization_code(
         token = _post(
             build,
             http,
-            policy,
+            policy or creds.retry_policy,
             _Tee(stats, local),
             endpoint="code_exchange",
             deadline_seconds=creds.request_deadline_seconds,
@@ -278,7 +275,7 @@ async def aexchange_authorization_code(
     service_token: Token,
     redirect_uri: str | None = None,
     http: httpx.AsyncClient | None = None,
-    policy: RetryPolicy = TOKEN_RETRY,
+    policy: RetryPolicy | None = None,
     stats: ClientStats | None = None,
 ) -> Token:
     """Async form of :func:`exchange_authorization_code`."""
@@ -292,7 +289,7 @@ async def aexchange_authorization_code(
         token = await _apost(
             build,
             http,
-            policy,
+            policy or creds.retry_policy,
             _Tee(stats, local),
             endpoint="code_exchange",
             deadline_seconds=creds.request_deadline_seconds,
@@ -308,7 +305,7 @@ def refresh_session_token(
     *,
     service_token: Token,
     http: httpx.Client | None = None,
-    policy: RetryPolicy = TOKEN_RETRY,
+    policy: RetryPolicy | None = None,
     stats: ClientStats | None = None,
 ) -> Token:
     """Renew a user session with its refresh token; keeps the old refresh token if none comes
@@ -327,7 +324,7 @@ def refresh_session_token(
     return _post(
         build,
         http,
-        policy,
+        policy or creds.retry_policy,
         stats,
         previous=session,
         endpoint="refresh",
@@ -341,7 +338,7 @@ async def arefresh_session_token(
     *,
     service_token: Token,
     http: httpx.AsyncClient | None = None,
-    policy: RetryPolicy = TOKEN_RETRY,
+    policy: RetryPolicy | None = None,
     stats: ClientStats | None = None,
 ) -> Token:
     """Async form of :func:`refresh_session_token`."""
@@ -355,7 +352,7 @@ async def arefresh_session_token(
     return await _apost(
         build,
         http,
-        policy,
+        policy or creds.retry_policy,
         stats,
         previous=session,
         endpoint="refresh",

@@ -1,4 +1,10 @@
-"""Per-request retries: transient failures only, bounded, with Retry-After honoured."""
+"""Retries: transient failures only, bounded, with Retry-After honoured.
+
+One :class:`RetryPolicy` per credential (``ClientCredentials.retry_policy``, set from the
+credentials block's ``retry_attempts`` and ``retry_max_wait_seconds``) governs every request
+made with it, data and token requests alike, and how often the sync task resumes a stream whose
+requests ran out of attempts. Nothing else in the package holds a retry number.
+"""
 
 from __future__ import annotations
 
@@ -37,20 +43,38 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 def is_retryable(exc: BaseException) -> bool:
     """Whether one request is worth sending again: transient failures, except a deadline that
     ran out (a server that trickles would hold every attempt to the deadline)."""
-    return isinstance(exc, DinteroError) and exc.retryable and not isinstance(exc, DeadlineExceeded)
+    return (
+        isinstance(exc, DinteroError)
+        and exc.retryable
+        and not isinstance(exc, DeadlineExceeded)
+        and not getattr(exc, "attempts_exhausted", False)
+    )
+
+
+def _mark_exhausted(exc: BaseException) -> None:
+    """An error that already used up a policy's attempts is not retried by another one around
+    it (a token request inside a data request): attempts never multiply. The sync task may
+    still resume its stream from it (``retryable`` is unchanged)."""
+    if isinstance(exc, DinteroError) and exc.retryable:
+        exc.attempts_exhausted = True
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How one request is retried.
+    """How requests are retried, and streams resumed.
 
     Attributes:
-        max_attempts: attempts in all, the first included.
+        max_attempts: attempts per request in all, the first included.
         backoff_base: seconds; attempt n waits up to ``base * 2**(n-1)`` (full jitter).
         backoff_cap: the most one backoff wait can be.
         retry_after_cap: the most a server-requested ``Retry-After`` wait can be.
         retry_after_jitter: fraction of the Retry-After wait added at most on top; small, since
             full jitter on a header wait breaks what the server asked (meltano/sdk #1477).
+        stream_resumes: how often the sync task runs a stream again after one of its requests
+            ran out of attempts (a long 429 burst, an hour of 5xx). Each page is committed with
+            the stream's cursor, so a resume repeats no page; other tasks are not retried, since
+            their requests already were.
+        stream_resume_wait: seconds before the first resume; doubled for each further one.
     """
 
     max_attempts: int = 6
@@ -58,6 +82,22 @@ class RetryPolicy:
     backoff_cap: float = 20.0
     retry_after_cap: float = 60.0
     retry_after_jitter: float = 0.1
+    stream_resumes: int = 2
+    stream_resume_wait: float = 5.0
+
+    @classmethod
+    def from_limits(cls, attempts: int, max_wait_seconds: float) -> RetryPolicy:
+        """The policy a credentials block sets: attempts per request, and the longest one wait
+        (a backoff or a server's Retry-After) may be."""
+        return cls(
+            max_attempts=attempts,
+            backoff_cap=min(cls.backoff_cap, max_wait_seconds),
+            retry_after_cap=max_wait_seconds,
+        )
+
+    def stream_resume_delays(self) -> list[float]:
+        """The waits before each resume of a stream (for the sync task's retries)."""
+        return [self.stream_resume_wait * 2**n for n in range(self.stream_resumes)]
 
     def wait_seconds(self, attempt: int, exc: BaseException | None) -> float:
         retry_after = getattr(exc, "retry_after", None)
@@ -87,9 +127,13 @@ class RetryPolicy:
         self, fn: Callable[[], T], on_retry: Callable[[BaseException, float], None] | None = None
     ) -> T:
         """Run ``fn`` until it succeeds, fails permanently, or attempts run out."""
-        for attempt in Retrying(**self._kwargs(on_retry)):
-            with attempt:
-                return fn()
+        try:
+            for attempt in Retrying(**self._kwargs(on_retry)):
+                with attempt:
+                    return fn()
+        except BaseException as exc:
+            _mark_exhausted(exc)
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def acall(
@@ -97,9 +141,13 @@ class RetryPolicy:
         fn: Callable[[], Awaitable[T]],
         on_retry: Callable[[BaseException, float], None] | None = None,
     ) -> T:
-        async for attempt in AsyncRetrying(**self._kwargs(on_retry)):
-            with attempt:
-                return await fn()
+        try:
+            async for attempt in AsyncRetrying(**self._kwargs(on_retry)):
+                with attempt:
+                    return await fn()
+        except BaseException as exc:
+            _mark_exhausted(exc)
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
 
 

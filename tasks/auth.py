@@ -6,14 +6,12 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 from pydantic import SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks import DinteroCredentials, DinteroOIDCSession
 from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.redact import install_log_filter, register_secret
-from prefect_dintero.tasks._retry import retry_if_transient
 
 
 def _secret(value: SecretStr | str) -> str:
@@ -25,10 +23,8 @@ def _secret(value: SecretStr | str) -> str:
 @task(
     name="Exchange Dintero authorization code",
     description="Exchange a user's OIDC authorization code for a session and save it as a block.",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
+    # No task retries: its token requests are retried by the credentials' retry policy, and a
+    # task retry on top would multiply the attempts.
     persist_result=False,
     cache_policy=NO_CACHE,
 )
@@ -92,10 +88,8 @@ def exchange_authorization_code(
 @task(
     name="Get Dintero bearer token",
     description="A self-renewing bearer for downstream tasks (never persisted or cached).",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_if_transient,
+    # No task retries: its token requests are retried by the credentials' retry policy, and a
+    # task retry on top would multiply the attempts.
     persist_result=False,
     cache_policy=NO_CACHE,
 )

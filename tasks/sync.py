@@ -6,11 +6,11 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.redact import install_log_filter
 from prefect_dintero.request import SyncRequest
+from prefect_dintero.retry import RetryPolicy
 from prefect_dintero.sink import Sink
 from prefect_dintero.streams import resolve_streams
 from prefect_dintero.sync import StreamResult
@@ -26,8 +26,10 @@ PROGRESS_EVERY_PAGES = 10
     name="Sync Dintero stream",
     description="Page one Dintero stream of one account into the destination, incrementally.",
     task_run_name="sync-{stream}",
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    # Resumes of a stream whose requests ran out of attempts, from the default retry policy;
+    # the flow sets them from the credentials' policy (RetryPolicy.stream_resumes).
+    retries=RetryPolicy.stream_resumes,
+    retry_delay_seconds=RetryPolicy().stream_resume_delays(),
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_transient,
     persist_result=False,

@@ -204,10 +204,15 @@ def quick_creds(emu) -> str:
 def test_a_trickling_server_fails_the_run_naming_it_and_the_next_run_proceeds(
     emu, quick_creds, tmp_path, monkeypatch
 ):
-    import prefect_dintero.flows.sync as sync_flow
+    from prefect_dintero.retry import RetryPolicy
 
-    # Task retries are tested elsewhere; here one attempt shows the request's own deadline.
-    monkeypatch.setattr(sync_flow, "sync_stream", sync_flow.sync_stream.with_options(retries=0))
+    # Stream resumes are tested elsewhere; here one attempt shows the request's own deadline.
+    # The flow takes them from the credentials' policy, so that is where they are switched off.
+    monkeypatch.setattr(
+        RetryPolicy,
+        "from_limits",
+        classmethod(lambda cls, attempts, wait: cls(max_attempts=attempts, stream_resumes=0)),
+    )
     destination = str(tmp_path / "trickle.db")
     emu.set_faults({"route": "transactions", "probability": 1.0, "trickle": 0.3})
     started = time.monotonic()

@@ -590,6 +590,29 @@ def test_retries_are_bounded_and_raise_the_real_error(emu):
     assert emu.stats()["requests"]["transactions"] == {"503": FAST.max_attempts}
 
 
+def test_the_credentials_retry_settings_govern_data_and_token_requests(emu):
+    # One policy, set on the credentials (the block's retry_attempts / retry_max_wait_seconds).
+    creds = creds_for(emu, retry_attempts=3, retry_max_wait_seconds=0.05)
+    assert creds.retry_policy.max_attempts == 3 and creds.retry_policy.retry_after_cap == 0.05
+    emu.set_faults(
+        {"route": "token", "probability": 1.0, "status": 503, "retry_after": 30},
+        {"route": "transactions", "probability": 1.0, "status": 503, "retry_after": 30},
+    )
+    t0 = time.monotonic()
+    with DinteroClient(creds) as client, pytest.raises(TransientError):
+        client.get_json("/v1/transactions", host="checkout")
+    # Three token attempts, capped waits (30 s asked for, 0.05 s allowed), no data request.
+    assert emu.stats()["requests"]["token"] == {"503": 3}
+    assert time.monotonic() - t0 < 5
+    emu.set_faults({"route": "transactions", "probability": 1.0, "status": 503, "retry_after": 30})
+    with DinteroClient(creds) as client, pytest.raises(TransientError):
+        client.get_json("/v1/transactions", host="checkout")
+    assert emu.stats()["requests"]["transactions"] == {"503": 3}
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(ConfigurationError):
+        creds_for(emu, retry_attempts=0)
+
+
 def test_rate_limited_error_when_429s_outlast_the_attempts(emu):
     emu.set_faults({"route": "sessions", "probability": 1.0, "status": 429, "retry_after": 0})
     with (
