@@ -28,7 +28,8 @@ from .errors import ConfigurationError, DinteroAPIError
 from .paginators import Page, SinceDatetimePaginator, fetched_ahead, pages
 from .redact import get_logger
 from .request import SyncRequest
-from .sink import PageWrite, Sink, StreamState, with_state
+from .sink import Sink
+from .state import PageWrite, StreamState, with_state
 from .streams import Stream
 from .times import CLOCK_SKEW, iso, parse_datetime
 

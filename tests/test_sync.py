@@ -276,20 +276,14 @@ def test_older_copies_never_replace_newer_rows(destination):
     assert row["updated_at"] == datetime(2026, 1, 3, tzinfo=UTC)
 
 
-def test_a_page_missing_its_primary_key_writes_nothing(destination):
-    sink = Sink(destination)
+def test_a_page_missing_its_primary_key_is_refused_before_the_next_request_and_the_sink():
+    # The paginator checks each page's keys (the stream's check_keys) before it asks for the
+    # next page or hands the page on: the sink only ever sees checked rows.
     spec = CATALOG["transactions"]
-    sink.prepare([spec])
+    fetch, calls = fake_fetch([[{"id": f"{AID}.ok"}, {"created_at": "2026-01-01T00:00:00Z"}], []])
     with pytest.raises(MalformedPageError, match="has no usable 'id'"):
-        sink.write_page(
-            spec,
-            AID,
-            "",
-            [{"id": f"{AID}.ok"}, {"created_at": "2026-01-01T00:00:00Z"}],
-            lambda s, w: s,
-        )
-    assert sink.count(spec) == 0
-    assert sink.read_state(AID, "transactions") == StreamState()
+        list(pages(fetch, StartingAfterPaginator(2), check_rows=spec.check_keys))
+    assert len(calls) == 1
 
 
 def test_a_malformed_page_is_a_clear_error_and_nothing_of_it_is_written(emu, destination):
@@ -536,5 +530,7 @@ def test_sigkill_at_random_moments_then_resume(emu, destination):
 
 
 def test_a_missing_driver_is_a_clear_error():
-    with pytest.raises(DestinationError, match="no database driver"):
-        Sink("oracle+nosuchdriver://x@127.0.0.1/db")
+    with pytest.raises(DestinationError, match=r"no database driver.*prefect-dintero\[postgres\]"):
+        Sink("postgresql+nosuchdriver://x@127.0.0.1/db")
+    with pytest.raises(DestinationError, match="unsupported destination dialect 'oracle': use "):
+        Sink("oracle://x@127.0.0.1/db")

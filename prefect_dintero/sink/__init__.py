@@ -1,20 +1,14 @@
-"""The destination: SQLite or PostgreSQL through SQLAlchemy Core.
+"""The destination: SQLite, PostgreSQL or DuckDB through SQLAlchemy Core.
 
-``core`` holds the sink (tables, state, one transaction per page), ``values`` the typed
-columns, ``destinations`` the URLs and files, and ``sqlite`` and ``postgresql`` what differs
-between the two databases.
+``core`` holds the sink (one transaction per page), ``schema`` the tables from the catalog,
+``state`` the state store, ``rows`` the rows built from API objects, ``values`` the typed
+columns, ``destinations`` the URLs and files, and one module per database (``sqlite``,
+``postgresql``, ``duckdb``) what differs between them, behind ``dialect.Dialect``.
 """
 
+from ..state import PageWrite, StreamState, with_state
 from ..times import iso, parse_datetime
-from .core import (
-    DIALECTS,
-    STATE_TABLE,
-    PageWrite,
-    Sink,
-    StreamState,
-    replaces,
-    with_state,
-)
+from .core import Sink
 from .destinations import (
     SECRET_QUERY_KEYS,
     DestinationError,
@@ -23,17 +17,20 @@ from .destinations import (
     resolve_destination,
     url_secrets,
 )
+from .dialect import Dialect, dialect_names, load_dialect
 from .postgresql import SCHEMA_LOCK_KEY
+from .rows import replaces
+from .schema import STATE_TABLE
 from .sqlite import tune_sqlite
 from .values import JSON_TYPE, Unfit, UTCDateTime, coerce
 
 __all__ = [
-    "DIALECTS",
     "JSON_TYPE",
     "SCHEMA_LOCK_KEY",
     "SECRET_QUERY_KEYS",
     "STATE_TABLE",
     "DestinationError",
+    "Dialect",
     "PageWrite",
     "Sink",
     "StreamState",
@@ -41,7 +38,9 @@ __all__ = [
     "Unfit",
     "coerce",
     "create_private_file",
+    "dialect_names",
     "iso",
+    "load_dialect",
     "parse_datetime",
     "redact_url",
     "replaces",

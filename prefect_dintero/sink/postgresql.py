@@ -18,6 +18,8 @@ class PostgreSQLDialect(Dialect):
     """Many writers: each page's transaction locks its stream's state row (FOR UPDATE)."""
 
     name = "postgresql"
+    label = "PostgreSQL"
+    extra = "postgres"
 
     def create_engine(self, url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True, hide_parameters=True)
@@ -31,3 +33,6 @@ class PostgreSQLDialect(Dialect):
 
     def lock_row(self, query: Select) -> Select:
         return query.with_for_update()
+
+
+DIALECT = PostgreSQLDialect

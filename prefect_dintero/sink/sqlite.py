@@ -65,6 +65,7 @@ class SQLiteDialect(Dialect):
     state row needs no lock of its own), and WAL lets readers in meanwhile."""
 
     name = "sqlite"
+    label = "SQLite"
 
     def create_engine(self, url: str) -> Engine:
         create_private_file(make_url(url).database)
@@ -133,3 +134,6 @@ def _converter(kind: Any) -> Callable[[Any], Any] | None:
     if isinstance(kind, Boolean):
         return int
     return None
+
+
+DIALECT = SQLiteDialect

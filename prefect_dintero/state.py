@@ -1,0 +1,41 @@
+"""Where a stream stands, and what a page write did: the words the sync and the sink share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class StreamState:
+    """Where a stream of one account (and partition) stands."""
+
+    cursor: datetime | None = None
+    rows_total: int = 0
+    window_lower: datetime | None = None
+    window_upper: datetime | None = None
+    resume: dict[str, Any] | None = None
+    last_run_at: datetime | None = None
+    last_run_id: str | None = None
+    max_seen: datetime | None = None
+
+    @property
+    def in_progress(self) -> bool:
+        return self.resume is not None
+
+
+def with_state(state: StreamState, **changes: Any) -> StreamState:
+    """A copy of ``state`` with ``changes``."""
+    return replace(state, **changes)
+
+
+@dataclass
+class PageWrite:
+    """What one page did to its table."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    keys: list[str] = field(default_factory=list, repr=False)
