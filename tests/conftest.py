@@ -225,11 +225,14 @@ def _drop_dintero_tables(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "duckdb"])
 def destination(request, tmp_path) -> str:
-    """A fresh destination of each dialect: a SQLite file, or an emptied PostgreSQL database."""
+    """A fresh destination of each dialect: a SQLite file, an emptied PostgreSQL database, or
+    a DuckDB file."""
     if request.param == "sqlite":
         return str(tmp_path / "dintero.db")
+    if request.param == "duckdb":
+        return f"duckdb:///{tmp_path / 'dintero.duckdb'}"
     url = request.getfixturevalue("postgres_url")
     _drop_dintero_tables(url)
     return url

@@ -1,0 +1,152 @@
+"""DuckDB, the embedded analytics database: one writing process per file, page transactions
+serialised within it.
+
+DuckDB lets one process at a time open a file for writing (its documented concurrency model:
+https://duckdb.org/docs/stable/connect/concurrency) and resolves concurrent transactions of
+that process optimistically, failing the later writer of a row. So pooled connections are
+closed after half a second unused (a file stays locked while a sync writes, not while its
+process idles: opening a file costs ~40 ms, so a connection per page would double a page's
+time), a connection waits for another process's lock as SQLite's busy timeout does, and the
+page transactions of one file take turns in this process, as SQLite's BEGIN IMMEDIATE makes
+them. duckdb-engine builds on
+SQLAlchemy's PostgreSQL dialect, and DuckDB speaks its ``INSERT ... ON CONFLICT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Engine, Table, create_engine, event, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Connection, make_url
+
+from .dialect import Dialect
+
+#: How long a connection waits for another process to release the file.
+LOCK_WAIT_SECONDS = 60.0
+#: Pooled connections unused this long are closed, releasing the file to other processes.
+IDLE_RELEASE_SECONDS = 0.5
+
+_file_locks: dict[str, threading.RLock] = {}
+_file_locks_guard = threading.Lock()
+
+
+def _file_lock(engine: Engine) -> threading.RLock:
+    key = os.path.realpath(engine.url.database or ":memory:")
+    with _file_locks_guard:
+        return _file_locks.setdefault(key, threading.RLock())
+
+
+def _held_by_another_process(exc: BaseException) -> bool:
+    return "Could not set lock on file" in str(exc)
+
+
+def _private_file(database: str | None) -> None:
+    """A new database file readable by its owner only (0600): it will hold customers' names
+    and e-mails. An existing file keeps the mode its owner chose."""
+    if not database or database == ":memory:" or os.path.exists(database):
+        return
+    import duckdb
+
+    duckdb.connect(database).close()
+    os.chmod(database, 0o600)
+
+
+class _IdleRelease:
+    """Closes an engine's pooled connections once none has been in use for a while."""
+
+    def __init__(self, engine: Engine, after: float) -> None:
+        self.engine, self.after = engine, after
+        self.in_use = 0
+        self.timer: threading.Timer | None = None
+        self.lock = threading.Lock()
+
+    def checkout(self, *args: Any) -> None:
+        with self.lock:
+            self.in_use += 1
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+    def checkin(self, *args: Any) -> None:
+        with self.lock:
+            self.in_use = max(0, self.in_use - 1)
+            if self.in_use == 0 and self.timer is None:
+                self.timer = threading.Timer(self.after, self.release)
+                self.timer.daemon = True
+                self.timer.start()
+
+    def release(self) -> None:
+        with self.lock:
+            self.timer = None
+            if self.in_use == 0:
+                self.engine.pool.dispose()
+
+
+def _tune(engine: Engine) -> Engine:
+    if getattr(engine, "_dintero_tuned", False):
+        return engine
+    idle = _IdleRelease(engine, IDLE_RELEASE_SECONDS)
+    event.listen(engine, "checkout", idle.checkout)
+    event.listen(engine, "checkin", idle.checkin)
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except Exception as exc:
+                if not _held_by_another_process(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    @event.listens_for(engine, "connect")
+    def _utc(dbapi_connection: Any, record: Any) -> None:
+        # Timestamps come back in the session's zone; the sink's are UTC.
+        dbapi_connection.execute("SET TimeZone = 'UTC'")
+
+    engine._dintero_tuned = True  # type: ignore[attr-defined]
+    return engine
+
+
+class DuckDBDialect(Dialect):
+    """One file, one writing process; page transactions take turns within it."""
+
+    name = "duckdb"
+    label = "DuckDB"
+    extra = "duckdb"
+
+    def create_engine(self, url: str) -> Engine:
+        _private_file(make_url(url).database)
+        return _tune(create_engine(url, hide_parameters=True))
+
+    def tune(self, engine: Engine) -> Engine:
+        return _tune(engine)
+
+    @contextlib.contextmanager
+    def begin(self, engine: Engine) -> Iterator[Connection]:
+        with _file_lock(engine), engine.begin() as conn:
+            yield conn
+
+    def insert(self, table: Table) -> Any:
+        return insert(table)
+
+    def write(self, conn: Connection, statement: Any, rows: list[dict]) -> None:
+        """The page as one multi-row ``INSERT``: DuckDB runs an executemany row by row."""
+        trusted = {"trusted_until": rows[0]["trusted_until"]} if "trusted_until" in rows[0] else {}
+        values = [{k: v for k, v in row.items() if k != "trusted_until"} for row in rows]
+        conn.execute(statement.values(values), trusted)
+
+    def existing_columns(self, conn: Connection, table: str) -> set[str]:
+        # duckdb-engine's reflection queries PostgreSQL catalogs DuckDB lacks.
+        query = text("SELECT column_name FROM information_schema.columns WHERE table_name = :table")
+        return {name for (name,) in conn.execute(query, {"table": table})}
+
+
+DIALECT = DuckDBDialect
