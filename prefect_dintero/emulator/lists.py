@@ -1,0 +1,213 @@
+"""The emulator's five list endpoints, each with its own page shape."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .data import SortedCollection, to_ms
+from .http import (
+    TRANSACTION_STATUSES,
+    ApiError,
+    parse_limit,
+    parse_time,
+)
+from .state import EmulatorState
+
+
+class ListRoutes:
+    """Transactions, sessions, settlements, customers and payout transfers."""
+
+    state: EmulatorState
+
+    async def transactions(self, request: Request) -> Response:
+        return await self._serve("transactions", request, self._transactions)
+
+    async def _transactions(self, request: Request) -> Response:
+        claims = self._authenticate(request)
+        data = self.state.accounts[claims["account_id"]]
+        statuses = request.query_params.getlist("status")
+        unknown = set(statuses) - TRANSACTION_STATUSES
+        if unknown:
+            raise ApiError(400, "BAD_REQUEST", f"unknown status: {', '.join(sorted(unknown))}")
+        return self._list_checkout(request, data.transactions, set(statuses))
+
+    async def sessions(self, request: Request) -> Response:
+        return await self._serve("sessions", request, self._sessions)
+
+    async def _sessions(self, request: Request) -> Response:
+        claims = self._authenticate(request)
+        return self._list_checkout(request, self.state.accounts[claims["account_id"]].sessions)
+
+    # -- paging helpers -------------------------------------------------------------------------
+
+    @property
+    def _order(self) -> str:
+        return self.state.config.list_order
+
+    def _page_size(self, request: Request, limit: int) -> int:
+        """The rows this page holds: ``limit``, or under ``short_pages`` a stable 1..limit."""
+        if not self.state.config.short_pages or limit <= 1:
+            return limit
+        marker = f"{request.url.path}?{request.url.query}".encode()
+        return 1 + zlib.crc32(marker) % limit
+
+    @staticmethod
+    def _page(collection: SortedCollection, **kwargs: Any) -> list[dict]:
+        try:
+            return collection.page(**kwargs)
+        except KeyError:
+            raise ApiError(
+                400, "BAD_REQUEST", "starting_after refers to an unknown object"
+            ) from None
+
+    def _optional(self, body: dict[str, Any], key: str, value: Any) -> None:
+        """Set an optional key of an envelope, or leave it out (``omit_optional_keys``)."""
+        if value or not self.state.config.omit_optional_keys:
+            body[key] = value
+
+    # -- data routes ------------------------------------------------------------------------------
+
+    def _list_checkout(
+        self, request: Request, collection: SortedCollection, statuses: set[str] | None = None
+    ) -> Response:
+        """A bare array paged by ``starting_after=<id of the last object>``. Dintero documents
+        neither the order nor when a page is the last (``list_order``, ``short_pages``)."""
+        limit = self._page_size(request, parse_limit(request, 100))
+        gte, lte = parse_time(request, "created_at.gte"), parse_time(request, "created_at.lte")
+        after = request.query_params.get("starting_after")
+        window = dict(order=self._order, gte_ms=gte, lte_ms=lte)
+        if not statuses:
+            page = self._page(collection, limit=limit, after_id=after, **window)
+        else:
+            page = []
+            while len(page) < limit:
+                chunk = self._page(collection, limit=limit * 4, after_id=after, **window)
+                if not chunk:
+                    break
+                page.extend(o for o in chunk if o["status"] in statuses)
+                after = chunk[-1]["id"]
+            page = page[:limit]
+        return JSONResponse(page)
+
+    async def settlements(self, request: Request) -> Response:
+        return await self._serve("settlements", request, self._settlements)
+
+    async def _settlements(self, request: Request) -> Response:
+        """``{items, last_evaluated_key}``; the order is undocumented (``list_order``)."""
+        aid, data = self._account(request)
+        q = request.query_params
+        limit = self._page_size(request, parse_limit(request, 1000))
+        by_created = any(k.startswith("item_created_at.") for k in q)
+        if by_created and any(k.startswith("created_at.") for k in q):
+            raise ApiError(
+                400, "BAD_REQUEST", "item_created_at.* cannot be combined with created_at.*"
+            )
+        prefix = "item_created_at" if by_created else "created_at"
+        gte, lte = parse_time(request, f"{prefix}.gte"), parse_time(request, f"{prefix}.lte")
+        after_id, after_date = q.get("starting_after_id"), q.get("starting_after_date")
+        if (after_id is None) != (after_date is None):
+            raise ApiError(
+                400,
+                "BAD_REQUEST",
+                "starting_after_id and starting_after_date must be used together",
+            )
+        if after_id is not None:
+            parse_time(request, "starting_after_date")
+        collection = data.settlements_by_created if by_created else data.settlements_by_settled
+        rows = self._page(
+            collection,
+            order=self._order,
+            limit=limit + 1,
+            gte_ms=gte,
+            lte_ms=lte,
+            after_id=after_id,
+        )
+        body: dict[str, Any] = {}
+        self._optional(body, "items", rows[:limit])
+        key = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            key = {
+                "id": last["id"],
+                "account_id": aid,
+                "settled_at": last["settled_at"],
+                "created_at": last["created_at"],
+            }
+        self._optional(body, "last_evaluated_key", key)
+        return JSONResponse(body)
+
+    async def customers(self, request: Request) -> Response:
+        return await self._serve("customers", request, self._customers)
+
+    async def _customers(self, request: Request) -> Response:
+        """A bare array. With ``since_datetime``: the earliest ``limit`` customers updated at or
+        after it (after it under ``since_exclusive``), which is what Dintero's documented way of
+        paging ("update since_datetime to the latest updated_at value found in the result")
+        needs; the order within the page is undocumented. Without it: every customer in an
+        undocumented order, paged by ``starting_after=<id of the last customer>``."""
+        _, data = self._account(request)
+        q = request.query_params
+        limit = parse_limit(request, 100)
+        if "since_datetime" in q and "starting_after" in q:
+            raise ApiError(
+                400, "BAD_REQUEST", "since_datetime can't be combined with starting_after"
+            )
+        since = parse_time(request, "since_datetime")
+        if since is not None:
+            if self.state.config.since_exclusive:
+                since += 1  # timestamps have millisecond precision
+            rows = data.customers.page(order="oldest", limit=limit, gte_ms=since)
+            if self._order == "newest":
+                rows.reverse()
+            elif self._order == "shuffled":
+                rows.sort(key=lambda r: data.customers.shuffle_key(r["id"]))
+        else:
+            rows = self._page(
+                data.customers,
+                order=self._order,
+                limit=self._page_size(request, limit),
+                after_id=q.get("starting_after"),
+            )
+        headers = {"total-count": str(len(data.customers))} if q.get("total") == "true" else None
+        return JSONResponse(rows, headers=headers)
+
+    async def payout_transfers(self, request: Request) -> Response:
+        return await self._serve("payout_transfers", request, self._payout_transfers)
+
+    async def _payout_transfers(self, request: Request) -> Response:
+        """``{entries, next_page_token}``; no date filter and no documented order
+        (``list_order``); the token is opaque."""
+        _, data = self._account(request)
+        pd = request.path_params["pd"]
+        if pd not in data.transfers:
+            raise ApiError(404, "NOT_FOUND", f"payout destination {pd} not found")
+        limit = self._page_size(request, parse_limit(request, 1000))
+        after = None
+        token = request.query_params.get("page")
+        if token:
+            try:
+                after = base64.urlsafe_b64decode(token.encode()).decode().partition(":")[2]
+            except (ValueError, binascii.Error, UnicodeDecodeError):
+                raise ApiError(400, "BAD_REQUEST", "page is not a valid page token") from None
+        currency = request.query_params.get("currency")
+        rows = self._page(data.transfers[pd], order=self._order, limit=limit + 1, after_id=after)
+        if currency:
+            rows = [r for r in rows if r["currency"] == currency]
+        body: dict[str, Any] = {}
+        self._optional(body, "entries", rows[:limit])
+        next_token = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            raw = f"{to_ms(datetime.fromisoformat(last['created_at']))}:{last['ledger_entry_id']}"
+            next_token = base64.urlsafe_b64encode(raw.encode()).decode()
+        self._optional(body, "next_page_token", next_token)
+        return JSONResponse(body)
+
+    # -- control (not Dintero's API) ------------------------------------------------------------
