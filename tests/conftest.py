@@ -112,9 +112,15 @@ def evidence() -> Evidence:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files holding slow tests first, the rest in their order: pytest-xdist hands files to its
-    processes in this order, so the longest start at once instead of ending the run alone."""
+    processes in this order, so the longest start at once instead of ending the run alone. The
+    secret scan (marked ``secret_scan``) always last: it reads what every other test left."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("secret_scan") is not None,
+            item.path not in slow_files,
+        )
+    )
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -128,7 +134,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # The secret scan run on its own: take in what the parallel run's processes left.
     if _EVIDENCE_DIR and not _WORKER and Path(_EVIDENCE_DIR).is_dir():
         args = [str(a) for a in session.config.args]
-        if args and all("test_zz_secret_scan" in a for a in args):
+        if args and all("test_secret_scan" in a for a in args):
             EVIDENCE.load(Path(_EVIDENCE_DIR))
 
 

@@ -39,8 +39,7 @@ from prefect_dintero.sync import sync_stream
 from prefect_dintero.tasks.destinations import check_destination
 from prefect_dintero.tokens import Token
 
-from .test_sync import AID, FAST
-from .test_token_core import creds_for
+from .helpers import AID, FAST, creds_for
 
 
 @dataclass

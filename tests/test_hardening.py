@@ -2,7 +2,7 @@
 run, secrets masked in errors, bad data from the API.
 
 The bad-input matrix (tests/test_bad_input.py) holds the user mistakes; the secret scan
-(tests/test_zz_secret_scan.py) looks for every secret in everything the session left behind,
+(tests/test_secret_scan.py) looks for every secret in everything the session left behind,
 including what the echoing server below put into Prefect's database.
 """
 
@@ -37,7 +37,7 @@ from prefect_dintero.streams import CATALOG
 from prefect_dintero.sync import sync_stream
 from prefect_dintero.tokens import MissingExpiryWarning, Token
 
-from .test_token_core import creds_for
+from .helpers import creds_for
 
 AID = "T12345678"
 SMALL = dict(transactions=40, sessions=10, settlements=5, customers=5, transfers_per_destination=5)

@@ -774,7 +774,8 @@ def _db_rows(path: Path) -> str:
     return "\n".join(out)
 
 
-def test_zz_no_secret_anywhere(emu, prefect_home):
+def test_no_secret_in_what_this_module_left(emu, prefect_home):
+    # The last test of this module; the whole session's scan is tests/test_secret_scan.py.
     issued = emu.issued()
     secrets = {
         issued["client_secret"],

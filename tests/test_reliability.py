@@ -28,7 +28,13 @@ from prefect_dintero.store import DEFAULT_STORE
 from prefect_dintero.streams import CATALOG
 
 from ._servers import prefect_server_process, run
-from .test_sync import AID, assert_equals_source, check_cursor_not_ahead_of_data, options, sync_all
+from .helpers import (
+    AID,
+    assert_equals_source,
+    check_cursor_not_ahead_of_data,
+    options,
+    sync_all,
+)
 
 DATA_ROUTES = ("transactions", "sessions", "settlements", "customers", "payout_transfers")
 

@@ -40,7 +40,8 @@ from prefect_dintero.retry import RetryPolicy, parse_retry_after
 from prefect_dintero.store import DEFAULT_STORE, InMemoryTokenStore
 from prefect_dintero.tokens import MissingExpiryWarning, Token
 
-AID = "T12345678"
+from .helpers import AID, creds_for
+
 SMALL = dict(transactions=30, sessions=10, settlements=5, customers=5, transfers_per_destination=5)
 FAST = RetryPolicy(max_attempts=6, backoff_base=0.01, backoff_cap=0.05, retry_after_cap=3)
 
@@ -50,18 +51,6 @@ def _fresh_default_store():
     DEFAULT_STORE.clear()
     yield
     DEFAULT_STORE.clear()
-
-
-def creds_for(emu, **overrides) -> ClientCredentials:
-    fields = dict(
-        account_id=AID,
-        client_id=emu.config.client_id,
-        client_secret=SecretStr(emu.config.client_secret),
-        api_url=emu.url,
-        checkout_url=emu.url,
-    )
-    fields.update(overrides)
-    return ClientCredentials(**fields)
 
 
 @pytest.fixture

@@ -35,8 +35,7 @@ from prefect_dintero.sync import sync_stream
 from prefect_dintero.times import CLOCK_SKEW, parse_datetime, use_clock
 from prefect_dintero.tokens import Token
 
-from .test_sync import FAST
-from .test_token_core import creds_for
+from .helpers import FAST, creds_for
 
 AID = "T12345678"
 DATA = dict(

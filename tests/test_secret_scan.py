@@ -1,4 +1,5 @@
-"""The secret scan, after every other test of the session (this module sorts last).
+"""The secret scan, after every other test of the session (its ``secret_scan`` marker sorts it
+last: tests/conftest.py).
 
 It looks for the client secret of every emulator the session started, and every access token,
 refresh token and authorization code they issued, in everything the suite's flows left behind:
@@ -30,6 +31,7 @@ import pytest
 
 from .conftest import EVIDENCE
 
+pytestmark = pytest.mark.secret_scan
 ROOT = Path(__file__).resolve().parents[1]
 # Secrets the bad-input tests typed on purpose (a wrong client secret, a database password).
 TYPED_BY_TESTS = {"not-the-secret", "db-password"}
