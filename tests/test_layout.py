@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,3 +98,32 @@ def test_the_core_imports_with_prefect_absent():
     ):
         assert core in modules.split(), (core, modules)
     assert int(count) >= 25
+
+
+def test_what_the_core_imports_is_declared():
+    # Every third-party module the core imports at module level or in a function is a declared
+    # dependency, so a fresh install never depends on what Prefect happens to pull in.
+    declared = {
+        re.split(r"[<>=\[ ;]", requirement, maxsplit=1)[0].lower().replace("-", "_")
+        for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+            "dependencies"
+        ]
+    }
+    # pytest: only the emulator's pytest plugin (loaded by pytest itself) imports it.
+    allowed = {"prefect_dintero", "pytest", "duckdb", "psycopg"}
+    imported: dict[str, str] = {}
+    for path in (ROOT / "prefect_dintero").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in allowed:
+                    imported.setdefault(top.lower(), str(path.relative_to(ROOT)))
+    missing = {module: where for module, where in imported.items() if module not in declared}
+    assert not missing, f"imported by the core but not declared in pyproject.toml: {missing}"
+    assert {"sqlalchemy", "starlette", "uvicorn", "httpx"} <= imported.keys()
