@@ -15,7 +15,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "synced, and stop. Run it twice to see an incremental run. No credentials needed."
         ),
     )
-    p.add_argument("--destination", default="dintero.db", help="SQLite file (default: dintero.db)")
+    p.add_argument(
+        "--destination",
+        default="dintero-demo.db",
+        help="SQLite file (default: dintero-demo.db; the deployments write elsewhere)",
+    )
     p.add_argument("--transactions", type=int, default=2000, help="transactions in the emulator")
     p.set_defaults(handler=run)
 
@@ -65,24 +69,35 @@ def run(args: argparse.Namespace) -> int:
         who = dintero_login(
             "dintero-demo", "dintero-demo-session", authorization_response=SecretStr(code)
         )
+        # No payout destinations given: the sync reads the account's list.
         results = dintero_sync(
-            "dintero-demo",
-            session_block="dintero-demo-session",
-            destination=args.destination,
-            payout_destinations=config.payout_destinations,
+            "dintero-demo", session_block="dintero-demo-session", destination=args.destination
         )
     elapsed = time.monotonic() - started
     print(f"\nLogged in as {who['user_name']}; synced account {config.account_ids[0]}:\n")
-    print(f"{'stream':<18}{'rows':>8}{'inserted':>10}{'updated':>9}{'pages':>7}{'seconds':>9}")
+    print(
+        f"{'stream':<18}{'rows':>8}{'new':>8}{'updated':>9}{'unchanged':>11}{'pages':>7}"
+        f"{'seconds':>9}"
+    )
     for r in results:
         print(
-            f"{r['stream']:<18}{r['fetched']:>8}{r['inserted']:>10}{r['updated']:>9}"
-            f"{r['pages']:>7}{r['seconds']:>9.1f}"
+            f"{r['stream']:<18}{r['fetched']:>8}{r['inserted']:>8}{r['updated']:>9}"
+            f"{r['unchanged']:>11}{r['pages']:>7}{r['seconds']:>9.1f}"
         )
     from prefect_dintero.sink import resolve_destination
 
+    incremental = any(r["cursor_before"] for r in results)
+    if incremental:
+        rows = sum(r["fetched"] for r in results)
+        unchanged = sum(r["unchanged"] for r in results)
+        what = (
+            f"This was an incremental run: only the lookback was read again ({rows} rows, "
+            f"{unchanged} of them unchanged)."
+        )
+    else:
+        what = "Run it again for an incremental sync."
     print(
         f"\nData: {resolve_destination(args.destination)} (tables dintero_*, state in "
-        f"dintero_sync_state). Demo took {elapsed:.0f} s; run it again for an incremental sync."
+        f"dintero_sync_state). Demo took {elapsed:.0f} s. {what}"
     )
     return 0

@@ -195,6 +195,8 @@ def _sync(
         events.warn_if_session_ends_soon(
             session_block, account_id, bearer.login_id, bearer.expires_at
         )
+    where = request.destination_label()
+    logger.info("Syncing Dintero account %s into %s", account_id, where)
     progress_id = create_progress_artifact(
         0.0, description=f"Streams synced for Dintero account {account_id}"
     )
@@ -231,10 +233,13 @@ def _sync(
         rows.append(
             {
                 "stream": name,
-                "status": "failed" if name in failures else "ok",
+                "status": "failed"
+                if name in failures
+                else ("skipped" if s and s.get("skipped") else "ok"),
                 "rows_fetched": s["fetched"] if s else 0,
                 "inserted": s["inserted"] if s else 0,
                 "updated": s["updated"] if s else 0,
+                "unchanged": s["unchanged"] if s else 0,
                 "pages": s["pages"] if s else 0,
                 "requests": s["requests"] if s else 0,
                 "retries": s["retries"] if s else 0,
@@ -242,13 +247,15 @@ def _sync(
                 "outside_window": s["outside_window"] if s else 0,
                 "seconds": s["seconds"] if s else 0,
                 "cursor_after": (s["cursor_after"] or "") if s else "",
-                "error": failures.get(name, ""),
+                "error": failures.get(name, "") or (s.get("skipped", "") if s else ""),
             }
         )
     create_table_artifact(
         rows,
         key=_artifact_key(account_id),
-        description=f"Last Dintero sync of account {account_id}, one row per stream.",
+        description=(
+            f"Last Dintero sync of account {account_id} into {where}, one row per stream."
+        ),
     )
     events.emit_sync_result(account_id, credentials_block, session_block, summaries, failures)
     if failures:

@@ -91,6 +91,11 @@ class InvalidGrantError(DinteroAPIError):
     """A used, expired or mismatched authorization code or refresh token."""
 
 
+class StreamSkipped(DinteroError):
+    """A stream cannot be read with these credentials, and the run goes on without it (the
+    reason is logged and shown in the run's table artifact)."""
+
+
 class ReauthorizationRequired(DinteroError):
     """The user's session expired and cannot be renewed: the user must log in again.
 

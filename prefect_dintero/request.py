@@ -27,7 +27,7 @@ from . import times
 from .credentials import validation_message
 from .errors import ConfigurationError
 from .paginators import DEFAULT_MAX_PAGES
-from .sink.destinations import url_secrets
+from .sink.destinations import redact_url, resolve_destination, url_secrets
 from .streams import Stream, resolve_streams
 from .times import CLOCK_SKEW, iso
 from .validation import validate_payout_destination
@@ -120,10 +120,7 @@ class SyncRequest(BaseModel):
 
     streams: tuple[str, ...] = Field(
         default=(),
-        description=(
-            "Stream names. Empty means every stream (payout_transfers only with "
-            "payout_destinations)."
-        ),
+        description=("Stream names. Empty means every stream."),
     )
     destination: str = Field(
         default="dintero.db",
@@ -146,7 +143,10 @@ class SyncRequest(BaseModel):
         default=None, description="The oldest data a first (or full) sync reads; UTC if naive."
     )
     payout_destinations: tuple[str, ...] = Field(
-        default=(), description="Payout destination ids whose transfers to sync."
+        default=(),
+        description=(
+            "Payout destination ids whose transfers to sync; empty reads the account's list."
+        ),
     )
     max_pages: int = Field(
         default=DEFAULT_MAX_PAGES, description="A hard page cap per window (a safety net)."
@@ -180,7 +180,7 @@ class SyncRequest(BaseModel):
                 the destination URL, a malformed payout destination id.
         """
         return cls(
-            streams=_stream_names(streams, payout_destinations),
+            streams=_stream_names(streams),
             destination=destination,
             destination_block=destination_block,
             lookback=window(lookback_hours, "lookback_hours"),
@@ -205,6 +205,13 @@ class SyncRequest(BaseModel):
             "start_date": self.start_date,
             "payout_destinations": list(self.payout_destinations) or None,
         }
+
+    def destination_label(self) -> str:
+        """Where the data goes, fit to log and show: a SQLite file as its absolute path (a
+        relative path means the worker's folder), a URL with its password masked."""
+        if self.destination_block:
+            return f"the SqlAlchemyConnector block {self.destination_block!r}"
+        return redact_url(resolve_destination(self.destination))
 
     @property
     def specs(self) -> list[Stream]:
@@ -249,8 +256,7 @@ class SyncRequest(BaseModel):
     @classmethod
     def _default_streams(cls, data: Any) -> Any:
         if isinstance(data, dict) and not data.get("streams"):
-            # Every stream that can run: payout_transfers needs destinations.
-            data = {**data, "streams": _stream_names(None, data.get("payout_destinations"))}
+            data = {**data, "streams": _stream_names(None)}
         return data
 
     @field_validator("streams", mode="before")
@@ -263,20 +269,11 @@ class SyncRequest(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> SyncRequest:
         check_destination(self.destination, self.destination_block)
-        if not self.payout_destinations and any(s.per_destination for s in self.specs):
-            raise ConfigurationError(
-                "payout_transfers needs payout_destinations=[...] (the payout destination ids)"
-            )
         return self
 
 
-def _stream_names(
-    streams: list[str] | tuple[str, ...] | None, payout_destinations: Any
-) -> tuple[str, ...]:
-    selected = resolve_streams(list(streams) if streams is not None else None)
-    if streams is None and not payout_destinations:
-        selected = [s for s in selected if not s.per_destination]
-    return tuple(s.name for s in selected)
+def _stream_names(streams: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    return tuple(s.name for s in resolve_streams(list(streams) if streams is not None else None))
 
 
 def _in(value: timedelta | None, unit: str) -> float | None:

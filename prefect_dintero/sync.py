@@ -24,7 +24,8 @@ from typing import Any
 
 from . import times
 from .client import DinteroClient
-from .errors import ConfigurationError, DinteroAPIError
+from .discovery import payout_destination_ids
+from .errors import DinteroAPIError
 from .paginators import Page, SinceDatetimePaginator, fetched_ahead, pages
 from .redact import get_logger
 from .request import SyncRequest
@@ -458,11 +459,8 @@ def sync_stream(
     request = request or SyncRequest()
     partitions = [""]
     if stream.per_destination:
-        partitions = list(request.payout_destinations)
-        if not partitions:
-            raise ConfigurationError(
-                f"{stream.name} needs payout destination ids: pass payout_destinations=[...]"
-            )
+        # Given, or discovered (StreamSkipped when the credentials may not list them).
+        partitions = list(request.payout_destinations) or payout_destination_ids(client, account_id)
     run_started_at = run_started_at or times.now()
     return [
         StreamSync(

@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from prefect_dintero.bearer import DinteroBearer
+from prefect_dintero.errors import StreamSkipped
 from prefect_dintero.redact import install_log_filter
 from prefect_dintero.request import SyncRequest
 from prefect_dintero.retry import RetryPolicy
@@ -75,6 +76,9 @@ def sync_stream(
             results = sync_stream_core(
                 client, sink, spec, bearer.account_id, request, on_page=progress
             )
+    except StreamSkipped as skipped:
+        logger.warning("%s", skipped)
+        return {**_summarise(stream, bearer.account_id, []), "skipped": str(skipped)}
     finally:
         sink.dispose()
     summary = _summarise(stream, bearer.account_id, results)
@@ -113,6 +117,9 @@ def _summarise(stream: str, account_id: str, results: list[StreamResult]) -> dic
     )
     totals["cursor_after"] = max((r.cursor_after for r in results if r.cursor_after), default=None)
     totals["partitions"] = (
-        [r.as_dict() for r in results] if len(results) > 1 or results[0].partition else []
+        ([r.as_dict() for r in results] if len(results) > 1 or results[0].partition else [])
+        if results
+        else []
     )
+    totals["skipped"] = ""
     return totals

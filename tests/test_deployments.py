@@ -111,7 +111,10 @@ def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
         assert hourly["entrypoint"] == "prefect_dintero.flows.sync.dintero_sync"
         assert hourly["schedules"][0]["schedule"]["timezone"] == "Europe/Oslo"
         assert hourly["global_concurrency_limit"]["limit"] == 1
-        assert hourly["parameters"] == {"credentials_block": "dintero", "destination": "dintero.db"}
+        assert hourly["parameters"] == {
+            "credentials_block": "dintero",
+            "destination": "~/prefect-dintero/dintero.db",
+        }
         reconcile = next(d for d in deployments if d["name"] == "reconcile")
         assert reconcile["parameters"]["reconcile_days"] == 92
         assert reconcile["schedules"][0]["schedule"]["cron"] == "15 3 * * *"

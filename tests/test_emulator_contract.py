@@ -347,6 +347,24 @@ def test_payout_transfers_next_page_token_pages_exactly_once(switched):
         assert_order([e["created_at"] for e in seen], config.list_order)
 
 
+@pytest.mark.parametrize("shape", ["object", "array"])
+def test_payout_destinations_list_in_either_undocumented_envelope(dintero_emulator_factory, shape):
+    emu = dintero_emulator_factory(payout_destination_list=shape)
+    path = f"{emu.url}/v1/accounts/{AID}/payout-destinations"
+    assert_dintero_error(HTTP.get(path), 401)
+    body = HTTP.get(path, headers=bearer(service_token(emu))).json()
+    items = body["payout_destinations"] if shape == "object" else body
+    assert [i["payout_destination_id"] for i in items] == emu.config.payout_destinations
+
+
+def test_payout_destinations_need_the_read_accounts_scope(dintero_emulator_factory):
+    emu = dintero_emulator_factory(read_accounts_scope=False)
+    token = service_token(emu)
+    assert "read:accounts" not in claims_of(token)["scope"]
+    path = f"{emu.url}/v1/accounts/{AID}/payout-destinations"
+    assert_dintero_error(HTTP.get(path, headers=bearer(token)), 403)
+
+
 def test_omit_optional_keys_leaves_out_empty_lists_and_last_cursors(dintero_emulator_factory):
     emu = dintero_emulator_factory(**SMALL, omit_optional_keys=True)
     token = service_token(emu)

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from prefect_dintero.client import DinteroClient
-from prefect_dintero.errors import ConfigurationError, MalformedResponseError
+from prefect_dintero.errors import ConfigurationError, MalformedResponseError, StreamSkipped
 from prefect_dintero.paginators import (
     LastEvaluatedKeyPaginator,
     MalformedPageError,
@@ -417,13 +417,35 @@ def test_an_unreachable_database_is_a_clear_error():
     assert not info.value.retryable
 
 
-def test_payout_transfers_need_destinations(emu):
+@pytest.mark.parametrize("shape", ["object", "array"])
+def test_payout_destinations_are_discovered_whatever_the_list_looks_like(
+    dintero_emulator_factory, shape
+):
+    # The reference documents the objects, not the envelope: both are read.
+    emu = dintero_emulator_factory(payout_destination_list=shape, transfers_per_destination=7)
     sink = Sink("sqlite://")
+    spec = CATALOG["payout_transfers"]
+    sink.prepare([spec])
+    with DinteroClient(creds_for(emu)) as client:
+        results = sync_stream(client, sink, spec, AID, SyncRequest())
+    assert [r.partition for r in results] == emu.config.payout_destinations
+    assert_equals_source(emu, sink, [spec])
+
+
+def test_payout_transfers_are_skipped_when_destinations_cannot_be_listed(
+    dintero_emulator_factory,
+):
+    emu = dintero_emulator_factory(read_accounts_scope=False)
+    sink = Sink("sqlite://")
+    spec = CATALOG["payout_transfers"]
+    sink.prepare([spec])
     with (
-        pytest.raises(ConfigurationError, match="payout destination"),
-        DinteroClient(creds_for(emu)) as client,
+        DinteroClient(creds_for(emu), retry_policy=FAST) as client,
+        pytest.raises(StreamSkipped, match="needs the scope read:accounts") as info,
     ):
-        sync_stream(client, sink, CATALOG["payout_transfers"], AID, SyncRequest())
+        sync_stream(client, sink, spec, AID, SyncRequest())
+    assert not info.value.retryable
+    assert emu.stats()["requests"]["payout_destinations"] == {"403": 1}  # never retried
 
 
 # -- crashes --------------------------------------------------------------------------------------

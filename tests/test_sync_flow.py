@@ -17,7 +17,7 @@ from prefect_dintero.emulator import EmulatorConfig, running_emulator
 from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.flows import dintero_login, dintero_sync
 from prefect_dintero.flows.sync import SyncFailed
-from prefect_dintero.sink import Sink
+from prefect_dintero.sink import Sink, redact_url, resolve_destination
 from prefect_dintero.streams import CATALOG
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -64,12 +64,8 @@ def equals_source(emu, sink: Sink, names) -> bool:
 
 def test_sync_flow_all_streams_then_incremental(emu, creds, destination):
     emu.clear_faults()
-    result = dintero_sync(
-        creds,
-        destination=destination,
-        page_size=25,
-        payout_destinations=emu.config.payout_destinations,
-    )
+    # No payout destinations given: the flow reads the account's list.
+    result = dintero_sync(creds, destination=destination, page_size=25)
     assert [r["stream"] for r in result] == list(CATALOG)
     sink = Sink(destination)
     assert equals_source(emu, sink, CATALOG)
@@ -77,6 +73,9 @@ def test_sync_flow_all_streams_then_incremental(emu, creds, destination):
         artifact = client.read_latest_artifacts()
         table = [a for a in artifact if a.key == "dintero-sync-t12345678"]
     assert table and "transactions" in str(table[0].data)
+    # The table says where the data went (the absolute file, or the URL without a password).
+    where = redact_url(resolve_destination(destination))
+    assert f"into {where}," in table[0].description, table[0].description
     emu.advance_clock(3600, new_transactions=4, new_customers=2)
     again = {
         r["stream"]: r
@@ -102,9 +101,29 @@ def test_sync_flow_all_streams_then_incremental(emu, creds, destination):
     assert equals_source(emu, Sink(destination), ["transactions"])
 
 
-def test_all_streams_without_destinations_skips_payout_transfers(emu, creds, tmp_path):
-    result = dintero_sync(creds, destination=str(tmp_path / "d.db"))
-    assert [r["stream"] for r in result] == ["transactions", "sessions", "settlements", "customers"]
+def test_payout_transfers_are_skipped_with_a_reason_when_destinations_cannot_be_listed(
+    tmp_path, caplog
+):
+    # An API client without read:accounts: the list of payout destinations answers 403.
+    config = EmulatorConfig(read_accounts_scope=False, transactions=20, sessions=5)
+    with running_emulator(config) as server:
+        name = f"noscope-{uuid.uuid4().hex[:8]}"
+        DinteroCredentials(
+            account_id=AID,
+            client_id=config.client_id,
+            client_secret=SecretStr(config.client_secret),
+            api_url=server.url,
+            checkout_url=server.url,
+        ).save(name, overwrite=True, _sync=True)
+        result = dintero_sync(name, destination=str(tmp_path / "s.db"))
+    rows = {r["stream"]: r for r in result}
+    assert rows["transactions"]["inserted"] == 20  # the run went on
+    assert "read:accounts" in rows["payout_transfers"]["skipped"]
+    assert any("payout_transfers skipped" in r.getMessage() for r in caplog.records)
+    with get_client(sync_client=True) as client:
+        [table] = [a for a in client.read_latest_artifacts() if a.key == "dintero-sync-t12345678"]
+    [row] = [r for r in json.loads(table.data) if r["stream"] == "payout_transfers"]
+    assert row["status"] == "skipped" and "read:accounts" in row["error"]
 
 
 def test_sync_as_the_logged_in_user(emu, creds, tmp_path):
@@ -131,9 +150,16 @@ def test_unknown_streams_are_rejected_before_any_request(emu, creds, tmp_path):
     assert emu.stats()["requests_total"] == 0
 
 
-def test_payout_transfers_without_destinations_is_a_clear_error(emu, creds, tmp_path):
-    with pytest.raises(ConfigurationError, match="payout_destinations"):
-        dintero_sync(creds, streams=["payout_transfers"], destination=str(tmp_path / "x.db"))
+def test_a_malformed_payout_destination_is_refused_before_any_request(emu, creds, tmp_path):
+    emu.reset_stats()
+    with pytest.raises(ConfigurationError, match="payout destination"):
+        dintero_sync(
+            creds,
+            streams=["payout_transfers"],
+            destination=str(tmp_path / "x.db"),
+            payout_destinations=["PD-main/../other"],
+        )
+    assert emu.stats()["requests_total"] == 0
 
 
 def test_a_password_in_the_destination_url_is_refused(emu, creds):
@@ -148,7 +174,7 @@ def test_one_failing_stream_does_not_stop_the_others(emu, creds, tmp_path):
     emu.set_faults({"route": "settlements", "probability": 1.0, "status": 400})
     try:
         with pytest.raises(
-            SyncFailed, match=r"1 of 4 streams failed: settlements \(DinteroAPIError"
+            SyncFailed, match=r"1 of 5 streams failed: settlements \(DinteroAPIError"
         ):
             dintero_sync(creds, destination=destination)
         settlements_requests = sum(emu.stats()["requests"]["settlements"].values())

@@ -48,6 +48,11 @@ class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
             Route("/v1/accounts/{aid}/settlements", self.settlements, methods=["GET"]),
             Route("/v1/accounts/{aid}/customers/users", self.customers, methods=["GET"]),
             Route(
+                "/v1/accounts/{aid}/payout-destinations",
+                self.payout_destinations,
+                methods=["GET"],
+            ),
+            Route(
                 "/v2/accounts/{aid}/payout/payout-destinations/{pd}/transfers",
                 self.payout_transfers,
                 methods=["GET"],

@@ -195,6 +195,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="dintero",
         help="generic: 400/401/403 bodies whose code and message the client cannot know",
     )
+    silent.add_argument(
+        "--payout-destination-list",
+        choices=("object", "array"),
+        default="object",
+        help='the payout destinations list as {"payout_destinations": [...]} or a bare array'
+        + DEFAULT,
+    )
+    p.add_argument(
+        "--no-read-accounts",
+        dest="read_accounts_scope",
+        action="store_false",
+        help="the API client lacks read:accounts: listing payout destinations answers 403",
+    )
     p.set_defaults(handler=run)
     return p
 
@@ -238,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
         short_pages=args.short_pages,
         late_changes_days=args.late_changes_days,
         error_codes=args.error_codes,
+        payout_destination_list=args.payout_destination_list,
+        read_accounts_scope=args.read_accounts_scope,
     )
     if args.account_ids:
         config.account_ids = args.account_ids

@@ -8,6 +8,7 @@ from typing import Literal
 
 ListOrder = Literal["newest", "oldest", "shuffled"]
 ErrorCodes = Literal["dintero", "generic"]
+PayoutDestinationList = Literal["object", "array"]
 
 DEFAULT_ACCOUNT_ID = "T12345678"
 DEFAULT_CLIENT_ID = "emulator-client"
@@ -92,6 +93,13 @@ class EmulatorConfig:
     #: ``dintero``: the error codes this emulator always used (``invalid_grant``, ...);
     #: ``generic``: 400/401/403 bodies whose code and message tell the client nothing.
     error_codes: ErrorCodes = "dintero"
+    #: The body of ``GET /v1/accounts/{oid}/payout-destinations``: documented only as objects
+    #: with ``payout_destination_id``, so either ``{"payout_destinations": [...]}`` or a bare
+    #: array.
+    payout_destination_list: PayoutDestinationList = "object"
+    #: Whether the API client has the ``read:accounts`` scope (Account Management API) that
+    #: listing payout destinations needs; without it that list answers 403.
+    read_accounts_scope: bool = True
 
     def resolved_start_time(self) -> datetime:
         """The configured start time, or 30 days ago truncated to the second."""

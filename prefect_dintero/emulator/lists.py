@@ -178,6 +178,26 @@ class ListRoutes:
         headers = {"total-count": str(len(data.customers))} if q.get("total") == "true" else None
         return JSONResponse(rows, headers=headers)
 
+    async def payout_destinations(self, request: Request) -> Response:
+        return await self._serve("payout_destinations", request, self._payout_destinations)
+
+    async def _payout_destinations(self, request: Request) -> Response:
+        """The account's payout destinations (Account Management API, scope ``read:accounts``:
+        ../shared/reference/dintero-api.md §8). Documented only as objects with
+        ``payout_destination_id``: wrapped in ``{"payout_destinations": [...]}`` or a bare
+        array (``payout_destination_list``); no paging."""
+        aid, data = self._account(request)
+        claims = self._authenticate(request, aid)
+        if "read:accounts" not in str(claims.get("scope", "")).split():
+            raise ApiError(403, "forbidden", "the API client lacks the scope read:accounts")
+        rows = [
+            {"payout_destination_id": pd, "account_id": aid, "payout_destination_name": pd}
+            for pd in data.transfers
+        ]
+        if self.state.config.payout_destination_list == "array":
+            return JSONResponse(rows)
+        return JSONResponse({"payout_destinations": rows})
+
     async def payout_transfers(self, request: Request) -> Response:
         return await self._serve("payout_transfers", request, self._payout_transfers)
 

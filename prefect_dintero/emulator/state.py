@@ -77,7 +77,8 @@ class EmulatorState:
                 "account_id": account_id,
                 "client_id": client_id,
                 "gty": grant,
-                "scope": "admin:checkout read:settlements read:customers read:payout",
+                "scope": "admin:checkout read:settlements read:customers read:payout"
+                + (" read:accounts" if self.config.read_accounts_scope else ""),
                 "iat": int(now),
                 "exp": int(now) + lifetime,
                 "gen": self._generation,

@@ -63,12 +63,24 @@ def resolve_destination(destination: str | Path) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def make_parent(path: str) -> None:
+    """Create the folder a new database file goes in (owner only), so a documented location
+    such as ``~/prefect-dintero/dintero.db`` works on a worker's first run."""
+    parent = Path(path).parent
+    if not parent.exists():
+        try:
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DestinationError(f"cannot create the folder {parent}: {exc.strerror}") from None
+
+
 def create_private_file(path: str | None) -> None:
     """Create a new SQLite file readable by its owner only (0600): it will hold customers'
     names and e-mails. SQLite gives its -wal and -shm files the same mode. An existing file
     keeps the mode its owner chose."""
     if not path or path == ":memory:" or path.startswith("file:"):
         return
+    make_parent(path)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection, make_url
 
+from .destinations import make_parent
 from .dialect import Dialect
 
 #: How long a connection waits for another process to release the file.
@@ -53,6 +54,7 @@ def _private_file(database: str | None) -> None:
         return
     import duckdb
 
+    make_parent(database)
     duckdb.connect(database).close()
     os.chmod(database, 0o600)
 

@@ -1,0 +1,58 @@
+"""What an account has, read from the API instead of asked of the user: its payout
+destinations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .client import DinteroClient
+from .errors import MalformedResponseError, NotFoundError, PermissionDeniedError, StreamSkipped
+from .redact import get_logger
+from .validation import validate_payout_destination
+
+logger = get_logger(__name__)
+
+
+def payout_destination_ids(client: DinteroClient, account_id: str) -> list[str]:
+    """The account's payout destination ids, from ``GET /v1/accounts/{oid}/payout-destinations``
+    (Account Management API, scope ``read:accounts``).
+
+    The reference documents the objects (each with ``payout_destination_id``), not the
+    envelope: a bare array and ``{"payout_destinations": [...]}`` are both read.
+
+    Raises:
+        StreamSkipped: the list cannot be read with these credentials (403, 404), or it is
+            empty; the message says what to do.
+    """
+    path = f"/v1/accounts/{account_id}/payout-destinations"
+    try:
+        body = client.get_json(path, host="api")
+    except PermissionDeniedError:
+        raise StreamSkipped(
+            "payout_transfers skipped: the API client may not list the account's payout "
+            "destinations (403; it needs the scope read:accounts). Add the scope to the API "
+            "client in Backoffice, or pass payout_destinations=[...]"
+        ) from None
+    except NotFoundError:
+        raise StreamSkipped(
+            "payout_transfers skipped: the account's payout destinations cannot be listed "
+            f"(404 from {path}); pass payout_destinations=[...]"
+        ) from None
+    ids = [validate_payout_destination(pd) for pd in _ids(body, path)]
+    if not ids:
+        raise StreamSkipped("payout_transfers skipped: the account has no payout destinations")
+    logger.info("%s: payout destinations found: %s", account_id, ", ".join(ids))
+    return ids
+
+
+def _ids(body: Any, path: str) -> list[str]:
+    items = body.get("payout_destinations", body.get("items")) if isinstance(body, dict) else body
+    if items is None:
+        items = []
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("payout_destination_id"), str) for i in items
+    ):
+        raise MalformedResponseError(
+            f"{path}: expected objects with a payout_destination_id, got {type(items).__name__}"
+        )
+    return list(dict.fromkeys(i["payout_destination_id"] for i in items))
