@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from typing import Any, Literal
 
 import httpx
@@ -14,6 +16,7 @@ from . import deadline
 from .auth import DinteroAuth
 from .credentials import ClientCredentials
 from .errors import MalformedResponseError, RunBudgetExceeded
+from .paginators import apages, pages
 from .provider import ClientCredentialsProvider, OIDCSessionProvider, TokenProvider
 from .retry import RetryPolicy
 from .store import TokenStore
@@ -204,6 +207,75 @@ class DinteroClient(_ClientBase):
         """GET and decode JSON."""
         return self._json(self.request("GET", path, host=host, params=params))
 
+    def iter_records(
+        self,
+        stream: str,
+        *,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        payout_destinations: list[str] | None = None,
+        page_size: int = 100,
+        account_id: str | None = None,
+    ) -> Iterator[dict]:
+        """Every record of a stream, page by page (memory stays flat), as Dintero sends it.
+
+        The stream's host, path and page shape come from the same catalog and paginators as
+        the sync's. Records are filtered on ``created_at``: by the API where it can
+        (transactions, sessions, settlements), here otherwise.
+
+        Args:
+            stream: transactions, sessions, settlements, customers or payout_transfers.
+            created_from: only records created at or after this (UTC if naive).
+            created_to: only records created at or before this.
+            payout_destinations: for ``payout_transfers``; None reads the account's list.
+            page_size: records per request (capped at the endpoint's maximum).
+            account_id: another account the credentials may read; default theirs.
+
+        Examples:
+            ```python
+            from datetime import datetime, timedelta, UTC
+            from pydantic import SecretStr
+            from prefect_dintero.client import DinteroClient
+            from prefect_dintero.credentials import ClientCredentials
+            from prefect_dintero.emulator import running_emulator
+
+            with running_emulator() as emulator:
+                creds = ClientCredentials(
+                    account_id="T12345678",
+                    client_id=emulator.config.client_id,
+                    client_secret=SecretStr(emulator.config.client_secret),
+                    api_url=emulator.url,
+                    checkout_url=emulator.url,
+                )
+                week_ago = emulator.now() - timedelta(days=7)
+                with DinteroClient(creds) as client:
+                    recent = list(client.iter_records("transactions", created_from=week_ago))
+                    transfers = list(client.iter_records("payout_transfers"))
+                assert recent and all(t["created_at"] >= week_ago.isoformat()[:19] for t in recent)
+                assert {t["payout_destination_id"] for t in transfers} == {"PD-main", "PD-store-2"}
+            ```
+        """
+        from .discovery import payout_destination_ids
+        from .records import RecordQuery
+
+        query = RecordQuery(
+            stream, created_from=created_from, created_to=created_to, page_size=page_size
+        )
+        account = account_id or self.credentials.account_id
+        spec = query.spec
+        destinations: list[str | None] = [None]
+        if spec.per_destination:
+            destinations = list(payout_destinations or payout_destination_ids(self, account))
+        for destination in destinations:
+            path = spec.url_path(account, destination)
+            for page in pages(
+                lambda params, path=path: self.get_json(path, host=spec.host, params=params),
+                query.paginator(),
+                base_params=query.params(),
+                check_rows=spec.check_keys,
+            ):
+                yield from query.keep(page.rows)
+
     def close(self) -> None:
         self._http.close()
 
@@ -279,6 +351,64 @@ class AsyncDinteroClient(_ClientBase):
 
     async def get_json(self, path: str, *, host: Host = "api", params: Any = None) -> Any:
         return self._json(await self.request("GET", path, host=host, params=params))
+
+    async def iter_records(
+        self,
+        stream: str,
+        *,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        payout_destinations: list[str] | None = None,
+        page_size: int = 100,
+        account_id: str | None = None,
+    ) -> AsyncIterator[dict]:
+        """Every record of a stream: :meth:`DinteroClient.iter_records`, async.
+
+        Examples:
+            ```python
+            import asyncio
+            from pydantic import SecretStr
+            from prefect_dintero.client import AsyncDinteroClient
+            from prefect_dintero.credentials import ClientCredentials
+            from prefect_dintero.emulator import running_emulator
+
+            async def count_customers(creds) -> int:
+                async with AsyncDinteroClient(creds) as client:
+                    return len([c async for c in client.iter_records("customers")])
+
+            with running_emulator() as emulator:
+                creds = ClientCredentials(
+                    account_id="T12345678",
+                    client_id=emulator.config.client_id,
+                    client_secret=SecretStr(emulator.config.client_secret),
+                    api_url=emulator.url,
+                    checkout_url=emulator.url,
+                )
+                assert asyncio.run(count_customers(creds)) == len(emulator.dump("customers"))
+            ```
+        """
+        from .discovery import apayout_destination_ids
+        from .records import RecordQuery
+
+        query = RecordQuery(
+            stream, created_from=created_from, created_to=created_to, page_size=page_size
+        )
+        account = account_id or self.credentials.account_id
+        spec = query.spec
+        destinations: list[str | None] = [None]
+        if spec.per_destination:
+            destinations = list(payout_destinations or await apayout_destination_ids(self, account))
+        for destination in destinations:
+            path = spec.url_path(account, destination)
+
+            async def fetch(params: dict[str, Any], path: str = path) -> Any:
+                return await self.get_json(path, host=spec.host, params=params)
+
+            async for page in apages(
+                fetch, query.paginator(), base_params=query.params(), check_rows=spec.check_keys
+            ):
+                for record in query.keep(page.rows):
+                    yield record
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .client import DinteroClient
+from .client import AsyncDinteroClient, DinteroClient
 from .errors import MalformedResponseError, NotFoundError, PermissionDeniedError, StreamSkipped
 from .redact import get_logger
 from .validation import validate_payout_destination
 
 logger = get_logger(__name__)
+
+
+def list_path(account_id: str) -> str:
+    return f"/v1/accounts/{account_id}/payout-destinations"
 
 
 def payout_destination_ids(client: DinteroClient, account_id: str) -> list[str]:
@@ -24,28 +28,39 @@ def payout_destination_ids(client: DinteroClient, account_id: str) -> list[str]:
         StreamSkipped: the list cannot be read with these credentials (403, 404), or it is
             empty; the message says what to do.
     """
-    path = f"/v1/accounts/{account_id}/payout-destinations"
+    path = list_path(account_id)
     try:
         body = client.get_json(path, host="api")
-    except PermissionDeniedError:
-        raise StreamSkipped(
+    except (PermissionDeniedError, NotFoundError) as exc:
+        raise skipped(exc, path) from None
+    return ids_from(body, path, account_id)
+
+
+async def apayout_destination_ids(client: AsyncDinteroClient, account_id: str) -> list[str]:
+    """:func:`payout_destination_ids` with an async client."""
+    path = list_path(account_id)
+    try:
+        body = await client.get_json(path, host="api")
+    except (PermissionDeniedError, NotFoundError) as exc:
+        raise skipped(exc, path) from None
+    return ids_from(body, path, account_id)
+
+
+def skipped(exc: PermissionDeniedError | NotFoundError, path: str) -> StreamSkipped:
+    if isinstance(exc, PermissionDeniedError):
+        return StreamSkipped(
             "payout_transfers skipped: the API client may not list the account's payout "
             "destinations (403; it needs the scope read:accounts). Add the scope to the API "
             "client in Backoffice, or pass payout_destinations=[...]"
-        ) from None
-    except NotFoundError:
-        raise StreamSkipped(
-            "payout_transfers skipped: the account's payout destinations cannot be listed "
-            f"(404 from {path}); pass payout_destinations=[...]"
-        ) from None
-    ids = [validate_payout_destination(pd) for pd in _ids(body, path)]
-    if not ids:
-        raise StreamSkipped("payout_transfers skipped: the account has no payout destinations")
-    logger.info("%s: payout destinations found: %s", account_id, ", ".join(ids))
-    return ids
+        )
+    return StreamSkipped(
+        "payout_transfers skipped: the account's payout destinations cannot be listed "
+        f"(404 from {path}); pass payout_destinations=[...]"
+    )
 
 
-def _ids(body: Any, path: str) -> list[str]:
+def ids_from(body: Any, path: str, account_id: str) -> list[str]:
+    """The ids in the list's body, whichever envelope it came in."""
     items = body.get("payout_destinations", body.get("items")) if isinstance(body, dict) else body
     if items is None:
         items = []
@@ -55,4 +70,11 @@ def _ids(body: Any, path: str) -> list[str]:
         raise MalformedResponseError(
             f"{path}: expected objects with a payout_destination_id, got {type(items).__name__}"
         )
-    return list(dict.fromkeys(i["payout_destination_id"] for i in items))
+    ids = [
+        validate_payout_destination(pd)
+        for pd in dict.fromkeys(i["payout_destination_id"] for i in items)
+    ]
+    if not ids:
+        raise StreamSkipped("payout_transfers skipped: the account has no payout destinations")
+    logger.info("%s: payout destinations found: %s", account_id, ", ".join(ids))
+    return ids

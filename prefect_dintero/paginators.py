@@ -15,7 +15,7 @@ missing or empty (the schemas mark ``items``, ``entries``, ``last_evaluated_key`
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from queue import Full, Queue
@@ -231,6 +231,68 @@ class Page:
     body: Any = field(repr=False, default=None)
 
 
+class PageWalk:
+    """One pagination, without I/O: it says which params to ask for next and takes each
+    answer, so the sync loop (:func:`pages`) and the async one (:func:`apages`) share every
+    check, as httpx's auth flows share theirs.
+
+    Raises (from :meth:`request` and :meth:`take`):
+        PaginationError: a cursor repeated, or ``max_pages`` pages were read.
+        MalformedPageError: a body of the wrong shape, or more rows than asked for.
+    """
+
+    def __init__(
+        self,
+        paginator: Paginator,
+        *,
+        start_params: dict[str, Any] | None = None,
+        base_params: dict[str, Any] | None = None,
+        max_pages: int = DEFAULT_MAX_PAGES,
+        check_rows: Callable[[list[Any]], None] | None = None,
+    ) -> None:
+        self.paginator = paginator
+        self.base_params = base_params or {}
+        self.max_pages = max_pages
+        self.check_rows = check_rows
+        self.params: dict[str, Any] | None = (
+            dict(start_params) if start_params else paginator.first_params()
+        )
+        self.number = 0
+        self.seen: set[str] = set()
+
+    def request(self) -> dict[str, Any] | None:
+        """The query parameters of the next request, or None when the last page was read."""
+        if self.params is None:
+            return None
+        if self.number >= self.max_pages:
+            raise PaginationError(f"stopped after the page cap of {self.max_pages} pages")
+        return {**self.base_params, **self.params}
+
+    def take(self, body: Any) -> Page:
+        """The page in ``body``, checked before the next page is asked for."""
+        assert self.params is not None, "take() after the last page"
+        params = self.params
+        rows = self.paginator.rows(body)
+        asked = params.get("limit")
+        if isinstance(asked, int) and len(rows) > asked:
+            raise MalformedPageError(
+                f"the page holds {len(rows)} rows, more than the {asked} asked for"
+            )
+        if self.check_rows is not None:
+            self.check_rows(rows)
+        self.number += 1
+        next_params = self.paginator.next_params(body, rows)
+        if next_params is not None:
+            marker = repr(sorted(next_params.items()))
+            if marker in self.seen:
+                raise PaginationError(
+                    f"the API returned the same page cursor twice ({next_params})"
+                )
+            self.seen.add(marker)
+        self.params = next_params
+        return Page(self.number, params, rows, next_params, body)
+
+
 def pages(
     fetch: Callable[[dict[str, Any]], Any],
     paginator: Paginator,
@@ -249,28 +311,29 @@ def pages(
         PaginationError: a cursor repeated, or ``max_pages`` pages were read.
         MalformedPageError: a body of the wrong shape.
     """
-    params = dict(start_params) if start_params else paginator.first_params()
-    seen: set[str] = set()
-    for number in range(1, max_pages + 1):
-        body = fetch({**(base_params or {}), **params})
-        rows = paginator.rows(body)
-        asked = params.get("limit")
-        if isinstance(asked, int) and len(rows) > asked:
-            raise MalformedPageError(
-                f"the page holds {len(rows)} rows, more than the {asked} asked for"
-            )
-        if check_rows is not None:
-            check_rows(rows)
-        next_params = paginator.next_params(body, rows)
-        yield Page(number, params, rows, next_params, body)
-        if next_params is None:
-            return
-        marker = repr(sorted(next_params.items()))
-        if marker in seen:
-            raise PaginationError(f"the API returned the same page cursor twice ({next_params})")
-        seen.add(marker)
-        params = next_params
-    raise PaginationError(f"stopped after the page cap of {max_pages} pages")
+    walk = PageWalk(
+        paginator,
+        start_params=start_params,
+        base_params=base_params,
+        max_pages=max_pages,
+        check_rows=check_rows,
+    )
+    while (params := walk.request()) is not None:
+        yield walk.take(fetch(params))
+
+
+async def apages(
+    fetch: Callable[[dict[str, Any]], Awaitable[Any]],
+    paginator: Paginator,
+    *,
+    base_params: dict[str, Any] | None = None,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    check_rows: Callable[[list[Any]], None] | None = None,
+) -> AsyncIterator[Page]:
+    """:func:`pages` for an async ``fetch``."""
+    walk = PageWalk(paginator, base_params=base_params, max_pages=max_pages, check_rows=check_rows)
+    while (params := walk.request()) is not None:
+        yield walk.take(await fetch(params))
 
 
 def fetched_ahead(source: Iterator[Page], depth: int = 1) -> Iterator[Page]:

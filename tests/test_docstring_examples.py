@@ -20,14 +20,20 @@ def _examples() -> list[tuple[str, str]]:
         if info.name.endswith(("__main__", ".testing")):
             continue
         module = importlib.import_module(info.name)
-        objects = [
-            module,
-            *(
-                obj
-                for _, obj in inspect.getmembers(module)
-                if getattr(obj, "__module__", None) == info.name
-            ),
+        own = [
+            obj
+            for _, obj in inspect.getmembers(module)
+            if getattr(obj, "__module__", None) == info.name
         ]
+        # Methods too (DinteroClient.iter_records), each where its class defines it.
+        methods = [
+            member
+            for cls in own
+            if inspect.isclass(cls)
+            for name, member in vars(cls).items()
+            if inspect.isfunction(member) and not name.startswith("_")
+        ]
+        objects = [module, *own, *methods]
         for obj in objects:
             doc = inspect.getdoc(obj) or ""
             for i, code in enumerate(FENCE.findall(doc)):

@@ -40,7 +40,7 @@ from prefect_dintero.errors import (
 )
 from prefect_dintero.flows import dintero_login
 from prefect_dintero.redact import MASK
-from prefect_dintero.tasks import exchange_authorization_code, get_bearer_token
+from prefect_dintero.tasks import exchange_authorization_code, get_bearer_token, read_records
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -173,6 +173,14 @@ def test_block_docstring_examples_run(emu):
         namespace: dict = {}
         exec(compile(code, f"{cls.__name__} example", "exec"), namespace)
         assert namespace.get("transactions") or namespace.get("settlements")
+    # The read_records task's example: a flow of the user's own.
+    code = re.search(r"```python\n(.*?)```", inspect.getdoc(read_records), re.DOTALL).group(1)
+    code = textwrap.dedent(code).replace('"BLOCK_NAME"', '"example-block"')
+    namespace = {}
+    exec(compile(code, "read_records example", "exec"), namespace)
+    since = (datetime.now(UTC) - timedelta(days=90)).isoformat()[:19]
+    recent = [t["amount"] for t in emu.dump("transactions") if t["created_at"][:19] >= since]
+    assert namespace["total"] == sum(recent) > 0
 
 
 # -- the exchange task -------------------------------------------------------------------------

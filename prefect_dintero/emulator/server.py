@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -73,6 +74,10 @@ class EmulatorClient:
 
     def revoke_all_tokens(self) -> dict:
         return self._call("POST", "/_emulator/faults", json={"revoke_all_tokens": True})
+
+    def now(self) -> datetime:
+        """The emulator's time (its data lives 30 days behind the real one by default)."""
+        return datetime.fromisoformat(self._call("GET", "/_emulator/clock")["now"])
 
     def advance_clock(self, seconds: float, **mutations: int) -> dict:
         body: dict[str, Any] = {"advance_seconds": seconds}
