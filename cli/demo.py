@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
             api_url=emulator.url,
             checkout_url=emulator.url,
             oidc_authorize_url=f"{emulator.url}/oidc/authorize",
-            redirect_uri=config.redirect_uris[0],
+            redirect_uri=emulator.callback_url,
             system_name="prefect-dintero-demo",
         ).save("dintero-demo", overwrite=True, _sync=True)
         # The demo plays the user: open the login page, come back with the redirect URL.

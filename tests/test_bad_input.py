@@ -185,7 +185,7 @@ def malformed_json_page(emu, destination) -> None:
 
 
 # The user logged in at the identity provider, and a service token was fetched for the exchange.
-LOGGED_IN = {"authorize": {"302": 1}, "token": {"200": 1}}
+LOGGED_IN = {"authorize": {"200": 1, "303": 1}, "token": {"200": 1}}
 
 CASES: dict[str, Case] = {
     "malformed account id": Case(
@@ -203,7 +203,11 @@ CASES: dict[str, Case] = {
         used_code,
         InvalidGrantError,
         "single use",
-        {"authorize": {"302": 1}, "token": {"200": 2}, "oidc_token": {"200": 1, "400": 1}},
+        {
+            "authorize": {"200": 1, "303": 1},
+            "token": {"200": 2},
+            "oidc_token": {"200": 1, "400": 1},
+        },
     ),
     "expired code": Case(
         expired_code, InvalidGrantError, "log in again", {**LOGGED_IN, "oidc_token": {"400": 1}}
@@ -218,7 +222,7 @@ CASES: dict[str, Case] = {
         state_mismatch,
         LoginError,
         "state in the pasted URL does not match",
-        {"authorize": {"302": 1}},
+        {"authorize": {"200": 1, "303": 1}},
     ),
     "unknown stream": Case(
         lambda emu, d: sync(emu, d, streams=("transactions", "refunds")),

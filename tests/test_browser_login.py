@@ -8,17 +8,13 @@ The run must complete and the session block must be saved.
 
 from __future__ import annotations
 
-import contextlib
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -75,32 +71,6 @@ READ_SESSION = textwrap.dedent(
 )
 
 
-@contextlib.contextmanager
-def callback_page() -> Iterator[str]:
-    """The app's OAuth callback: a page on loopback that tells the user to copy its URL."""
-
-    class Callback(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"<h1>Logged in to Dintero</h1><p>Copy this page's URL into Prefect.</p>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:  # the URL carries the code: keep it out of logs
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Callback)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/callback"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def _chromium() -> str:
     if os.path.exists(CHROMIUM):
         return CHROMIUM
@@ -136,8 +106,7 @@ def test_login_in_a_real_browser_through_the_prefect_ui(tmp_path, evidence):
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
     with (
-        callback_page() as callback,
-        running_emulator(EmulatorConfig(refresh_tokens=True, redirect_uris=[callback])) as emu,
+        running_emulator(EmulatorConfig(refresh_tokens=True)) as emu,
         prefect_server_process(tmp_path, ui=True) as env,
     ):
         evidence.scan_path(tmp_path)
@@ -151,7 +120,8 @@ def test_login_in_a_real_browser_through_the_prefect_ui(tmp_path, evidence):
                 emu.url,
                 config.client_id,
                 config.client_secret,
-                config.redirect_uris[0],
+                # The emulator's own callback page: it shows the URL to paste.
+                emu.callback_url,
             ],
             env=env,
             stdout=subprocess.PIPE,
@@ -169,14 +139,21 @@ def test_login_in_a_real_browser_through_the_prefect_ui(tmp_path, evidence):
                 expect(page.get_by_text("Paused").first).to_be_visible(timeout=30_000)
 
                 # The login link the flow logged, followed as the user would: the identity
-                # provider sends the browser on to the app's callback page, code in the URL.
+                # provider's login page, its button, then the callback page with the URL.
                 link = page.locator("a[href*='/oidc/authorize']").first
                 expect(link).to_be_visible(timeout=30_000)
-                idp = browser.new_page()
+                idp = browser.new_page(viewport={"width": 1000, "height": 700})
                 idp.goto(link.get_attribute("href"))
+                button = idp.get_by_role("button", name=f"Log in as {config.user.name}")
+                expect(button).to_be_visible()
+                idp.screenshot(path=shots / "0-emulator-login-page.png")
+                button.click()
                 expect(idp.get_by_text("Logged in to Dintero")).to_be_visible()
                 redirect = idp.url
-                assert "code=" in redirect and "state=" in redirect
+                assert redirect.startswith(emu.callback_url) and "state=" in redirect
+                # What the page shows to copy is that URL.
+                assert idp.locator("#redirect-url").input_value() == redirect
+                idp.screenshot(path=shots / "0-emulator-callback-page.png")
                 idp.close()
 
                 page.get_by_role("button", name="Resume").click()

@@ -534,13 +534,45 @@ def oidc_body(emu, code: str, **extra) -> dict:
     }
 
 
-def test_authorize_redirects_with_code_and_state(dintero_emulator):
+def test_authorize_shows_a_login_page_whose_button_redirects_with_code_and_state(
+    dintero_emulator,
+):
     emu = dintero_emulator
-    r = HTTP.get(emu.authorize_url(state="xyz"), follow_redirects=False)
-    assert r.status_code == 302
+    url = httpx.URL(emu.authorize_url(state="xyz"))
+    page = HTTP.get(url, follow_redirects=False)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert f"Log in as {emu.config.user.name}" in page.text
+    assert emu.config.redirect_uris[0] in page.text and emu.config.client_id in page.text
+    assert emu.stats()["requests"]["authorize"] == {"200": 1}  # no code issued by the page
+    r = HTTP.post(
+        f"{emu.url}/oidc/authorize",
+        content=url.query,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
     location = httpx.URL(r.headers["location"])
     assert str(location).startswith(emu.config.redirect_uris[0])
     assert location.params["state"] == "xyz" and len(location.params["code"]) > 20
+
+
+def test_the_emulators_own_callback_shows_what_to_paste(dintero_emulator):
+    emu = dintero_emulator
+    location = emu.login(state="s1", redirect_uri=emu.callback_url)
+    assert location.startswith(emu.callback_url + "?")
+    page = HTTP.get(location)
+    assert page.status_code == 200 and "Logged in to Dintero" in page.text
+    code = httpx.URL(location).params["code"]
+    assert code in page.text and "Resume" in page.text
+    # The code on the page is a real one.
+    assert (
+        HTTP.post(
+            f"{emu.url}/v1/accounts/{AID}/auth/oidc/token",
+            json=oidc_body(emu, code, redirect_uri=emu.callback_url),
+            headers=bearer(service_token(emu)),
+        ).status_code
+        == 200
+    )
 
 
 @pytest.mark.parametrize(
@@ -903,7 +935,7 @@ def test_counters_by_grant_route_and_status(dintero_emulator):
     assert stats["token_grant_failures"] == {"client_credentials": 1}
     assert stats["requests"]["token"] == {"200": 2, "401": 1}
     assert stats["requests"]["transactions"] == {"200": 1, "401": 1}
-    assert stats["requests"]["authorize"] == {"302": 1}
+    assert stats["requests"]["authorize"] == {"200": 1, "303": 1}
     assert stats["requests_total"] == 7
     assert emu.reset_stats()["requests_total"] == 0
 

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .auth import AuthRoutes
+from .auth import CALLBACK_PATH, AuthRoutes
 from .control import ControlRoutes
 from .data import iso
 from .faults import FaultAction
@@ -42,7 +42,8 @@ class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
         routes = [
             Route("/v1/accounts/{oid}/auth/token", self.token, methods=["POST"]),
             Route("/v1/accounts/{oid}/auth/oidc/token", self.oidc_token, methods=["POST"]),
-            Route("/oidc/authorize", self.authorize, methods=["GET"]),
+            Route("/oidc/authorize", self.authorize, methods=["GET", "POST"]),
+            Route(CALLBACK_PATH, self.callback, methods=["GET"]),
             Route("/v1/transactions", self.transactions, methods=["GET"]),
             Route("/v1/sessions", self.sessions, methods=["GET"]),
             Route("/v1/accounts/{aid}/settlements", self.settlements, methods=["GET"]),

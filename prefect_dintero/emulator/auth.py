@@ -6,10 +6,10 @@ from __future__ import annotations
 import base64
 import binascii
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from .http import (
     AID_RE,
@@ -18,8 +18,12 @@ from .http import (
     bearer_token,
     json_body,
 )
+from .pages import callback_page, login_page
 from .state import EmulatorState
 from .tokens import CodeRecord, RefreshRecord
+
+#: The emulator's own redirect URI's path: always registered, it shows what to paste.
+CALLBACK_PATH = "/oidc/callback"
 
 
 class AuthRoutes:
@@ -262,22 +266,30 @@ class AuthRoutes:
         return await self._serve("authorize", request, self._authorize)
 
     async def _authorize(self, request: Request) -> Response:
-        """The simulated identity provider: logs the test user in at once and redirects."""
-        q = request.query_params
-        if q.get("response_type") != "code":
+        """The simulated identity provider. GET shows its login page (who logs in, one button);
+        the button POSTs the same parameters back, and the test user is logged in and sent to
+        the redirect URI with a code."""
+        if request.method == "POST":
+            params = {k: v[-1] for k, v in parse_qs((await request.body()).decode()).items()}
+        else:
+            params = dict(request.query_params)
+        if params.get("response_type") != "code":
             raise ApiError(400, "unsupported_response_type", "response_type must be code")
-        if q.get("client_id") != self.state.config.client_id:
+        if params.get("client_id") != self.state.config.client_id:
             raise ApiError(400, "invalid_client", "unknown client_id")
-        redirect_uri = q.get("redirect_uri", "")
-        if redirect_uri not in self.state.config.redirect_uris:
+        redirect_uri = params.get("redirect_uri", "")
+        if redirect_uri not in self._registered_redirects(request):
             # Like a real IdP, never redirect to an address that was not registered.
             raise ApiError(400, "invalid_request", "redirect_uri is not registered for this client")
-        if "openid" not in q.get("scope", "").split():
+        if "openid" not in params.get("scope", "").split():
             raise ApiError(400, "invalid_scope", "scope must include openid")
-        state_param = q.get("state")
+        if request.method == "GET":
+            accounts = list(self.state.accounts)
+            return HTMLResponse(login_page(params, self.state.config.user.name, accounts))
+        state_param = params.get("state")
         code = self.state.issue_code(
             CodeRecord(
-                client_id=q["client_id"],
+                client_id=params["client_id"],
                 redirect_uri=redirect_uri,
                 state=state_param,
                 expires_at=self.state.clock.timestamp() + self.state.config.code_lifetime,
@@ -286,6 +298,19 @@ class AuthRoutes:
         parts = urlsplit(redirect_uri)
         extra = {"code": code, **({"state": state_param} if state_param is not None else {})}
         query = f"{parts.query}&{urlencode(extra)}" if parts.query else urlencode(extra)
-        return RedirectResponse(urlunsplit(parts._replace(query=query)), status_code=302)
+        # 303: the browser follows a form's POST with a GET.
+        return RedirectResponse(urlunsplit(parts._replace(query=query)), status_code=303)
+
+    def _registered_redirects(self, request: Request) -> list[str]:
+        """The configured redirect URIs, and the emulator's own callback page."""
+        own = f"{request.url.scheme}://{request.url.netloc}{CALLBACK_PATH}"
+        return [*self.state.config.redirect_uris, own]
+
+    async def callback(self, request: Request) -> Response:
+        """The emulator's own redirect URI: a page showing the URL (and code) to paste."""
+        code = request.query_params.get("code")
+        if not code:
+            raise ApiError(400, "invalid_request", "no code in the callback URL")
+        return HTMLResponse(callback_page(str(request.url), code))
 
     # -- data ----------------------------------------------------------------------------------

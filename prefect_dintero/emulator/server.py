@@ -112,7 +112,8 @@ class EmulatorClient:
         return self.open_authorize_url(self.authorize_url(state, redirect_uri))
 
     def open_authorize_url(self, authorize_url: str) -> str:
-        """Open a login link as the user's browser would; return where it redirects.
+        """Open a login link as the user's browser would: show the login page, click its
+        button; return where the identity provider redirects.
 
         Sent with ``http.client``, like a browser outside the process: httpx's debug logging would
         otherwise record the code in the redirect's Location header.
@@ -122,12 +123,28 @@ class EmulatorClient:
         try:
             conn.request("GET", url.raw_path.decode())
             response = conn.getresponse()
+            page = response.read().decode("utf-8", "replace")
+            if response.status != 200:
+                raise RuntimeError(f"authorize answered {response.status}: {page}")
+            # The button POSTs the authorize parameters back, form-encoded.
+            conn.request(
+                "POST",
+                url.path,
+                body=url.query,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+            response = conn.getresponse()
             body = response.read().decode("utf-8", "replace")
-            if response.status != 302:
-                raise RuntimeError(f"authorize answered {response.status}: {body}")
+            if response.status not in (302, 303):
+                raise RuntimeError(f"the login answered {response.status}: {body}")
             return response.getheader("location", "")
         finally:
             conn.close()
+
+    @property
+    def callback_url(self) -> str:
+        """The emulator's own redirect URI: a page showing what to paste into Prefect."""
+        return f"{self.url}/oidc/callback"
 
     def authorization_code(self, state: str = "state-1", redirect_uri: str | None = None) -> str:
         location = self.login(state, redirect_uri)
