@@ -65,7 +65,9 @@ class DinteroOIDCSession(Block):
     _description = "A user's Dintero login session, renewed in place when it nears expiry."
 
     credentials: DinteroCredentials = Field(
-        description="The Dintero Credentials block of the API client the user logged in through."
+        # Without a title the UI labels the field with the class name ("DinteroCredentials").
+        title="Dintero Credentials",
+        description="The Dintero Credentials block of the API client the user logged in through.",
     )
     access_token: SecretStr = Field(description="The user's access token.")
     refresh_token: SecretStr | None = Field(

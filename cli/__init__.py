@@ -140,7 +140,13 @@ def _run_sync(args: argparse.Namespace) -> int:
         args.credentials_block, session_block=args.session_block, **request.flow_parameters()
     )
     for r in results:
-        print(f"{r['stream']}: {r['fetched']} rows, {r['inserted']} new, {r['updated']} updated")
+        if r.get("skipped"):
+            print(f"{r['stream']}: skipped: {r['skipped']}")
+            continue
+        print(
+            f"{r['stream']}: {r['fetched']} rows: {r['inserted']} new, {r['updated']} updated, "
+            f"{r['unchanged']} unchanged"
+        )
     return 0
 
 

@@ -83,12 +83,14 @@ def sync_stream(
         sink.dispose()
     summary = _summarise(stream, bearer.account_id, results)
     logger.info(
-        "%s: %d pages, %d fetched, %d new, %d updated in %.1f s (%d retries, %d rate limited)",
+        "%s: %d pages, %d fetched: %d new, %d updated, %d unchanged, in %.1f s (%d retries, "
+        "%d rate limited)",
         stream,
         summary["pages"],
         summary["fetched"],
         summary["inserted"],
         summary["updated"],
+        summary["unchanged"],
         summary["seconds"],
         summary["retries"],
         summary["rate_limited"],

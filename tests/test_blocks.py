@@ -92,3 +92,13 @@ def test_core_never_imports_prefect():
         "assert 'prefect' not in sys.modules, [m for m in sys.modules if m.startswith('prefect.')][:5]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("block", [DinteroCredentials, DinteroOIDCSession, DinteroServiceToken])
+def test_every_field_has_a_human_title_and_a_description(block):
+    # What the block's page in the Prefect UI shows: never a bare class or attribute name.
+    schema = block.model_json_schema()
+    for name, field in schema["properties"].items():
+        # A nested block's field without a title is labelled with the class name.
+        assert field.get("title") and field["title"] != "DinteroCredentials", (name, field)
+        assert field.get("description"), name

@@ -122,7 +122,7 @@ def test_register_login_and_sync(server_env, tmp_path):
             "--destination",
             str(database),
         )
-        assert synced.returncode == 0 and "transactions: 25 rows, 25 new" in synced.stdout, (
+        assert synced.returncode == 0 and "transactions: 25 rows: 25 new, 0 updated, 0 unchanged" in synced.stdout, (
             synced.stderr[-2000:]
         )
     with sqlite3.connect(database) as conn:
