@@ -122,8 +122,9 @@ def test_register_login_and_sync(server_env, tmp_path):
             "--destination",
             str(database),
         )
-        assert synced.returncode == 0 and "transactions: 25 rows: 25 new, 0 updated, 0 unchanged" in synced.stdout, (
-            synced.stderr[-2000:]
-        )
+        assert (
+            synced.returncode == 0
+            and "transactions: 25 rows: 25 new, 0 updated, 0 unchanged" in synced.stdout
+        ), synced.stderr[-2000:]
     with sqlite3.connect(database) as conn:
         assert conn.execute("select count(*) from dintero_transactions").fetchone()[0] == 25

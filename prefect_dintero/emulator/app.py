@@ -15,10 +15,9 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .auth import CALLBACK_PATH, AuthRoutes
+from .auth import AuthRoutes
 from .control import ControlRoutes
 from .data import iso
 from .faults import FaultAction
@@ -39,33 +38,7 @@ class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
 
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
-        routes = [
-            Route("/v1/accounts/{oid}/auth/token", self.token, methods=["POST"]),
-            Route("/v1/accounts/{oid}/auth/oidc/token", self.oidc_token, methods=["POST"]),
-            Route("/oidc/authorize", self.authorize, methods=["GET", "POST"]),
-            Route(CALLBACK_PATH, self.callback, methods=["GET"]),
-            Route("/v1/transactions", self.transactions, methods=["GET"]),
-            Route("/v1/sessions", self.sessions, methods=["GET"]),
-            Route("/v1/accounts/{aid}/settlements", self.settlements, methods=["GET"]),
-            Route("/v1/accounts/{aid}/customers/users", self.customers, methods=["GET"]),
-            Route(
-                "/v1/accounts/{aid}/payout-destinations",
-                self.payout_destinations,
-                methods=["GET"],
-            ),
-            Route(
-                "/v2/accounts/{aid}/payout/payout-destinations/{pd}/transfers",
-                self.payout_transfers,
-                methods=["GET"],
-            ),
-            Route("/_emulator/stats", self.ctl_stats, methods=["GET", "DELETE"]),
-            Route("/_emulator/faults", self.ctl_faults, methods=["GET", "POST", "DELETE"]),
-            Route("/_emulator/clock", self.ctl_clock, methods=["GET", "POST"]),
-            Route("/_emulator/mutate", self.ctl_mutate, methods=["POST"]),
-            Route("/_emulator/dump/{stream}", self.ctl_dump, methods=["GET"]),
-            Route("/_emulator/issued", self.ctl_issued, methods=["GET"]),
-            Route("/_emulator/health", self.ctl_health, methods=["GET"]),
-        ]
+        routes = [*self.auth_routes(), *self.list_routes(), *self.control_routes()]
         self.app = Starlette(
             routes=routes,
             exception_handlers={HTTPException: self._http_exception},

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 from .http import (
     AID_RE,
@@ -30,6 +31,14 @@ class AuthRoutes:
     """Token and login routes (``/v1/accounts/{oid}/auth/*``, ``/oidc/authorize``)."""
 
     state: EmulatorState
+
+    def auth_routes(self) -> list[Route]:
+        return [
+            Route("/v1/accounts/{oid}/auth/token", self.token, methods=["POST"]),
+            Route("/v1/accounts/{oid}/auth/oidc/token", self.oidc_token, methods=["POST"]),
+            Route("/oidc/authorize", self.authorize, methods=["GET", "POST"]),
+            Route(CALLBACK_PATH, self.callback, methods=["GET"]),
+        ]
 
     def _audience_account(self, audience: Any, request: Request) -> str | None:
         """The account an audience names, when it is a grant of the emulator's client."""

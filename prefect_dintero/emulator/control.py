@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from .data import to_ms
 from .faults import FaultConfigError
@@ -20,6 +21,17 @@ class ControlRoutes:
     """``/_emulator/*``: what tests and benchmarks steer and read."""
 
     state: EmulatorState
+
+    def control_routes(self) -> list[Route]:
+        return [
+            Route("/_emulator/stats", self.ctl_stats, methods=["GET", "DELETE"]),
+            Route("/_emulator/faults", self.ctl_faults, methods=["GET", "POST", "DELETE"]),
+            Route("/_emulator/clock", self.ctl_clock, methods=["GET", "POST"]),
+            Route("/_emulator/mutate", self.ctl_mutate, methods=["POST"]),
+            Route("/_emulator/dump/{stream}", self.ctl_dump, methods=["GET"]),
+            Route("/_emulator/issued", self.ctl_issued, methods=["GET"]),
+            Route("/_emulator/health", self.ctl_health, methods=["GET"]),
+        ]
 
     async def ctl_health(self, request: Request) -> Response:
         return JSONResponse({"ok": True, "accounts": list(self.state.accounts)})

@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from .data import SortedCollection, to_ms
 from .http import (
@@ -25,6 +26,26 @@ class ListRoutes:
     """Transactions, sessions, settlements, customers and payout transfers."""
 
     state: EmulatorState
+
+    def list_routes(self) -> list[Route]:
+        """One route per list endpoint: a new stream's endpoint is added here, with its
+        handler below."""
+        return [
+            Route("/v1/transactions", self.transactions, methods=["GET"]),
+            Route("/v1/sessions", self.sessions, methods=["GET"]),
+            Route("/v1/accounts/{aid}/settlements", self.settlements, methods=["GET"]),
+            Route("/v1/accounts/{aid}/customers/users", self.customers, methods=["GET"]),
+            Route(
+                "/v1/accounts/{aid}/payout-destinations",
+                self.payout_destinations,
+                methods=["GET"],
+            ),
+            Route(
+                "/v2/accounts/{aid}/payout/payout-destinations/{pd}/transfers",
+                self.payout_transfers,
+                methods=["GET"],
+            ),
+        ]
 
     async def transactions(self, request: Request) -> Response:
         return await self._serve("transactions", request, self._transactions)
