@@ -37,6 +37,7 @@ ROUTES = (
     "sessions",
     "settlements",
     "customers",
+    "payout_destinations",
     "payout_transfers",
 )
 
