@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -352,6 +353,33 @@ def test_two_syncs_at_once_do_not_corrupt_each_other(emu, destination):
         for partition in emu.config.payout_destinations if spec.per_destination else [""]:
             state = sink_a.read_state(AID, spec.name, partition)
             assert state.resume is None and state.cursor is not None
+
+
+def test_streams_creating_a_new_duckdb_file_at_once_all_get_it(tmp_path):
+    # The flow's stream tasks each create their sink at once. DuckDB refuses, within a process,
+    # a connection whose configuration differs from the open ones: the file is created by the
+    # engine's own first connection (CI caught a bare duckdb.connect racing the others).
+    for attempt in range(15):
+        url = f"duckdb:///{tmp_path / f'new-{attempt}.duckdb'}"
+        start = threading.Barrier(len(CATALOG))
+        errors: list[Exception] = []
+
+        def open_sink(spec, start=start, errors=errors, url=url) -> None:
+            start.wait()
+            try:
+                sink = Sink(url)
+                sink.prepare([spec])
+                sink.dispose()
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_sink, args=(spec,)) for spec in CATALOG.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+    assert stat.S_IMODE((tmp_path / "new-0.duckdb").stat().st_mode) == 0o600
 
 
 def test_streams_opening_a_new_sqlite_file_at_once_all_get_it(tmp_path):

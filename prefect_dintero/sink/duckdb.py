@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 
 from .destinations import make_parent
 from .dialect import Dialect
@@ -47,16 +47,21 @@ def _held_by_another_process(exc: BaseException) -> bool:
     return "Could not set lock on file" in str(exc)
 
 
-def _private_file(database: str | None) -> None:
+def _create_private(engine: Engine) -> None:
     """A new database file readable by its owner only (0600): it will hold customers' names
-    and e-mails. An existing file keeps the mode its owner chose."""
+    and e-mails. An existing file keeps the mode its owner chose. DuckDB refuses a file it did
+    not write (an empty one made 0600 first), so the file is made by a first connection of the
+    engine itself (a bare ``duckdb.connect`` would differ in configuration from the engine's
+    connections, which DuckDB refuses within one process), then its mode is set."""
+    database = engine.url.database
     if not database or database == ":memory:" or os.path.exists(database):
         return
-    import duckdb
-
     make_parent(database)
-    duckdb.connect(database).close()
-    os.chmod(database, 0o600)
+    with _file_lock(engine):
+        if not os.path.exists(database):
+            with engine.connect():
+                pass
+            os.chmod(database, 0o600)
 
 
 class _IdleRelease:
@@ -125,8 +130,11 @@ class DuckDBDialect(Dialect):
     extra = "duckdb"
 
     def create_engine(self, url: str) -> Engine:
-        _private_file(make_url(url).database)
-        return _tune(create_engine(url, hide_parameters=True))
+        import duckdb  # noqa: F401  (the extra's driver: a clear error here if it is missing)
+
+        engine = _tune(create_engine(url, hide_parameters=True))
+        _create_private(engine)
+        return engine
 
     def tune(self, engine: Engine) -> Engine:
         return _tune(engine)
