@@ -115,6 +115,9 @@ def assert_tables_equal_source(emu, sink, streams: list[Stream] | None = None) -
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
+# API behaviours, on the two dialects that differ most (one writer vs row locks); DuckDB passes
+# the dialect tests of test_sync.py (CI's time budget).
+@pytest.mark.parametrize("destination", ["sqlite", "postgres"], indirect=True)
 def test_the_tables_equal_the_source_under_every_undocumented_choice(
     scenario, destination, dintero_emulator_factory
 ):
