@@ -102,7 +102,7 @@ def _sync_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         dest="payout_destinations",
         metavar="ID",
-        help="payout destination id for payout_transfers; repeatable",
+        help="payout destination id for payout_transfers; repeatable (default: the account's list)",
     )
     p.add_argument(
         "--start-date",

@@ -107,8 +107,7 @@ def dintero_sync(
         credentials_block: name of the ``DinteroCredentials`` block.
         session_block: name of a ``DinteroOIDCSession`` block, to read as the logged-in user;
             without it the API client's own (service) token is used.
-        streams: stream names; None syncs all (``payout_transfers`` only when
-            ``payout_destinations`` are given).
+        streams: stream names; None syncs all.
         destination: a SQLite file path (default ``dintero.db``) or a SQLAlchemy URL without a
             password.
         destination_block: a prefect-sqlalchemy ``SqlAlchemyConnector`` block name, for
@@ -117,7 +116,9 @@ def dintero_sync(
             default (transactions: 3 days, since their status changes after creation).
         page_size: rows per request (capped at each endpoint's maximum).
         full_refresh: ignore saved cursors and read everything again (rows are upserted).
-        payout_destinations: payout destination ids whose transfers to sync.
+        payout_destinations: payout destination ids whose transfers to sync; None reads the
+            account's list (the API client needs ``read:accounts``; without it the stream is
+            skipped, and the log and the table artifact say why).
         start_date: the oldest data a first sync reads; None reads all history.
         reconcile_days: re-read at least the last N days of every stream, whatever the
             cursor. Transactions are refunded and settled for months after they are created,
@@ -134,8 +135,8 @@ def dintero_sync(
             a minute.
 
     Returns:
-        One summary per stream: pages, fetched, inserted, updated, cursor before and after,
-        requests, retries and rate-limited responses.
+        One summary per stream: pages, fetched, inserted, updated, unchanged, cursor before and
+        after, requests, retries, rate-limited responses, and ``skipped`` (why, when it was).
     """
     install_log_filter()
     # Checked here, once, before any block is loaded or request sent: a negative lookback, say,
