@@ -120,7 +120,7 @@ class SyncRequest(BaseModel):
 
     streams: tuple[str, ...] = Field(
         default=(),
-        description=("Stream names. Empty means every stream."),
+        description="Stream names. Empty means every stream.",
     )
     destination: str = Field(
         default="dintero.db",
@@ -188,7 +188,7 @@ class SyncRequest(BaseModel):
             page_size=_count(page_size, "page_size"),
             full_refresh=full_refresh,
             start_date=start_date,
-            payout_destinations=tuple(payout_destinations or ()),
+            payout_destinations=payout_destinations,
         )
 
     def flow_parameters(self) -> dict[str, Any]:
@@ -272,7 +272,9 @@ class SyncRequest(BaseModel):
         return self
 
 
-def _stream_names(streams: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+def _stream_names(streams: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    if isinstance(streams, str):  # one name, not its letters
+        streams = [streams]
     return tuple(s.name for s in resolve_streams(list(streams) if streams is not None else None))
 
 
