@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         ).save("dintero-demo", overwrite=True, _sync=True)
         # The demo plays the user: open the login page, come back with the redirect URL.
         state = new_state()
-        code = parse_authorization_response(emulator.login(state=state), expected_state=state)
+        redirect = emulator.login(state=state, redirect_uri=emulator.callback_url)
+        code = parse_authorization_response(redirect, expected_state=state)
         who = dintero_login(
             "dintero-demo", "dintero-demo-session", authorization_response=SecretStr(code)
         )

@@ -1,4 +1,4 @@
-"""A month unattended, shortened: two simulated days of hourly runs (benchmarks/month.py), and
+"""A month unattended, shortened: a simulated day of hourly runs (benchmarks/month.py), and
 the events other flows and people react to, read back from a Prefect server."""
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ def events(name: str, since: datetime) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_days_unattended_on_sqlite(month_benchmark, tmp_path, evidence):
+def test_a_day_unattended_on_sqlite(month_benchmark, tmp_path, evidence):
     # PostgreSQL: tests/test_month_postgres.py (its own file, so the two run side by side).
     month = month_benchmark.simulate(
-        2, str(tmp_path / "month.db"), traffic=0.5, log=lambda line: None
+        1, str(tmp_path / "month.db"), traffic=0.5, log=lambda line: None
     )
     evidence.note("sqlite · " + month.line())
     assert not month.unmet_goals(), (month.unmet_goals(), month.failures, month.stale)

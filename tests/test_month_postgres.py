@@ -3,7 +3,7 @@ beside the SQLite one (tests/test_month.py) in another test process.
 
 One simulated day here, to keep CI under 15 minutes on 2 cores (three days on PostgreSQL took
 8 minutes of a loaded CI run, and passed): the dialect's share (upserts, state, the updated_at
-guard) shows within a day; two days run on SQLite. For three or thirty on PostgreSQL:
+guard) shows within a day, as on SQLite (tests/test_month.py). For three or thirty on PostgreSQL:
 ``benchmarks/month.py --days 3 --destination $DINTERO_TEST_POSTGRES_URL``."""
 
 from __future__ import annotations
