@@ -484,7 +484,9 @@ SYNC_RUN = textwrap.dedent(
     import sys
     from prefect_dintero.flows import dintero_sync
     result = dintero_sync(sys.argv[1], streams=["transactions"], destination=sys.argv[2])
-    print("OK", result[0]["fetched"])
+    # One write: print("OK", n) writes its parts one by one, and a Prefect logging thread
+    # writing to the same file can land between them (CI saw "OK<log line>20").
+    print(f"OK {result[0]['fetched']}", flush=True)
     """
 )
 

@@ -175,10 +175,10 @@ PROBE = textwrap.dedent(
         token = DinteroOIDCSession.load("crash-session").refresh_token.get_secret_value()
         return hashlib.sha256(token.encode()).hexdigest()[:16]
 
-    print("BEFORE", saved(), flush=True)
+    print(f"BEFORE {saved()}", flush=True)
     with DinteroOIDCSession.load("crash-session").get_client() as client:
         client.get_json("/v1/accounts/T12345678/settlements", params={"limit": 1})
-    print("AFTER", saved(), flush=True)
+    print(f"AFTER {saved()}", flush=True)
     """
 )
 
