@@ -84,6 +84,9 @@ def assert_cursors_consistent(emu, sink: Sink) -> None:
 
 
 @pytest.mark.slow
+# The sync's behaviour under faults, on the two dialects that differ most (one writer vs row
+# locks); DuckDB passes test_sync.py's fault test (CI's time budget).
+@pytest.mark.parametrize("destination", ["sqlite", "postgres"], indirect=True)
 def test_fault_soak_over_every_stream_loses_and_duplicates_nothing(
     dintero_emulator_factory, destination, evidence
 ):
@@ -230,7 +233,7 @@ def test_crash_loop_resumes_to_the_source_and_never_loses_the_rotated_refresh_to
         rotate_refresh_tokens=True,
         refresh_token_reuse_interval=900,
         token_lifetime=6,
-        transactions=3000,
+        transactions=1500,
         sessions=240,
         settlements=80,
         customers=160,
