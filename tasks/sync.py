@@ -58,7 +58,9 @@ def sync_stream(
 
     Returns:
         Counts: pages, fetched, inserted, updated, unchanged, requests, retries, rate_limited,
-        seconds, cursor_before, cursor_after, resumed, and one entry per partition.
+        seconds, cursor_before, cursor_after, resumed, one entry per partition, and
+        ``skipped``: why the stream was skipped (payout destinations the credentials may not
+        list), else empty.
     """
     install_log_filter()
     logger = get_run_logger()
