@@ -27,6 +27,11 @@ def prefect_server(tmp_path):
         yield env
 
 
+def fast_worker(env: dict[str, str]) -> dict[str, str]:
+    """A worker that asks for runs every 2 s instead of Prefect's 10 (CI's time budget)."""
+    return {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
+
+
 def run(cmd, env, timeout=180, cwd=ROOT) -> str:
     return run_command(cmd, env, timeout=timeout, cwd=cwd)
 
@@ -127,7 +132,7 @@ def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
     worker picks up the fan-out and every account's run (workers on many machines would share
     them the same way)."""
     env = prefect_server
-    accounts = ["T12345678", "T87654321", "T11223344"]
+    accounts = ["T12345678", "T87654321"]
     config = EmulatorConfig(
         account_ids=accounts,
         transactions=30,
@@ -175,7 +180,7 @@ def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
         )
         worker = subprocess.Popen(
             [*PREFECT, "worker", "start", "--pool", "dintero-process", "--limit", "4"],
-            env=env,
+            env=fast_worker(env),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -192,7 +197,7 @@ def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
                     for r in runs
                     if not r["parameters"].get("account_id")
                 }
-                if len(states) == 4 and all(
+                if len(states) == 3 and all(
                     s in ("COMPLETED", "FAILED", "CRASHED") for s in states.values()
                 ):
                     break
@@ -204,7 +209,7 @@ def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
             except subprocess.TimeoutExpired:  # a loaded machine: the states are what count
                 worker.kill()
                 output, _ = worker.communicate()
-        assert sorted(states.values()) == ["COMPLETED"] * 4, (states, output[-4000:])
+        assert sorted(states.values()) == ["COMPLETED"] * 3, (states, output[-4000:])
         with sqlite3.connect(database) as conn:
             per_account = dict(
                 conn.execute(
