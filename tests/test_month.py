@@ -48,7 +48,7 @@ def events(name: str, since: datetime) -> list[dict]:
 
 @pytest.mark.slow
 def test_a_day_unattended_on_sqlite(month_benchmark, tmp_path, evidence):
-    # PostgreSQL: tests/test_month_postgres.py (its own file, so the two run side by side).
+    # On PostgreSQL (a day took 2 to 3 minutes of CI): benchmarks/month.py --destination URL.
     month = month_benchmark.simulate(
         1, str(tmp_path / "month.db"), traffic=0.5, log=lambda line: None
     )

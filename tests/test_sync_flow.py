@@ -62,6 +62,9 @@ def equals_source(emu, sink: Sink, names) -> bool:
     return True
 
 
+# The flow end to end on SQLite and PostgreSQL; DuckDB's share (the sink) is test_sync.py's, on
+# every dialect (CI's time budget).
+@pytest.mark.parametrize("destination", ["sqlite", "postgres"], indirect=True)
 def test_sync_flow_all_streams_then_incremental(emu, creds, destination):
     emu.clear_faults()
     # No payout destinations given: the flow reads the account's list.
