@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from prefect_dintero.errors import ConfigurationError, DinteroError
 from prefect_dintero.flows.sync import DEFAULT_TIMEOUT_MINUTES, dintero_sync, ensure_account_limit
-from prefect_dintero.request import SyncRequest, window
+from prefect_dintero.request import SyncRequest, run_budget
 
 #: How long a deployment run may wait for a worker before the fan-out stops waiting for it.
 PICKUP_GRACE_SECONDS = 600
@@ -99,9 +99,7 @@ def dintero_sync_accounts(
         )
         for target in accounts
     }
-    budget = window(timeout_minutes, "timeout_minutes", "minutes")
-    if not budget:
-        raise ConfigurationError("timeout_minutes must be more than 0")
+    budget = run_budget(timeout_minutes)
     ensure_account_limits(accounts)
 
     def parameters(target: AccountTarget) -> dict[str, Any]:

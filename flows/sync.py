@@ -20,10 +20,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_dintero.blocks import DinteroCredentials
 from prefect_dintero.blocks.token_store import slot
-from prefect_dintero.errors import ConfigurationError, DinteroError, ReauthorizationRequired
+from prefect_dintero.errors import DinteroError, ReauthorizationRequired
 from prefect_dintero.flows import events
 from prefect_dintero.redact import install_log_filter, redact
-from prefect_dintero.request import SyncRequest, window
+from prefect_dintero.request import SyncRequest, run_budget
 from prefect_dintero.tasks import get_bearer_token
 from prefect_dintero.tasks.sync import sync_stream
 
@@ -152,9 +152,7 @@ def dintero_sync(
         start_date=start_date,
         payout_destinations=payout_destinations,
     )
-    budget = window(timeout_minutes, "timeout_minutes", "minutes")
-    if not budget:
-        raise ConfigurationError("timeout_minutes must be more than 0")
+    budget = run_budget(timeout_minutes)
     run_deadline = time.monotonic() + budget.total_seconds()
 
     # One sync of an account at a time, across every worker and deployment (the hourly run

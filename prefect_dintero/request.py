@@ -69,6 +69,14 @@ def window(value: float | None, name: str, unit: str = "hours") -> timedelta | N
     return timedelta(seconds=seconds)
 
 
+def run_budget(timeout_minutes: float) -> timedelta:
+    """A run's budget from ``timeout_minutes``: a positive, finite window."""
+    budget = window(timeout_minutes, "timeout_minutes", "minutes")
+    if not budget:
+        raise ConfigurationError("timeout_minutes must be more than 0")
+    return budget
+
+
 def check_destination(destination: str, destination_block: str | None = None) -> None:
     """Refuse a destination URL that would put a password into flow parameters (visible in the
     Prefect UI), never printing it."""
