@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, select, text
+from sqlalchemy import Engine, Table, bindparam, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
@@ -57,6 +57,7 @@ class Sink:
         self.states = StateStore(self.state_table, self.dialect_impl)
         self.row_builder = RowBuilder()
         self._upserts: dict[str, Any] = {}
+        self._existing: dict[str, Any] = {}
 
     @staticmethod
     def _dialect(name: str) -> Dialect:
@@ -174,15 +175,16 @@ class Sink:
     ) -> None:
         """Count the page's rows as inserted, updated or unchanged, before the upsert."""
         pk = stream.primary_key
-        keys = [r[pk] for r in rows]
-        compare = table.c[version] if version else table.c.raw
-        existing = dict(
-            conn.execute(
-                select(table.c[pk], compare).where(
-                    table.c.account_id == account_id, table.c[pk].in_(keys)
-                )
-            ).all()
-        )
+        query = self._existing.get(stream.name)
+        if query is None:  # built once: building it per page cost more than running it
+            compare = table.c[version] if version else table.c.raw
+            query = select(table.c[pk], compare).where(
+                table.c.account_id == bindparam("account_id"),
+                table.c[pk].in_(bindparam("keys", expanding=True)),
+            )
+            self._existing[stream.name] = query
+        params = {"account_id": account_id, "keys": [r[pk] for r in rows]}
+        existing = dict(conn.execute(query, params).all())
         for row in rows:
             if row[pk] not in existing:
                 result.inserted += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.engine import Connection
 
 from ..state import StreamState
@@ -13,52 +13,68 @@ from .dialect import Dialect
 
 
 class StateStore:
-    """Reads and writes stream states in ``table`` (the schema's state table)."""
+    """Reads and writes stream states in ``table`` (the schema's state table).
+
+    Its statements are built once, with bound parameters: built per page, their construction
+    cost more than the database's work on the state row.
+    """
+
+    #: The state columns a save writes (the key aside).
+    FIELDS = (
+        "cursor",
+        "max_seen",
+        "rows_total",
+        "window_lower",
+        "window_upper",
+        "resume",
+        "last_run_at",
+        "last_run_id",
+    )
 
     def __init__(self, table: Table, dialect: Dialect) -> None:
         self.table = table
         self.dialect = dialect
-
-    def _key(self, account_id: str, stream: str, partition: str) -> Any:
-        t = self.table
-        return (
-            (t.c.account_id == account_id) & (t.c.stream == stream) & (t.c.partition == partition)
+        t = table
+        # Bound parameter names differ from the columns': an UPDATE's SET takes those.
+        key = (
+            (t.c.account_id == bindparam("key_account_id"))
+            & (t.c.stream == bindparam("key_stream"))
+            & (t.c.partition == bindparam("key_partition"))
         )
+        self._read = select(t).where(key)
+        self._locked = dialect.lock_row(select(t).where(key))
+        # Two runs may create the row at once: let the database settle it, not a read first.
+        self._create = (
+            dialect.insert(t)
+            .values(
+                account_id=bindparam("key_account_id"),
+                stream=bindparam("key_stream"),
+                partition=bindparam("key_partition"),
+                rows_total=0,
+            )
+            .on_conflict_do_nothing(index_elements=["account_id", "stream", "partition"])
+        )
+        self._save = t.update().where(key)
+
+    @staticmethod
+    def _key(account_id: str, stream: str, partition: str) -> dict[str, str]:
+        return {"key_account_id": account_id, "key_stream": stream, "key_partition": partition}
 
     def read(self, conn: Connection, account_id: str, stream: str, partition: str) -> StreamState:
-        query = select(self.table).where(self._key(account_id, stream, partition))
-        return self._from_row(conn.execute(query).mappings().first())
+        key = self._key(account_id, stream, partition)
+        return self._from_row(conn.execute(self._read, key).mappings().first())
 
     def lock(self, conn: Connection, account_id: str, stream: str, partition: str) -> StreamState:
         """The state, held until the transaction ends (created if new)."""
-        # Two runs may create the row at once: let the database settle it, not a read first.
-        conn.execute(
-            self.dialect.insert(self.table)
-            .values(account_id=account_id, stream=stream, partition=partition, rows_total=0)
-            .on_conflict_do_nothing(index_elements=["account_id", "stream", "partition"])
-        )
-        query = self.dialect.lock_row(
-            select(self.table).where(self._key(account_id, stream, partition))
-        )
-        return self._from_row(conn.execute(query).mappings().first())
+        key = self._key(account_id, stream, partition)
+        conn.execute(self._create, key)
+        return self._from_row(conn.execute(self._locked, key).mappings().first())
 
     def save(
         self, conn: Connection, account_id: str, stream: str, partition: str, state: StreamState
     ) -> None:
-        conn.execute(
-            self.table.update()
-            .where(self._key(account_id, stream, partition))
-            .values(
-                cursor=state.cursor,
-                max_seen=state.max_seen,
-                rows_total=state.rows_total,
-                window_lower=state.window_lower,
-                window_upper=state.window_upper,
-                resume=state.resume,
-                last_run_at=state.last_run_at,
-                last_run_id=state.last_run_id,
-            )
-        )
+        values = {name: getattr(state, name) for name in self.FIELDS}
+        conn.execute(self._save, {**self._key(account_id, stream, partition), **values})
 
     @staticmethod
     def _from_row(row: Any) -> StreamState:
