@@ -8,7 +8,7 @@ from typing import Any
 
 from ..redact import get_logger
 from ..streams import Stream
-from .values import COERCERS, Unfit
+from .values import COERCERS, Unfit, dump_json
 
 logger = get_logger(__name__)
 
@@ -16,28 +16,38 @@ logger = get_logger(__name__)
 WARN_UNFIT = 5
 
 
-class RowBuilder:
-    """Builds a stream's rows; each stream's column extractors are worked out once.
+#: How a typed column is filled: its name, the object's key when the path is one step (None:
+#: walk ``column.extract``), the column, and the function fitting a value to its type (None:
+#: text, where a string is kept as it is).
+ColumnPlan = tuple[str, str | None, Any, Callable[[Any], Any] | None]
 
-    The objects reach it checked (each has its primary key: the paginator checks every page
-    before the next one is asked for).
+
+class RowBuilder:
+    """Builds a stream's rows; each stream's column plan is worked out once.
+
+    The objects reach it checked (each is a dict with its primary key: the paginator checks
+    every page before the next one is asked for). This loop runs for every value of every
+    row, so the common cases (a top-level key, a string for a text column) take no call.
     """
 
     def __init__(self) -> None:
-        self._columns: dict[str, list[tuple[Any, Callable[[Any], Any]]]] = {}
+        self._plans: dict[str, list[ColumnPlan]] = {}
 
-    def columns(self, stream: Stream) -> list[tuple[Any, Callable[[Any], Any]]]:
-        """The stream's typed columns (its key aside), each with the function that fits a
-        value to it."""
-        columns = self._columns.get(stream.name)
-        if columns is None:
-            columns = [
-                (col, COERCERS[col.type])
-                for col in stream.columns
-                if col.name != stream.primary_key
-            ]
-            self._columns[stream.name] = columns
-        return columns
+    def columns(self, stream: Stream) -> list[ColumnPlan]:
+        """The stream's typed columns (its key aside), as :data:`ColumnPlan`."""
+        plan = self._plans.get(stream.name)
+        if plan is None:
+            plan = []
+            for col in stream.columns:
+                if col.name == stream.primary_key:
+                    continue
+                path = col.path or col.name
+                key = path if "." not in path else None
+                plan.append(
+                    (col.name, key, col, None if col.type == "text" else COERCERS[col.type])
+                )
+            self._plans[stream.name] = plan
+        return plan
 
     def build(
         self, stream: Stream, account_id: str, objects: list[dict], now: datetime
@@ -50,21 +60,21 @@ class RowBuilder:
         """
         rows, unfit = [], []
         pk = stream.primary_key
-        columns = self.columns(stream)
+        plan = self.columns(stream)
         for obj in objects:
-            key = obj[pk]
-            row = {"account_id": account_id, "raw": obj, "synced_at": now}
-            for col, to_column in columns:
-                value = col.extract(obj)
+            row = {"account_id": account_id, pk: obj[pk], "raw": obj, "synced_at": now}
+            for name, key, col, to_column in plan:
+                value = obj.get(key) if key is not None else col.extract(obj)
                 if value is None:
-                    row[col.name] = None
-                    continue
-                try:
-                    row[col.name] = to_column(value)
-                except Unfit as why:
-                    row[col.name] = None
-                    unfit.append((key, col.path or col.name, value, why))
-            row[pk] = key
+                    row[name] = None
+                elif to_column is None:
+                    row[name] = value if type(value) is str else dump_json(value)
+                else:
+                    try:
+                        row[name] = to_column(value)
+                    except Unfit as why:
+                        row[name] = None
+                        unfit.append((obj[pk], col.path or name, value, why))
             rows.append(row)
         for key, field_name, value, why in unfit[:WARN_UNFIT]:
             logger.warning(
