@@ -236,6 +236,33 @@ def test_full_refresh_ignores_the_cursor(emu, destination):
     assert results["sessions"][0].fetched == 70 and results["sessions"][0].inserted == 0
 
 
+def test_a_state_row_deleted_mid_run_is_recreated_and_nothing_is_lost(emu, destination):
+    # Deleting a stream's state row is how a user would reset it by hand; the page being
+    # written finds no row, makes one, and the run still ends with the whole window stored.
+    sink = Sink(destination)
+    spec = CATALOG["transactions"]
+    sink.prepare([spec])
+    engine = create_engine(sink.url)
+
+    def delete_state_after_page_three(result) -> None:
+        if result.pages == 3:
+            with engine.begin() as conn:
+                conn.execute(text("DELETE FROM dintero_sync_state"))
+
+    with DinteroClient(creds_for(emu), retry_policy=FAST) as client:
+        [result] = sync_stream(
+            client, sink, spec, AID, options(emu), on_page=delete_state_after_page_three
+        )
+    engine.dispose()
+    assert result.pages > 3
+    assert_equals_source(emu, sink, [spec])
+    state = sink.read_state(AID, "transactions")
+    assert state.cursor is not None and not state.in_progress
+    # The next run is incremental again: only the lookback is read.
+    again = sync_all(emu, sink, streams=[spec])["transactions"][0]
+    assert again.fetched < len(emu.dump("transactions")) / 2 and again.inserted == 0
+
+
 def test_older_copies_never_replace_newer_rows(destination):
     sink = Sink(destination)
     spec = CATALOG["transactions"]

@@ -67,8 +67,11 @@ class StateStore:
     def lock(self, conn: Connection, account_id: str, stream: str, partition: str) -> StreamState:
         """The state, held until the transaction ends (created if new)."""
         key = self._key(account_id, stream, partition)
-        conn.execute(self._create, key)
-        return self._from_row(conn.execute(self._locked, key).mappings().first())
+        row = conn.execute(self._locked, key).mappings().first()
+        if row is None:  # the stream's first page (or someone deleted the row to reset it)
+            conn.execute(self._create, key)
+            row = conn.execute(self._locked, key).mappings().first()
+        return self._from_row(row)
 
     def save(
         self, conn: Connection, account_id: str, stream: str, partition: str, state: StreamState
