@@ -7,16 +7,22 @@ fresh child process that reports its own peak RSS:
 - the core sync into a new SQLite file;
 - the ``dintero-sync`` flow into another new file, on a ``prefect server start`` of its own
   (timed from the flow's call to its return: blocks, tasks, artifacts and logs included,
-  the server's start-up not);
+  the server's start-up not), in a new process as a scheduled run is: after a first run of
+  the same credentials block (timed apart: it reads almost nothing, and creates the account's
+  concurrency limit and shares the block's first token, once per block);
 - the incremental re-run with no changes (requests made, rows fetched).
 
-Run: ``.venv/bin/python benchmarks/sync_throughput.py [--sizes 10000 100000]``. The last line is a
+Bare loop, core and flow run in rounds (3 by default), one after another; each ratio is taken
+within a round and the median round's is reported, with every round's.
+
+Run: ``.venv/bin/python benchmarks/sync_throughput.py [--sizes 10000 100000] [--rounds 3]``. The last line is a
 JSON summary (``RESULT [...]``) for ``benchmarks/report.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -90,7 +96,23 @@ FLOW = textwrap.dedent(
     [result] = dintero_sync(creds, streams=["transactions"], destination=db, page_size=100)
     seconds = time.perf_counter() - t0
     print(json.dumps({"rows": result["fetched"], "seconds": seconds,
+                      "task_seconds": result["seconds"],
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    """
+)
+
+#: The first run of a new credentials block, reading (almost) nothing: what it costs once, on
+#: top of every run, to create the account's limit and share the block's first token.
+FIRST_FLOW = textwrap.dedent(
+    """
+    import json, sys, time
+    from datetime import UTC, datetime
+    from prefect_dintero.flows import dintero_sync
+    creds, db = sys.argv[1], sys.argv[2]
+    t0 = time.perf_counter()
+    [result] = dintero_sync(creds, streams=["transactions"], destination=db,
+                            start_date=datetime.now(UTC))
+    print(json.dumps({"rows": result["fetched"], "seconds": time.perf_counter() - t0}))
     """
 )
 
@@ -118,13 +140,16 @@ def child(code: str, *args: str, env: dict | None = None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="bare, core and flow this many times, interleaved"
+    )
     args = parser.parse_args()
     lines, results = [], []
     with tempfile.TemporaryDirectory() as home:
         server, env = start_prefect_server(Path(home))
         try:
             for size in args.sizes:
-                lines_and_result = measure(size, env)
+                lines_and_result = measure(size, env, args.rounds)
                 lines.append(lines_and_result[0])
                 results.append(lines_and_result[1])
         finally:
@@ -138,53 +163,88 @@ def main() -> None:
     print("RESULT " + json.dumps(results))
 
 
-def measure(size: int, env: dict) -> tuple[str, dict]:
-    """Bare loop, core sync, flow and a no-change re-run, one after another, at ``size``."""
+def measure(size: int, env: dict, rounds: int) -> tuple[str, dict]:
+    """At ``size``: a no-change re-run after a first sync, a first flow run of a new block, then
+    ``rounds`` rounds of bare loop, core sync and flow run, one after another.
+
+    The machine is shared: a neighbour's burst can slow one run by a fifth. Each ratio is taken
+    within a round (its runs a minute apart at most), and the median round's is reported.
+    """
     proc, url = start_emulator(
         "--transactions", str(size), "--token-lifetime", "86400", timeout=300
     )
+    bares, syncs, flows = [], [], []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             db = os.path.join(tmp, "bench.db")
-            bare = child(BARE, url)
-            sync = child(SYNC, url, db)
+            syncs.append(child(SYNC, url, db))
             stats_before = httpx.get(f"{url}/_emulator/stats").json()["requests_total"]
             rerun = child(SYNC, url, db)
             stats_after = httpx.get(f"{url}/_emulator/stats").json()["requests_total"]
             db_mb = os.path.getsize(db) / 1e6
+            os.remove(db)
             name = f"bench-{size}"
             child(SAVE_CREDENTIALS + "\nprint('{}')", url, name, env=env)  # prints {} for child()
-            flow = child(FLOW, name, os.path.join(tmp, "flow.db"), env=env)
+            first = child(FIRST_FLOW, name, os.path.join(tmp, "first.db"), env=env)
+            for i in range(rounds):
+                bares.append(child(BARE, url))
+                if i:  # the first round's core sync is the one above
+                    syncs.append(child(SYNC, url, os.path.join(tmp, f"core-{i}.db")))
+                flows.append(child(FLOW, name, os.path.join(tmp, f"flow-{i}.db"), env=env))
+                for name_ in (f"core-{i}.db", f"flow-{i}.db"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(os.path.join(tmp, name_))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    assert sync["table_rows"] == size, sync
-    assert flow["rows"] == size, flow
+    assert all(s["table_rows"] == size for s in syncs), syncs
+    assert all(f["rows"] == size for f in flows), flows
+    per_round = sorted(
+        (
+            (bare["seconds"] / sync["seconds"], sync["seconds"] / flow["seconds"], bare, sync, flow)
+            for bare, sync, flow in zip(bares, syncs, flows, strict=True)
+        ),
+        key=lambda r: r[0],
+    )
+    ratio, _, bare, sync, _ = per_round[len(per_round) // 2]
+    flow_ratio, flow, flow_sync = sorted(
+        ((r[1], r[4], r[3]) for r in per_round), key=lambda r: r[0]
+    )[len(per_round) // 2]
     bare_rate = bare["rows"] / bare["seconds"]
     sync_rate = sync["rows"] / sync["seconds"]
     flow_rate = flow["rows"] / flow["seconds"]
     result = {
         "rows": size,
+        "rounds": rounds,
         "bare_rows_per_s": round(bare_rate),
         "sync_rows_per_s": round(sync_rate),
         "flow_rows_per_s": round(flow_rate),
-        "ratio": round(sync_rate / bare_rate, 2),
-        "flow_ratio": round(flow_rate / sync_rate, 2),
-        "bare_peak_rss_mb": round(bare["peak_rss_mb"]),
-        "sync_peak_rss_mb": round(sync["peak_rss_mb"]),
-        "flow_peak_rss_mb": round(flow["peak_rss_mb"]),
+        "ratio": round(ratio, 2),
+        "ratios": [round(r[0], 2) for r in per_round],
+        "flow_ratio": round(flow_ratio, 2),
+        "flow_ratios": sorted(round(r[1], 2) for r in per_round),
+        "flow_overhead_s": round(flow["seconds"] - flow_sync["seconds"], 1),
+        "first_run_s": round(first["seconds"], 1),
+        "first_run_rows": first["rows"],
+        "bare_peak_rss_mb": round(max(b["peak_rss_mb"] for b in bares)),
+        "sync_peak_rss_mb": round(max(s["peak_rss_mb"] for s in syncs)),
+        "flow_peak_rss_mb": round(max(f["peak_rss_mb"] for f in flows)),
         "no_change_requests": stats_after - stats_before,
         "no_change_rows_fetched": rerun["rows"],
         "no_change_inserted": rerun["inserted"],
         "pages": sync["pages"],
     }
     line = (
-        f"{size:>7,} rows | bare httpx {bare_rate:>7,.0f} rows/s | core {sync_rate:>7,.0f} rows/s "
-        f"| flow {flow_rate:>7,.0f} rows/s | core/bare {sync_rate / bare_rate:.2f} | flow/core "
-        f"{flow_rate / sync_rate:.2f} | peak RSS bare {bare['peak_rss_mb']:.0f} MB, core "
-        f"{sync['peak_rss_mb']:.0f} MB, flow {flow['peak_rss_mb']:.0f} MB | no-change re-run: "
-        f"{stats_after - stats_before} requests (incl. token), {rerun['rows']} rows fetched, "
-        f"{rerun['inserted']} inserted | SQLite {db_mb:.0f} MB"
+        f"{size:>7,} rows, median of {rounds} rounds | bare httpx {bare_rate:>7,.0f} rows/s | "
+        f"core {sync_rate:>7,.0f} rows/s | flow {flow_rate:>7,.0f} rows/s | core/bare "
+        f"{ratio:.2f} (rounds: {', '.join(f'{r[0]:.2f}' for r in per_round)}) | flow/core "
+        f"{flow_ratio:.2f} (rounds: {', '.join(f'{r:.2f}' for r in result['flow_ratios'])}; "
+        f"{result['flow_overhead_s']:.1f} s over the core; a block's first run, "
+        f"{first['rows']} rows: {first['seconds']:.1f} s) | peak RSS bare "
+        f"{result['bare_peak_rss_mb']} MB, core {result['sync_peak_rss_mb']} MB, flow "
+        f"{result['flow_peak_rss_mb']} MB | no-change re-run: {stats_after - stats_before} "
+        f"requests (incl. token), {rerun['rows']} rows fetched, {rerun['inserted']} inserted | "
+        f"SQLite {db_mb:.0f} MB"
     )
     return line, result
 
