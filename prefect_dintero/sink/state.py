@@ -43,7 +43,8 @@ class StateStore:
         )
         self._read = select(t).where(key)
         self._locked = dialect.lock_row(select(t).where(key))
-        # Two runs may create the row at once: let the database settle it, not a read first.
+        # Two runs may create the row at once: the conflict clause lets the database settle
+        # which, and both then read the one row.
         self._create = (
             dialect.insert(t)
             .values(
