@@ -487,20 +487,30 @@ def test_payout_destinations_are_discovered_whatever_the_list_looks_like(
     assert_equals_source(emu, sink, [spec])
 
 
+@pytest.mark.parametrize(
+    ("emulator", "status", "says"),
+    [
+        ({"read_accounts_scope": False}, "403", "needs the scope read:accounts"),
+        ({"payout_destination_list": "missing"}, "404", r"cannot be listed \(404 from"),
+    ],
+    ids=["no-scope", "not-served"],
+)
 def test_payout_transfers_are_skipped_when_destinations_cannot_be_listed(
-    dintero_emulator_factory,
+    dintero_emulator_factory, emulator, status, says
 ):
-    emu = dintero_emulator_factory(read_accounts_scope=False)
+    emu = dintero_emulator_factory(**emulator)
     sink = Sink("sqlite://")
     spec = CATALOG["payout_transfers"]
     sink.prepare([spec])
     with (
         DinteroClient(creds_for(emu), retry_policy=FAST) as client,
-        pytest.raises(StreamSkipped, match="needs the scope read:accounts") as info,
+        pytest.raises(StreamSkipped, match=says) as info,
     ):
         sync_stream(client, sink, spec, AID, SyncRequest())
+    assert "payout_destinations=[...]" in str(info.value)
     assert not info.value.retryable
-    assert emu.stats()["requests"]["payout_destinations"] == {"403": 1}  # never retried
+    assert emu.stats()["requests"]["payout_destinations"] == {status: 1}  # never retried
+    assert sink.count(spec) == 0
 
 
 # -- crashes --------------------------------------------------------------------------------------

@@ -197,10 +197,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     silent.add_argument(
         "--payout-destination-list",
-        choices=("object", "array"),
+        choices=("object", "array", "missing"),
         default="object",
-        help='the payout destinations list as {"payout_destinations": [...]} or a bare array'
-        + DEFAULT,
+        help='the payout destinations list as {"payout_destinations": [...]}, a bare array, or '
+        "not served (404)" + DEFAULT,
     )
     p.add_argument(
         "--no-read-accounts",

@@ -8,7 +8,7 @@ from typing import Literal
 
 ListOrder = Literal["newest", "oldest", "shuffled"]
 ErrorCodes = Literal["dintero", "generic"]
-PayoutDestinationList = Literal["object", "array"]
+PayoutDestinationList = Literal["object", "array", "missing"]
 
 DEFAULT_ACCOUNT_ID = "T12345678"
 DEFAULT_CLIENT_ID = "emulator-client"
@@ -95,7 +95,8 @@ class EmulatorConfig:
     error_codes: ErrorCodes = "dintero"
     #: The body of ``GET /v1/accounts/{oid}/payout-destinations``: documented only as objects
     #: with ``payout_destination_id``, so either ``{"payout_destinations": [...]}`` or a bare
-    #: array.
+    #: array; ``missing``: the list is not served for this account (404), which the reference
+    #: does not rule out for accounts without the Account Management API.
     payout_destination_list: PayoutDestinationList = "object"
     #: Whether the API client has the ``read:accounts`` scope (Account Management API) that
     #: listing payout destinations needs; without it that list answers 403.

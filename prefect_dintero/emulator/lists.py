@@ -206,11 +206,13 @@ class ListRoutes:
         """The account's payout destinations (Account Management API, scope ``read:accounts``:
         ../shared/reference/dintero-api.md §8). Documented only as objects with
         ``payout_destination_id``: wrapped in ``{"payout_destinations": [...]}`` or a bare
-        array (``payout_destination_list``); no paging."""
+        array, or not served at all: 404 (``payout_destination_list``); no paging."""
         aid, data = self._account(request)
         claims = self._authenticate(request, aid)
         if "read:accounts" not in str(claims.get("scope", "")).split():
             raise ApiError(403, "forbidden", "the API client lacks the scope read:accounts")
+        if self.state.config.payout_destination_list == "missing":
+            raise ApiError(404, "not_found", "no payout destinations resource for this account")
         rows = [
             {"payout_destination_id": pd, "account_id": aid, "payout_destination_name": pd}
             for pd in data.transfers
