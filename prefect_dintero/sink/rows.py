@@ -8,7 +8,10 @@ from typing import Any
 
 from ..redact import get_logger
 from ..streams import Stream
-from .values import COERCERS, Unfit, dump_json
+from .values import COERCERS, Unfit
+
+#: Text columns keep a string as it is (no call); anything else goes through this.
+_as_text = COERCERS["text"]
 
 logger = get_logger(__name__)
 
@@ -68,7 +71,7 @@ class RowBuilder:
                 if value is None:
                     row[name] = None
                 elif to_column is None:
-                    row[name] = value if type(value) is str else dump_json(value)
+                    row[name] = value if type(value) is str else _as_text(value)
                 else:
                     try:
                         row[name] = to_column(value)
