@@ -191,25 +191,31 @@ def measure(size: int, env: dict, rounds: int) -> tuple[str, dict]:
                 if i:  # the first round's core sync is the one above
                     syncs.append(child(SYNC, url, os.path.join(tmp, f"core-{i}.db")))
                 flows.append(child(FLOW, name, os.path.join(tmp, f"flow-{i}.db"), env=env))
-                for name_ in (f"core-{i}.db", f"flow-{i}.db"):
+                for done in (f"core-{i}.db", f"flow-{i}.db"):  # 200 MB each at 100k rows
                     with contextlib.suppress(FileNotFoundError):
-                        os.remove(os.path.join(tmp, name_))
+                        os.remove(os.path.join(tmp, done))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     assert all(s["table_rows"] == size for s in syncs), syncs
     assert all(f["rows"] == size for f in flows), flows
-    per_round = sorted(
-        (
-            (bare["seconds"] / sync["seconds"], sync["seconds"] / flow["seconds"], bare, sync, flow)
-            for bare, sync, flow in zip(bares, syncs, flows, strict=True)
-        ),
-        key=lambda r: r[0],
-    )
-    ratio, _, bare, sync, _ = per_round[len(per_round) // 2]
-    flow_ratio, flow, flow_sync = sorted(
-        ((r[1], r[4], r[3]) for r in per_round), key=lambda r: r[0]
-    )[len(per_round) // 2]
+    runs = list(zip(bares, syncs, flows, strict=True))
+
+    def median_round(ratio_of) -> tuple[float, tuple[dict, dict, dict]]:
+        ranked = sorted(runs, key=ratio_of)
+        middle = ranked[len(ranked) // 2]
+        return ratio_of(middle), middle
+
+    def core_ratio(r):
+        return r[0]["seconds"] / r[1]["seconds"]
+
+    def flow_core_ratio(r):
+        return r[1]["seconds"] / r[2]["seconds"]
+
+    ratio, (bare, sync, _) = median_round(core_ratio)
+    flow_ratio, (_, flow_sync, flow) = median_round(flow_core_ratio)
+    ratios = sorted(round(core_ratio(r), 2) for r in runs)
+    flow_ratios = sorted(round(flow_core_ratio(r), 2) for r in runs)
     bare_rate = bare["rows"] / bare["seconds"]
     sync_rate = sync["rows"] / sync["seconds"]
     flow_rate = flow["rows"] / flow["seconds"]
@@ -220,9 +226,9 @@ def measure(size: int, env: dict, rounds: int) -> tuple[str, dict]:
         "sync_rows_per_s": round(sync_rate),
         "flow_rows_per_s": round(flow_rate),
         "ratio": round(ratio, 2),
-        "ratios": [round(r[0], 2) for r in per_round],
+        "ratios": ratios,
         "flow_ratio": round(flow_ratio, 2),
-        "flow_ratios": sorted(round(r[1], 2) for r in per_round),
+        "flow_ratios": flow_ratios,
         "flow_overhead_s": round(flow["seconds"] - flow_sync["seconds"], 1),
         "first_run_s": round(first["seconds"], 1),
         "first_run_rows": first["rows"],
@@ -237,8 +243,8 @@ def measure(size: int, env: dict, rounds: int) -> tuple[str, dict]:
     line = (
         f"{size:>7,} rows, median of {rounds} rounds | bare httpx {bare_rate:>7,.0f} rows/s | "
         f"core {sync_rate:>7,.0f} rows/s | flow {flow_rate:>7,.0f} rows/s | core/bare "
-        f"{ratio:.2f} (rounds: {', '.join(f'{r[0]:.2f}' for r in per_round)}) | flow/core "
-        f"{flow_ratio:.2f} (rounds: {', '.join(f'{r:.2f}' for r in result['flow_ratios'])}; "
+        f"{ratio:.2f} (rounds: {', '.join(f'{r:.2f}' for r in ratios)}) | flow/core "
+        f"{flow_ratio:.2f} (rounds: {', '.join(f'{r:.2f}' for r in flow_ratios)}; "
         f"{result['flow_overhead_s']:.1f} s over the core; a block's first run, "
         f"{first['rows']} rows: {first['seconds']:.1f} s) | peak RSS bare "
         f"{result['bare_peak_rss_mb']} MB, core {result['sync_peak_rss_mb']} MB, flow "
