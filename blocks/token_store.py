@@ -13,14 +13,12 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, ExitStack, asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager
 
-import httpx
 from prefect.client.orchestration import get_client
-from prefect.concurrency.asyncio import concurrency as aconcurrency
-from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 
+from prefect_dintero.blocks.slots import HeldSlot, atry_slot, try_slot
 from prefect_dintero.redact import get_logger
 from prefect_dintero.store import TokenStore, same_token
 from prefect_dintero.tokens import Token
@@ -34,67 +32,8 @@ RENEWAL_SLOT_LEASE = 60.0
 RENEWAL_POLL_SECONDS = 0.25
 
 
-def _slot_is_taken(exc: BaseException) -> bool:
-    """Whether acquiring the slot failed because another holder has it (HTTP 423)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423:
-            return True
-        cause = cause.__cause__
-    return False
-
-
 def _changed(old: Token | None, new: Token) -> bool:
     return old is None or not new.same_access_token(old) or new.expires_at != old.expires_at
-
-
-def try_slot(limit_name: str, lease: float) -> ExitStack | None:
-    """A slot of a global concurrency limit if one is free now (the caller exits the stack to
-    free it), else None. Never sleeps for the server's Retry-After: callers poll."""
-    stack = ExitStack()
-    try:
-        stack.enter_context(
-            concurrency(limit_name, occupy=1, max_retries=0, lease_duration=lease, strict=False)
-        )
-    except Exception as exc:  # Prefect's error class is private; the 423 below is not
-        stack.close()
-        if not _slot_is_taken(exc):
-            raise
-        return None
-    return stack
-
-
-async def atry_slot(limit_name: str, lease: float) -> AsyncExitStack | None:
-    """Async form of :func:`try_slot`."""
-    stack = AsyncExitStack()
-    try:
-        await stack.enter_async_context(
-            aconcurrency(limit_name, occupy=1, max_retries=0, lease_duration=lease, strict=False)
-        )
-    except Exception as exc:  # Prefect's error class is private; the 423 below is not
-        await stack.aclose()
-        if not _slot_is_taken(exc):
-            raise
-        return None
-    return stack
-
-
-@contextmanager
-def slot(limit_name: str, timeout: float, lease: float, poll: float = 0.5) -> Iterator[None]:
-    """Hold a slot of a global concurrency limit, asking for it every ``poll`` seconds for at
-    most ``timeout``: Prefect's own waiting sleeps for a Retry-After that grows to 30 s when
-    several processes wait, far past the moment the slot frees.
-
-    Raises:
-        TimeoutError: the slot stayed taken for ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while (held := try_slot(limit_name, lease)) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the {limit_name!r} slot stayed taken for {timeout:.0f} s")
-        time.sleep(poll)
-    with held:
-        yield
 
 
 class BlockTokenStore(TokenStore):
@@ -191,10 +130,10 @@ class BlockTokenStore(TokenStore):
     # is expired; instead, ask for the slot without waiting, every RENEWAL_POLL_SECONDS. Inside
     # the slot the caller re-reads the block and finds the other process's renewal there.
 
-    def _try_slot(self) -> ExitStack | None:
+    def _try_slot(self) -> HeldSlot | None:
         return try_slot(self.limit_name, RENEWAL_SLOT_LEASE)
 
-    async def _atry_slot(self) -> AsyncExitStack | None:
+    async def _atry_slot(self) -> HeldSlot | None:
         return await atry_slot(self.limit_name, RENEWAL_SLOT_LEASE)
 
     def _slot_timed_out(self) -> None:

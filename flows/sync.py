@@ -19,7 +19,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_dintero.blocks import DinteroCredentials
-from prefect_dintero.blocks.token_store import slot
+from prefect_dintero.blocks.slots import slot
 from prefect_dintero.errors import DinteroError, ReauthorizationRequired
 from prefect_dintero.flows import events
 from prefect_dintero.redact import install_log_filter, redact
