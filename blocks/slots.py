@@ -101,7 +101,9 @@ class HeldSlot:
 
     def release(self) -> None:
         """Stop renewing and free the slot. A release that fails is logged, not raised: the
-        lease frees the slot when it runs out."""
+        lease frees the slot when it runs out. A second call does nothing."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join(RENEWAL_JOIN_SECONDS)
         try:

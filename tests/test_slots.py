@@ -48,6 +48,7 @@ def test_a_slot_is_held_and_renewed_until_it_is_freed():
         assert active_slots(name) == 1
     finally:
         held.release()
+    held.release()  # a second release frees nothing more, and leaves the client alone
     assert active_slots(name) == 0
     assert not held._thread.is_alive()
     again = try_slot(name, lease=60)
