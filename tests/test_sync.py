@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 import signal
 import sqlite3
@@ -384,8 +386,9 @@ def test_two_syncs_at_once_do_not_corrupt_each_other(emu, destination):
 
 def test_streams_creating_a_new_duckdb_file_at_once_all_get_it(tmp_path):
     # The flow's stream tasks each create their sink at once. DuckDB refuses, within a process,
-    # a connection whose configuration differs from the open ones: the file is created by the
-    # engine's own first connection (CI caught a bare duckdb.connect racing the others).
+    # a connection to a file whose configuration differs from the open ones (CI caught a bare
+    # duckdb.connect of the file racing the engines' connections): the file is made elsewhere
+    # and linked into place before any engine connects to it.
     for attempt in range(15):
         url = f"duckdb:///{tmp_path / f'new-{attempt}.duckdb'}"
         start = threading.Barrier(len(CATALOG))
@@ -407,6 +410,64 @@ def test_streams_creating_a_new_duckdb_file_at_once_all_get_it(tmp_path):
             t.join()
         assert not errors, errors
     assert stat.S_IMODE((tmp_path / "new-0.duckdb").stat().st_mode) == 0o600
+
+
+def test_a_new_duckdb_file_is_made_private_before_it_is_where_others_look(tmp_path, monkeypatch):
+    pytest.importorskip("duckdb")
+    import duckdb
+
+    database = tmp_path / "private.duckdb"
+    written_at: list[tuple[str, bool]] = []
+    connect = duckdb.connect
+
+    def spying_connect(*args, **kwargs):
+        path = kwargs.get("database", args[0] if args else ":memory:")
+        written_at.append((str(path), database.exists()))
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(duckdb, "connect", spying_connect)
+    old_umask = os.umask(0o022)
+    try:
+        sink = Sink(f"duckdb:///{database}")
+        sink.prepare(list(CATALOG.values()))
+        sink.dispose()
+    finally:
+        os.umask(old_umask)
+    # DuckDB wrote the new file elsewhere (a private folder beside it), before it existed here.
+    [(path, existed)] = [w for w in written_at if w[0] not in (str(database), ":memory:")]
+    assert os.path.dirname(path) != str(tmp_path) and not existed
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".dintero-new-")]
+
+
+def test_duckdb_says_when_others_could_read_its_write_ahead_log(tmp_path, caplog):
+    pytest.importorskip("duckdb")
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    private.mkdir(mode=0o700)
+    old_umask = os.umask(0o022)
+    try:
+        with caplog.at_level(logging.WARNING, logger="prefect_dintero.sink.duckdb"):
+            sink = Sink(f"duckdb:///{shared / 'd.duckdb'}")
+            sink.prepare([CATALOG["transactions"]])
+            with sink.engine.connect() as conn:  # a write not yet checkpointed: the WAL
+                conn.execute(text("CHECKPOINT"))
+                conn.execute(text("CREATE TABLE probe (a INTEGER)"))
+                conn.commit()
+                wal = shared / "d.duckdb.wal"
+                # The fact the warning is about: DuckDB's WAL follows the umask, not the file.
+                assert stat.S_IMODE(wal.stat().st_mode) == 0o644
+            sink.dispose()
+            assert "d.duckdb.wal" in caplog.text and "other users" in caplog.text
+            assert f"chmod 700 {shared}" in caplog.text
+            caplog.clear()
+            quiet = Sink(f"duckdb:///{private / 'd.duckdb'}")
+            quiet.prepare([CATALOG["transactions"]])
+            quiet.dispose()
+            assert "wal" not in caplog.text
+    finally:
+        os.umask(old_umask)
 
 
 def test_streams_opening_a_new_sqlite_file_at_once_all_get_it(tmp_path):

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,8 +28,11 @@ from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
+from ..redact import get_logger
 from .destinations import make_parent
 from .dialect import Dialect
+
+logger = get_logger(__name__)
 
 #: How long a connection waits for another process to release the file.
 LOCK_WAIT_SECONDS = 60.0
@@ -49,19 +55,83 @@ def _held_by_another_process(exc: BaseException) -> bool:
 
 def _create_private(engine: Engine) -> None:
     """A new database file readable by its owner only (0600): it will hold customers' names
-    and e-mails. An existing file keeps the mode its owner chose. DuckDB refuses a file it did
-    not write (an empty one made 0600 first), so the file is made by a first connection of the
-    engine itself (a bare ``duckdb.connect`` would differ in configuration from the engine's
-    connections, which DuckDB refuses within one process), then its mode is set."""
+    and e-mails. An existing file keeps the mode its owner chose.
+
+    DuckDB refuses a file it did not write (an empty one made 0600 first), and a file it makes
+    where it goes, made 0600 after, is readable by others for a moment (a handle opened then
+    stays open). So DuckDB makes it in a private folder beside it (0700), where it is made 0600,
+    and it is linked into place. The engine's own connections open it only after that.
+    """
+    import duckdb
+
     database = engine.url.database
     if not database or database == ":memory:" or os.path.exists(database):
         return
     make_parent(database)
     with _file_lock(engine):
-        if not os.path.exists(database):
-            with engine.connect():
+        if os.path.exists(database):
+            return
+        staging = tempfile.mkdtemp(prefix=".dintero-new-", dir=os.path.dirname(database) or ".")
+        try:
+            made = os.path.join(staging, "new.duckdb")
+            duckdb.connect(made).close()
+            os.chmod(made, 0o600)
+            try:
+                os.link(made, database)
+            except FileExistsError:  # another process made it meanwhile: theirs is used
                 pass
-            os.chmod(database, 0o600)
+            except OSError:  # a file system without hard links
+                if not os.path.exists(database):
+                    os.rename(made, database)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int | None:
+    """This process's umask, read without changing it (Linux), else None."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return None
+
+
+_wal_warned: set[str] = set()
+
+
+def _warn_if_others_can_read_the_wal(database: str | None) -> None:
+    """DuckDB makes its write-ahead log (``<file>.wal``, rows not yet checkpointed into the
+    file) with the process's umask, not with the database file's mode (SQLite gives its WAL the
+    file's mode): with umask 022 in a folder others can enter, they can read it while a sync
+    writes. Said once per file and process."""
+    if not database or database == ":memory:" or database in _wal_warned:
+        return
+    umask = _umask()
+    folder = os.path.dirname(os.path.abspath(database))
+    try:
+        folder_mode = stat.S_IMODE(os.stat(folder).st_mode)
+    except OSError:
+        return
+    if umask is None:
+        return
+    group = not umask & 0o040 and folder_mode & 0o010
+    others = not umask & 0o004 and folder_mode & 0o001
+    if group or others:
+        _wal_warned.add(database)
+        logger.warning(
+            "DuckDB writes %s.wal (rows not yet checkpointed into the file) with this "
+            "process's umask %03o, so %s who can enter %s could read it while a sync runs: "
+            "keep DuckDB files in a folder only you can enter (chmod 700 %s) or run with "
+            "umask 077",
+            os.path.basename(database),
+            umask,
+            "other users" if others else "your group",
+            folder,
+            folder,
+        )
 
 
 class _IdleRelease:
@@ -134,6 +204,7 @@ class DuckDBDialect(Dialect):
 
         engine = _tune(create_engine(url, hide_parameters=True))
         _create_private(engine)
+        _warn_if_others_can_read_the_wal(engine.url.database)
         return engine
 
     def tune(self, engine: Engine) -> Engine:
