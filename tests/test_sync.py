@@ -440,6 +440,50 @@ def test_a_new_duckdb_file_is_made_private_before_it_is_where_others_look(tmp_pa
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".dintero-new-")]
 
 
+EXIT_AS_THE_IDLE_CONNECTIONS_CLOSE = textwrap.dedent(
+    """
+    import sys, time
+    from prefect_dintero.sink import Sink
+    from prefect_dintero.sink.duckdb import IDLE_RELEASE_SECONDS
+    from prefect_dintero.streams import CATALOG
+    sink = Sink("duckdb:///" + sys.argv[1])
+    sink.prepare([CATALOG["transactions"]])  # connections checked in: the idle timer starts
+    time.sleep(IDLE_RELEASE_SECONDS + float(sys.argv[2]))  # exit as it closes them
+    """
+)
+
+
+def test_a_process_exiting_as_its_idle_duckdb_connections_close_exits_cleanly(tmp_path):
+    # Before: the idle-release timer thread closed DuckDB's connections while the interpreter
+    # shut down, and the process aborted ("terminate called ...", exit status 134): here at
+    # offsets 0 and 0.01 s, and in about half of the pytest runs of the DuckDB tests.
+    pytest.importorskip("duckdb")
+    for offset in (-0.01, 0.0, 0.01, 0.02, 0.03):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                EXIT_AS_THE_IDLE_CONNECTIONS_CLOSE,
+                str(tmp_path / f"{offset}.duckdb"),
+                str(offset),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, (offset, done.returncode, done.stderr[-2000:])
+        assert "terminate called" not in done.stderr
+
+
+def test_a_duckdb_file_that_cannot_be_made_is_a_clear_error(tmp_path):
+    pytest.importorskip("duckdb")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(
+        DestinationError, match=r"cannot create the DuckDB file .*a-file/d\.duckdb: Not a directory"
+    ):
+        Sink(f"duckdb:///{tmp_path / 'a-file' / 'd.duckdb'}")
+
+
 def test_duckdb_says_when_others_could_read_its_write_ahead_log(tmp_path, caplog):
     pytest.importorskip("duckdb")
     shared, private = tmp_path / "shared", tmp_path / "private"

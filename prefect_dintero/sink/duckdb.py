@@ -14,6 +14,7 @@ SQLAlchemy's PostgreSQL dialect, and DuckDB speaks its ``INSERT ... ON CONFLICT`
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -21,6 +22,7 @@ import stat
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
 from ..redact import get_logger
-from .destinations import make_parent
+from .destinations import DestinationError, make_parent
 from .dialect import Dialect
 
 logger = get_logger(__name__)
@@ -71,7 +73,12 @@ def _create_private(engine: Engine) -> None:
     with _file_lock(engine):
         if os.path.exists(database):
             return
-        staging = tempfile.mkdtemp(prefix=".dintero-new-", dir=os.path.dirname(database) or ".")
+        try:
+            staging = tempfile.mkdtemp(prefix=".dintero-new-", dir=os.path.dirname(database) or ".")
+        except OSError as exc:
+            raise DestinationError(
+                f"cannot create the DuckDB file {database}: {exc.strerror}"
+            ) from None
         try:
             made = os.path.join(staging, "new.duckdb")
             duckdb.connect(made).close()
@@ -110,12 +117,12 @@ def _warn_if_others_can_read_the_wal(database: str | None) -> None:
     if not database or database == ":memory:" or database in _wal_warned:
         return
     umask = _umask()
+    if umask is None:
+        return
     folder = os.path.dirname(os.path.abspath(database))
     try:
         folder_mode = stat.S_IMODE(os.stat(folder).st_mode)
     except OSError:
-        return
-    if umask is None:
         return
     group = not umask & 0o040 and folder_mode & 0o010
     others = not umask & 0o004 and folder_mode & 0o001
@@ -142,6 +149,8 @@ class _IdleRelease:
         self.in_use = 0
         self.timer: threading.Timer | None = None
         self.lock = threading.Lock()
+        self.exiting = False
+        _idle_releases.add(self)
 
     def checkout(self, *args: Any) -> None:
         with self.lock:
@@ -153,7 +162,7 @@ class _IdleRelease:
     def checkin(self, *args: Any) -> None:
         with self.lock:
             self.in_use = max(0, self.in_use - 1)
-            if self.in_use == 0 and self.timer is None:
+            if self.in_use == 0 and self.timer is None and not self.exiting:
                 self.timer = threading.Timer(self.after, self.release)
                 self.timer.daemon = True
                 self.timer.start()
@@ -163,6 +172,27 @@ class _IdleRelease:
             self.timer = None
             if self.in_use == 0:
                 self.engine.pool.dispose()
+
+
+_idle_releases: weakref.WeakSet[_IdleRelease] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_before_exit() -> None:
+    """Close pooled connections while the interpreter is still whole. A timer thread closing
+    one while the interpreter shuts down is stopped inside DuckDB's C++ code, which aborts the
+    process ("terminate called ... exception not rethrown", exit status 134): a script whose
+    last sync ended less than half a second before it exited failed."""
+    for idle in list(_idle_releases):
+        with idle.lock:
+            idle.exiting = True
+            timer, idle.timer = idle.timer, None
+        if timer is not None:
+            timer.cancel()
+            timer.join(LOCK_WAIT_SECONDS)
+        with idle.lock:
+            if idle.in_use == 0:
+                idle.engine.pool.dispose()
 
 
 def _tune(engine: Engine) -> Engine:
