@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 AID = "T12345678"
 
 
-def events(name: str, since: datetime) -> list[dict]:
-    """Events of one name since a moment, read back through Prefect's events API."""
+def events(name: str, since: datetime, keep=lambda event: True, expect: int = 1) -> list[dict]:
+    """Events of one name since a moment that ``keep`` accepts, read back through Prefect's
+    events API once ``expect`` of them are there (or after 20 s): events reach the database a
+    moment after they are emitted, one by one, so the first read may hold only some."""
     body = {
         "filter": {
             "occurred": {"since": since.isoformat()},
@@ -38,12 +40,14 @@ def events(name: str, since: datetime) -> list[dict]:
         },
         "limit": 50,
     }
-    for _ in range(40):  # events reach the database a moment after they are emitted
-        found = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=body).json()
-        if found.get("events"):
-            return found["events"]
+    found: list[dict] = []
+    for _ in range(40):
+        page = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=body).json()
+        found = [e for e in page.get("events", []) if keep(e)]
+        if len(found) >= expect:
+            break
         time.sleep(0.5)
-    return []
+    return found
 
 
 @pytest.mark.slow
@@ -97,8 +101,12 @@ def test_sync_and_session_events_with_their_payloads(tmp_path):
                     destination=str(tmp_path / "e.db"),
                 )
 
-    completed = events("dintero.sync.completed", since)
-    mine = [e for e in completed if e["payload"].get("credentials_block") == creds]
+    mine = events(
+        "dintero.sync.completed",
+        since,
+        keep=lambda e: e["payload"].get("credentials_block") == creds,
+        expect=2,
+    )
     assert len(mine) == 2
     first = mine[0]
     assert first["resource"]["prefect.resource.id"] == f"dintero.account.{AID}"
@@ -106,27 +114,24 @@ def test_sync_and_session_events_with_their_payloads(tmp_path):
     assert first["payload"]["inserted"] == 20 and first["payload"]["session_block"] == session
     assert any(r["prefect.resource.role"] == "dintero-credentials-block" for r in first["related"])
 
-    expiring = [
-        e
-        for e in events("dintero.session.expiring", since)
-        if e["payload"]["session_block"] == session
-    ]
+    expiring = events(
+        "dintero.session.expiring",
+        since,
+        keep=lambda e: e["payload"]["session_block"] == session,
+        expect=2,
+    )
     assert [e["payload"]["threshold"] for e in expiring] == ["day", "hour"]
     assert expiring[1]["payload"]["hours_left"] <= 1
     assert expiring[0]["payload"]["login_deployment"] == "dintero-login/manual"
     assert expiring[0]["resource"]["prefect.resource.id"] == f"dintero.session.{session}"
     assert any(r["prefect.resource.id"] == f"dintero.account.{AID}" for r in expiring[0]["related"])
 
-    expired = [
-        e
-        for e in events("dintero.session.expired", since)
-        if e["payload"]["session_block"] == session
-    ]
-    failed = [
-        e
-        for e in events("dintero.sync.failed", since)
-        if e["payload"]["credentials_block"] == creds
-    ]
+    expired = events(
+        "dintero.session.expired", since, keep=lambda e: e["payload"]["session_block"] == session
+    )
+    failed = events(
+        "dintero.sync.failed", since, keep=lambda e: e["payload"]["credentials_block"] == creds
+    )
     assert len(expired) == 1 and len(failed) == 1
     assert "ReauthorizationRequired" in failed[0]["payload"]["error"]
     assert expired[0]["payload"]["login_deployment"] == "dintero-login/manual"
