@@ -98,7 +98,6 @@ FLOW = textwrap.dedent(
     [result] = dintero_sync(creds, streams=["transactions"], destination=db, page_size=100)
     seconds = time.perf_counter() - t0
     print(json.dumps({"rows": result["fetched"], "seconds": seconds,
-                      "task_seconds": result["seconds"],
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     """
 )

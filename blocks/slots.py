@@ -155,13 +155,10 @@ def try_slot(limit_name: str, lease: float, renew_every: float | None = None) ->
         response = client.increment_concurrency_slots_with_lease(
             names=[limit_name], slots=1, mode="concurrency", lease_duration=lease
         )
-    except Exception as exc:
+    except BaseException as exc:
         client.__exit__(None, None, None)
-        if _status(exc) == 423:  # another holder has it
+        if isinstance(exc, Exception) and _status(exc) == 423:  # another holder has it
             return None
-        raise
-    except BaseException:
-        client.__exit__(None, None, None)
         raise
     return HeldSlot(client, limit_name, UUID(response.json()["lease_id"]), lease, renew_every)
 

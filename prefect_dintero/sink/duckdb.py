@@ -181,8 +181,8 @@ _idle_releases: weakref.WeakSet[_IdleRelease] = weakref.WeakSet()
 def _close_before_exit() -> None:
     """Close pooled connections while the interpreter is still whole. A timer thread closing
     one while the interpreter shuts down is stopped inside DuckDB's C++ code, which aborts the
-    process ("terminate called ... exception not rethrown", exit status 134): a script whose
-    last sync ended less than half a second before it exited failed."""
+    process ("terminate called ... exception not rethrown", exit status 134): a script that
+    exited as its connections went idle (half a second after its last write) failed."""
     for idle in list(_idle_releases):
         with idle.lock:
             idle.exiting = True
