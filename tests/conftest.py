@@ -170,6 +170,19 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api_proxy(prefect_server):
+    """A :class:`PrefectApiProxy` in front of the test server, up for the whole session: Prefect
+    keeps process-wide workers (events, logs) on the API URL they first saw, so a proxy they
+    used must outlive them."""
+    from prefect.settings import PREFECT_API_URL
+
+    from prefect_dintero.emulator.prefect_proxy import PrefectApiProxy
+
+    # Never stopped: the test server's teardown drains Prefect's workers through it.
+    yield PrefectApiProxy(PREFECT_API_URL.value()).start()
+
+
 def _postgres_url() -> str | None:
     """The test database: one per xdist worker (created on demand), so workers never drop each
     other's tables."""
