@@ -8,6 +8,7 @@ import httpx
 
 from . import deadline
 from .provider import TokenProvider
+from .tokens import Token
 from .transport import ClientStats
 
 
@@ -19,12 +20,13 @@ def is_replayable(request: httpx.Request) -> bool:
 class DinteroAuth(httpx.Auth):
     """Authenticates each request with the provider's current token.
 
-    On a 401 the rejected token is invalidated only if it is still the current one (another
-    request may have renewed it already), a token is obtained (renewed once, for everyone), and
-    the request is retried. A token can be revoked between its issue and its use, so a fresh
-    token's 401 earns another renewal, up to ``max_renewals``; after that the 401 is returned to
-    the caller, which raises ``AuthenticationError``: never an unbounded loop. Requests whose
-    body can't be replayed are not retried.
+    On a 401 the rejected token is never handed out again, a token is obtained (renewed once,
+    for everyone, or a newer one another process saved), and the request is retried. A token
+    can be revoked between its issue and its use, so a fresh token's 401 earns another renewal,
+    up to ``max_renewals``; after that the 401 is returned to the caller, which raises
+    ``AuthenticationError``: never an unbounded loop. On a 403 the provider is asked once
+    whether its store holds another login now (a user logged in again, with other rights); if
+    so the request is retried with it. Requests whose body can't be replayed are not retried.
     """
 
     def __init__(
@@ -41,6 +43,11 @@ class DinteroAuth(httpx.Auth):
         # Renewal does I/O, which httpx forbids in the shared auth_flow; both forms below override.
         raise RuntimeError("DinteroAuth implements sync_auth_flow and async_auth_flow only")
 
+    def _authorize(self, request: httpx.Request, token: Token) -> httpx.Request:
+        request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
+        deadline.restart()  # the request's deadline counts from here, not from the token wait
+        return request
+
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
@@ -48,38 +55,46 @@ class DinteroAuth(httpx.Auth):
         # look replayable afterwards.
         replayable = is_replayable(request)
         token = self.provider.get_token()
-        request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
-        deadline.restart()  # the request's deadline counts from here, not from the token wait
-        response = yield request
-        for _ in range(self.max_renewals):
-            if response.status_code != 401 or not replayable:
+        response = yield self._authorize(request, token)
+        renewals, rechecked = 0, False
+        while replayable:
+            if response.status_code == 401 and renewals < self.max_renewals:
+                renewals += 1
+                self.provider.invalidate(token)
+                self.stats.add(auth_retries=1)
+                token = self.provider.get_token()
+            elif response.status_code == 403 and not rechecked:
+                rechecked = True
+                newer = self.provider.recheck(token)
+                if newer is None:
+                    return
+                token = newer
+            else:
                 return
-            self.provider.invalidate(token)
-            self.stats.add(auth_retries=1)
-            token = self.provider.get_token()
-            request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
-            deadline.restart()
-            response = yield request
+            response = yield self._authorize(request, token)
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        # Judged before sending: a transport that buffers the body would make any body
-        # look replayable afterwards.
         replayable = is_replayable(request)
         token = await self.provider.aget_token()
-        request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
-        deadline.restart()
-        response = yield request
-        for _ in range(self.max_renewals):
-            if response.status_code != 401 or not replayable:
+        response = yield self._authorize(request, token)
+        renewals, rechecked = 0, False
+        while replayable:
+            if response.status_code == 401 and renewals < self.max_renewals:
+                renewals += 1
+                self.provider.invalidate(token)
+                self.stats.add(auth_retries=1)
+                token = await self.provider.aget_token()
+            elif response.status_code == 403 and not rechecked:
+                rechecked = True
+                newer = await self.provider.arecheck(token)
+                if newer is None:
+                    return
+                token = newer
+            else:
                 return
-            await self.provider.ainvalidate(token)
-            self.stats.add(auth_retries=1)
-            token = await self.provider.aget_token()
-            request.headers["Authorization"] = f"Bearer {token.access_token.get_secret_value()}"
-            deadline.restart()
-            response = yield request
+            response = yield self._authorize(request, token)
 
     def __repr__(self) -> str:
         return f"DinteroAuth({self.provider!r})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Any, Literal
 
@@ -15,7 +15,7 @@ import orjson
 from . import deadline
 from .auth import DinteroAuth
 from .credentials import ClientCredentials
-from .errors import MalformedResponseError, RunBudgetExceeded
+from .errors import MalformedResponseError, RunBudgetExceeded, RunInterrupted
 from .paginators import apages, pages
 from .provider import ClientCredentialsProvider, OIDCSessionProvider, TokenProvider
 from .retry import RetryPolicy
@@ -92,19 +92,34 @@ class _ClientBase:
         #: When the run using this client must be over (``time.time()``), if it has a budget:
         #: no request then lasts past it.
         self.run_ends_at: float | None = None
+        #: Asked before every request and before each page is committed: why the run must stop
+        #: now (it may no longer hold its account, say), or None to go on.
+        self.stop_reason: Callable[[], str | None] | None = None
         self._headers = default_headers(credentials.system_name)
 
-    def _request_deadline(self) -> float:
-        """The request's deadline: the credentials', or what the run's budget has left."""
-        if self.run_ends_at is None:
-            return self._deadline
-        left = self.run_ends_at - time.time()
-        if left <= 0:
+    def check_run(self) -> None:
+        """Raise if the run must stop: its budget is spent, or ``stop_reason`` gives a reason.
+
+        Raises:
+            RunInterrupted: the run must stop; what was committed stays.
+        """
+        if self.run_ends_at is not None and self.run_ends_at <= time.time():
             raise RunBudgetExceeded(
                 "the run's budget is spent (timeout_minutes): no more requests are sent; the "
                 "committed pages are kept and the next run resumes"
             )
-        return min(self._deadline, left)
+        reason = self.stop_reason() if self.stop_reason is not None else None
+        if reason is not None:
+            raise RunInterrupted(
+                f"the run stopped: {reason}; the committed pages are kept and the next run resumes"
+            )
+
+    def _request_deadline(self) -> float:
+        """The request's deadline: the credentials', or what the run's budget has left."""
+        self.check_run()
+        if self.run_ends_at is None:
+            return self._deadline
+        return min(self._deadline, self.run_ends_at - time.time())
 
     def stats_snapshot(self) -> dict[str, int]:
         """This client's counters, with renewals of its token provider (which may be shared)."""

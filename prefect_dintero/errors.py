@@ -130,8 +130,22 @@ class DeadlineExceeded(TransientError):
     """
 
 
-class RunBudgetExceeded(DinteroError):
+class RunInterrupted(DinteroError):
+    """The run was told to stop before it finished: nothing more is sent or written, what was
+    committed stays, and the next run resumes from it. Not retried: whatever stopped the run
+    (its budget, or another run that may now hold the account) would stop a retry too."""
+
+
+class RunBudgetExceeded(RunInterrupted):
     """The run's time budget is spent: nothing more is sent, what was committed stays."""
+
+
+class StoreUnavailable(DinteroError):
+    """The store that shares tokens between processes (a Prefect server, for the blocks) did not
+    answer, and the token in memory could not be used. Nothing was sent to Dintero; a later
+    attempt may succeed."""
+
+    retryable = True
 
 
 class MalformedResponseError(DinteroAPIError):

@@ -2,25 +2,38 @@
 
 Renewal is single-flight per credential across every thread and coroutine of the process: locks
 live in a process-wide registry keyed by the credential (never on a client object, authlib #673),
-and the token is re-checked after the lock is taken (airbyte-cdk #883). Stores that persist
-tokens add a cross-process lock around the same section.
+and the token is re-checked after the lock is taken (airbyte-cdk #883). Stores that share
+tokens between processes add a cross-process lock around the same section (a ``Renewal``).
+
+A request never waits on the store's I/O unless its token must be renewed. When the store cannot
+be reached then, the token in memory is used while it has not expired; an expired service token
+is renewed alone (one more grant) and saved later; an expired session waits for the store, since
+two renewals with one refresh token can end it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import math
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from . import deadline
 from .credentials import ClientCredentials
-from .errors import DinteroAPIError, InvalidGrantError, ReauthorizationRequired
+from .errors import (
+    DinteroAPIError,
+    InvalidGrantError,
+    ReauthorizationRequired,
+    StoreUnavailable,
+)
 from .grants import (
     afetch_client_credentials_token,
     arefresh_session_token,
@@ -76,6 +89,12 @@ class LockRegistry:
 
 LOCKS = LockRegistry()
 
+#: Renewals ahead of expiry, by credential key: when the next may start (inf: one is running).
+_AHEAD: dict[str, float] = {}
+_AHEAD_LOCK = threading.Lock()
+#: A renewal ahead that could not finish is tried again at a request this much later.
+RENEW_AHEAD_RETRY_SECONDS = 10.0
+
 
 class TokenProvider:
     """Hands out a fresh token for one credential; subclasses say how to renew it."""
@@ -129,8 +148,17 @@ class TokenProvider:
 
     # -- subclass hooks ---------------------------------------------------------------------------
 
+    #: Whether a token can be renewed without the store's cross-process lock when the store
+    #: cannot be reached: true for service tokens (a second grant costs one request), false for
+    #: sessions (two renewals with one refresh token can end the session).
+    renews_alone = False
+
     def _usable(self, token: Token | None) -> bool:
-        return token is not None and token.is_fresh(leeway=self.leeway)
+        return (
+            token is not None
+            and token.is_fresh(leeway=self.leeway)
+            and not self.store.is_rejected(token)
+        )
 
     def _renew(self, current: Token | None) -> Token:
         raise NotImplementedError
@@ -146,6 +174,9 @@ class TokenProvider:
         if self._usable(token):
             assert token is not None
             return token
+        if self._renews_ahead(token):
+            assert token is not None
+            return token
         with LOCKS.thread_lock(self.key):
             # A thread that held the lock before us may have renewed: that costs nothing to see,
             # while the store's cross-process lock and re-read can be network round trips.
@@ -153,69 +184,172 @@ class TokenProvider:
             if self._usable(token):
                 assert token is not None
                 return token
-            with self.store.renewal_lock(self.key):
-                token = self.store.get(self.key, reload=True)
-                if self._usable(token):
-                    assert token is not None
-                    return token
-                new = self._renew(token)
-                self._commit(token, new)
-                return new
+            return self._renew_in_store(token)
 
-    async def aget_token(self) -> Token:
-        token = await self.store.aget(self.key)
-        if self._usable(token):
-            assert token is not None
-            return token
-        async with LOCKS.async_exclusive(self.key):
-            token = await self.store.aget(self.key)
+    def _renew_in_store(self, token: Token | None) -> Token:
+        """Renew ``token`` in the store's renewal section (the thread lock is held)."""
+        try:
+            renewal = self.store.begin_renewal(self.key, wait=self._needs_store(token))
+        except StoreUnavailable as exc:
+            return self._without_store(token, exc)
+        with renewal:
+            try:
+                token = renewal.latest()
+            except StoreUnavailable as exc:
+                return self._without_store(token, exc)
             if self._usable(token):
                 assert token is not None
                 return token
-            async with self.store.arenewal_lock(self.key):
-                token = await self.store.aget(self.key, reload=True)
-                if self._usable(token):
-                    assert token is not None
-                    return token
-                new = await self._arenew(token)
-                await self._acommit(token, new)
-                return new
-
-    def _commit(self, old: Token | None, new: Token) -> None:
-        # Saved before the new token is used, so a rotated refresh token is never lost.
-        if not self.store.compare_and_swap(self.key, old, new):
-            self._lost_race()
+            new = self._renew(token)
+            # Held in memory first: used at once, saved by the store as soon as it can.
+            renewal.commit(token, new)
         self._count()
+        return new
 
-    async def _acommit(self, old: Token | None, new: Token) -> None:
-        if not await self.store.acompare_and_swap(self.key, old, new):
-            self._lost_race()
+    def _renews_ahead(self, token: Token | None) -> bool:
+        """With a store that shares tokens over the network, a token inside its renewal margin
+        that has not expired is used while a background thread renews it: no request waits on
+        the store (a Prefect API tens of milliseconds away, or failing). Says whether it is."""
+        if not self.store.does_io or not self._usable_without_store(token):
+            return False
+        now = time.monotonic()
+        with _AHEAD_LOCK:
+            if _AHEAD.get(self.key, 0.0) > now:
+                return True  # one is running, or the last one failed a moment ago
+            _AHEAD[self.key] = math.inf
+        # In a copy of the caller's context: a shared store talks to the server it names.
+        context = contextvars.copy_context()
+        threading.Thread(
+            target=context.run, args=(self._renew_ahead,), name="dintero-renewal", daemon=True
+        ).start()
+        return True
+
+    def _renew_ahead(self) -> None:
+        retry_at = 0.0
+        try:
+            with LOCKS.thread_lock(self.key):
+                token = self.store.get(self.key)
+                if not self._usable(token):
+                    self._renew_in_store(token)
+            if not self._usable(self.store.get(self.key)):  # the store did not answer
+                retry_at = time.monotonic() + RENEW_AHEAD_RETRY_SECONDS
+        except Exception as exc:
+            # Tried again at a later request; once the token has expired, a request renews it
+            # itself and gets this error, if it persists.
+            retryable = getattr(exc, "retryable", False)
+            retry_at = time.monotonic() + RENEW_AHEAD_RETRY_SECONDS * (1 if retryable else 30)
+            logger.warning(
+                "could not renew a token ahead of its expiry (%s: %s); it is used until then",
+                type(exc).__name__,
+                exc,
+            )
+        finally:
+            with _AHEAD_LOCK:
+                _AHEAD[self.key] = retry_at
+
+    async def aget_token(self) -> Token:
+        token = self.store.get(self.key)
+        if self._usable(token):
+            assert token is not None
+            return token
+        if self._renews_ahead(token):
+            assert token is not None
+            return token
+        async with LOCKS.async_exclusive(self.key):
+            token = self.store.get(self.key)
+            if self._usable(token):
+                assert token is not None
+                return token
+            return await self._arenew_in_store(token)
+
+    async def _arenew_in_store(self, token: Token | None) -> Token:
+        try:
+            renewal = await self._io(
+                self.store.begin_renewal, self.key, wait=self._needs_store(token)
+            )
+        except StoreUnavailable as exc:
+            return await self._awithout_store(token, exc)
+        try:
+            try:
+                token = await self._io(renewal.latest)
+            except StoreUnavailable as exc:
+                return await self._awithout_store(token, exc)
+            if self._usable(token):
+                assert token is not None
+                return token
+            new = await self._arenew(token)
+            await self._io(renewal.commit, token, new)
+        finally:
+            await self._io(renewal.end)
         self._count()
+        return new
+
+    async def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` of the store: in a thread when it does network I/O, so the loop never waits."""
+        if not self.store.does_io:
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _needs_store(self, token: Token | None) -> bool:
+        """Whether this renewal cannot go on without the store: a session whose token is gone
+        or expired. A service token can always be asked for again."""
+        if self.renews_alone:
+            return False
+        return token is None or token.is_expired() or self.store.is_rejected(token)
+
+    def _usable_without_store(self, token: Token | None) -> bool:
+        return token is not None and not token.is_expired() and not self.store.is_rejected(token)
+
+    def _without_store(self, token: Token | None, exc: StoreUnavailable) -> Token:
+        """The store cannot be reached: the token in memory while it lasts; then a service
+        token is renewed alone (and saved when the store is back), a session waits for it."""
+        if self._usable_without_store(token):
+            assert token is not None
+            return token
+        if not self.renews_alone:
+            raise exc
+        new = self._renew(token)
+        self.store.keep_unsaved(self.key, token, new)
+        self._count()
+        return new
+
+    async def _awithout_store(self, token: Token | None, exc: StoreUnavailable) -> Token:
+        if self._usable_without_store(token):
+            assert token is not None
+            return token
+        if not self.renews_alone:
+            raise exc
+        new = await self._arenew(token)
+        await self._io(self.store.keep_unsaved, self.key, token, new)
+        self._count()
+        return new
 
     def _count(self) -> None:
         self.renewals += 1
         self.stats.add(token_renewals=1)
 
-    def _lost_race(self) -> None:
-        # Only a store shared with code that bypasses these locks can get here.
-        logger.warning("a token for this credential was replaced while it was being renewed")
-
     def invalidate(self, rejected: Token) -> bool:
-        """Mark ``rejected`` expired if it is still the current token (Dintero answered 401).
+        """Dintero answered 401 to ``rejected``: it is never handed out again, and the next
+        :meth:`get_token` renews (or takes a newer token from the store). Only memory changes:
+        a shared copy is replaced by the renewal, never overwritten with a refused token.
 
-        The expired copy keeps its refresh token and user, so a session can still be renewed.
-        Returns whether this call invalidated it (False: someone already renewed it).
+        Returns whether this call was the first to reject it.
         """
-        expired = rejected.model_copy(update={"expires_at": rejected.issued_at})
-        return self.store.compare_and_swap(self.key, rejected, expired)
+        return self.store.reject(self.key, rejected)
 
-    async def ainvalidate(self, rejected: Token) -> bool:
-        expired = rejected.model_copy(update={"expires_at": rejected.issued_at})
-        return await self.store.acompare_and_swap(self.key, rejected, expired)
+    def recheck(self, refused: Token) -> Token | None:
+        """Dintero answered 403 to ``refused``: another login the store holds now, if any (one
+        read of the shared copy; a user may have logged in again with other rights)."""
+        return self.store.recheck(self.key, refused)
+
+    async def arecheck(self, refused: Token) -> Token | None:
+        return await self._io(self.store.recheck, self.key, refused)
 
 
 class ClientCredentialsProvider(TokenProvider):
     """Service tokens: renewed by asking for a new one (no refresh token in this grant)."""
+
+    renews_alone = True
 
     def __init__(
         self,
@@ -267,7 +401,7 @@ class ClientCredentialsProvider(TokenProvider):
         except DinteroAPIError as exc:
             if exc.status_code != 401:
                 raise
-            await self.ainvalidate(token)
+            self.invalidate(token)
             logger.info("Dintero refused the service token of a token request; renewing it once")
         return await fn(await self.aget_token())
 
@@ -308,7 +442,7 @@ class OIDCSessionProvider(TokenProvider):
         self.session = session
         self.service = ClientCredentialsProvider(credentials, store=service_store, stats=stats)
         if initial is not None and self.store.get(self.key) is None:
-            self.store.compare_and_swap(self.key, None, initial)
+            self.store.put(self.key, None, initial)
 
     def use_transport(
         self,
@@ -319,7 +453,7 @@ class OIDCSessionProvider(TokenProvider):
         self.service.use_transport(sync, async_)
 
     def _usable(self, token: Token | None) -> bool:
-        if token is None:
+        if token is None or self.store.is_rejected(token):
             return False
         if token.is_fresh(leeway=self.leeway):
             return True

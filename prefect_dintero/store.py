@@ -1,12 +1,23 @@
-"""Where tokens live between requests: a pluggable store with compare-and-swap."""
+"""Where tokens live between requests, and how a renewal is shared.
+
+A store serves tokens from memory: no request waits on the store's I/O. A renewal opens a
+:class:`Renewal` (``TokenStore.begin_renewal``): a store shared between processes takes its
+cross-process lock there, reads the shared copy (``Renewal.latest``), and takes the renewed token
+(``Renewal.commit``) into memory before it writes it back, so a renewed token is used at once and
+never lost, whatever the shared copy's server does.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections import OrderedDict
+from types import TracebackType
 
 from .tokens import Token
+
+#: How many refused access tokens a store remembers (a few per renewal at most).
+REJECTED_KEPT = 64
 
 
 def same_token(a: Token | None, b: Token | None) -> bool:
@@ -15,49 +26,120 @@ def same_token(a: Token | None, b: Token | None) -> bool:
     return a.same_access_token(b)
 
 
-class TokenStore:
-    """Holds one token per credential key.
+def fingerprint(token: Token) -> str:
+    """A one-way name for an access token, to remember it without keeping it."""
+    return hashlib.sha256(token.access_token.get_secret_value().encode()).hexdigest()
 
-    Subclasses that persist tokens (a Prefect block, a file) override ``get`` with ``reload`` to
-    re-read the persisted copy, ``compare_and_swap`` to write it, and ``renewal_lock`` to
-    serialise renewals across processes. The async methods default to the sync ones, which is
-    right for in-memory stores.
+
+class Renewal:
+    """One renewal's turn with a store. Here, in memory, there is nothing to share: the latest
+    token is the one held, and a commit holds the new one."""
+
+    def __init__(self, store: TokenStore, key: str) -> None:
+        self.store = store
+        self.key = key
+
+    def latest(self) -> Token | None:
+        """The token to renew from: another process's renewal, if it saved one meanwhile."""
+        return self.store.get(self.key)
+
+    def commit(self, old: Token | None, new: Token) -> None:
+        """Hold ``new`` (renewed from ``old``) from now on. Never raises for the shared copy: a
+        store that cannot write it now keeps trying later."""
+        self.store.put(self.key, old, new)
+
+    def end(self) -> None:
+        """Leave the turn (a shared store frees its cross-process lock)."""
+
+    def __enter__(self) -> Renewal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.end()
+
+
+class TokenStore:
+    """Holds one token per credential key, in memory.
+
+    Stores that share tokens between processes (a Prefect block) open a :class:`Renewal` that
+    takes a cross-process lock and reads and writes the shared copy, and may know of a newer
+    login when Dintero refuses a token (``recheck``). ``does_io`` says whether their renewals
+    touch the network (an async caller then runs them in a thread).
     """
 
-    def get(self, key: str, *, reload: bool = False) -> Token | None:
+    does_io = False
+
+    def __init__(self) -> None:
+        self._rejected: OrderedDict[str, None] = OrderedDict()
+        self._rejected_lock = threading.Lock()
+
+    def get(self, key: str) -> Token | None:
+        """The token held for ``key``; never waits on I/O."""
         raise NotImplementedError
 
-    def compare_and_swap(self, key: str, expected: Token | None, new: Token | None) -> bool:
-        """Store ``new`` only if the current token is still ``expected``; say whether it was."""
+    def put(self, key: str, expected: Token | None, new: Token | None) -> bool:
+        """Hold ``new`` only if the token held is still ``expected``; say whether it was."""
         raise NotImplementedError
 
-    @contextmanager
-    def renewal_lock(self, key: str) -> Iterator[None]:
-        """Held around a renewal; a no-op here, the process-wide locks already serialise."""
-        yield
+    def begin_renewal(self, key: str, *, wait: bool) -> Renewal:
+        """Start a renewal's turn (held by one renewal at a time across processes, for shared
+        stores).
 
-    async def aget(self, key: str, *, reload: bool = False) -> Token | None:
-        return self.get(key, reload=reload)
+        Args:
+            key: the credential's key.
+            wait: whether the caller cannot go on without the store (its token is expired): a
+                shared store then waits a while for its server rather than failing at once.
 
-    async def acompare_and_swap(self, key: str, expected: Token | None, new: Token | None) -> bool:
-        return self.compare_and_swap(key, expected, new)
+        Raises:
+            StoreUnavailable: the shared copy cannot be reached now.
+        """
+        return Renewal(self, key)
 
-    @asynccontextmanager
-    async def arenewal_lock(self, key: str) -> AsyncIterator[None]:
-        yield
+    def keep_unsaved(self, key: str, old: Token | None, new: Token) -> None:
+        """Hold ``new``, renewed while the shared copy could not be reached; a shared store
+        saves it once it can."""
+        self.put(key, old, new)
+
+    def recheck(self, key: str, refused: Token) -> Token | None:
+        """Dintero refused ``refused`` (403): another login the shared copy holds now, if any."""
+        return None
+
+    # -- tokens Dintero refused (401) ----------------------------------------------------------
+
+    def reject(self, key: str, token: Token) -> bool:
+        """Remember that Dintero refused ``token``: it is never handed out again, from memory
+        or from a shared copy that still holds it. Says whether it was news."""
+        name = fingerprint(token)
+        with self._rejected_lock:
+            if name in self._rejected:
+                return False
+            self._rejected[name] = None
+            while len(self._rejected) > REJECTED_KEPT:
+                self._rejected.popitem(last=False)
+        return True
+
+    def is_rejected(self, token: Token) -> bool:
+        with self._rejected_lock:
+            return bool(self._rejected) and fingerprint(token) in self._rejected
 
 
 class InMemoryTokenStore(TokenStore):
     """Tokens in this process's memory (the default, shared by every client of the process)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._lock = threading.Lock()
         self._tokens: dict[str, Token] = {}
 
-    def get(self, key: str, *, reload: bool = False) -> Token | None:
+    def get(self, key: str) -> Token | None:
         return self._tokens.get(key)
 
-    def compare_and_swap(self, key: str, expected: Token | None, new: Token | None) -> bool:
+    def put(self, key: str, expected: Token | None, new: Token | None) -> bool:
         with self._lock:
             if not same_token(self._tokens.get(key), expected):
                 return False

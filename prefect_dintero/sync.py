@@ -328,6 +328,7 @@ class StreamSync:
                     **common,
                 )
 
+            self.client.check_run()  # nothing is written once the run must stop
             write, new_state = self.sink.write_page(
                 self.stream, self.account_id, self.partition, page.rows, update
             )
@@ -379,6 +380,7 @@ class StreamSync:
                     last_run_id=self.run_id,
                 )
 
+            self.client.check_run()
             write, new_state = self.sink.write_page(
                 self.stream, self.account_id, self.partition, page.rows, update
             )
