@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from datetime import datetime
+from typing import Any
 
 from prefect.blocks.core import Block
+from prefect.client.schemas.actions import BlockDocumentUpdate
+from prefect.exceptions import ObjectNotFound
 from pydantic import Field, SecretStr
 
+from prefect_dintero.blocks.prefect_api import describe, is_transient, kept_client, own_retries
 from prefect_dintero.blocks.token_store import BlockTokenStore
 from prefect_dintero.credentials import ClientCredentials
 from prefect_dintero.redact import get_logger
@@ -72,12 +75,18 @@ def token_limit_name(fingerprint: str) -> str:
     return f"dintero-token-grant-{fingerprint[:16]}"
 
 
+#: The block type's slug, to read the shared token without Prefect's block machinery.
+SERVICE_TOKEN_BLOCK_SLUG = "dintero-service-token"
+
+
 class BlockServiceTokenStore(BlockTokenStore):
     """The core's token store for a credentials block's shared service token.
 
     Seeded from the saved block at start (so a run within the token's lifetime asks for none),
     renewed in the credential's slot. A waiter whose slot stays taken past two request deadlines
-    renews on its own: a second grant costs nothing but one request, unlike a refresh token.
+    renews on its own, and so does a process that cannot reach the Prefect API once its token
+    expired: a second grant costs nothing but one request, unlike a refresh token. A token
+    renewed so is saved when the Prefect API answers again.
     """
 
     _instances: dict[str, BlockServiceTokenStore] = {}
@@ -91,7 +100,15 @@ class BlockServiceTokenStore(BlockTokenStore):
             2 * credentials.request_deadline_seconds + 10.0,
             None,
         )
-        self._token = self._load()
+        self.label = f"the shared service token {self.block_name!r}"
+        try:
+            with own_retries():
+                self._token = self._base = self._load()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Renewed when it is first needed, alone if Prefect still does not answer then.
+            logger.info("could not read %s (%s)", self.label, describe(exc))
 
     @classmethod
     def for_credentials(
@@ -105,25 +122,40 @@ class BlockServiceTokenStore(BlockTokenStore):
                 store = cls._instances[key] = cls(credentials_block, credentials)
             return store
 
-    def _mine(self, block: DinteroServiceToken | None) -> Token | None:
-        if block is None or block.credentials_fingerprint != self.fingerprint:
-            return None  # none saved yet, or saved for other credentials (a changed secret)
-        return Token(
-            access_token=block.access_token,
-            token_type=block.token_type,
-            issued_at=block.issued_at,
-            expires_at=block.expires_at,
+    def _read(self) -> tuple[Any, Token | None]:
+        try:
+            document = kept_client().read_block_document_by_name(
+                self.block_name, SERVICE_TOKEN_BLOCK_SLUG, include_secrets=True
+            )
+        except ObjectNotFound:
+            return None, None
+        data = document.data
+        if data.get("credentials_fingerprint") != self.fingerprint:
+            # Saved for other credentials (a changed secret): never used, replaced on renewal.
+            return document, None
+        return document, Token(
+            access_token=SecretStr(data["access_token"]),
+            token_type=data.get("token_type") or "Bearer",
+            issued_at=data["issued_at"],
+            expires_at=data["expires_at"],
         )
 
-    def _load(self) -> Token | None:
-        with contextlib.suppress(ValueError):  # Prefect's "unable to find block document"
-            return self._mine(DinteroServiceToken.load(self.block_name, _sync=True))
-        return None
-
-    async def _aload(self) -> Token | None:
-        with contextlib.suppress(ValueError):
-            return self._mine(await DinteroServiceToken.aload(self.block_name))
-        return None
+    def _write(self, handle: Any, token: Token) -> None:
+        if handle is None:  # the first save: registers the block type too
+            self._block(token).save(self.block_name, overwrite=True, _sync=True)
+            return
+        kept_client().update_block_document(
+            handle.id,
+            BlockDocumentUpdate(
+                data={
+                    "access_token": token.access_token.get_secret_value(),
+                    "token_type": token.token_type,
+                    "issued_at": token.issued_at.isoformat(),
+                    "expires_at": token.expires_at.isoformat(),
+                    "credentials_fingerprint": self.fingerprint,
+                }
+            ),
+        )
 
     def _block(self, token: Token) -> DinteroServiceToken:
         return DinteroServiceToken(
@@ -133,12 +165,6 @@ class BlockServiceTokenStore(BlockTokenStore):
             expires_at=token.expires_at,
             credentials_fingerprint=self.fingerprint,
         )
-
-    def _save(self, token: Token) -> None:
-        self._block(token).save(self.block_name, overwrite=True, _sync=True)
-
-    async def _asave(self, token: Token) -> None:
-        await self._block(token).asave(self.block_name, overwrite=True)
 
     def _slot_timed_out(self) -> None:
         logger.warning(

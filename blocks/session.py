@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from datetime import datetime
 from typing import Any, Literal
 
 import httpx
 from prefect.blocks.core import Block
-from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.settings import PREFECT_API_URL
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import BlockDocumentUpdate
+from prefect.exceptions import ObjectAlreadyExists
 from pydantic import Field, SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks.credentials import LOGO_URL, DinteroCredentials
+from prefect_dintero.blocks.prefect_api import (
+    background,
+    call,
+    describe,
+    drop_kept_client,
+    kept_client,
+    own_retries,
+)
+from prefect_dintero.blocks.slots import wait_for_slot
 from prefect_dintero.blocks.token_store import RENEWAL_SLOT_LEASE, BlockTokenStore
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
 from prefect_dintero.provider import OIDCSessionProvider
@@ -33,8 +44,8 @@ class DinteroOIDCSession(Block):
     Flows use it to call Dintero as the user who logged in. When its access token nears expiry it
     is renewed with the refresh token once across every thread, process and worker: the renewal
     runs in a slot of a Prefect global concurrency limit named after the credential, re-reads
-    this block inside the slot, and saves the renewed session before using it, so a rotated
-    refresh token is never lost.
+    this block inside the slot, and saves the renewed session back, retrying while the Prefect
+    API fails and never over a newer login, so a rotated refresh token is never lost.
 
     Attributes:
         credentials: the API client the user logged in through.
@@ -167,33 +178,33 @@ def _token_fields(token: Token) -> dict[str, Any]:
     }
 
 
-# The login check runs before every request. Opening a Prefect client builds an SSL context,
-# which cost more than the read itself (py-spy on the month benchmark: 28 % of all samples), so
-# the check keeps one client open per API URL for the life of the process.
-_kept_clients: dict[str | None, SyncPrefectClient] = {}
-_kept_clients_lock = threading.Lock()
+def _token_from_data(data: dict[str, Any]) -> Token:
+    """The token a session block document's data holds (read with its secrets)."""
+    user_info = data.get("user_info")
+    expires_at = data["expires_at"]
+    return Token(
+        access_token=SecretStr(data["access_token"]),
+        refresh_token=SecretStr(data["refresh_token"]) if data.get("refresh_token") else None,
+        token_type=data.get("token_type") or "Bearer",
+        issued_at=data.get("issued_at") or expires_at,
+        expires_at=expires_at,
+        user_info=UserInfo.model_validate(user_info) if user_info else None,
+        session_id=data.get("session_id"),
+    )
 
 
-def _read_with_kept_client(read: Any) -> Any:
-    """``read(client)`` with this process's kept-open Prefect client for the current API URL;
-    a client that failed is replaced once (its server may have gone and come back)."""
-    url = PREFECT_API_URL.value()
-    for attempt in range(2):
-        with _kept_clients_lock:
-            client = _kept_clients.get(url)
-            if client is None:
-                client = get_client(sync_client=True)
-                client.__enter__()
-                _kept_clients[url] = client
-            try:
-                return read(client)
-            except (httpx.TransportError, RuntimeError):  # gone, or closed: not a refusal
-                if attempt:
-                    raise
-                _kept_clients.pop(url, None)
-                with contextlib.suppress(Exception):
-                    client.__exit__(None, None, None)
-    raise AssertionError("unreachable")
+def _token_data(token: Token) -> dict[str, Any]:
+    """A session block document's token fields, as the API takes them (secrets in the clear:
+    the server stores block data encrypted)."""
+    return {
+        "access_token": token.access_token.get_secret_value(),
+        "refresh_token": token.refresh_token.get_secret_value() if token.refresh_token else None,
+        "token_type": token.token_type,
+        "issued_at": token.issued_at.isoformat(),
+        "expires_at": token.expires_at.isoformat(),
+        "user_info": token.user_info.model_dump() if token.user_info else None,
+        "session_id": token.session_id,
+    }
 
 
 def refresh_limit_name(cache_key: str) -> str:
@@ -201,12 +212,17 @@ def refresh_limit_name(cache_key: str) -> str:
     return f"dintero-session-refresh-{cache_key[:16]}"
 
 
+#: How often a process using a session block asks which login the block holds, at most.
+LOGIN_CHECK_SECONDS = 60.0
+
+
 class BlockSessionStore(BlockTokenStore):
     """The core's token store for one saved session block.
 
-    Reads are served from memory, after asking Prefect which login the block holds now (its
-    ``session_id``, read without secrets): when someone logged in again into the block, the new
-    login replaces the old one at this process's next request. Renewals run in the block's
+    Reads are served from memory. At most once a minute, in the background, the store asks
+    Prefect which login the block holds (its ``session_id``, read without secrets): when someone
+    logged in again into the block, the new login replaces the old one in this process within
+    a minute, at once when Dintero refuses the old one (401 or 403). Renewals run in the block's
     renewal slot (``BlockTokenStore``); one that waits longer than two request deadlines fails.
     """
 
@@ -220,6 +236,9 @@ class BlockSessionStore(BlockTokenStore):
             block.to_token(),
         )
         self.block_name = block_name
+        self.label = f"the Dintero session {block_name!r}"
+        self._login_checked_at = time.monotonic()
+        self._checking = False
 
     @classmethod
     def for_block(
@@ -235,71 +254,107 @@ class BlockSessionStore(BlockTokenStore):
         return store
 
     def _take_login(self, saved: Token) -> bool:
-        """Hold ``saved`` if it is another login than the one held; say whether it was."""
+        """Hold ``saved`` if it is another login than the one held; say whether it was. A
+        renewal of the previous login that is not saved yet is dropped: it is over."""
         with self._lock:
             if self._token is not None and self._token.identity == saved.identity:
                 return False
-            self._token = saved
+            self._token = self._base = saved
+            self._dirty = False
         logger.info("a new login into the session block %r is used from now on", self.block_name)
         return True
 
     # -- the block ------------------------------------------------------------------------------
 
-    def _load(self) -> Token | None:
-        return DinteroOIDCSession.load(self.block_name, _sync=True).to_token()
+    def _read(self) -> tuple[Any, Token | None]:
+        client = kept_client()
+        try:
+            document = client.read_block_document_by_name(
+                self.block_name, SESSION_BLOCK_SLUG, include_secrets=True
+            )
+        except RuntimeError:  # a kept client that was closed under us
+            drop_kept_client(client)
+            raise
+        return document, _token_from_data(document.data)
 
-    async def _aload(self) -> Token | None:
-        return (await DinteroOIDCSession.aload(self.block_name)).to_token()
+    def _write(self, handle: Any, token: Token) -> None:
+        # Only the token's fields change. Block references (the nested credentials) are not in
+        # a document's stored data, so they are sent back as they are, or an update drops them.
+        references = {
+            name: {"$ref": {"block_document_id": str(reference["block_document"]["id"])}}
+            for name, reference in handle.block_document_references.items()
+        }
+        kept_client().update_block_document(
+            handle.id,
+            BlockDocumentUpdate(data={**_token_data(token), **references}),
+        )
 
-    def _save(self, token: Token) -> None:
-        block = DinteroOIDCSession.load(self.block_name, _sync=True)
-        block._apply(token)
-        block.save(self.block_name, overwrite=True, _sync=True)
+    def _superseded(self, saved: Token | None, mine: Token) -> None:
+        if saved is None or saved.identity != mine.identity:
+            logger.warning(
+                "a new login was saved into the session block %r while this process renewed "
+                "the previous one: the renewal was not saved over it, and the new login is "
+                "used from now on",
+                self.block_name,
+            )
+        else:
+            super()._superseded(saved, mine)
 
-    async def _asave(self, token: Token) -> None:
-        block = await DinteroOIDCSession.aload(self.block_name)
-        block._apply(token)
-        await block.asave(self.block_name, overwrite=True)
-
-    # -- reads: which login the block holds --------------------------------------------------
+    # -- which login the block holds --------------------------------------------------------
 
     def _saved_login(self) -> str | None:
-        document = _read_with_kept_client(
-            lambda client: client.read_block_document_by_name(
-                self.block_name, SESSION_BLOCK_SLUG, include_secrets=False
-            )
-        )
-        return document.data.get("session_id")
-
-    async def _asaved_login(self) -> str | None:
-        async with get_client() as client:
-            document = await client.read_block_document_by_name(
-                self.block_name, SESSION_BLOCK_SLUG, include_secrets=False
-            )
+        client = kept_client()
+        try:
+            with own_retries():
+                document = client.read_block_document_by_name(
+                    self.block_name, SESSION_BLOCK_SLUG, include_secrets=False
+                )
+        except (httpx.TransportError, RuntimeError):
+            drop_kept_client(client)  # its server may have gone and come back
+            raise
         return document.data.get("session_id")
 
     def _is_other_login(self, saved_id: str | None) -> bool:
-        # A block saved before session ids has none; its login then never changed by one.
         token = self._token
         return saved_id is not None and (token is None or saved_id != token.identity)
 
-    def get(self, key: str, *, reload: bool = False) -> Token | None:
-        if reload:
-            return super().get(key, reload=True)
-        if self._is_other_login(self._saved_login()):
-            saved = self._load()
-            if saved is not None:
-                self._take_login(saved)
-        return self._token
+    def _new_login(self) -> Token | None:
+        """The block's login if it is another than the one held (two reads at most)."""
+        if not self._is_other_login(self._saved_login()):
+            return None
+        with own_retries():
+            _, saved = self._read()
+        if saved is not None and self._take_login(saved):
+            return saved
+        return None
 
-    async def aget(self, key: str, *, reload: bool = False) -> Token | None:
-        if reload:
-            return await super().aget(key, reload=True)
-        if self._is_other_login(await self._asaved_login()):
-            saved = await self._aload()
-            if saved is not None:
-                self._take_login(saved)
-        return self._token
+    def get(self, key: str) -> Token | None:
+        if not self._checking and time.monotonic() - self._login_checked_at >= LOGIN_CHECK_SECONDS:
+            self._checking = True
+            background(self._check_login, "dintero-login-check")
+        return super().get(key)
+
+    def _check_login(self) -> None:
+        try:
+            self._new_login()
+        except Exception as exc:
+            # The renewal path says when the Prefect API is down; this check just tries later.
+            logger.debug("could not ask which login %r holds: %s", self.block_name, describe(exc))
+        finally:
+            self._login_checked_at = time.monotonic()
+            self._checking = False
+
+    def recheck(self, key: str, refused: Token) -> Token | None:
+        try:
+            return self._new_login()
+        except Exception as exc:
+            logger.info(
+                "Dintero refused the session's token, and Prefect could not say whether the "
+                "block %r holds a newer login (%s)",
+                self.block_name,
+                describe(exc),
+            )
+            return None
 
     def _slot_timed_out(self) -> None:
         raise TimeoutError(
@@ -312,3 +367,50 @@ class BlockSessionStore(BlockTokenStore):
 
     def __repr__(self) -> str:
         return f"BlockSessionStore(block={self.block_name!r}, limit={self.limit_name!r})"
+
+
+#: How long a new login's save keeps trying while the Prefect API fails: its code is spent.
+LOGIN_SAVE_SECONDS = 120.0
+
+
+def save_login(credentials: DinteroCredentials, session_block: str, token: Token) -> None:
+    """Save a new login into ``session_block``, in the session's renewal slot, so that a renewal
+    of the previous login in flight never writes over it, and retrying the Prefect API's
+    transient failures for up to ``LOGIN_SAVE_SECONDS`` (the code it came from is spent).
+
+    Raises:
+        PrefectUnavailable: the Prefect API failed for that long (the user logs in again).
+    """
+    limit = refresh_limit_name(credentials.to_core().cache_key(session=session_block))
+    deadline = time.monotonic() + LOGIN_SAVE_SECONDS
+    timeout = 2 * credentials.request_deadline_seconds + 10.0
+    call(lambda: _upsert_limit(limit), until=deadline, what=f"the creation of the {limit!r} limit")
+    held = wait_for_slot(limit, timeout=timeout, lease=RENEWAL_SLOT_LEASE)
+    if held is None:
+        logger.warning(
+            "the renewal slot of the session %r stayed taken for %.0f s; saving the new login "
+            "without it",
+            session_block,
+            timeout,
+        )
+    try:
+        call(
+            lambda: DinteroOIDCSession.from_token(credentials, token).save(
+                session_block, overwrite=True, _sync=True
+            ),
+            until=deadline,
+            what=f"the save of the new login into {session_block!r}",
+        )
+    finally:
+        if held is not None:
+            held.release()
+    with BlockSessionStore._instances_lock:
+        stores = list(BlockSessionStore._instances.values())
+    for store in stores:
+        if store.block_name == session_block and store.limit_name == limit:
+            store._take_login(token)
+
+
+def _upsert_limit(name: str) -> None:
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.upsert_global_concurrency_limit_by_name(name, limit=1)

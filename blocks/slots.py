@@ -5,28 +5,43 @@ its credential's (one renewal at a time, across processes). Prefect's ``concurre
 does the same, but in a flow run here it took 0.27 s to take a slot and 0.09 s to free it (a
 service thread with an event loop and a client of its own to acquire, a renewal thread that
 renews at once with another client, an event-loop round trip to release): a fifth of a 1.6 s
-flow run. Here a slot costs two requests on the run's client, about 0.02 s each, and the lease is
-renewed every third of its length.
+flow run. Here a slot costs two requests on one client, about 0.02 s each.
 
-A holder that dies holds the slot until its lease runs out (at least a minute: Prefect's
-shortest lease). Concurrency-limit events (``prefect.concurrency-limit.acquired``) are not
-emitted for these slots.
+Prefect is a remote service that can be slow, rate-limited or down, so:
+
+- a waiter keeps one client for its whole wait and asks again after 0.5, 1, 2, 4, 8, then every
+  10 s (at most 10 requests a minute), longer when a 429 or 503 says ``Retry-After``;
+- the lease is renewed every ``renew_every`` seconds, and after a failed renewal again with the
+  same backoff, so a lease outlives minutes of 429s and 503s when it is long enough;
+- a holder knows when its lease may have run out (no renewal succeeded for the lease's length,
+  less a margin, or the server said 410): :meth:`HeldSlot.holds` turns false *before* the
+  server can give the slot to someone else, and the holder stops (a sync at its next page).
+
+A holder that dies holds the slot until its lease runs out. Concurrency-limit events
+(``prefect.concurrency-limit.acquired``) are not emitted for these slots.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
 from uuid import UUID
 
-import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
+from prefect_dintero.blocks.prefect_api import (
+    Backoff,
+    PrefectUnavailable,
+    background,
+    describe,
+    is_transient,
+    own_retries,
+    retry_after_of,
+    status_of,
+)
 from prefect_dintero.redact import get_logger
 
 logger = get_logger(__name__)
@@ -35,24 +50,20 @@ logger = get_logger(__name__)
 RENEWAL_JOIN_SECONDS = 2.0
 
 
-def _status(exc: BaseException) -> int | None:
-    """The HTTP status behind an error from Prefect's client, if there is one."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, httpx.HTTPStatusError):
-            return cause.response.status_code
-        cause = cause.__cause__
-    return None
+def lease_margin(lease: float) -> float:
+    """How long before its lease may run out a holder stops counting on it: a tenth of the
+    lease, at least 5 s (clocks, the server's repossessor loop, a page already in flight)."""
+    return max(5.0, lease / 10)
 
 
 class HeldSlot:
     """A slot taken under a lease; leaving the ``with`` block frees it.
 
     A daemon thread renews the lease every ``renew_every`` seconds (a third of the lease by
-    default: a renewal that fails, say while the Prefect server restarts, has two more chances
-    before the lease runs out). A lease the server no longer knows (410: it ran out, or someone
-    freed the slot by hand) is not renewed again: the holder goes on, with a warning that
-    another run may take the slot.
+    default). A renewal that fails is tried again with backoff, honouring ``Retry-After``, until
+    the lease may have run out; a lease the server no longer knows (410: it ran out, or someone
+    freed the slot by hand) is not renewed again. Either way :meth:`holds` turns false, with the
+    reason in :attr:`lost`, and a warning is logged.
     """
 
     def __init__(
@@ -62,43 +73,87 @@ class HeldSlot:
         lease_id: UUID,
         lease: float,
         renew_every: float | None = None,
+        *,
+        taken_at: float | None = None,
     ) -> None:
         self.limit_name = limit_name
         self.lease_id = lease_id
         self.lease = lease
         self.renew_every = lease / 3 if renew_every is None else renew_every
         self.renewals = 0
+        self.failed_renewals = 0
+        #: Why the holder may no longer hold the slot, once it may not.
+        self.lost: str | None = None
+        # Counted from when the request that took or renewed the lease was sent: the server's
+        # clock started no earlier.
+        self._valid_until = (taken_at or time.monotonic()) + lease
         self._client = client
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._renew, name=f"dintero-slot-{limit_name}", daemon=True
-        )
-        self._thread.start()
+        self._thread = background(self._renew, f"dintero-slot-{limit_name}")
+
+    def holds(self) -> bool:
+        """Whether the lease surely still holds the slot (checked on every page of a sync)."""
+        if self.lost is None and time.monotonic() >= self._valid_until - lease_margin(self.lease):
+            self._lose(
+                f"no renewal of its lease succeeded for {self.lease:.0f} s, so Prefect may "
+                "have given the slot to another holder"
+            )
+        return self.lost is None
+
+    def lost_reason(self) -> str | None:
+        """None while the slot surely holds; else why it may not (for ``stop_reason``)."""
+        if self.holds():
+            return None
+        return f"the {self.limit_name!r} slot may no longer be held: {self.lost}"
+
+    def _lose(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = why
+            logger.warning(
+                "the lease on a slot of the %r concurrency limit may be gone: %s",
+                self.limit_name,
+                why,
+            )
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.renew_every):
+        wait = self.renew_every
+        backoff = Backoff()
+        while not self._stop.wait(wait):
+            sent = time.monotonic()
             try:
-                self._client.renew_concurrency_lease(self.lease_id, lease_duration=self.lease)
-                self.renewals += 1
+                with own_retries():
+                    self._client.renew_concurrency_lease(self.lease_id, lease_duration=self.lease)
             except Exception as exc:
                 if self._stop.is_set():  # released meanwhile: nothing to warn about
                     return
-                if _status(exc) == 410:
-                    logger.warning(
-                        "the lease on a slot of the %r concurrency limit is gone (it ran out or "
-                        "was freed by hand): another holder may take the slot while this one "
-                        "goes on",
-                        self.limit_name,
-                    )
+                if status_of(exc) == 410:
+                    self._lose("Prefect no longer knows it (it ran out, or was freed by hand)")
                     return
-                logger.warning(
-                    "could not renew the lease on a slot of the %r concurrency limit (%s); "
-                    "trying again in %.0f s, before the lease of %.0f s runs out",
+                self.failed_renewals += 1
+                retry = backoff.next(retry_after_of(exc))
+                if not self.holds():
+                    return
+                if self.failed_renewals == 1 or not is_transient(exc):
+                    logger.warning(
+                        "could not renew the lease on a slot of the %r concurrency limit (%s); "
+                        "trying again, until its %.0f s run out",
+                        self.limit_name,
+                        describe(exc),
+                        self.lease,
+                    )
+                wait = min(retry, max(0.5, self._valid_until - time.monotonic()))
+                continue
+            self.renewals += 1
+            self._valid_until = sent + self.lease
+            if self.failed_renewals:
+                logger.info(
+                    "renewed the lease on a slot of the %r concurrency limit after %d failed tries",
                     self.limit_name,
-                    type(exc).__name__,
-                    self.renew_every,
-                    self.lease,
+                    self.failed_renewals,
                 )
+                self.failed_renewals = 0
+            backoff = Backoff()
+            wait = self.renew_every
 
     def release(self) -> None:
         """Stop renewing and free the slot. A release that fails is logged, not raised: the
@@ -108,13 +163,14 @@ class HeldSlot:
         self._stop.set()
         self._thread.join(RENEWAL_JOIN_SECONDS)
         try:
-            self._client.release_concurrency_slots_with_lease(self.lease_id)
+            with own_retries():
+                self._client.release_concurrency_slots_with_lease(self.lease_id)
         except Exception as exc:
             logger.warning(
                 "could not free a slot of the %r concurrency limit (%s); it frees itself "
                 "within %.0f s, when its lease runs out",
                 self.limit_name,
-                type(exc).__name__,
+                describe(exc),
                 self.lease,
             )
         finally:
@@ -131,59 +187,104 @@ class HeldSlot:
     ) -> None:
         self.release()
 
-    async def __aenter__(self) -> HeldSlot:
-        return self
 
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await asyncio.to_thread(self.release)
+def wait_for_slot(
+    limit_name: str,
+    *,
+    timeout: float,
+    lease: float,
+    renew_every: float | None = None,
+    error_grace: float | None = None,
+) -> HeldSlot | None:
+    """A slot of the global concurrency limit ``limit_name``, asked for until ``timeout``
+    seconds have passed; None if it stayed taken. A limit that does not exist holds no one back
+    (as Prefect's ``concurrency(strict=False)``): the slot is granted.
 
-
-def try_slot(limit_name: str, lease: float, renew_every: float | None = None) -> HeldSlot | None:
-    """A slot of the global concurrency limit ``limit_name`` if one is free now, else None.
-
-    Never waits for the server's Retry-After: callers poll. A limit that does not exist holds
-    no one back (as Prefect's ``concurrency(strict=False)``): the slot is granted.
+    One client serves the whole wait (and then the held slot). Prefect's own waiting sleeps for
+    a ``Retry-After`` that grows to 30 s when several processes wait, far past the moment the
+    slot frees; here the waits are 0.5, 1, 2, 4, 8, then 10 s: at most 10 requests a minute.
 
     Args:
         limit_name: the global concurrency limit's name.
+        timeout: seconds to keep asking; 0 asks once.
         lease: seconds the slot stays held if its holder dies (at least 60: Prefect's minimum).
         renew_every: seconds between lease renewals; a third of the lease by default.
+        error_grace: how long to keep asking through 429s, 5xx and network errors, in
+            seconds from now; ``timeout`` by default.
+
+    Raises:
+        PrefectUnavailable: the Prefect API failed (429, 5xx, no answer) and its grace ran out.
     """
+    deadline = time.monotonic() + timeout
+    errors_until = deadline if error_grace is None else time.monotonic() + error_grace
+    backoff = Backoff()
+    taken = False  # a holder was seen: a timeout then means the slot stayed taken
     client = get_client(sync_client=True)
     client.__enter__()
     try:
-        response = client.increment_concurrency_slots_with_lease(
-            names=[limit_name], slots=1, mode="concurrency", lease_duration=lease
-        )
-    except BaseException as exc:
-        client.__exit__(None, None, None)
-        if isinstance(exc, Exception) and _status(exc) == 423:  # another holder has it
-            return None
-        raise
-    return HeldSlot(client, limit_name, UUID(response.json()["lease_id"]), lease, renew_every)
+        while True:
+            sent = time.monotonic()
+            try:
+                with own_retries():
+                    response = client.increment_concurrency_slots_with_lease(
+                        names=[limit_name], slots=1, mode="concurrency", lease_duration=lease
+                    )
+            except Exception as exc:
+                if status_of(exc) == 423:  # another holder has it
+                    failure, taken = None, True
+                    wait = backoff.next()
+                elif is_transient(exc):
+                    failure = exc
+                    wait = backoff.next(retry_after_of(exc))
+                else:
+                    raise
+                left = (deadline if failure is None else errors_until) - time.monotonic()
+                if left <= 0:
+                    if failure is not None and not taken:
+                        raise _unavailable(limit_name, failure) from None
+                    return None
+                time.sleep(min(wait, left))  # a last try at the deadline
+                continue
+            held = HeldSlot(
+                client,
+                limit_name,
+                UUID(response.json()["lease_id"]),
+                lease,
+                renew_every,
+                taken_at=sent,
+            )
+            client = None  # the held slot owns it now
+            return held
+    finally:
+        if client is not None:
+            client.__exit__(None, None, None)
 
 
-async def atry_slot(
-    limit_name: str, lease: float, renew_every: float | None = None
-) -> HeldSlot | None:
-    """:func:`try_slot` from a coroutine (in a worker thread: the slot's client is a sync one,
-    shared with its renewal thread); use the result with ``async with``."""
-    return await asyncio.to_thread(try_slot, limit_name, lease, renew_every)
+def _unavailable(limit_name: str, exc: BaseException) -> PrefectUnavailable:
+    return PrefectUnavailable(
+        f"the Prefect API did not answer a request for a slot of the {limit_name!r} "
+        f"concurrency limit ({describe(exc)}); nothing was sent to Dintero because of it"
+    )
+
+
+def try_slot(limit_name: str, lease: float, renew_every: float | None = None) -> HeldSlot | None:
+    """A slot of ``limit_name`` if one is free now, else None (one request)."""
+    return wait_for_slot(limit_name, timeout=0, lease=lease, renew_every=renew_every)
 
 
 @contextmanager
-def slot(limit_name: str, timeout: float, lease: float, poll: float = 0.5) -> Iterator[None]:
-    """Hold a slot of a global concurrency limit, asking for it every ``poll`` seconds for at
-    most ``timeout``: Prefect's own waiting sleeps for a Retry-After that grows to 30 s when
-    several processes wait, far past the moment the slot frees.
+def slot(
+    limit_name: str, timeout: float, lease: float, renew_every: float | None = None
+) -> Iterator[HeldSlot]:
+    """Hold a slot of a global concurrency limit, waiting for it for at most ``timeout`` seconds
+    (:func:`wait_for_slot`).
 
     Raises:
         TimeoutError: the slot stayed taken for ``timeout`` seconds.
+        PrefectUnavailable: the Prefect API failed until then.
     """
-    deadline = time.monotonic() + timeout
-    while (held := try_slot(limit_name, lease)) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the {limit_name!r} slot stayed taken for {timeout:.0f} s")
-        time.sleep(poll)
+    held = wait_for_slot(limit_name, timeout=timeout, lease=lease, renew_every=renew_every)
+    if held is None:
+        raise TimeoutError(f"the {limit_name!r} slot stayed taken for {timeout:.0f} s")
     with held:
-        yield
+        yield held

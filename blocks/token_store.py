@@ -1,26 +1,49 @@
 """Token stores kept in Prefect blocks: shared by every process, renewed by one at a time.
 
-A store serves its token from memory. A renewal runs in a slot of a Prefect global concurrency
-limit named after the credential (one holder across every process and worker), re-reads the
-saved token inside the slot so another process's renewal is picked up rather than repeated,
-and saves the renewed token before it is handed out, so it is never lost.
+A store serves its token from memory: a request never waits on the Prefect API. A renewal runs
+in a slot of a Prefect global concurrency limit named after the credential (one holder across
+every process and worker) and re-reads the block inside the slot, so another process's renewal
+is picked up rather than repeated.
+
+The renewed token is held in memory first, so it is used at once, and then saved in the
+background while the slot is still held: the save applies only if the block still holds what
+the renewal started from (read and written inside the slot, which a new login takes too), so a
+newer renewal or login is never overwritten. A save the Prefect API refuses (429, 5xx, no
+answer) is retried with backoff, honouring ``Retry-After``, for up to
+``SAVE_WHILE_HELD_SECONDS``; then again, slot and all, at later requests, and once more when the
+process exits. The renewed token is never thrown away: with Dintero rotating single-use refresh
+tokens, it is the session.
+
+When the Prefect API does not answer a renewal, the token in memory is used while it has not
+expired (said once in the log); the provider decides what happens after that.
 """
 
 from __future__ import annotations
 
-import asyncio
+import atexit
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+import weakref
+from collections.abc import Callable
+from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectAlreadyExists
 
-from prefect_dintero.blocks.slots import HeldSlot, atry_slot, try_slot
+from prefect_dintero.blocks.prefect_api import (
+    Backoff,
+    PrefectUnavailable,
+    background,
+    call,
+    describe,
+    is_transient,
+    own_retries,
+    retry_after_of,
+)
+from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
 from prefect_dintero.redact import get_logger
-from prefect_dintero.store import TokenStore, same_token
+from prefect_dintero.store import Renewal, TokenStore, same_token
 from prefect_dintero.tokens import Token
 
 logger = get_logger(__name__)
@@ -28,140 +51,352 @@ logger = get_logger(__name__)
 # The shortest lease Prefect allows. A process killed mid-renewal holds the slot until its lease
 # expires (and the server's repossessor runs): this bounds that wait at about a minute.
 RENEWAL_SLOT_LEASE = 60.0
-#: How often a process waiting for another's renewal asks for the slot again.
-RENEWAL_POLL_SECONDS = 0.25
+#: How long a renewed token's save is retried while its renewal slot is held.
+SAVE_WHILE_HELD_SECONDS = 30.0
+#: Waits between later tries of a save that failed, at requests (the last one repeats).
+SAVE_RETRY_WAITS = (5.0, 10.0, 20.0, 40.0, 60.0)
+#: How long a renewal that can go on without the Prefect API (a service token's, renewed alone
+#: then) waits out its failures: long enough for a blip (a busy server answers 503), short
+#: enough that an unreachable API costs a request little.
+QUICK_GRACE_SECONDS = 5.0
+#: After the Prefect API failed a renewal, renewals use memory without asking it again for
+#: this long, doubling up to the second figure while it keeps failing.
+OUTAGE_PAUSE = (5.0, 60.0)
+#: How long the process's exit waits for unsaved tokens to be saved.
+EXIT_SAVE_SECONDS = 30.0
 
-
-def _changed(old: Token | None, new: Token) -> bool:
-    return old is None or not new.same_access_token(old) or new.expires_at != old.expires_at
+_stores: weakref.WeakSet[BlockTokenStore] = weakref.WeakSet()
 
 
 class BlockTokenStore(TokenStore):
-    """Base of the block-backed stores: memory, compare-and-swap through the block, the slot.
+    """Base of the block-backed stores: memory, the renewal's slot and the block, saves that
+    are never lost.
 
-    Subclasses load and save their block (``_load``/``_save`` and async forms) and say what a
-    waiter does when the slot stays taken (``_slot_timed_out``).
+    Subclasses read and write their block (``_read``/``_write``: one attempt each, with
+    Prefect's own retries off; the caller retries), name it (``label``) and say what a waiter
+    does when the slot stays taken (``_slot_timed_out``).
     """
 
+    does_io = True
     _limits_ready: set[str] = set()
 
     def __init__(self, limit_name: str, slot_timeout: float, token: Token | None) -> None:
+        super().__init__()
         self.limit_name = limit_name
         self.slot_timeout = slot_timeout
-        self._token = token
         self._lock = threading.Lock()
+        self._token = token
+        #: What the block holds, as far as this process knows (the base a save compares to).
+        self._base = token
+        #: Whether memory holds a token the block should get.
+        self._dirty = False
+        self._saving = False
+        self._save_tries = 0
+        self._next_save_at = 0.0
+        self._paused_until = 0.0
+        self._pause = 0.0
+        self._outage: str | None = None
+        _stores.add(self)
 
-    # -- the block ------------------------------------------------------------------------------
+    # -- the block: subclasses ------------------------------------------------------------------
+
+    label = "a token"
+
+    def _read(self) -> tuple[Any, Token | None]:
+        """The block as stored (a handle for ``_write``) and the token it holds."""
+        raise NotImplementedError
+
+    def _write(self, handle: Any, token: Token) -> None:
+        """Save ``token`` into the block read as ``handle`` (None: there was none)."""
+        raise NotImplementedError
 
     def _load(self) -> Token | None:
+        return self._read()[1]
+
+    def _slot_timed_out(self) -> None:
+        """The slot stayed taken for ``slot_timeout``: raise, or return to renew without it."""
         raise NotImplementedError
 
-    async def _aload(self) -> Token | None:
-        raise NotImplementedError
+    def _superseded(self, saved: Token | None, mine: Token) -> None:
+        """The block holds something other than what a renewal started from: it is kept."""
+        logger.info(
+            "%s was saved by another process while this one renewed it; that one is used",
+            self.label,
+        )
 
-    def _save(self, token: Token) -> None:
-        raise NotImplementedError
+    # -- memory ------------------------------------------------------------------------------------
 
-    async def _asave(self, token: Token) -> None:
-        raise NotImplementedError
-
-    def get(self, key: str, *, reload: bool = False) -> Token | None:
-        if reload:
-            saved = self._load()
-            with self._lock:
-                self._token = saved
+    def get(self, key: str) -> Token | None:
+        if self._dirty and not self._saving and time.monotonic() >= self._next_save_at:
+            self._in_background("save", self._save_later)
         return self._token
 
-    async def aget(self, key: str, *, reload: bool = False) -> Token | None:
-        if reload:
-            saved = await self._aload()
-            with self._lock:
-                self._token = saved
-        return self._token
-
-    # -- writes ---------------------------------------------------------------------------------
-
-    def _swap_in_memory(self, expected: Token | None, new: Token | None) -> bool:
+    def put(self, key: str, expected: Token | None, new: Token | None) -> bool:
         with self._lock:
             if not same_token(self._token, expected):
                 return False
             self._token = new
             return True
 
-    def compare_and_swap(self, key: str, expected: Token | None, new: Token | None) -> bool:
-        # Saved before it is used: a renewed token, and a token Dintero refused (401), marked
-        # expired, so no process takes it from the block again; every process renews instead,
-        # one at a time.
-        if new is not None and _changed(expected, new):
-            if not same_token(self._load(), expected):
-                return False
-            self._save(new)
-        return self._swap_in_memory(expected, new)
+    def _hold(self, new: Token) -> None:
+        """Hold a renewed token: used from now on, saved to the block when it can be."""
+        with self._lock:
+            self._token = new
+            self._dirty = True
 
-    async def acompare_and_swap(self, key: str, expected: Token | None, new: Token | None) -> bool:
-        if new is not None and _changed(expected, new):
-            if not same_token(await self._aload(), expected):
-                return False
-            await self._asave(new)
-        return self._swap_in_memory(expected, new)
+    def _adopt(self, saved: Token | None) -> Token | None:
+        """Take what the block holds into memory, unless memory holds a renewal of it that is
+        not saved yet (then the block is behind, and memory is right)."""
+        with self._lock:
+            if self._dirty and same_token(saved, self._base):
+                return self._token
+            self._token = saved
+            self._base = saved
+            self._dirty = False
+            return saved
 
-    # -- cross-process serialisation --------------------------------------------------------------
+    def keep_unsaved(self, key: str, old: Token | None, new: Token) -> None:
+        self._hold(new)
+        self._next_save_at = time.monotonic() + SAVE_RETRY_WAITS[0]
+
+    # -- the Prefect API's health, as renewals see it -------------------------------------------
+
+    def _prefect_failed(self, exc: PrefectUnavailable) -> None:
+        self._pause = min(OUTAGE_PAUSE[1], max(OUTAGE_PAUSE[0], self._pause * 2))
+        self._paused_until = time.monotonic() + self._pause
+        if self._outage is None:
+            self._outage = str(exc)
+            token = self._token
+            until = f", valid until {token.expires_at:%H:%M:%S} UTC" if token else ""
+            logger.warning(
+                "%s; %s is used from this process's memory%s until it answers",
+                exc,
+                self.label,
+                until,
+            )
+
+    def _prefect_answered(self) -> None:
+        self._pause = 0.0
+        self._paused_until = 0.0
+        if self._outage is not None:
+            self._outage = None
+            logger.info("the Prefect API answers again; %s is shared through it", self.label)
+
+    # -- renewals ----------------------------------------------------------------------------------
+
+    def begin_renewal(self, key: str, *, wait: bool) -> Renewal:
+        now = time.monotonic()
+        if not wait and now < self._paused_until and self._outage is not None:
+            raise PrefectUnavailable(self._outage)
+        grace = self.slot_timeout if wait else QUICK_GRACE_SECONDS
+        until = now + grace
+        try:
+            self._ensure_limit(until)
+            held = wait_for_slot(
+                self.limit_name,
+                timeout=self.slot_timeout,
+                lease=RENEWAL_SLOT_LEASE,
+                error_grace=grace,
+            )
+        except PrefectUnavailable as exc:
+            self._prefect_failed(exc)
+            raise
+        self._prefect_answered()
+        if held is None:
+            self._slot_timed_out()  # raises, or returns to renew without the slot
+        return BlockRenewal(self, key, held, until)
 
     # Prefect's upsert reads, then creates: two processes renewing at once for the first time
     # can both try to create the limit, and the second is told it exists, which is the point.
-
-    def _ensure_limit(self) -> None:
+    def _ensure_limit(self, until: float | None) -> None:
         if self.limit_name in self._limits_ready:
             return
-        with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-            client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
+
+        def upsert() -> None:
+            with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+                client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
+
+        call(upsert, until=until, what=f"the creation of the {self.limit_name!r} limit")
         self._limits_ready.add(self.limit_name)
 
-    async def _aensure_limit(self) -> None:
-        if self.limit_name in self._limits_ready:
+    # -- saves ---------------------------------------------------------------------------------
+
+    def _save_if_unchanged(self) -> None:
+        """Save memory's token if the block still holds the base it was renewed from (one try;
+        read and write happen inside the renewal slot, which a new login takes too)."""
+        with self._lock:
+            token, base, dirty = self._token, self._base, self._dirty
+        if not dirty or token is None:
             return
-        async with get_client() as client:
-            with contextlib.suppress(ObjectAlreadyExists):
-                await client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
-        self._limits_ready.add(self.limit_name)
+        handle, saved = self._read()
+        if not same_token(saved, base):
+            with self._lock:
+                if self._token is token:
+                    self._token, self._base, self._dirty = saved, saved, False
+            self._superseded(saved, token)
+            return
+        self._write(handle, token)
+        with self._lock:
+            self._base = token
+            if self._token is token:
+                self._dirty = False
 
-    # Another process holding the slot is renewing this token. Prefect would make a waiter
-    # sleep for the server's Retry-After, which grows to 30 s under contention, while its token
-    # is expired; instead, ask for the slot without waiting, every RENEWAL_POLL_SECONDS. Inside
-    # the slot the caller re-reads the block and finds the other process's renewal there.
+    def _save_while_held(self, held: HeldSlot | None, seconds: float) -> bool:
+        """Try to save until it works, ``seconds`` pass, or the slot may be lost; say whether
+        memory and the block agree at the end."""
+        until = time.monotonic() + seconds
+        backoff = Backoff()
+        while True:
+            if held is not None and not held.holds():
+                return False
+            try:
+                with own_retries():
+                    self._save_if_unchanged()
+                self._save_tries = 0
+                return True
+            except Exception as exc:
+                if not is_transient(exc):
+                    logger.error(
+                        "the Prefect API refused to save %s (%s); it is used from this "
+                        "process's memory",
+                        self.label,
+                        describe(exc),
+                    )
+                    return False
+                wait = backoff.next(retry_after_of(exc))
+                if time.monotonic() + wait > until:
+                    if self._save_tries == 0:
+                        logger.warning(
+                            "could not save %s to Prefect (%s): it is used from this process's "
+                            "memory, and saved as soon as the Prefect API answers",
+                            self.label,
+                            describe(exc),
+                        )
+                    return False
+                time.sleep(wait)
 
-    def _try_slot(self) -> HeldSlot | None:
-        return try_slot(self.limit_name, RENEWAL_SLOT_LEASE)
+    def _after_failed_save(self) -> None:
+        wait = SAVE_RETRY_WAITS[min(self._save_tries, len(SAVE_RETRY_WAITS) - 1)]
+        self._save_tries += 1
+        self._next_save_at = time.monotonic() + wait
 
-    async def _atry_slot(self) -> HeldSlot | None:
-        return await atry_slot(self.limit_name, RENEWAL_SLOT_LEASE)
+    def _save_renewed(self, held: HeldSlot | None) -> None:
+        """The renewal's save, in the background, then the slot is freed."""
+        try:
+            if not self._save_while_held(held, SAVE_WHILE_HELD_SECONDS):
+                self._after_failed_save()
+        finally:
+            if held is not None:
+                held.release()
 
-    def _slot_timed_out(self) -> None:
-        """The slot stayed taken for ``slot_timeout``: raise, or return to renew without it."""
-        raise NotImplementedError
+    def _save_later(self) -> None:
+        """A save that failed before, tried again in the renewal slot (if it is free now)."""
+        try:
+            held = wait_for_slot(self.limit_name, timeout=0, lease=RENEWAL_SLOT_LEASE)
+        except Exception:
+            self._after_failed_save()
+            return
+        if held is None:  # someone is renewing: they read the block; try again later
+            self._after_failed_save()
+            return
+        with held:
+            if not self._save_while_held(held, SAVE_WHILE_HELD_SECONDS):
+                self._after_failed_save()
 
-    @contextmanager
-    def renewal_lock(self, key: str) -> Iterator[None]:
-        self._ensure_limit()
-        deadline = time.monotonic() + self.slot_timeout
-        while (slot := self._try_slot()) is None:
-            if time.monotonic() > deadline:
-                self._slot_timed_out()
-                yield  # renew without the slot
+    def flush(self, seconds: float = EXIT_SAVE_SECONDS) -> bool:
+        """Save an unsaved token now, waiting up to ``seconds``; say whether none is left."""
+        if not self._dirty:
+            return True
+        try:
+            held = wait_for_slot(self.limit_name, timeout=seconds / 2, lease=RENEWAL_SLOT_LEASE)
+        except Exception:
+            held = None
+        try:
+            return self._save_while_held(held, seconds / 2)
+        finally:
+            if held is not None:
+                held.release()
+
+    def _in_background(self, name: str, job: Callable[[], None]) -> None:
+        """Run ``job`` in a daemon thread unless one of this store's is running."""
+        with self._lock:
+            if self._saving:
                 return
-            time.sleep(RENEWAL_POLL_SECONDS)
-        with slot:
-            yield
+            self._saving = True
 
-    @asynccontextmanager
-    async def arenewal_lock(self, key: str) -> AsyncIterator[None]:
-        await self._aensure_limit()
-        deadline = time.monotonic() + self.slot_timeout
-        while (slot := await self._atry_slot()) is None:
-            if time.monotonic() > deadline:
-                self._slot_timed_out()
-                yield
-                return
-            await asyncio.sleep(RENEWAL_POLL_SECONDS)
-        async with slot:
-            yield
+        def run() -> None:
+            try:
+                job()
+            except Exception as exc:  # a background job never takes the process down
+                logger.warning("%s: %s", name, describe(exc))
+            finally:
+                self._saving = False
+
+        background(run, f"dintero-{name}")
+
+
+class BlockRenewal(Renewal):
+    """One renewal's turn: the slot, the block's latest copy, and the save."""
+
+    def __init__(
+        self, store: BlockTokenStore, key: str, held: HeldSlot | None, until: float | None
+    ) -> None:
+        super().__init__(store, key)
+        self.block_store = store
+        self.held = held
+        self.until = until
+
+    def latest(self) -> Token | None:
+        store = self.block_store
+        try:
+            saved = call(store._load, until=self.until, what=f"a read of {store.label}")
+        except PrefectUnavailable as exc:
+            store._prefect_failed(exc)
+            raise
+        return store._adopt(saved)
+
+    def commit(self, old: Token | None, new: Token) -> None:
+        store = self.block_store
+        store._hold(new)
+        # The save goes on in the background, holding the slot: the caller goes on with `new`.
+        held, self.held = self.held, None
+        with store._lock:
+            store._saving = True
+        background(self._save_then_free, "dintero-token-save", held)
+
+    def _save_then_free(self, held: HeldSlot | None) -> None:
+        try:
+            self.block_store._save_renewed(held)
+        finally:
+            self.block_store._saving = False
+
+    def end(self) -> None:
+        if self.held is not None:
+            self.held.release()
+            self.held = None
+
+
+def save_pending(seconds: float = EXIT_SAVE_SECONDS) -> bool:
+    """Wait until every token this process renewed is saved to its block, for at most about
+    ``seconds`` each; say whether all were. A process does it when it exits; call it to read
+    the block right after a renewal (a renewed token is saved in the background)."""
+    saved = True
+    for store in list(_stores):
+        # A save in flight holds the slot: give it its time first.
+        deadline = time.monotonic() + seconds
+        while store._saving and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if store._dirty and not store.flush(seconds):
+            saved = False
+            logger.error(
+                "%s was renewed but could not be saved to Prefect; the next run renews it "
+                "again (a rotated refresh token is lost with this process: log in again if "
+                "that fails)",
+                store.label,
+            )
+    return saved
+
+
+# A renewed token not saved yet is saved before the process ends: with rotating refresh tokens,
+# losing it would end the session.
+atexit.register(save_pending)

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks import DinteroCredentials, DinteroOIDCSession
+from prefect_dintero.blocks.session import save_login
 from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.redact import install_log_filter, register_secret
 
@@ -63,9 +64,9 @@ def exchange_authorization_code(
     logger = get_run_logger()
     credentials = DinteroCredentials.load(credentials_block, _sync=True)
     token = credentials.exchange_authorization_code(_secret(code), redirect_uri=redirect_uri)
-    DinteroOIDCSession.from_token(credentials, token).save(
-        session_block, overwrite=True, _sync=True
-    )
+    # In the session's renewal slot, so a renewal of the previous login never writes over it,
+    # and retried while the Prefect API fails: the code is spent.
+    save_login(credentials, session_block, token)
     user = token.user_info
     facts = {
         "account_id": credentials.account_id,

@@ -154,7 +154,7 @@ SETUP = textwrap.dedent(
 
 # The user's sync, as a deployment would run it: the dintero-sync flow, reading as the user.
 # The next run starts as soon as one is killed: with one_run_at_a_time it would first wait for
-# the killed run's account slot to lapse (a minute); tests/test_sync_flow.py tests the slot.
+# the killed run's account slot to lapse (five minutes); tests/test_sync_flow.py tests the slot.
 SYNC = textwrap.dedent(
     """
     import sys
@@ -173,6 +173,7 @@ PROBE = textwrap.dedent(
     """
     import hashlib
     from prefect_dintero import DinteroOIDCSession
+    from prefect_dintero.blocks.token_store import save_pending
 
     def saved():
         token = DinteroOIDCSession.load("crash-session").refresh_token.get_secret_value()
@@ -181,6 +182,7 @@ PROBE = textwrap.dedent(
     print(f"BEFORE {saved()}", flush=True)
     with DinteroOIDCSession.load("crash-session").get_client() as client:
         client.get_json("/v1/accounts/T12345678/settlements", params={"limit": 1})
+    assert save_pending()  # a renewed session is saved in the background
     print(f"AFTER {saved()}", flush=True)
     """
 )
