@@ -2,6 +2,7 @@
 
 import contextlib
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_dintero.blocks import DinteroCredentials
+from prefect_dintero.blocks.prefect_api import call, describe
 from prefect_dintero.blocks.slots import slot
 from prefect_dintero.errors import DinteroError, ReauthorizationRequired
 from prefect_dintero.flows import events
@@ -34,8 +36,11 @@ MAX_CONCURRENT_STREAMS = 4
 #: The run's budget by default: an hourly run ends before the next one starts.
 DEFAULT_TIMEOUT_MINUTES = 50.0
 
-#: A crashed run holds its account's slot this long at most (Prefect's shortest lease).
-ACCOUNT_SLOT_LEASE = 60.0
+#: The account slot's lease: a run keeps its slot through this long of Prefect API failures
+#: (429s, 5xx, no answer) to its renewals, and a crashed run holds the account this long at most.
+ACCOUNT_SLOT_LEASE = 300.0
+#: How often a running sync renews its account slot's lease (one Prefect API request).
+ACCOUNT_SLOT_RENEW_SECONDS = 30.0
 
 #: How many syncs of one account may run at once, across every worker.
 SYNCS_PER_ACCOUNT = 1
@@ -50,21 +55,26 @@ def account_limit_name(credentials_block: str) -> str:
 _limits_made: set[tuple[str | None, str]] = set()
 
 
-def ensure_account_limit(credentials_block: str) -> None:
+def ensure_account_limit(credentials_block: str, until: float | None = None) -> None:
     """Create the account's limit (one sync at a time) unless it exists; an existing one is left
-    as its owner set it."""
+    as its owner set it. The Prefect API's transient failures are retried until the monotonic
+    time ``until``."""
     name = account_limit_name(credentials_block)
     seen = (PREFECT_API_URL.value(), name)
     if seen in _limits_made:
         return
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            with contextlib.suppress(ObjectAlreadyExists):
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=SYNCS_PER_ACCOUNT)
-                )
+
+    def ensure() -> None:
+        with get_client(sync_client=True) as client:
+            try:
+                client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                with contextlib.suppress(ObjectAlreadyExists):
+                    client.create_global_concurrency_limit(
+                        GlobalConcurrencyLimitCreate(name=name, limit=SYNCS_PER_ACCOUNT)
+                    )
+
+    call(ensure, until=until, what=f"the creation of the {name!r} limit")
     _limits_made.add(seen)
 
 
@@ -132,7 +142,8 @@ def dintero_sync(
         one_run_at_a_time: wait (within the budget) while another run of the same credentials
             block runs, whichever deployment or worker started it: the hourly run and the
             nightly reconcile never overlap. A run that crashed holds the account for at most
-            a minute.
+            five minutes (the slot's lease, which lets a run keep its slot through minutes of
+            Prefect API failures).
 
     Returns:
         One summary per stream: pages, fetched, inserted, updated, unchanged, cursor before and
@@ -157,18 +168,28 @@ def dintero_sync(
 
     # One sync of an account at a time, across every worker and deployment (the hourly run
     # and the nightly reconcile included): a run waits for the one before it, within its budget.
-    if one_run_at_a_time:
-        ensure_account_limit(credentials_block)
-    with (
-        slot(
-            account_limit_name(credentials_block),
-            timeout=budget.total_seconds(),
-            lease=ACCOUNT_SLOT_LEASE,
-        )
-        if one_run_at_a_time
-        else contextlib.nullcontext()
-    ):
-        return _sync(credentials_block, session_block, request, run_deadline)
+    # A run that may have lost its slot (Prefect refused its lease renewals for the lease's
+    # length) stops at its next page, before another run can take the slot.
+    if not one_run_at_a_time:
+        return _sync(credentials_block, session_block, request, run_deadline, None)
+    ensure_account_limit(credentials_block, until=run_deadline)
+    with slot(
+        account_limit_name(credentials_block),
+        timeout=max(0.0, run_deadline - time.monotonic()),
+        lease=ACCOUNT_SLOT_LEASE,
+        renew_every=ACCOUNT_SLOT_RENEW_SECONDS,
+    ) as held:
+        return _sync(credentials_block, session_block, request, run_deadline, held.lost_reason)
+
+
+def _best_effort(what: str, call_prefect: Callable[[], Any]) -> Any:
+    """A Prefect API call the sync does not need (an artifact, the session's warning variable):
+    a Prefect API that fails it, after its client's own retries, costs that, never the run."""
+    try:
+        return call_prefect()
+    except Exception as exc:
+        get_run_logger().warning("could not %s (%s)", what, describe(exc))
+        return None
 
 
 def _sync(
@@ -176,6 +197,7 @@ def _sync(
     session_block: str | None,
     request: SyncRequest,
     run_deadline: float,
+    stop_reason: Callable[[], str | None] | None,
 ) -> list[dict[str, Any]]:
     logger = get_run_logger()
     try:
@@ -191,17 +213,24 @@ def _sync(
         raise
     account_id = bearer.account_id
     if session_block and not bearer.renewable:
-        events.warn_if_session_ends_soon(
-            session_block, account_id, bearer.login_id, bearer.expires_at
+        _best_effort(
+            "check whether the session's end was announced",
+            lambda: events.warn_if_session_ends_soon(
+                session_block, account_id, bearer.login_id, bearer.expires_at
+            ),
         )
     where = request.destination_label()
     logger.info("Syncing Dintero account %s into %s", account_id, where)
-    progress_id = create_progress_artifact(
-        0.0, description=f"Streams synced for Dintero account {account_id}"
+    progress_id = _best_effort(
+        "create the progress artifact",
+        lambda: create_progress_artifact(
+            0.0, description=f"Streams synced for Dintero account {account_id}"
+        ),
     )
     ends_at = time.time() + max(1.0, run_deadline - time.monotonic())
     futures = {
-        sync_stream.submit(bearer, name, request, ends_at=ends_at): name for name in request.streams
+        sync_stream.submit(bearer, name, request, ends_at=ends_at, stop_reason=stop_reason): name
+        for name in request.streams
     }
     summaries: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
@@ -216,7 +245,13 @@ def _sync(
             except Exception as exc:  # the others go on; the run fails below, naming this one
                 failures[name] = f"{type(exc).__name__}: {redact(str(exc))}"
                 logger.error("stream %s failed: %s", name, failures[name])
-            update_progress_artifact(progress_id, 100.0 * done / len(futures))
+            if progress_id is not None:
+                _best_effort(
+                    "update the progress artifact",
+                    lambda done=done: update_progress_artifact(
+                        progress_id, 100.0 * done / len(futures)
+                    ),
+                )
     except TimeoutError:
         for name in futures.values():
             if name not in summaries and name not in failures:
@@ -249,11 +284,14 @@ def _sync(
                 "error": failures.get(name, "") or (s.get("skipped", "") if s else ""),
             }
         )
-    create_table_artifact(
-        rows,
-        key=_artifact_key(account_id),
-        description=(
-            f"Last Dintero sync of account {account_id} into {where}, one row per stream."
+    _best_effort(
+        "create the table artifact",
+        lambda: create_table_artifact(
+            rows,
+            key=_artifact_key(account_id),
+            description=(
+                f"Last Dintero sync of account {account_id} into {where}, one row per stream."
+            ),
         ),
     )
     events.emit_sync_result(account_id, credentials_block, session_block, summaries, failures)

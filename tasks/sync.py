@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -19,8 +21,9 @@ from prefect_dintero.sync import sync_stream as sync_stream_core
 from prefect_dintero.tasks._retry import retry_if_transient
 from prefect_dintero.tasks.destinations import open_sink
 
-#: Log a progress line every this many pages of a stream.
-PROGRESS_EVERY_PAGES = 10
+#: A progress line per stream at most this often: every log line is a Prefect API write, and
+#: Prefect Cloud counts them (2,000 log lines and events a minute on its Hobby plan).
+PROGRESS_EVERY_SECONDS = 30.0
 
 
 @task(
@@ -41,6 +44,7 @@ def sync_stream(
     stream: str,
     request: SyncRequest,
     ends_at: float | None = None,
+    stop_reason: Callable[[], str | None] | None = None,
 ) -> dict[str, Any]:
     """Sync one stream of the bearer's account, committing each page with the stream's state.
 
@@ -55,6 +59,9 @@ def sync_stream(
             lookback, page size, payout destinations.
         ends_at: when the run must be over (``time.time()``): no request outlasts it. Prefect's
             task timeouts cannot stop a thread waiting on the network; this can.
+        stop_reason: asked before every request and commit: why the stream must stop (the run
+            may no longer hold its account's slot), or None. The stream then fails with
+            ``RunInterrupted``, keeping what it committed.
 
     Returns:
         Counts: pages, fetched, inserted, updated, unchanged, requests, retries, rate_limited,
@@ -67,14 +74,19 @@ def sync_stream(
     [spec] = resolve_streams([stream])
     sink: Sink = open_sink(request.destination, request.destination_block)
 
+    last_said = time.monotonic()
+
     def progress(result: StreamResult) -> None:
-        if result.pages % PROGRESS_EVERY_PAGES == 0:
+        nonlocal last_said
+        if time.monotonic() - last_said >= PROGRESS_EVERY_SECONDS:
+            last_said = time.monotonic()
             logger.info("%s: %d pages, %d rows so far", stream, result.pages, result.fetched)
 
     try:
         sink.prepare([spec])
         with bearer.client() as client:
             client.run_ends_at = ends_at
+            client.stop_reason = stop_reason
             results = sync_stream_core(
                 client, sink, spec, bearer.account_id, request, on_page=progress
             )
