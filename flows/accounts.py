@@ -1,21 +1,29 @@
 """The ``dintero-sync-accounts`` flow: many merchant accounts, one ``dintero-sync`` run each."""
 
-from concurrent.futures import ThreadPoolExecutor
-from contextvars import copy_context
+import time
+from datetime import UTC, datetime
 from typing import Any, Literal
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from pydantic import BaseModel, Field
 
+from prefect_dintero.blocks.prefect_api import Backoff, describe, is_transient, retry_after_of
 from prefect_dintero.errors import ConfigurationError, DinteroError
 from prefect_dintero.flows.sync import DEFAULT_TIMEOUT_MINUTES, dintero_sync, ensure_account_limit
 from prefect_dintero.request import SyncRequest, run_budget
 
-#: How long a deployment run may wait for a worker before the fan-out stops waiting for it.
+#: How long the fan-out waits for queued runs while none of its runs starts or ends: then no
+#: worker is taking them, and it stops waiting (they stay queued; none is cancelled).
 PICKUP_GRACE_SECONDS = 600
+#: Waits between reads of the runs' states (one request for all of them): from 2 s, doubling.
+POLL_FIRST_SECONDS = 2.0
+POLL_MAX_SECONDS = 30.0
 
 
 class AccountTarget(BaseModel):
@@ -72,9 +80,11 @@ def dintero_sync_accounts(
         deployment_name: the ``dintero-sync`` deployment to run in ``"deployments"`` mode.
         streams, destination, destination_block, lookback_hours, page_size, full_refresh,
             reconcile_days: passed to every account's ``dintero-sync`` run.
-        timeout_minutes: each account's run's budget (its ``timeout_minutes``); in
-            ``"deployments"`` mode the fan-out waits for a run that long plus a grace period
-            for a worker to pick it up, then cancels it and reports it as timed out.
+        timeout_minutes: each account's run's budget (its ``timeout_minutes``). In
+            ``"deployments"`` mode the fan-out cancels a run still going two minutes past its
+            budget, counted from when it started; a run no worker starts while none of the
+            fan-out's runs starts or ends for ten minutes is left queued, never cancelled, and
+            reported as not started.
 
     Returns:
         One row per account: its credentials block, state and rows fetched.
@@ -116,36 +126,43 @@ def dintero_sync_accounts(
             state = dintero_sync(**parameters(target), return_state=True)
             rows.append(_row(target, state))
     elif mode == "deployments":
-
-        def start(target: AccountTarget) -> Any:
-            return run_deployment(
+        # Each run is created (linked to this run as a subflow) without waiting for it: workers
+        # take them as they have room, and one read a poll follows them all.
+        started = {
+            target.credentials_block: run_deployment(
                 name=deployment_name,
                 parameters=parameters(target),
-                # Bounded: a run no worker picks up, or one that hangs, must not hold the
-                # fan-out (and the next night's) for ever.
-                timeout=budget.total_seconds() + PICKUP_GRACE_SECONDS,
+                timeout=0,
                 as_subflow=True,
-            )
-
-        # run_deployment waits for its run: start them all at once so workers share them. Each
-        # thread runs in a copy of this run's context, so the runs are linked as its subflows.
-        with ThreadPoolExecutor(max_workers=len(accounts)) as pool:
-            futures = [pool.submit(copy_context().run, start, t) for t in accounts]
-            flow_runs = [f.result() for f in futures]
-        for target, flow_run in zip(accounts, flow_runs, strict=True):
+            ).id
+            for target in accounts
+        }
+        runs = _wait_for_runs(
+            list(started.values()), budget.total_seconds() + RUN_END_SLACK_SECONDS
+        )
+        for target in accounts:
+            flow_run = runs[started[target.credentials_block]]
             state = flow_run.state
-            if state is None or not state.is_final():
+            if state is not None and state.is_final():
+                rows.append(_row(target, state))
+            elif flow_run.start_time is None:
+                rows.append({**_row(target, state), "state": "NOT_STARTED"})
+                logger.error(
+                    "%s: no worker started its run within %d s in which none of this fan-out's "
+                    "runs started or ended; it stays queued (run %s) and runs when a worker "
+                    "takes it",
+                    target.credentials_block,
+                    PICKUP_GRACE_SECONDS,
+                    flow_run.id,
+                )
+            else:
                 _cancel(flow_run.id)
                 rows.append({**_row(target, state), "state": "TIMED_OUT"})
                 logger.error(
-                    "%s: its run did not finish within %s minutes (plus %d s to be picked up); "
-                    "cancelled",
+                    "%s: its run did not finish within %s minutes of starting; cancelled",
                     target.credentials_block,
                     timeout_minutes,
-                    PICKUP_GRACE_SECONDS,
                 )
-                continue
-            rows.append(_row(target, state))
     else:
         raise ConfigurationError(f"mode must be 'subflows' or 'deployments', not {mode!r}")
 
@@ -160,6 +177,62 @@ def dintero_sync_accounts(
     if failed:
         raise AccountsFailed(f"{len(failed)} of {len(rows)} accounts failed: {', '.join(failed)}")
     return rows
+
+
+#: A run's own budget ends it; the fan-out gives it this much more before it cancels it.
+RUN_END_SLACK_SECONDS = 120.0
+
+
+def _started_at(flow_run: FlowRun) -> float | None:
+    """When the run started, as ``time.monotonic()`` would have said; None if it has not."""
+    if flow_run.start_time is None:
+        return None
+    ago = (datetime.now(UTC) - flow_run.start_time).total_seconds()
+    return time.monotonic() - max(0.0, ago)
+
+
+def _wait_for_runs(ids: list[UUID], run_seconds: float) -> dict[UUID, FlowRun]:
+    """Follow deployment runs until each has ended, ran ``run_seconds`` past its start, or sat
+    queued while none of them started or ended for ``PICKUP_GRACE_SECONDS``.
+
+    One request reads every run's state; the wait between reads grows from 2 to 30 s, and a
+    Prefect API that fails (429, 5xx, no answer) is asked again later, honouring Retry-After.
+    A run's budget counts from its start, never from its time in the queue.
+    """
+    runs: dict[UUID, FlowRun] = {}
+    pending = set(ids)
+    progress_at = time.monotonic()
+    poll = Backoff(first=POLL_FIRST_SECONDS, cap=POLL_MAX_SECONDS)
+    errors = Backoff()
+    with get_client(sync_client=True) as client:
+        while pending:
+            try:
+                read = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(pending)))
+                )
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                get_run_logger().warning("could not read the runs' states (%s)", describe(exc))
+                time.sleep(errors.next(retry_after_of(exc)))
+                continue
+            now = time.monotonic()
+            for flow_run in read:
+                before = runs.get(flow_run.id)
+                runs[flow_run.id] = flow_run
+                if before is None or before.start_time != flow_run.start_time:
+                    progress_at = now if flow_run.start_time is not None else progress_at
+                started = _started_at(flow_run)
+                if flow_run.state is not None and flow_run.state.is_final():
+                    pending.discard(flow_run.id)
+                    progress_at = now
+                elif started is not None and now - started > run_seconds:
+                    pending.discard(flow_run.id)  # over its budget: cancelled by the caller
+            queued = all(runs[i].start_time is None for i in pending if i in runs)
+            if pending and queued and now - progress_at > PICKUP_GRACE_SECONDS:
+                break  # no worker is taking them: they stay queued
+            time.sleep(poll.next())
+    return runs
 
 
 def _cancel(flow_run_id: Any) -> None:
