@@ -1,0 +1,290 @@
+"""What a ``dintero-sync`` run costs the Prefect API, and what a far, limited or failing API costs it.
+
+Most users run on Prefect Cloud: tens of milliseconds from the worker, a per-minute request
+limit per account, now and then a 429, a 5xx or nothing. Here a ``prefect server start`` of
+its own sits behind :class:`~prefect_dintero.emulator.prefect_proxy.PrefectApiProxy`, which
+counts every request by route and can add latency, a rate limit and an outage. Each run is
+the ``dintero-sync`` flow in a new process (as a worker runs a deployment), every stream into
+a new SQLite file, after a first run that created the account's limits and the shared
+service token (as on any day but the first).
+
+For a logged-in user's session and for the service token, at ``--sizes`` transactions (5,000
+and 50,000 by default):
+
+- the Prefect API requests of a run, and their growth per Dintero page between the sizes;
+- the log lines and events a run sends (Prefect Cloud's second budget);
+- the run's time with ``--latency-ms`` (80) added to every Prefect request, against none.
+
+Then, for the session: a ``--limited-size`` (100,000) run under a ``--limit`` (625, Hobby's)
+requests-a-minute limit (429s met, time), and a run during which the Prefect API refuses
+every connection for ``--outage-seconds`` (20): the rate of Dintero pages during the outage
+against the rate before it, and whether the run succeeded.
+
+Run: ``.venv/bin/python benchmarks/prefect_api.py [--quick]``. The last line is a JSON summary
+(``RESULT {...}``) for ``benchmarks/report.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from _emulator import start_emulator, start_prefect_server
+
+from prefect_dintero.emulator.prefect_proxy import PrefectApiProxy
+
+RUN = textwrap.dedent(
+    """
+    import json, sys, time
+    from prefect_dintero.flows import dintero_sync
+    session = sys.argv[2] or None
+    t0 = time.perf_counter()
+    try:
+        result = dintero_sync("bench-creds", session_block=session, destination=sys.argv[1])
+        outcome = {"ok": True, "fetched": sum(r["fetched"] for r in result),
+                   "pages": sum(r["pages"] for r in result)}
+    except Exception as exc:
+        outcome = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+    outcome["seconds"] = time.perf_counter() - t0
+    print("RUN " + json.dumps(outcome), flush=True)
+    """
+)
+
+SETUP = textwrap.dedent(
+    """
+    import sys
+    from pydantic import SecretStr
+    from prefect_dintero import DinteroCredentials
+    from prefect_dintero.emulator.config import EmulatorConfig
+    from prefect_dintero.flows import dintero_login, dintero_sync
+    url, code, db = sys.argv[1], sys.argv[2], sys.argv[3]
+    c = EmulatorConfig()
+    DinteroCredentials(account_id="T12345678", client_id=c.client_id,
+        client_secret=SecretStr(c.client_secret), api_url=url,
+        checkout_url=url).save("bench-creds", overwrite=True)
+    dintero_login("bench-creds", "bench-session", authorization_response=SecretStr(code))
+    # A first run of each identity: the account's limit, the shared token, the block types.
+    dintero_sync("bench-creds", streams=["settlements"], destination=db)
+    dintero_sync("bench-creds", "bench-session", streams=["settlements"], destination=db)
+    """
+)
+
+
+class PageWatch:
+    """Samples the emulator's count of transactions pages served, to see the rate over time."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _count(self, http: httpx.Client) -> int:
+        requests = http.get(f"{self.url}/_emulator/stats").json()["requests"]
+        return sum(requests.get("transactions", {}).values())
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as http:
+            while not self._stop.wait(0.25):
+                self.samples.append((time.monotonic(), self._count(http)))
+
+    def __enter__(self) -> PageWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def rate(self, start: float, end: float) -> float:
+        inside = [(t, n) for t, n in self.samples if start <= t <= end]
+        if len(inside) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = inside[0], inside[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def run_flow(env: dict[str, str], db: Path, session: str | None) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", RUN, str(db), session or ""],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RUN ")), None)
+    if line is None:
+        raise SystemExit(f"a run failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+    return json.loads(line.removeprefix("RUN "))
+
+
+def measured(proxy: PrefectApiProxy, env: dict, db: Path, session: str | None) -> dict:
+    proxy.reset_counts()
+    outcome = run_flow(env, db, session)
+    time.sleep(1.0)  # the last log batch and events reach the proxy after the process exits
+    counts = proxy.reset_counts()
+    outcome.update(
+        requests=counts["requests"] - counts["routes"].get("POST /logs", 0),
+        log_posts=counts["routes"].get("POST /logs", 0),
+        log_lines=counts["log_lines"],
+        events=counts["events"],
+        rate_limited=counts["rate_limited"],
+        routes=counts["routes"],
+    )
+    return outcome
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs=2, default=[5000, 50000])
+    parser.add_argument("--latency-ms", type=float, default=80.0)
+    parser.add_argument("--limited-size", type=int, default=100000)
+    parser.add_argument("--limit", type=int, default=625)
+    parser.add_argument("--outage-seconds", type=float, default=20.0)
+    parser.add_argument("--quick", action="store_true", help="sizes 2000 and 10000, 20,000 limited")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.limited_size = [2000, 10000], 20000
+
+    results: dict = {"sizes": {}, "latency_ms": args.latency_ms}
+    with tempfile.TemporaryDirectory() as home_dir:
+        home = Path(home_dir)
+        server, server_env = start_prefect_server(home / "prefect")
+        proxy = PrefectApiProxy(server_env["PREFECT_API_URL"]).start()
+        env = {**server_env, "PREFECT_API_URL": proxy.api_url, "PREFECT_LOGGING_LEVEL": "INFO"}
+        try:
+            for size in [*args.sizes, args.limited_size]:
+                emulator, url = start_emulator(
+                    "--refresh-tokens",
+                    *("--transactions", str(size), "--sessions", "200", "--customers", "200"),
+                )
+                try:
+                    from prefect_dintero.emulator.server import EmulatorClient
+
+                    code = EmulatorClient(url).authorization_code()
+                    subprocess.run(
+                        [sys.executable, "-c", SETUP, url, code, str(home / "setup.db")],
+                        env=server_env,
+                        check=True,
+                        capture_output=True,
+                    )
+                    n = len(list(home.glob("run-*.db")))
+                    if size != args.limited_size:
+                        row = results["sizes"][str(size)] = {}
+                        for identity, session in (("session", "bench-session"), ("service", None)):
+                            for latency in (0.0, args.latency_ms / 1000):
+                                proxy.latency = latency
+                                n += 1
+                                key = f"{identity}_{int(latency * 1000)}ms"
+                                row[key] = measured(proxy, env, home / f"run-{n}.db", session)
+                                print(
+                                    f"{size} {key}: {json.dumps({k: v for k, v in row[key].items() if k != 'routes'})}",
+                                    flush=True,
+                                )
+                        proxy.latency = 0.0
+                        if size == args.sizes[1]:
+                            # A 20 s outage in the middle of a session sync.
+                            n += 1
+                            with PageWatch(url) as watch:
+                                result: dict = {}
+                                thread = threading.Thread(
+                                    target=lambda db=home / f"run-{n}.db", out=result: out.update(
+                                        run_flow(env, db, "bench-session")
+                                    )
+                                )
+                                thread.start()
+                                # Into the sync: pages are coming.
+                                while not watch.samples or watch.samples[-1][1] < 50:
+                                    time.sleep(0.1)
+                                before_start = time.monotonic()
+                                time.sleep(3.0)
+                                down_at = time.monotonic()
+                                proxy.down()
+                                time.sleep(args.outage_seconds)
+                                up_at = time.monotonic()
+                                proxy.up()
+                                thread.join()
+                            results["outage"] = {
+                                "seconds": args.outage_seconds,
+                                "pages_per_s_before": round(watch.rate(before_start, down_at), 1),
+                                "pages_per_s_during": round(watch.rate(down_at, up_at), 1),
+                                "run": result,
+                            }
+                            print(f"outage: {json.dumps(results['outage'])}", flush=True)
+                    else:
+                        proxy.set_api_limit(args.limit)
+                        n += 1
+                        results["limited"] = {
+                            "size": size,
+                            "limit": args.limit,
+                            **measured(proxy, env, home / f"run-{n}.db", "bench-session"),
+                        }
+                        proxy.set_api_limit(None)
+                        print(
+                            f"limited: {json.dumps({k: v for k, v in results['limited'].items() if k != 'routes'})}",
+                            flush=True,
+                        )
+                finally:
+                    emulator.terminate()
+                    emulator.wait(timeout=10)
+        finally:
+            proxy.stop()
+            server.terminate()
+            server.wait(timeout=30)
+
+    small, large = (results["sizes"][str(s)] for s in args.sizes)
+    summary: dict = {"latency_ms": args.latency_ms, "sizes": args.sizes}
+    for identity in ("session", "service"):
+        a, b = small[f"{identity}_0ms"], large[f"{identity}_0ms"]
+        slow = large[f"{identity}_{int(args.latency_ms)}ms"]
+        summary[identity] = {
+            "requests": [a["requests"], b["requests"]],
+            "pages": [a["pages"], b["pages"]],
+            "growth_per_page": round(
+                (b["requests"] - a["requests"]) / max(1, b["pages"] - a["pages"]), 4
+            ),
+            "logs_events": [a["log_lines"] + a["events"], b["log_lines"] + b["events"]],
+            "seconds": [round(b["seconds"], 1), round(slow["seconds"], 1)],
+            "latency_cost": round(slow["seconds"] / b["seconds"], 2),
+        }
+    summary["limited"] = {
+        k: results["limited"][k]
+        for k in ("size", "limit", "ok", "seconds", "requests", "rate_limited")
+    }
+    summary["outage"] = results["outage"]
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    for identity in ("session", "service"):
+        s = summary[identity]
+        print(
+            f"{identity}: Prefect requests {s['requests'][0]} at {args.sizes[0]:,} / {s['requests'][1]} at "
+            f"{args.sizes[1]:,} transactions ({s['growth_per_page']} more per page); logs + events "
+            f"{s['logs_events'][0]} / {s['logs_events'][1]}; {args.sizes[1]:,} rows in {s['seconds'][0]} s, "
+            f"{s['seconds'][1]} s with {args.latency_ms:.0f} ms per Prefect request ({s['latency_cost']}x)"
+        )
+    lim = summary["limited"]
+    print(
+        f"session, {lim['size']:,} rows under {lim['limit']} requests a minute: ok={lim['ok']}, "
+        f"{lim['seconds']:.1f} s, {lim['requests']} requests, {lim['rate_limited']} answered 429"
+    )
+    out = summary["outage"]
+    print(
+        f"session, {out['seconds']:.0f} s Prefect outage: {out['pages_per_s_during']} Dintero pages/s "
+        f"during it vs {out['pages_per_s_before']} before; run ok={out['run'].get('ok')}"
+    )
+    print("RESULT " + json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
