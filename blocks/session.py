@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from datetime import datetime
@@ -10,9 +9,7 @@ from typing import Any, Literal
 
 import httpx
 from prefect.blocks.core import Block
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import BlockDocumentUpdate
-from prefect.exceptions import ObjectAlreadyExists
 from pydantic import Field, SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
@@ -384,8 +381,7 @@ def save_login(credentials: DinteroCredentials, session_block: str, token: Token
     limit = refresh_limit_name(credentials.to_core().cache_key(session=session_block))
     deadline = time.monotonic() + LOGIN_SAVE_SECONDS
     timeout = 2 * credentials.request_deadline_seconds + 10.0
-    call(lambda: _upsert_limit(limit), until=deadline, what=f"the creation of the {limit!r} limit")
-    held = wait_for_slot(limit, timeout=timeout, lease=RENEWAL_SLOT_LEASE)
+    held = wait_for_slot(limit, timeout=timeout, lease=RENEWAL_SLOT_LEASE, create_missing=1)
     if held is None:
         logger.warning(
             "the renewal slot of the session %r stayed taken for %.0f s; saving the new login "
@@ -409,8 +405,3 @@ def save_login(credentials: DinteroCredentials, session_block: str, token: Token
     for store in stores:
         if store.block_name == session_block and store.limit_name == limit:
             store._take_login(token)
-
-
-def _upsert_limit(name: str) -> None:
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.upsert_global_concurrency_limit_by_name(name, limit=1)

@@ -23,6 +23,7 @@ A holder that dies holds the slot until its lease runs out. Concurrency-limit ev
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ from types import TracebackType
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.exceptions import ObjectAlreadyExists
 
 from prefect_dintero.blocks.prefect_api import (
     Backoff,
@@ -195,10 +198,14 @@ def wait_for_slot(
     lease: float,
     renew_every: float | None = None,
     error_grace: float | None = None,
+    create_missing: int | None = None,
+    cancel: threading.Event | None = None,
 ) -> HeldSlot | None:
     """A slot of the global concurrency limit ``limit_name``, asked for until ``timeout``
-    seconds have passed; None if it stayed taken. A limit that does not exist holds no one back
-    (as Prefect's ``concurrency(strict=False)``): the slot is granted.
+    seconds have passed; None if it stayed taken. A limit that does not exist is created with
+    ``create_missing`` slots; without it, it holds no one back (as Prefect's
+    ``concurrency(strict=False)``). Checking for the limit costs nothing: the answer to a slot's
+    request names the limits it counted against, none when there is no such limit.
 
     One client serves the whole wait (and then the held slot). Prefect's own waiting sleeps for
     a ``Retry-After`` that grows to 30 s when several processes wait, far past the moment the
@@ -211,6 +218,8 @@ def wait_for_slot(
         renew_every: seconds between lease renewals; a third of the lease by default.
         error_grace: how long to keep asking through 429s, 5xx and network errors, in
             seconds from now; ``timeout`` by default.
+        create_missing: the limit to create (its number of slots) when none exists.
+        cancel: set by another thread to stop waiting (None is returned).
 
     Raises:
         PrefectUnavailable: the Prefect API failed (429, 5xx, no answer) and its grace ran out.
@@ -243,12 +252,27 @@ def wait_for_slot(
                     if failure is not None and not taken:
                         raise _unavailable(limit_name, failure) from None
                     return None
-                time.sleep(min(wait, left))  # a last try at the deadline
+                # A last try at the deadline.
+                if cancel is not None and cancel.wait(min(wait, left)):
+                    return None
+                if cancel is None:
+                    time.sleep(min(wait, left))
+                continue
+            granted = response.json()
+            if create_missing is not None and not granted.get("limits"):
+                # No such limit: the lease counts against nothing. Made, then asked again.
+                with contextlib.suppress(Exception), own_retries():
+                    client.release_concurrency_slots_with_lease(UUID(granted["lease_id"]))
+                with contextlib.suppress(ObjectAlreadyExists), own_retries():
+                    client.create_global_concurrency_limit(
+                        GlobalConcurrencyLimitCreate(name=limit_name, limit=create_missing)
+                    )
+                create_missing = None  # made, or made by someone else meanwhile
                 continue
             held = HeldSlot(
                 client,
                 limit_name,
-                UUID(response.json()["lease_id"]),
+                UUID(granted["lease_id"]),
                 lease,
                 renew_every,
                 taken_at=sent,
@@ -274,7 +298,11 @@ def try_slot(limit_name: str, lease: float, renew_every: float | None = None) ->
 
 @contextmanager
 def slot(
-    limit_name: str, timeout: float, lease: float, renew_every: float | None = None
+    limit_name: str,
+    timeout: float,
+    lease: float,
+    renew_every: float | None = None,
+    create_missing: int | None = None,
 ) -> Iterator[HeldSlot]:
     """Hold a slot of a global concurrency limit, waiting for it for at most ``timeout`` seconds
     (:func:`wait_for_slot`).
@@ -283,7 +311,13 @@ def slot(
         TimeoutError: the slot stayed taken for ``timeout`` seconds.
         PrefectUnavailable: the Prefect API failed until then.
     """
-    held = wait_for_slot(limit_name, timeout=timeout, lease=lease, renew_every=renew_every)
+    held = wait_for_slot(
+        limit_name,
+        timeout=timeout,
+        lease=lease,
+        renew_every=renew_every,
+        create_missing=create_missing,
+    )
     if held is None:
         raise TimeoutError(f"the {limit_name!r} slot stayed taken for {timeout:.0f} s")
     with held:

@@ -21,15 +21,11 @@ expired (said once in the log); the provider decides what happens after that.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any
-
-from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectAlreadyExists
 
 from prefect_dintero.blocks.prefect_api import (
     Backoff,
@@ -78,7 +74,6 @@ class BlockTokenStore(TokenStore):
     """
 
     does_io = True
-    _limits_ready: set[str] = set()
 
     def __init__(self, limit_name: str, slot_timeout: float, token: Token | None) -> None:
         super().__init__()
@@ -191,12 +186,12 @@ class BlockTokenStore(TokenStore):
         grace = self.slot_timeout if wait else QUICK_GRACE_SECONDS
         until = now + grace
         try:
-            self._ensure_limit(until)
             held = wait_for_slot(
                 self.limit_name,
                 timeout=self.slot_timeout,
                 lease=RENEWAL_SLOT_LEASE,
                 error_grace=grace,
+                create_missing=1,
             )
         except PrefectUnavailable as exc:
             self._prefect_failed(exc)
@@ -205,19 +200,6 @@ class BlockTokenStore(TokenStore):
         if held is None:
             self._slot_timed_out()  # raises, or returns to renew without the slot
         return BlockRenewal(self, key, held, until)
-
-    # Prefect's upsert reads, then creates: two processes renewing at once for the first time
-    # can both try to create the limit, and the second is told it exists, which is the point.
-    def _ensure_limit(self, until: float | None) -> None:
-        if self.limit_name in self._limits_ready:
-            return
-
-        def upsert() -> None:
-            with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-                client.upsert_global_concurrency_limit_by_name(self.limit_name, limit=1)
-
-        call(upsert, until=until, what=f"the creation of the {self.limit_name!r} limit")
-        self._limits_ready.add(self.limit_name)
 
     # -- saves ---------------------------------------------------------------------------------
 
@@ -292,7 +274,9 @@ class BlockTokenStore(TokenStore):
     def _save_later(self) -> None:
         """A save that failed before, tried again in the renewal slot (if it is free now)."""
         try:
-            held = wait_for_slot(self.limit_name, timeout=0, lease=RENEWAL_SLOT_LEASE)
+            held = wait_for_slot(
+                self.limit_name, timeout=0, lease=RENEWAL_SLOT_LEASE, create_missing=1
+            )
         except Exception:
             self._after_failed_save()
             return
@@ -308,7 +292,9 @@ class BlockTokenStore(TokenStore):
         if not self._dirty:
             return True
         try:
-            held = wait_for_slot(self.limit_name, timeout=seconds / 2, lease=RENEWAL_SLOT_LEASE)
+            held = wait_for_slot(
+                self.limit_name, timeout=seconds / 2, lease=RENEWAL_SLOT_LEASE, create_missing=1
+            )
         except Exception:
             held = None
         try:

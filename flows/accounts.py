@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from prefect_dintero.blocks.prefect_api import Backoff, describe, is_transient, retry_after_of
 from prefect_dintero.errors import ConfigurationError, DinteroError
-from prefect_dintero.flows.sync import DEFAULT_TIMEOUT_MINUTES, dintero_sync, ensure_account_limit
+from prefect_dintero.flows.sync import DEFAULT_TIMEOUT_MINUTES, dintero_sync
 from prefect_dintero.request import SyncRequest, run_budget
 
 #: How long the fan-out waits for queued runs while none of its runs starts or ends: then no
@@ -36,11 +36,6 @@ class AccountTarget(BaseModel):
     payout_destinations: list[str] | None = Field(
         default=None, description="Payout destination ids of this account."
     )
-
-
-def ensure_account_limits(targets: list[AccountTarget]) -> None:
-    for target in targets:
-        ensure_account_limit(target.credentials_block)
 
 
 class AccountsFailed(DinteroError):
@@ -110,7 +105,6 @@ def dintero_sync_accounts(
         for target in accounts
     }
     budget = run_budget(timeout_minutes)
-    ensure_account_limits(accounts)
 
     def parameters(target: AccountTarget) -> dict[str, Any]:
         return {

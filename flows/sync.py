@@ -1,8 +1,11 @@
 """The ``dintero-sync`` flow: keep Dintero's data fresh in your database."""
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import copy_context
 from datetime import datetime
 from typing import Any
 
@@ -12,16 +15,13 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.futures import as_completed
-from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks import DinteroCredentials
-from prefect_dintero.blocks.prefect_api import call, describe
-from prefect_dintero.blocks.slots import slot
+from prefect_dintero.blocks.prefect_api import describe
+from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
 from prefect_dintero.errors import DinteroError, ReauthorizationRequired
 from prefect_dintero.flows import events
 from prefect_dintero.redact import install_log_filter, redact
@@ -49,33 +49,6 @@ SYNCS_PER_ACCOUNT = 1
 def account_limit_name(credentials_block: str) -> str:
     """The global concurrency limit bounding concurrent syncs of one account."""
     return f"dintero-account-{credentials_block}"
-
-
-#: Account limits this process has seen exist, by API URL: read once per process, not per run.
-_limits_made: set[tuple[str | None, str]] = set()
-
-
-def ensure_account_limit(credentials_block: str, until: float | None = None) -> None:
-    """Create the account's limit (one sync at a time) unless it exists; an existing one is left
-    as its owner set it. The Prefect API's transient failures are retried until the monotonic
-    time ``until``."""
-    name = account_limit_name(credentials_block)
-    seen = (PREFECT_API_URL.value(), name)
-    if seen in _limits_made:
-        return
-
-    def ensure() -> None:
-        with get_client(sync_client=True) as client:
-            try:
-                client.read_global_concurrency_limit_by_name(name)
-            except ObjectNotFound:
-                with contextlib.suppress(ObjectAlreadyExists):
-                    client.create_global_concurrency_limit(
-                        GlobalConcurrencyLimitCreate(name=name, limit=SYNCS_PER_ACCOUNT)
-                    )
-
-    call(ensure, until=until, what=f"the creation of the {name!r} limit")
-    _limits_made.add(seen)
 
 
 class SyncFailed(DinteroError):
@@ -170,16 +143,23 @@ def dintero_sync(
     # and the nightly reconcile included): a run waits for the one before it, within its budget.
     # A run that may have lost its slot (Prefect refused its lease renewals for the lease's
     # length) stops at its next page, before another run can take the slot.
-    if not one_run_at_a_time:
-        return _sync(credentials_block, session_block, request, run_deadline, None)
-    ensure_account_limit(credentials_block, until=run_deadline)
-    with slot(
-        account_limit_name(credentials_block),
-        timeout=max(0.0, run_deadline - time.monotonic()),
-        lease=ACCOUNT_SLOT_LEASE,
-        renew_every=ACCOUNT_SLOT_RENEW_SECONDS,
-    ) as held:
-        return _sync(credentials_block, session_block, request, run_deadline, held.lost_reason)
+    take_slot = None
+    if one_run_at_a_time:
+
+        def take_slot(cancel: threading.Event) -> HeldSlot | None:
+            return wait_for_slot(
+                account_limit_name(credentials_block),
+                timeout=max(0.0, run_deadline - time.monotonic()),
+                lease=ACCOUNT_SLOT_LEASE,
+                renew_every=ACCOUNT_SLOT_RENEW_SECONDS,
+                create_missing=SYNCS_PER_ACCOUNT,  # made by the account's first run
+                cancel=cancel,
+            )
+
+    # Prefect API calls beside the run's own path (the slot, the artifacts): each is a round
+    # trip to a server that may be tens of milliseconds away, so they overlap where they can.
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="dintero-prefect") as side:
+        return _sync(credentials_block, session_block, request, run_deadline, take_slot, side)
 
 
 def _best_effort(what: str, call_prefect: Callable[[], Any]) -> Any:
@@ -192,17 +172,30 @@ def _best_effort(what: str, call_prefect: Callable[[], Any]) -> Any:
         return None
 
 
+def _beside(side: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` in a side thread, in this run's context (its logger, its API URL)."""
+    return side.submit(copy_context().run, fn, *args)
+
+
 def _sync(
     credentials_block: str,
     session_block: str | None,
     request: SyncRequest,
     run_deadline: float,
-    stop_reason: Callable[[], str | None] | None,
+    take_slot: Callable[[threading.Event], HeldSlot | None] | None,
+    side: ThreadPoolExecutor,
 ) -> list[dict[str, Any]]:
-    logger = get_run_logger()
+    # The slot is asked for while the bearer is made: neither writes anything.
+    cancel = threading.Event()
+    slot_wait = _beside(side, take_slot, cancel) if take_slot is not None else None
     try:
         bearer = get_bearer_token(credentials_block, session_block)
     except Exception as exc:
+        if slot_wait is not None:
+            cancel.set()
+            with contextlib.suppress(Exception):
+                if (held := slot_wait.result()) is not None:
+                    held.release()
         # Only now is the block read here: the bearer names the account when there is one.
         account_id = DinteroCredentials.load(credentials_block, _sync=True).account_id
         if session_block and isinstance(exc, ReauthorizationRequired):
@@ -211,6 +204,32 @@ def _sync(
             account_id, credentials_block, session_block, {}, {}, f"{type(exc).__name__}: {exc}"
         )
         raise
+    held = slot_wait.result() if slot_wait is not None else None
+    if slot_wait is not None and held is None:
+        raise TimeoutError(
+            f"another run of {credentials_block!r} held the account's slot "
+            f"({account_limit_name(credentials_block)!r}) for this run's whole budget "
+            "(timeout_minutes)"
+        )
+    try:
+        return _run_streams(
+            credentials_block, session_block, request, run_deadline, bearer, held, side
+        )
+    finally:
+        if held is not None:
+            held.release()  # once: the end of a run frees it beside its artifacts
+
+
+def _run_streams(
+    credentials_block: str,
+    session_block: str | None,
+    request: SyncRequest,
+    run_deadline: float,
+    bearer: DinteroBearer,
+    held: HeldSlot | None,
+    side: ThreadPoolExecutor,
+) -> list[dict[str, Any]]:
+    logger = get_run_logger()
     account_id = bearer.account_id
     if session_block and not bearer.renewable:
         _best_effort(
@@ -221,19 +240,22 @@ def _sync(
         )
     where = request.destination_label()
     logger.info("Syncing Dintero account %s into %s", account_id, where)
+    ends_at = time.time() + max(1.0, run_deadline - time.monotonic())
+    stop_reason = held.lost_reason if held is not None else None
+    futures = {
+        sync_stream.submit(bearer, name, request, ends_at=ends_at, stop_reason=stop_reason): name
+        for name in request.streams
+    }
+    # Made while the streams run: it is shown, never needed.
     progress_id = _best_effort(
         "create the progress artifact",
         lambda: create_progress_artifact(
             0.0, description=f"Streams synced for Dintero account {account_id}"
         ),
     )
-    ends_at = time.time() + max(1.0, run_deadline - time.monotonic())
-    futures = {
-        sync_stream.submit(bearer, name, request, ends_at=ends_at, stop_reason=stop_reason): name
-        for name in request.streams
-    }
     summaries: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
+    progress: Future | None = None
     try:
         for done, future in enumerate(
             as_completed(list(futures), timeout=max(0.0, run_deadline - time.monotonic())),
@@ -246,7 +268,9 @@ def _sync(
                 failures[name] = f"{type(exc).__name__}: {redact(str(exc))}"
                 logger.error("stream %s failed: %s", name, failures[name])
             if progress_id is not None:
-                _best_effort(
+                progress = _beside(
+                    side,
+                    _best_effort,
                     "update the progress artifact",
                     lambda done=done: update_progress_artifact(
                         progress_id, 100.0 * done / len(futures)
@@ -284,17 +308,26 @@ def _sync(
                 "error": failures.get(name, "") or (s.get("skipped", "") if s else ""),
             }
         )
-    _best_effort(
-        "create the table artifact",
-        lambda: create_table_artifact(
-            rows,
-            key=_artifact_key(account_id),
-            description=(
-                f"Last Dintero sync of account {account_id} into {where}, one row per stream."
+    # Nothing writes now: the slot is freed beside the table artifact and the last progress.
+    ending = [
+        _beside(
+            side,
+            _best_effort,
+            "create the table artifact",
+            lambda: create_table_artifact(
+                rows,
+                key=_artifact_key(account_id),
+                description=(
+                    f"Last Dintero sync of account {account_id} into {where}, one row per stream."
+                ),
             ),
-        ),
-    )
+        )
+    ]
+    if held is not None:
+        ending.append(_beside(side, held.release))
     events.emit_sync_result(account_id, credentials_block, session_block, summaries, failures)
+    for future in [*ending, *([progress] if progress is not None else [])]:
+        future.result()
     if failures:
         raise SyncFailed(
             f"{len(failures)} of {len(futures)} streams failed: "
