@@ -114,8 +114,14 @@ def get_bearer_token(credentials_block: str, session_block: str | None = None) -
     logger = get_run_logger()
     if session_block:
         session = DinteroOIDCSession.load(session_block, _sync=True)
+        # A session logged in through this credentials block holds it by reference: no second
+        # read (a Prefect API request) is needed to know it belongs to the same account.
+        same_block = getattr(session.credentials, "_block_document_name", None) == (
+            credentials_block
+        )
         if (
-            session.credentials.account_id
+            not same_block
+            and session.credentials.account_id
             != DinteroCredentials.load(credentials_block, _sync=True).account_id
         ):
             raise ConfigurationError(
