@@ -11,7 +11,9 @@ server in their own):
    the same pages (three interleaved rounds, the median round's ratio), and the requests of a
    no-change incremental re-run;
 4. the daily reconcile run (92 days re-read) at 100 000 transactions, after late changes;
-5. a simulated month of hourly ``dintero-sync`` runs (``month.py``; 3 days with ``--quick``).
+5. what a run costs a remote Prefect API (``prefect_api.py``): requests per run and per page,
+   logs and events, 80 ms per Prefect request, a Hobby-limited 100 000-row run, a 20 s outage;
+6. a simulated month of hourly ``dintero-sync`` runs (``month.py``; 3 days with ``--quick``).
 
 Figures are ratios and counts from this one run: the machine is shared, so absolute speeds move.
 
@@ -82,6 +84,7 @@ def main() -> None:
     session_4 = run("token_economy.py", *common, "--processes", "4", "--identity", "session")
     syncs = run("sync_throughput.py", "--sizes", *sizes)
     recon = run("reconcile.py", "--transactions", sizes[-1])
+    cloud = run("prefect_api.py", *(["--quick"] if args.quick else []))
     month = run("month.py", "--days", "3" if args.quick else "30")
 
     rows: list[tuple[str, str, str]] = []
@@ -149,6 +152,45 @@ def main() -> None:
             f"rows differ from the source after it); the hourly run before it: "
             f"{recon['hourly_requests']} requests, {recon['hourly_seconds']} s, "
             f"{recon['hourly_updated']} updated",
+        )
+    )
+    small, large = cloud["sizes"]
+    for identity in ("session", "service"):
+        c = cloud[identity]
+        rows.append(
+            (
+                f"Prefect API requests of a dintero-sync run ({identity}), {small:,} / {large:,} "
+                "transactions",
+                f"{c['requests'][0]} / {c['requests'][1]}",
+                f"{c['growth_per_page']} more per Dintero page ({c['pages'][0]} / "
+                f"{c['pages'][1]} pages); {c['logs_events'][0]} / {c['logs_events'][1]} log "
+                "lines and events per run",
+            )
+        )
+        rows.append(
+            (
+                f"{cloud['latency_ms']:.0f} ms added to every Prefect request ({identity}), "
+                f"{large:,} transactions",
+                f"{c['latency_cost']}x",
+                f"median of {cloud['rounds']} rounds ({', '.join(map(str, c['latency_cost_rounds']))}); "
+                f"{c['seconds_0ms']} s against {c['seconds_slow']} s",
+            )
+        )
+    lim, out = cloud["limited"], cloud["outage"]
+    rows.append(
+        (
+            f"Session sync of {lim['size']:,} transactions under {lim['limit']} Prefect API "
+            "requests a minute (Prefect Cloud Hobby)",
+            f"{lim['rate_limited']} answered 429",
+            f"ok={lim['ok']}, {lim['requests']} requests, {lim['seconds']:.1f} s",
+        )
+    )
+    rows.append(
+        (
+            f"Dintero pages/s during a {out['seconds']:.0f} s Prefect API outage (session sync)",
+            f"{out['pages_per_s_during']} vs {out['pages_per_s_before']} before",
+            f"run ok={out['run'].get('ok')}, the stream ran through the outage: "
+            f"{out['stream_ran_through_it']}",
         )
     )
     rows.append(
