@@ -10,6 +10,7 @@ from typing import Any, Literal
 import httpx
 from prefect.blocks.core import Block
 from prefect.client.schemas.actions import BlockDocumentUpdate
+from prefect.exceptions import ObjectNotFound
 from pydantic import Field, SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
@@ -25,6 +26,7 @@ from prefect_dintero.blocks.prefect_api import (
 from prefect_dintero.blocks.slots import wait_for_slot
 from prefect_dintero.blocks.token_store import RENEWAL_SLOT_LEASE, BlockTokenStore
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
+from prefect_dintero.errors import ReauthorizationRequired
 from prefect_dintero.provider import OIDCSessionProvider
 from prefect_dintero.redact import get_logger
 from prefect_dintero.tokens import Token, UserInfo
@@ -272,6 +274,12 @@ class BlockSessionStore(BlockTokenStore):
         except RuntimeError:  # a kept client that was closed under us
             drop_kept_client(client)
             raise
+        except ObjectNotFound:
+            raise ReauthorizationRequired(
+                f"The Dintero session block {self.block_name!r} no longer exists in Prefect. Log "
+                f"in again: run the 'dintero_login' flow (or 'prefect-dintero login') to save "
+                f"it anew."
+            ) from None
         return document, _token_from_data(document.data)
 
     def _write(self, handle: Any, token: Token) -> None:

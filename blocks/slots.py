@@ -23,9 +23,11 @@ A holder that dies holds the slot until its lease runs out. Concurrency-limit ev
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -51,6 +53,8 @@ logger = get_logger(__name__)
 
 #: How long a release waits for a renewal in flight before freeing the slot anyway.
 RENEWAL_JOIN_SECONDS = 2.0
+
+_held: weakref.WeakSet[HeldSlot] = weakref.WeakSet()
 
 
 def lease_margin(lease: float) -> float:
@@ -92,7 +96,9 @@ class HeldSlot:
         self._valid_until = (taken_at or time.monotonic()) + lease
         self._client = client
         self._stop = threading.Event()
+        self._release_lock = threading.Lock()
         self._thread = background(self._renew, f"dintero-slot-{limit_name}")
+        _held.add(self)
 
     def holds(self) -> bool:
         """Whether the lease surely still holds the slot (checked on every page of a sync)."""
@@ -161,9 +167,10 @@ class HeldSlot:
     def release(self) -> None:
         """Stop renewing and free the slot. A release that fails is logged, not raised: the
         lease frees the slot when it runs out. A second call does nothing."""
-        if self._stop.is_set():
-            return
-        self._stop.set()
+        with self._release_lock:  # the end of a run and its cleanup may both call it
+            if self._stop.is_set():
+                return
+            self._stop.set()
         self._thread.join(RENEWAL_JOIN_SECONDS)
         try:
             with own_retries():
@@ -189,6 +196,15 @@ class HeldSlot:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+@atexit.register
+def _free_at_exit() -> None:
+    """A process that ends frees the slots it still holds (a background renewal cut short, say)
+    rather than keeping them until their leases run out. Registered before the token stores'
+    exit hook, so it runs after it: a save still in flight keeps its slot until it is done."""
+    for held in list(_held):
+        held.release()
 
 
 def wait_for_slot(

@@ -33,7 +33,7 @@ from prefect_dintero.blocks.slots import wait_for_slot
 from prefect_dintero.blocks.token_store import save_pending
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
 from prefect_dintero.emulator.prefect_proxy import PrefectApiProxy
-from prefect_dintero.errors import DinteroAPIError, StoreUnavailable
+from prefect_dintero.errors import DinteroAPIError, ReauthorizationRequired, StoreUnavailable
 from prefect_dintero.flows import dintero_login, dintero_sync
 from prefect_dintero.flows.accounts import AccountsFailed, AccountTarget, dintero_sync_accounts
 from prefect_dintero.sink import Sink
@@ -240,6 +240,18 @@ def test_an_expired_session_and_no_prefect_is_a_clear_prefect_error(emu, proxy):
     # Waited for Prefect once (not once per request attempt), and sent Dintero nothing.
     assert waited < 28, waited
     assert emu.stats()["requests"].get("transactions", {}) == before
+
+
+def test_a_deleted_session_block_asks_for_a_new_login(emu, proxy):
+    creds = save_credentials(emu)
+    session = log_in(emu, creds)
+    expire(session)
+    block = DinteroOIDCSession.load(session, _sync=True)
+    bearer = block.get_bearer()
+    with get_client(sync_client=True) as client:
+        client.delete_block_document(block._block_document_id)
+    with pytest.raises(ReauthorizationRequired, match="no longer exists"):
+        bearer.token()
 
 
 # -- a renewal keeps its token whatever Prefect does ---------------------------------------------
