@@ -140,6 +140,13 @@ class RunBudgetExceeded(RunInterrupted):
     """The run's time budget is spent: nothing more is sent, what was committed stays."""
 
 
+class PageRefused(DinteroError):
+    """The destination database refused a page: nothing of it was written, and the stream's
+    cursor did not move. The message names the stream, the table, the object the database
+    refused and the database's error type and SQLSTATE, never a value: a database's own text
+    can quote a whole row, customers' names and e-mails included."""
+
+
 class StoreUnavailable(DinteroError):
     """The store that shares tokens between processes (a Prefect server, for the blocks) did not
     answer, and the token in memory could not be used. Nothing was sent to Dintero; a later

@@ -73,3 +73,26 @@ def check_cursor_not_ahead_of_data(emu, sink):
             assert not missing, (
                 f"{spec.name}/{partition}: cursor {state.cursor} is ahead of {len(missing)} missing rows"
             )
+
+
+def refuse_rows(sink, destination: str) -> None:
+    """Make the database refuse every customer row: a changed column type, whose error quotes
+    the value (PostgreSQL: 'invalid input syntax for type integer: "…"'), or on SQLite, which
+    converts anything, a trigger (its message cannot quote a value, but the statement's
+    parameters would be printed by an engine that does not hide them)."""
+    from sqlalchemy import text
+
+    with sink.engine.begin() as conn:
+        if sink.dialect == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_customers BEFORE INSERT ON dintero_customers BEGIN "
+                    "SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
+        elif sink.dialect == "postgresql":
+            conn.execute(
+                text("ALTER TABLE dintero_customers ALTER COLUMN email TYPE integer USING NULL")
+            )
+        else:
+            conn.execute(text("ALTER TABLE dintero_customers ALTER email TYPE INTEGER"))

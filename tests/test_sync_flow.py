@@ -212,6 +212,82 @@ def test_sync_into_postgres_through_a_connector_block(emu, creds, postgres_url):
     assert equals_source(emu, Sink(postgres_url), ["settlements"])
 
 
+def _prefect_database_text() -> bytes:
+    """Everything the test server's database holds on disk, its write-ahead log included."""
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    path = Path(str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value()).split(":///", 1)[1])
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+@pytest.mark.parametrize("destination", ["sqlite", "postgres", "duckdb"], indirect=True)
+def test_a_refused_row_leaves_no_customer_value_in_prefect(emu, creds, destination):
+    """The database refuses a customer's row, quoting it: the run fails naming the object, and
+    no name, e-mail or phone number of any customer reaches Prefect's database (state messages,
+    artifacts, logs, events). PostgreSQL goes through a connector block, whose engine would
+    print a statement's parameters."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+    from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
+    from sqlalchemy.engine import make_url
+
+    from .helpers import refuse_rows
+
+    sink = Sink(destination)
+    sink.prepare([CATALOG["customers"]])
+    refuse_rows(sink, destination)
+    sink.dispose()
+    where = {"destination": destination}
+    if destination.startswith("postgresql"):
+        url = make_url(destination)
+        block = f"warehouse-{uuid.uuid4().hex[:6]}"
+        SqlAlchemyConnector(
+            connection_info=ConnectionComponents(
+                driver="postgresql+psycopg",
+                username=url.username,
+                password=SecretStr("not-needed-trust-auth"),
+                host=url.host,
+                port=url.port,
+                database=url.database,
+            )
+        ).save(block, overwrite=True, _sync=True)
+        where = {"destination_block": block}
+    state = dintero_sync(creds, streams=["customers"], return_state=True, **where)
+    assert state.is_failed()
+    run_id = state.state_details.flow_run_id
+    # Logs and events reach the server a moment after the run: wait for both.
+    api = PREFECT_API_URL.value()
+    deadline = time.monotonic() + 30
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = [log.message for log in client.read_logs() if log.flow_run_id == run_id]
+        events = httpx.post(
+            f"{api}/events/filter",
+            json={"filter": {"event": {"name": ["dintero.sync.failed"]}}, "limit": 50},
+            timeout=30,
+        ).json()["events"]
+        failed = [e for e in events if str(run_id) in json.dumps(e)]
+        if failed and any("PageRefused" in m for m in logs):
+            break
+        assert time.monotonic() < deadline, (logs, events)
+        time.sleep(0.5)
+    assert "PageRefused" in json.dumps(failed)
+    customers = emu.dump("customers")
+    assert any(c["id"] in json.dumps(failed) for c in customers)
+    # E-mails and phone numbers are each customer's own (a name such as Lovelace is also the
+    # emulator's logged-in user's, in other tests' logs).
+    stored = _prefect_database_text()
+    leaked = [
+        f"{customer['id']}.{field}"
+        for customer in customers
+        for field in ("email", "phone_number")
+        if customer.get(field) and customer[field].encode() in stored
+    ]
+    assert not leaked, f"customers' values in Prefect's database: {leaked}"
+
+
 # -- deadlines and echoing servers ----------------------------------------------------------------
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, bindparam, select, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from .. import times
-from ..errors import ConfigurationError, DinteroError
+from ..errors import ConfigurationError, PageRefused
 from ..state import PageWrite, StreamState
 from ..streams import Stream
 from ..times import CLOCK_SKEW
@@ -28,6 +28,16 @@ from .dialect import Dialect, dialect_names, load_dialect
 from .rows import RowBuilder, newest_per_key, replaces
 from .schema import Schema
 from .state import StateStore
+
+
+class _RolledBack(Exception):
+    """Leaves a probing transaction so that it is rolled back."""
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The database's error code: PostgreSQL's SQLSTATE, SQLite's error name."""
+    code = getattr(error, "sqlstate", None) or getattr(error, "sqlite_errorname", None)
+    return str(code) if code else None
 
 
 class Sink:
@@ -49,6 +59,9 @@ class Sink:
             self.url = engine.url.render_as_string(hide_password=False)
             self.dialect_impl = self._dialect(engine.dialect.name)
             engine = self.dialect_impl.tune(engine)
+            # Its errors then never quote a statement's parameters (customers' rows), as the
+            # sink's own engines never do.
+            engine.hide_parameters = True
         self.engine = engine
         self.dialect = self.dialect_impl.name
         self.schema = Schema()
@@ -158,9 +171,52 @@ class Sink:
                 self.states.save(conn, account_id, stream.name, partition, new_state)
         except OperationalError as exc:
             raise self._failed("writing to {url} failed", exc) from None
-        except SQLAlchemyError as exc:
-            raise DinteroError(f"writing a {stream.name} page failed: {exc}") from exc
+        except Exception as exc:
+            # Never the database's text, and never chained to it: either can quote the row.
+            raise self._refused(stream, table, version, rows, exc) from None
         return result, new_state
+
+    def _refused(
+        self,
+        stream: Stream,
+        table: Table,
+        version: str | None,
+        rows: list[dict],
+        exc: BaseException,
+    ) -> PageRefused:
+        """What the database refused, named without a value."""
+        cause = getattr(exc, "orig", None) or exc
+        kind = type(cause).__name__
+        code = _sqlstate(cause)
+        key = self._refused_key(stream, table, version, rows)
+        which = (
+            f"object {key!s:.80}" if key is not None else "the page (no one row alone is refused)"
+        )
+        return PageRefused(
+            f"the destination refused a {stream.name} page, table {table.name}: {kind}"
+            + (f" (SQLSTATE {code})" if code else "")
+            + f", at {which}. Nothing of the page was written and the stream's cursor did not "
+            "move. The database's message is not shown: it can quote the row's values, which "
+            "are customers' data. Check the table's columns and constraints against the "
+            "README's (an added constraint or a changed column type refuses rows)."
+        )
+
+    def _refused_key(
+        self, stream: Stream, table: Table, version: str | None, rows: list[dict]
+    ) -> str | None:
+        """The key of the first row the database refuses alone: each row is written in a
+        transaction that is rolled back, so nothing of it stays."""
+        statement = self._upsert(stream, table, version)
+        for row in rows:
+            try:
+                with self.dialect_impl.begin(self.engine) as conn:
+                    self.dialect_impl.write(conn, statement, [row])
+                    raise _RolledBack
+            except _RolledBack:
+                continue
+            except Exception:
+                return str(row[stream.primary_key])
+        return None
 
     def _classify(
         self,

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..redact import get_logger
 from ..streams import Stream
-from .values import COERCERS, Unfit
+from .values import COERCERS, ESCAPED, Unfit, escape_odd, replace_odd, storable
 
 #: Text columns keep a string as it is (no call); anything else goes through this.
 _as_text = COERCERS["text"]
@@ -58,14 +58,23 @@ class RowBuilder:
         """Rows for the stream's table.
 
         A value that does not fit its typed column is stored as NULL there, with a warning
-        naming the stream, the object and the field; the ``raw`` JSON keeps it. One odd value
-        must not fail the stream on every run.
+        naming the stream, the object and the field; the ``raw`` JSON keeps it. A string with a
+        character no database here can store (a NUL, a lone surrogate) is stored cleaned, with
+        a warning (``values.escape_odd``). One odd value must not fail the stream on every run.
         """
-        rows, unfit = [], []
+        rows, unfit, odd = [], [], []
         pk = stream.primary_key
         plan = self.columns(stream)
+        clean = storable(objects)  # one check per page; the rare odd page goes object by object
         for obj in objects:
-            row = {"account_id": account_id, pk: obj[pk], "raw": obj, "synced_at": now}
+            raw = obj
+            if not clean:
+                fields: list[str] = []
+                raw = escape_odd(obj, "", fields)
+                if fields:
+                    obj = replace_odd(obj)
+                    odd.append((obj[pk], fields))
+            row = {"account_id": account_id, pk: obj[pk], "raw": raw, "synced_at": now}
             for name, key, col, to_column in plan:
                 value = obj.get(key) if key is not None else col.extract(obj)
                 if value is None:
@@ -87,6 +96,22 @@ class RowBuilder:
                 field_name,
                 value,
                 why,
+            )
+        for key, fields in odd[:WARN_UNFIT]:
+            logger.warning(
+                "%s %s: %s held characters no database here can store (a NUL or a lone "
+                "surrogate); stored with U+FFFD in their columns, and escaped in raw as "
+                '{"%s": ...}, from which the original can be recovered',
+                stream.name,
+                str(key)[:80],
+                ", ".join(fields[:10]),
+                ESCAPED,
+            )
+        if len(odd) > WARN_UNFIT:
+            logger.warning(
+                "%s: %d more objects on this page held such characters",
+                stream.name,
+                len(odd) - WARN_UNFIT,
             )
         if len(unfit) > WARN_UNFIT:
             logger.warning(

@@ -114,3 +114,97 @@ def sqlite_datetime(value: datetime) -> str:
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
     return value.isoformat(sep=" ", timespec="microseconds")
+
+
+# -- strings a database cannot store --------------------------------------------------------------
+#
+# Dintero's JSON may carry a NUL (``\u0000``) or a lone surrogate (``\ud800``) in a string: JSON
+# allows both. PostgreSQL stores neither in text or JSONB, SQLite's driver cannot encode a lone
+# surrogate, and DuckDB refuses it as invalid UTF-8. One such value must not fail a stream on
+# every run, so such a string is stored cleaned: in a typed column with U+FFFD in place of each
+# odd character; in ``raw`` as ``{"$dintero_escaped": text}``, where ``text`` is the string as
+# JSON text without its quotes (ASCII only), so ``json.loads('"' + text + '"')`` gives back the
+# original. A key is escaped the same way, as ``"$dintero_escaped:" + text``.
+
+#: The key of an object that stands in ``raw`` for a string with characters a database cannot
+#: store.
+ESCAPED = "$dintero_escaped"
+REPLACEMENT = "\ufffd"
+
+
+def storable(objects: Any) -> bool:
+    """Whether every string in ``objects`` can be stored as it is (no NUL, no lone surrogate).
+
+    One ``orjson.dumps`` of the page: it refuses lone surrogates, and writes a NUL as
+    ``\\u0000``, which no other character becomes.
+    """
+    try:
+        dumped = orjson.dumps(objects)
+    except TypeError:  # a lone surrogate, or an integer beyond 64 bits: look string by string
+        return not _has_odd(objects)
+    return b"\\u0000" not in dumped
+
+
+#: A NUL, or a surrogate code point (in a Python string one is always unpaired: JSON's
+#: escaped pairs are decoded into the character they stand for).
+_ODD = re.compile("[\\x00\\ud800-\\udfff]")
+
+
+def is_odd(text: str) -> bool:
+    """Whether a string holds a NUL or a lone surrogate."""
+    return _ODD.search(text) is not None
+
+
+def _has_odd(value: Any) -> bool:
+    if isinstance(value, str):
+        return is_odd(value)
+    if isinstance(value, dict):
+        return any(_has_odd(k) or _has_odd(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_odd(v) for v in value)
+    return False
+
+
+def escape_text(text: str) -> str:
+    """A string as JSON text without its quotes, ASCII only: every odd character escaped."""
+    return json.dumps(text, ensure_ascii=True)[1:-1]
+
+
+def unescape_text(escaped: str) -> str:
+    """The original of :func:`escape_text`'s result."""
+    return json.loads(f'"{escaped}"')
+
+
+def escape_odd(value: Any, path: str, found: list[str]) -> Any:
+    """``value`` for ``raw``: odd strings replaced by ``{"$dintero_escaped": …}``, odd keys by
+    ``"$dintero_escaped:…"``; the paths of what was escaped are added to ``found``."""
+    if isinstance(value, str):
+        if is_odd(value):
+            found.append(path or "(the object)")
+            return {ESCAPED: escape_text(value)}
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            name = key
+            if isinstance(key, str) and is_odd(key):
+                name = f"{ESCAPED}:{escape_text(key)}"
+                found.append(f"{path}.(a key)" if path else "(a key)")
+            out[name] = escape_odd(item, f"{path}.{name}" if path else str(name), found)
+        return out
+    if isinstance(value, list):
+        return [escape_odd(item, f"{path}[{i}]", found) for i, item in enumerate(value)]
+    return value
+
+
+def replace_odd(value: Any) -> Any:
+    """``value`` for typed columns: each NUL and lone surrogate replaced by U+FFFD."""
+    if isinstance(value, str):
+        if not is_odd(value):
+            return value
+        return _ODD.sub(REPLACEMENT, value)
+    if isinstance(value, dict):
+        return {replace_odd(k): replace_odd(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_odd(v) for v in value]
+    return value
