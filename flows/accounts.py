@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from prefect_dintero.blocks.prefect_api import Backoff, describe, is_transient, retry_after_of
 from prefect_dintero.errors import ConfigurationError, DinteroError
+from prefect_dintero.flows.parameters import MaskedFlow
 from prefect_dintero.flows.sync import DEFAULT_TIMEOUT_MINUTES, dintero_sync
 from prefect_dintero.request import SyncRequest, run_budget
 
@@ -42,27 +43,18 @@ class AccountsFailed(DinteroError):
     """Some accounts' syncs failed; the others completed."""
 
 
-@flow(
-    name="dintero-sync-accounts",
-    description=(
-        "Sync many Dintero merchant accounts: one dintero-sync run per account, as subflows in "
-        "this process or as runs of a dintero-sync deployment that Prefect workers on many "
-        "machines pick up. A global concurrency limit per account keeps one sync per account "
-        "at a time."
-    ),
-)
-def dintero_sync_accounts(
+def _dintero_sync_accounts(
     accounts: list[AccountTarget],
     mode: Literal["subflows", "deployments"] = "subflows",
     deployment_name: str = "dintero-sync/hourly",
     streams: list[str] | None = None,
-    destination: str = "dintero.db",
+    destination: str | None = None,
     destination_block: str | None = None,
     lookback_hours: float | None = None,
-    page_size: int = 100,
-    full_refresh: bool = False,
+    page_size: int | None = None,
+    full_refresh: bool | None = None,
     reconcile_days: float | None = None,
-    timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES,
+    timeout_minutes: float | None = None,
 ) -> list[dict[str, Any]]:
     """Fan out one sync per account.
 
@@ -74,12 +66,14 @@ def dintero_sync_accounts(
             workers share the work.
         deployment_name: the ``dintero-sync`` deployment to run in ``"deployments"`` mode.
         streams, destination, destination_block, lookback_hours, page_size, full_refresh,
-            reconcile_days: passed to every account's ``dintero-sync`` run.
-        timeout_minutes: each account's run's budget (its ``timeout_minutes``). In
-            ``"deployments"`` mode the fan-out cancels a run still going two minutes past its
-            budget, counted from when it started; a run no worker starts while none of the
-            fan-out's runs starts or ends for ten minutes is left queued, never cancelled, and
-            reported as not started.
+            reconcile_days: passed to every account's ``dintero-sync`` run when given; left
+            out, each run uses its own (the deployment's parameters, say the ``destination``
+            of ``dintero-sync/hourly``, or ``dintero-sync``'s defaults).
+        timeout_minutes: each account's run's budget (its ``timeout_minutes``), when given; else
+            the deployment's or the flow's. In ``"deployments"`` mode the fan-out cancels a run
+            still going two minutes past its budget, counted from when it started; a run no
+            worker starts while none of the fan-out's runs starts or ends for ten minutes is
+            left queued, never cancelled, and reported as not started.
 
     Returns:
         One row per account: its credentials block, state and rows fetched.
@@ -90,29 +84,35 @@ def dintero_sync_accounts(
     names = [a.credentials_block for a in accounts]
     if len(set(names)) != len(names):
         raise ConfigurationError("an account is listed twice; each credentials block once")
-    # Each account's request, checked here, before one run per account fails with it.
-    requests = {
-        target.credentials_block: SyncRequest.build(
-            streams=streams,
-            destination=destination,
-            destination_block=destination_block,
-            lookback_hours=lookback_hours,
-            reconcile_days=reconcile_days,
-            page_size=page_size,
-            full_refresh=full_refresh,
-            payout_destinations=target.payout_destinations,
+    # Only what was given is passed on: a value left out must not replace the deployment's
+    # (dintero-sync/hourly's destination, say) with a default of this flow's.
+    given: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("streams", streams),
+            ("destination", destination),
+            ("destination_block", destination_block),
+            ("lookback_hours", lookback_hours),
+            ("page_size", page_size),
+            ("full_refresh", full_refresh),
+            ("reconcile_days", reconcile_days),
         )
-        for target in accounts
+        if value is not None
     }
-    budget = run_budget(timeout_minutes)
+    # Each account's request, checked here, before one run per account fails with it.
+    for target in accounts:
+        SyncRequest.build(**given, payout_destinations=target.payout_destinations)
+    if timeout_minutes is not None:
+        run_budget(timeout_minutes)
+        given["timeout_minutes"] = timeout_minutes
 
     def parameters(target: AccountTarget) -> dict[str, Any]:
-        return {
-            "credentials_block": target.credentials_block,
-            "session_block": target.session_block,
-            "timeout_minutes": timeout_minutes,
-            **requests[target.credentials_block].flow_parameters(),
-        }
+        own: dict[str, Any] = {"credentials_block": target.credentials_block}
+        if target.session_block:
+            own["session_block"] = target.session_block
+        if target.payout_destinations:
+            own["payout_destinations"] = target.payout_destinations
+        return {**own, **given}
 
     rows: list[dict[str, Any]] = []
     if mode == "subflows":
@@ -131,6 +131,9 @@ def dintero_sync_accounts(
             ).id
             for target in accounts
         }
+        budget = run_budget(
+            timeout_minutes if timeout_minutes is not None else _deployment_timeout(deployment_name)
+        )
         runs = _wait_for_runs(
             list(started.values()), budget.total_seconds() + RUN_END_SLACK_SECONDS
         )
@@ -153,9 +156,9 @@ def dintero_sync_accounts(
                 _cancel(flow_run.id)
                 rows.append({**_row(target, state), "state": "TIMED_OUT"})
                 logger.error(
-                    "%s: its run did not finish within %s minutes of starting; cancelled",
+                    "%s: its run did not finish within %.0f minutes of starting; cancelled",
                     target.credentials_block,
-                    timeout_minutes,
+                    budget.total_seconds() / 60,
                 )
     else:
         raise ConfigurationError(f"mode must be 'subflows' or 'deployments', not {mode!r}")
@@ -171,6 +174,14 @@ def dintero_sync_accounts(
     if failed:
         raise AccountsFailed(f"{len(failed)} of {len(rows)} accounts failed: {', '.join(failed)}")
     return rows
+
+
+def _deployment_timeout(name: str) -> float:
+    """The ``timeout_minutes`` a deployment's runs get: its parameter, else the flow's."""
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+    value = (deployment.parameters or {}).get("timeout_minutes")
+    return float(value) if value is not None else DEFAULT_TIMEOUT_MINUTES
 
 
 #: A run's own budget ends it; the fan-out gives it this much more before it cancels it.
@@ -227,6 +238,18 @@ def _wait_for_runs(ids: list[UUID], run_seconds: float) -> dict[UUID, FlowRun]:
                 break  # no worker is taking them: they stay queued
             time.sleep(poll.next())
     return runs
+
+
+dintero_sync_accounts = MaskedFlow(
+    _dintero_sync_accounts,
+    name="dintero-sync-accounts",
+    description=(
+        "Sync many Dintero merchant accounts: one dintero-sync run per account, as subflows in "
+        "this process or as runs of a dintero-sync deployment that Prefect workers on many "
+        "machines pick up. A global concurrency limit per account keeps one sync per account "
+        "at a time."
+    ),
+)
 
 
 def _cancel(flow_run_id: Any) -> None:

@@ -159,13 +159,16 @@ def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
         httpx.patch(
             f"{api}/deployments/{after_sync['id']}", json={"paused": True}
         ).raise_for_status()
-        database = tmp_path / "fleet.db"
+        # No destination given: each account's run writes where dintero-sync/hourly says,
+        # ~/prefect-dintero/dintero.db (the worker's home is a folder of this test's).
+        home = tmp_path / "home"
+        home.mkdir()
+        database = home / "prefect-dintero" / "dintero.db"
         params = {
             "accounts": [{"credentials_block": f"merchant-{a.lower()}"} for a in accounts],
             "mode": "deployments",
             "deployment_name": "dintero-sync/hourly",
             "streams": ["transactions", "settlements"],
-            "destination": str(database),
         }
         run(
             [
@@ -178,9 +181,27 @@ def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
             ],
             env,
         )
+        # A relative destination in a deployment run: the worker's working folder is temporary
+        # (and deleted after the run), so it is written to ~/prefect-dintero.
+        relative = {
+            "credentials_block": "merchant-t12345678",
+            "streams": ["settlements"],
+            "destination": "relative.db",
+        }
+        run(
+            [
+                *PREFECT,
+                "deployment",
+                "run",
+                "dintero-sync/hourly",
+                "--params",
+                json.dumps(relative),
+            ],
+            env,
+        )
         worker = subprocess.Popen(
             [*PREFECT, "worker", "start", "--pool", "dintero-process", "--limit", "4"],
-            env=fast_worker(env),
+            env={**fast_worker(env), "HOME": str(home)},
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -197,7 +218,7 @@ def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
                     for r in runs
                     if not r["parameters"].get("account_id")
                 }
-                if len(states) == 3 and all(
+                if len(states) == 4 and all(
                     s in ("COMPLETED", "FAILED", "CRASHED") for s in states.values()
                 ):
                     break
@@ -209,7 +230,7 @@ def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
             except subprocess.TimeoutExpired:  # a loaded machine: the states are what count
                 worker.kill()
                 output, _ = worker.communicate()
-        assert sorted(states.values()) == ["COMPLETED"] * 3, (states, output[-4000:])
+        assert sorted(states.values()) == ["COMPLETED"] * 4, (states, output[-4000:])
         with sqlite3.connect(database) as conn:
             per_account = dict(
                 conn.execute(
@@ -217,3 +238,7 @@ def test_fan_out_to_deployments_shared_by_a_worker(prefect_server, tmp_path):
                 ).fetchall()
             )
         assert per_account == {a: 30 for a in accounts}
+        with sqlite3.connect(home / "prefect-dintero" / "relative.db") as conn:
+            settlements = conn.execute("select count(*) from dintero_settlements").fetchone()
+        assert settlements == (6,)
+        assert "is written to" in output and "relative.db" in output
