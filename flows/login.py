@@ -1,10 +1,9 @@
 """The ``dintero-login`` flow: a user logs in once, from the Prefect UI or non-interactively."""
 
 import contextlib
-import inspect
-from typing import Any, get_args, get_type_hints
+from typing import Any
 
-from prefect import Flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
@@ -14,6 +13,7 @@ from pydantic import Field, SecretStr
 
 from prefect_dintero.blocks import DinteroCredentials
 from prefect_dintero.errors import LoginError
+from prefect_dintero.flows.parameters import MaskedFlow
 from prefect_dintero.login import build_authorize_url, new_state, parse_authorization_response
 from prefect_dintero.redact import MASK, install_log_filter, register_secret
 from prefect_dintero.tasks import exchange_authorization_code
@@ -44,31 +44,6 @@ def _delete_pasted_input() -> None:
             delete_flow_run_input(key=key, flow_run_id=context.flow_run.id)
 
 
-class SecretParametersFlow(Flow):
-    """A flow that stores every parameter its signature types ``SecretStr`` masked.
-
-    Prefect stores a run's parameters as the caller passed them: ``SecretStr`` in the signature
-    masks a ``SecretStr`` argument, but a plain ``str`` would be stored, and shown in the UI, as
-    it is. This flow masks by the signature, whatever the caller passes.
-    """
-
-    def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
-        serialized = super().serialize_parameters(parameters)
-        for name in _secret_parameters(self.fn):
-            if serialized.get(name) is not None:
-                serialized[name] = MASK
-        return serialized
-
-
-def _secret_parameters(fn: Any) -> list[str]:
-    hints = get_type_hints(fn)
-    return [
-        name
-        for name in inspect.signature(fn).parameters
-        if hints.get(name) is not None and SecretStr in (hints[name], *get_args(hints[name]))
-    ]
-
-
 def _dintero_login(
     credentials_block: str,
     session_block: str,
@@ -91,8 +66,8 @@ def _dintero_login(
         poll_interval_seconds: how often the paused run checks for the resume.
         state: the ``state`` of the login link the user followed, when you built it: a pasted
             redirect URL must then carry the same one (the interactive login always checks
-            its own). A bare code carries no state, so nothing ties it to your login link:
-            pass the whole redirect URL when you have it.
+            its own). A bare code carries no state, so nothing ties it to a login link: it is
+            taken only when no state is expected, never in the interactive login.
 
     Returns:
         Who logged in and until when (no secrets).
@@ -172,7 +147,7 @@ def _dintero_login(
     return facts
 
 
-dintero_login = SecretParametersFlow(
+dintero_login = MaskedFlow(
     _dintero_login,
     name="dintero-login",
     description=(

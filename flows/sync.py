@@ -1,20 +1,23 @@
 """The ``dintero-sync`` flow: keep Dintero's data fresh in your database."""
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import copy_context
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -24,8 +27,10 @@ from prefect_dintero.blocks.prefect_api import describe
 from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
 from prefect_dintero.errors import DinteroError, ReauthorizationRequired
 from prefect_dintero.flows import events
+from prefect_dintero.flows.parameters import MaskedFlow
 from prefect_dintero.redact import install_log_filter, redact
 from prefect_dintero.request import SyncRequest, run_budget
+from prefect_dintero.sink.destinations import anchor_destination, in_temporary_working_folder
 from prefect_dintero.tasks import get_bearer_token
 from prefect_dintero.tasks.sync import sync_stream
 
@@ -46,6 +51,33 @@ ACCOUNT_SLOT_RENEW_SECONDS = 30.0
 SYNCS_PER_ACCOUNT = 1
 
 
+#: Where a relative SQLite or DuckDB destination goes when a worker runs the flow: a Prefect
+#: process worker runs a deployment without pull steps in a temporary folder and deletes it
+#: after the run, so a file relative to that folder would go with it.
+DEPLOYMENT_DATA_FOLDER = "~/prefect-dintero"
+
+
+def stable_destination(destination: str) -> str:
+    """``destination``, with a relative SQLite or DuckDB file placed in
+    ``DEPLOYMENT_DATA_FOLDER`` when a worker runs this flow (said in the log); elsewhere (a
+    flow called from your own code) it stays relative to the working folder."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    # Workers and runners name the run they start in the environment (the fan-out's subflows
+    # run in that process too); a deployment run started otherwise names its deployment.
+    if not (os.environ.get("PREFECT__FLOW_RUN_ID") or (run is not None and run.deployment_id)):
+        return destination
+    anchored = anchor_destination(destination, DEPLOYMENT_DATA_FOLDER)
+    if anchored != destination:
+        get_run_logger().info(
+            "a worker runs this flow in a temporary folder that it deletes afterwards: the "
+            "relative destination %r is written to %s instead",
+            destination,
+            Path(DEPLOYMENT_DATA_FOLDER).expanduser(),
+        )
+    return anchored
+
+
 def account_limit_name(credentials_block: str) -> str:
     """The global concurrency limit bounding concurrent syncs of one account."""
     return f"dintero-account-{credentials_block}"
@@ -59,17 +91,7 @@ def _artifact_key(account_id: str) -> str:
     return f"dintero-sync-{account_id.lower()}"
 
 
-@flow(
-    name="dintero-sync",
-    description=(
-        "Sync Dintero transactions, checkout sessions, settlements, customers and payout "
-        "transfers into SQLite or PostgreSQL, incrementally: each page is committed together "
-        "with the stream's cursor, so a crashed or retried run resumes without gaps or "
-        "duplicates."
-    ),
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENT_STREAMS),
-)
-def dintero_sync(
+def _dintero_sync(
     credentials_block: str,
     session_block: str | None = None,
     streams: list[str] | None = None,
@@ -92,7 +114,9 @@ def dintero_sync(
             without it the API client's own (service) token is used.
         streams: stream names; None syncs all.
         destination: a SQLite file path (default ``dintero.db``) or a SQLAlchemy URL without a
-            password.
+            password. A relative SQLite or DuckDB file is relative to the working folder when
+            you call the flow yourself, and to ``~/prefect-dintero`` when a worker runs it (a
+            worker's working folder is temporary).
         destination_block: a prefect-sqlalchemy ``SqlAlchemyConnector`` block name, for
             databases that need a password.
         lookback_hours: re-read this far before each stream's cursor; None uses each stream's
@@ -123,6 +147,7 @@ def dintero_sync(
         after, requests, retries, rate-limited responses, and ``skipped`` (why, when it was).
     """
     install_log_filter()
+    destination = stable_destination(destination)
     # Checked here, once, before any block is loaded or request sent: a negative lookback, say,
     # would silently skip data.
     request = SyncRequest.build(
@@ -160,6 +185,19 @@ def dintero_sync(
     # trip to a server that may be tens of milliseconds away, so they overlap where they can.
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="dintero-prefect") as side:
         return _sync(credentials_block, session_block, request, run_deadline, take_slot, side)
+
+
+dintero_sync = MaskedFlow(
+    _dintero_sync,
+    name="dintero-sync",
+    description=(
+        "Sync Dintero transactions, checkout sessions, settlements, customers and payout "
+        "transfers into SQLite or PostgreSQL, incrementally: each page is committed together "
+        "with the stream's cursor, so a crashed or retried run resumes without gaps or "
+        "duplicates."
+    ),
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENT_STREAMS),
+)
 
 
 def _best_effort(what: str, call_prefect: Callable[[], Any]) -> Any:
@@ -240,6 +278,15 @@ def _run_streams(
         )
     where = request.destination_label()
     logger.info("Syncing Dintero account %s into %s", account_id, where)
+    if not request.destination_block and (
+        folder := in_temporary_working_folder(request.destination)
+    ):
+        logger.warning(
+            "the destination lies inside the temporary working folder %s, which is usually "
+            "deleted after the run: the data would go with it. Give an absolute path (the "
+            "deployments in prefect.yaml use ~/prefect-dintero/dintero.db) or a database URL",
+            folder,
+        )
     ends_at = time.time() + max(1.0, run_deadline - time.monotonic())
     stop_reason = held.lost_reason if held is not None else None
     futures = {

@@ -415,9 +415,21 @@ def test_a_body_over_the_cap_is_refused_before_it_is_read(dintero_emulator_facto
 # -- files and the emulator -----------------------------------------------------------------------
 
 
-def test_a_new_sqlite_destination_is_private(tmp_path):
-    path = tmp_path / "dintero.db"
-    sink = Sink(path)
+@pytest.mark.parametrize(
+    "form",
+    ["path", "url", "uri", "absolute uri"],
+)
+def test_a_new_sqlite_destination_is_private(tmp_path, monkeypatch, form):
+    """Whatever form names the file (a path, a URL, SQLite's file: URI), it is made 0600, and so
+    are its -wal and -shm files."""
+    monkeypatch.chdir(tmp_path)
+    destination = {
+        "path": str(tmp_path / "dintero.db"),
+        "url": f"sqlite:///{tmp_path / 'dintero.db'}",
+        "uri": "sqlite:///file:dintero.db?uri=true",
+        "absolute uri": f"sqlite:///file:{tmp_path / 'dintero.db'}?uri=true&mode=rwc",
+    }[form]
+    sink = Sink(destination)
     sink.prepare([CATALOG["customers"]])
     sink.write_page(
         CATALOG["customers"],
@@ -426,10 +438,12 @@ def test_a_new_sqlite_destination_is_private(tmp_path):
         [{"id": "c1", "updated_at": "2026-01-01T00:00:00Z", "email": "ada@example.com"}],
         lambda state, write: state,
     )
+    assert (tmp_path / "dintero.db").exists()
     for name in ("dintero.db", "dintero.db-wal", "dintero.db-shm"):
         file = tmp_path / name
         if file.exists():
             assert stat.S_IMODE(file.stat().st_mode) == 0o600, name
+    sink.dispose()
 
 
 def test_the_emulator_binds_loopback_only_unless_told():
@@ -466,3 +480,37 @@ def test_a_busy_port_is_one_line_before_any_banner():
         f"emulator: error: 127.0.0.1:{port} is already in use (another emulator?); stop it or "
         "pass --port"
     ]
+
+
+def test_the_emulator_control_routes_refuse_other_sites(dintero_emulator):
+    """A web page must not reach the control routes through a user's browser: another host name
+    (DNS rebinding) is refused, and so is a body a cross-site form or fetch can send without a
+    preflight."""
+    import httpx
+
+    url = dintero_emulator.url
+    rebinding = httpx.get(f"{url}/_emulator/issued", headers={"Host": "attacker.example"})
+    assert rebinding.status_code == 403
+    assert dintero_emulator.config.client_secret not in rebinding.text
+    cross_site = httpx.post(
+        f"{url}/_emulator/faults",
+        content=json.dumps({"rules": [{"route": "*", "probability": 1.0, "status": 500}]}),
+        headers={"Content-Type": "text/plain"},
+    )
+    assert cross_site.status_code == 415
+    assert dintero_emulator.set_faults()["rules"] == []  # nothing was installed
+    for host in ("localhost", f"127.0.0.1:{url.rsplit(':', 1)[1]}", "[::1]:8787"):
+        assert httpx.get(f"{url}/_emulator/health", headers={"Host": host}).status_code == 200
+
+
+def test_an_emulator_allowed_remote_answers_other_host_names():
+    import httpx
+
+    from prefect_dintero.emulator.server import EmulatorServer
+
+    server = EmulatorServer(EmulatorConfig(), allow_remote=True).start()
+    try:
+        answer = httpx.get(f"{server.url}/_emulator/health", headers={"Host": "tests.internal"})
+    finally:
+        server.stop()
+    assert answer.status_code == 200

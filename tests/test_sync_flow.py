@@ -165,11 +165,25 @@ def test_a_malformed_payout_destination_is_refused_before_any_request(emu, creds
     assert emu.stats()["requests_total"] == 0
 
 
-def test_a_password_in_the_destination_url_is_refused(emu, creds):
+def test_a_password_in_the_destination_url_is_refused_and_never_stored(emu, creds):
+    """Refused before any request, and the run's stored parameters hold the URL masked: Prefect
+    stores them when it creates the run, before the flow can refuse anything."""
+    from prefect_dintero.flows import AccountTarget, dintero_sync_accounts
+
     emu.reset_stats()
+    password = f"hunter2-{uuid.uuid4().hex[:8]}"
     with pytest.raises(ConfigurationError, match="SqlAlchemyConnector"):
-        dintero_sync(creds, destination="postgresql://user:hunter2@127.0.0.1/db")
+        dintero_sync(creds, destination=f"postgresql://user:{password}@127.0.0.1/db")
+    with pytest.raises(ConfigurationError, match="SqlAlchemyConnector"):
+        dintero_sync_accounts(
+            [AccountTarget(credentials_block=creds)],
+            destination=f"postgresql://user@127.0.0.1/db?password={password}",
+        )
     assert emu.stats()["requests_total"] == 0
+    with get_client(sync_client=True) as client:
+        stored = json.dumps([r.parameters for r in client.read_flow_runs()])
+    assert "user:***@127.0.0.1" in stored  # the run is there, its URL masked
+    assert password.encode() not in _prefect_database_text()
 
 
 def test_one_failing_stream_does_not_stop_the_others(emu, creds, tmp_path):
@@ -428,3 +442,43 @@ def test_two_overlapping_runs_of_one_account_never_sync_at_once(emu, creds, tmp_
     assert limit.limit == 1
     (_, first_end), (second_start, _) = sorted(spans)
     assert first_end <= second_start, f"the syncs overlapped: {spans}"
+
+
+# -- where the data lands ------------------------------------------------------------------------
+
+
+def test_relative_files_are_placed_in_a_stable_folder_and_others_left_alone(tmp_path):
+    from prefect_dintero.sink.destinations import anchor_destination, relative_file
+
+    assert relative_file("dintero.db") == "dintero.db"
+    assert relative_file("sqlite:///data/dintero.db") == "data/dintero.db"
+    assert relative_file("duckdb:///d.duckdb") == "d.duckdb"
+    for kept in (
+        "/srv/dintero.db",
+        "~/prefect-dintero/dintero.db",
+        "sqlite:////srv/dintero.db",
+        "sqlite://",
+        "sqlite:///file:dintero.db?uri=true",
+        "postgresql://u@host/db",
+    ):
+        assert relative_file(kept) is None, kept
+        assert anchor_destination(kept, tmp_path) == kept
+    assert anchor_destination("dintero.db", tmp_path) == str(tmp_path / "dintero.db")
+    assert anchor_destination("duckdb:///d.duckdb", tmp_path) == f"duckdb:///{tmp_path}/d.duckdb"
+
+
+def test_a_destination_inside_a_temporary_working_folder_is_warned_about(
+    emu, creds, tmp_path, monkeypatch, caplog
+):
+    import logging
+    import tempfile
+
+    folder = tempfile.mkdtemp(suffix="prefect")  # as a process worker makes one
+    monkeypatch.chdir(folder)
+    with caplog.at_level(logging.WARNING):
+        dintero_sync(creds, streams=["settlements"], destination="here.db")
+    assert "inside the temporary working folder" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        dintero_sync(creds, streams=["settlements"], destination=str(tmp_path / "elsewhere.db"))
+    assert "temporary working folder" not in caplog.text
