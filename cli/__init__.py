@@ -23,7 +23,7 @@ def _login_parser(sub: argparse._SubParsersAction) -> None:
         help="log a user in and save the session block",
         description=(
             "Print the identity provider's login link for the API client, read back the URL "
-            "you were redirected to (or the code), check its state, exchange the code with the "
+            "you were redirected to, check its state, exchange the code with the "
             "dintero-login flow, and save a Dintero OIDC Session block."
         ),
     )
@@ -61,7 +61,7 @@ def _run_login(args: argparse.Namespace) -> int:
             creds.oidc_authorize_url, creds.client_id, creds.redirect_uri, state
         )
         print(f"Open this link, log in, and paste the URL you are redirected to:\n\n  {url}\n")
-        pasted = input("Redirect URL (or code): ")
+        pasted = input("Redirect URL: ")
         code = parse_authorization_response(pasted, expected_state=state)
     facts = dintero_login(
         args.credentials_block, args.session_block, authorization_response=SecretStr(code)

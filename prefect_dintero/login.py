@@ -32,7 +32,8 @@ def build_authorize_url(
 
 
 def parse_authorization_response(text: str, expected_state: str | None = None) -> str:
-    """The code from a pasted redirect URL (checking ``state``) or a bare code.
+    """The code from a pasted redirect URL (checking ``state``), or a bare code where no state
+    is expected (a non-interactive login that built no login link).
 
     Raises:
         LoginError: the provider refused the login, the URL has no code, or the state differs.
@@ -43,6 +44,12 @@ def parse_authorization_response(text: str, expected_state: str | None = None) -
     looks_like_url = "://" in text or text.startswith("?") or "code=" in text or "error=" in text
     if not looks_like_url:
         register_secret(text)
+        if expected_state is not None:
+            # A bare code carries no state: nothing would tie it to this login attempt.
+            raise LoginError(
+                "a code alone was pasted, but this login checks its state: paste the whole "
+                "URL your browser was redirected to (it carries the code and the state)"
+            )
         return text
     query = urlsplit(text).query if "://" in text else text.lstrip("?")
     params = {k: v[0] for k, v in parse_qs(query).items()}

@@ -701,6 +701,23 @@ def test_login_state_mismatch_is_rejected(emu):
     assert_pasted_input_deleted(run_id)
 
 
+def test_login_interactive_refuses_a_bare_code(emu):
+    """The run made a state: a code pasted alone carries none, so nothing ties it to the run's
+    login link. It is refused, and nothing is exchanged."""
+    creds_name = save_credentials(emu)
+    thread, box = run_in_thread(
+        dintero_login, creds_name, unique("s"), timeout_seconds=120, poll_interval_seconds=1
+    )
+    run_id, _ = wait_for_paused_login()
+    code = emu.authorization_code(state="whatever")
+    before = oidc_requests(emu)
+    resume_flow_run(run_id, run_input={"authorization_response": code})
+    thread.join(timeout=90)
+    assert isinstance(box.get("error"), LoginError) and "whole URL" in str(box["error"])
+    assert oidc_requests(emu) == before
+    assert_pasted_input_deleted(run_id)
+
+
 def test_login_pause_timeout_is_a_clear_error(emu):
     creds_name = save_credentials(emu)
     with pytest.raises(LoginError, match="within 2 s"):
