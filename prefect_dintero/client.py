@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from typing import Any, Literal
 
 import httpx
-import orjson
 
 from . import deadline
 from .auth import DinteroAuth
@@ -25,6 +22,7 @@ from .transport import (
     DEFAULT_TIMEOUT,
     ClientStats,
     check_response,
+    decode_json,
     default_headers,
     on_retry_counter,
     send_async,
@@ -33,25 +31,6 @@ from .transport import (
 )
 
 Host = Literal["api", "checkout"]
-
-
-def _finite_or_text(text: str) -> float | str:
-    number = float(text)
-    return number if math.isfinite(number) else text
-
-
-def decode_json(content: bytes) -> Any:
-    """JSON as Dintero sends it, with ``NaN``, ``Infinity`` and numbers too large for a float
-    kept as the text they were: no database's JSON can hold them as numbers, and one such
-    value must not fail a stream on every run.
-
-    orjson (Prefect's own dependency) decodes pages several times faster than ``json``; it
-    refuses those numbers, and only then does the slower decoder with its hooks run.
-    """
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return json.loads(content, parse_constant=str, parse_float=_finite_or_text)
 
 
 class _ClientBase:

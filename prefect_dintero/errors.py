@@ -175,7 +175,7 @@ def _error_fields(response: httpx.Response) -> tuple[str | None, str]:
 def _raw_error_fields(response: httpx.Response) -> tuple[str | None, str]:
     try:
         body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
         text = response.text.strip().replace("\n", " ")
         return None, (text[:200] or response.reason_phrase or "no body")
     error = body.get("error") if isinstance(body, dict) else None

@@ -25,6 +25,7 @@ from .transport import (
     DEFAULT_TIMEOUT,
     ClientStats,
     check_response,
+    decode_json,
     default_headers,
     on_retry_counter,
     send_async,
@@ -93,7 +94,7 @@ def parse_token_response(
     user when a refresh response omits them."""
     check_response(response, stats, endpoint=endpoint)
     try:
-        payload = response.json()
+        payload = decode_json(response.content)
     except ValueError:
         raise MalformedResponseError(
             "the token endpoint answered 2xx with a body that is not JSON",

@@ -32,6 +32,9 @@ from .streams import Stream, resolve_streams
 from .times import CLOCK_SKEW, iso
 from .validation import validate_payout_destination
 
+#: The earliest start_date accepted: no Dintero data is that old.
+EARLIEST_START = datetime(2010, 1, 1, tzinfo=UTC)
+
 #: The longest lookback or reconcile window accepted: ten years is already more than any
 #: Dintero history; anything longer is a typo.
 MAX_WINDOW = timedelta(days=3660)
@@ -257,6 +260,13 @@ class SyncRequest(BaseModel):
         if value > times.now() + CLOCK_SKEW:
             raise ConfigurationError(
                 f"start_date {iso(value)} is in the future: nothing would be read"
+            )
+        if value < EARLIEST_START:
+            # Older dates read nothing more, and the walks that step back from one (customers'
+            # since_datetime) would fall off the calendar.
+            raise ConfigurationError(
+                f"start_date {value.date().isoformat()} is before {EARLIEST_START.year}, before "
+                "any Dintero data can exist: leave it empty to read all history"
             )
         return value
 

@@ -179,6 +179,35 @@ def missing_primary_key(emu, destination) -> None:
         sync_stream(client, sink, specs[0], AID, SyncRequest(page_size=25))
 
 
+class DeeplyNested(httpx.HTTPTransport):
+    """Passes requests to the emulator; a transactions page comes back as 50,000 nested
+    brackets (valid JSON, deeper than Python's parser goes)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if "/transactions" not in request.url.path:
+            return response
+        response.read()
+        return httpx.Response(
+            200,
+            content=b"[" * 50_000 + b"]" * 50_000,
+            headers={"content-type": "application/json"},
+        )
+
+
+def deeply_nested_page(emu, destination) -> None:
+    specs = resolve_streams(["transactions"])
+    sink = Sink(destination)
+    sink.prepare(specs)
+    with DinteroClient(creds_for(emu), retry_policy=FAST, transport=DeeplyNested()) as client:
+        sync_stream(client, sink, specs[0], AID, SyncRequest(page_size=25))
+
+
+def bare_code_where_a_state_is_expected(emu, destination) -> None:
+    code = parse_authorization_response(emu.authorization_code(), expected_state="we-sent-this")
+    exchange(emu, code)
+
+
 def malformed_json_page(emu, destination) -> None:
     emu.set_faults({"route": "transactions", "sequence": [{"malformed": True}]})
     sync(emu, destination)
@@ -273,6 +302,23 @@ CASES: dict[str, Case] = {
         MalformedResponseError,
         "allowed",
         {"token": {"200": 1}, "transactions": {"200": 1}},
+    ),
+    "page of 50,000 nested brackets": Case(
+        deeply_nested_page,
+        MalformedResponseError,
+        "not valid JSON",
+        {"token": {"200": 1}, "transactions": {"200": 1}},
+    ),
+    "start date before any Dintero data": Case(
+        lambda emu, d: SyncRequest.build(start_date=datetime(1, 1, 1)),
+        ConfigurationError,
+        "before 2010",
+    ),
+    "a bare code pasted where a state is expected": Case(
+        bare_code_where_a_state_is_expected,
+        LoginError,
+        "paste the whole URL",
+        {"authorize": {"200": 1, "303": 1}},
     ),
     "expired OIDC session without a refresh token": Case(
         expired_session_without_refresh,
