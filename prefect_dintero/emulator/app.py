@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from ..validation import is_loopback
 from .auth import AuthRoutes
 from .control import ControlRoutes
 from .data import iso
@@ -32,12 +33,16 @@ from .http import (
 from .lists import ListRoutes
 from .state import EmulatorState
 
+#: Where the emulator's control routes live.
+CONTROL_PREFIX = "/_emulator/"
+
 
 class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
     """Builds the Starlette app around one :class:`EmulatorState`."""
 
-    def __init__(self, state: EmulatorState) -> None:
+    def __init__(self, state: EmulatorState, *, allow_remote: bool = False) -> None:
         self.state = state
+        self.allow_remote = allow_remote
         routes = [*self.auth_routes(), *self.list_routes(), *self.control_routes()]
         self.app = Starlette(
             routes=routes,
@@ -45,7 +50,39 @@ class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(CONTROL_PREFIX):
+            refusal = self._control_refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    def _control_refusal(self, scope: Scope) -> Response | None:
+        """The control routes hand out every token and change what the emulator answers, so a
+        web page must not reach them through the user's browser. A page of another site that
+        makes its name resolve to 127.0.0.1 (DNS rebinding) still sends its own name as Host;
+        a cross-site form or ``fetch`` without a preflight can only send a form or
+        ``text/plain`` body."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+        if not self.allow_remote and not is_loopback(name):
+            return error_response(
+                403,
+                "FORBIDDEN",
+                "the emulator's control routes answer loopback host names only (127.0.0.1, "
+                "localhost); start it with --allow-remote for a network of your own tests",
+            )
+        if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            body_expected = scope["method"] != "DELETE"
+            if body_expected and kind != "application/json":
+                return error_response(
+                    415,
+                    "UNSUPPORTED_MEDIA_TYPE",
+                    "the emulator's control routes take application/json bodies only",
+                )
+        return None
 
     async def _http_exception(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -126,8 +163,8 @@ class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
         return None  # latency only, or malformed: answer normally, then maybe break the body
 
 
-def create_app(state: EmulatorState) -> EmulatorApp:
-    return EmulatorApp(state)
+def create_app(state: EmulatorState, *, allow_remote: bool = False) -> EmulatorApp:
+    return EmulatorApp(state, allow_remote=allow_remote)
 
 
 __all__ = ["DroppedConnection", "EmulatorApp", "create_app", "iso"]

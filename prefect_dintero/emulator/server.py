@@ -178,7 +178,7 @@ class EmulatorServer(EmulatorClient):
         self._sock = _bind(host, port)
         bound_host, bound_port = self._sock.getsockname()[:2]
         uv_config = uvicorn.Config(
-            EmulatorApp(self.state),
+            EmulatorApp(self.state, allow_remote=allow_remote),
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -250,4 +250,10 @@ def serve_forever(
     if faults:
         state.faults.configure(faults)
     logging.getLogger("uvicorn.error").addFilter(_HideInjectedDrops())
-    uvicorn.run(EmulatorApp(state), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        EmulatorApp(state, allow_remote=allow_remote),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+    )
