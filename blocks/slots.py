@@ -36,6 +36,7 @@ from uuid import UUID
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists
+from prefect.settings import PREFECT_API_URL
 
 from prefect_dintero.blocks.prefect_api import (
     Backoff,
@@ -202,7 +203,10 @@ class HeldSlot:
 def _free_at_exit() -> None:
     """A process that ends frees the slots it still holds (a background renewal cut short, say)
     rather than keeping them until their leases run out. Registered before the token stores'
-    exit hook, so it runs after it: a save still in flight keeps its slot until it is done."""
+    exit hook, so it runs after it: a save still in flight keeps its slot until it is done.
+    Not with Prefect's ephemeral server (no ``PREFECT_API_URL``), which has stopped by now."""
+    if not PREFECT_API_URL.value():
+        return
     for held in list(_held):
         held.release()
 

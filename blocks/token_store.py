@@ -5,11 +5,11 @@ in a slot of a Prefect global concurrency limit named after the credential (one 
 every process and worker) and re-reads the block inside the slot, so another process's renewal
 is picked up rather than repeated.
 
-The renewed token is held in memory first, so it is used at once, and then saved in the
-background while the slot is still held: the save applies only if the block still holds what
-the renewal started from (read and written inside the slot, which a new login takes too), so a
-newer renewal or login is never overwritten. A save the Prefect API refuses (429, 5xx, no
-answer) is retried with backoff, honouring ``Retry-After``, for up to
+The renewed token is held in memory first, so it is used at once, and then saved while the
+slot is still held: the save applies only if the block still holds what the renewal started
+from (read and written inside the slot, which a new login takes too), so a newer renewal or
+login is never overwritten. It is tried once at once; a save the Prefect API refuses (429, 5xx,
+no answer) is retried in the background with backoff, honouring ``Retry-After``, for up to
 ``SAVE_WHILE_HELD_SECONDS``; then again, slot and all, at later requests, and once more when the
 process exits. The renewed token is never thrown away: with Dintero rotating single-use refresh
 tokens, it is the session.
@@ -26,6 +26,8 @@ import time
 import weakref
 from collections.abc import Callable
 from typing import Any
+
+from prefect.settings import PREFECT_API_URL
 
 from prefect_dintero.blocks.prefect_api import (
     Backoff,
@@ -223,11 +225,18 @@ class BlockTokenStore(TokenStore):
             if self._token is token:
                 self._dirty = False
 
-    def _save_while_held(self, held: HeldSlot | None, seconds: float) -> bool:
+    def _save_while_held(
+        self, held: HeldSlot | None, seconds: float, failed: BaseException | None = None
+    ) -> bool:
         """Try to save until it works, ``seconds`` pass, or the slot may be lost; say whether
-        memory and the block agree at the end."""
+        memory and the block agree at the end. ``failed``: a first try's error, already met
+        (its ``Retry-After`` is waited first)."""
         until = time.monotonic() + seconds
         backoff = Backoff()
+        if failed is not None:
+            if not is_transient(failed):
+                return self._refused_save(failed)
+            time.sleep(min(backoff.next(retry_after_of(failed)), seconds))
         while True:
             if held is not None and not held.holds():
                 return False
@@ -238,13 +247,7 @@ class BlockTokenStore(TokenStore):
                 return True
             except Exception as exc:
                 if not is_transient(exc):
-                    logger.error(
-                        "the Prefect API refused to save %s (%s); it is used from this "
-                        "process's memory",
-                        self.label,
-                        describe(exc),
-                    )
-                    return False
+                    return self._refused_save(exc)
                 wait = backoff.next(retry_after_of(exc))
                 if time.monotonic() + wait > until:
                     if self._save_tries == 0:
@@ -257,15 +260,25 @@ class BlockTokenStore(TokenStore):
                     return False
                 time.sleep(wait)
 
+    def _refused_save(self, exc: BaseException) -> bool:
+        logger.error(
+            "the Prefect API refused to save %s (%s); it is used from this process's memory, "
+            "and its save is tried again later",
+            self.label,
+            describe(exc),
+        )
+        return False
+
     def _after_failed_save(self) -> None:
         wait = SAVE_RETRY_WAITS[min(self._save_tries, len(SAVE_RETRY_WAITS) - 1)]
         self._save_tries += 1
         self._next_save_at = time.monotonic() + wait
 
-    def _save_renewed(self, held: HeldSlot | None) -> None:
-        """The renewal's save, in the background, then the slot is freed."""
+    def _save_renewed(self, held: HeldSlot | None, failed: BaseException) -> None:
+        """The renewal's save after its first try ``failed``, in the background, then the slot
+        is freed."""
         try:
-            if not self._save_while_held(held, SAVE_WHILE_HELD_SECONDS):
+            if not self._save_while_held(held, SAVE_WHILE_HELD_SECONDS, failed):
                 self._after_failed_save()
         finally:
             if held is not None:
@@ -344,15 +357,23 @@ class BlockRenewal(Renewal):
     def commit(self, old: Token | None, new: Token) -> None:
         store = self.block_store
         store._hold(new)
-        # The save goes on in the background, holding the slot: the caller goes on with `new`.
+        # One try at once (a renewal's single round trip, and other processes find the token
+        # in the block at their next renewal); if it fails, the tries go on in the background,
+        # holding the slot, and the caller goes on with `new`.
+        try:
+            with own_retries():
+                store._save_if_unchanged()
+            return
+        except Exception as exc:
+            first = exc
         held, self.held = self.held, None
         with store._lock:
             store._saving = True
-        background(self._save_then_free, "dintero-token-save", held)
+        background(self._save_then_free, "dintero-token-save", held, first)
 
-    def _save_then_free(self, held: HeldSlot | None) -> None:
+    def _save_then_free(self, held: HeldSlot | None, first: BaseException) -> None:
         try:
-            self.block_store._save_renewed(held)
+            self.block_store._save_renewed(held, first)
         finally:
             self.block_store._saving = False
 
@@ -383,6 +404,10 @@ def save_pending(seconds: float = EXIT_SAVE_SECONDS) -> bool:
     return saved
 
 
-# A renewed token not saved yet is saved before the process ends: with rotating refresh tokens,
-# losing it would end the session.
-atexit.register(save_pending)
+@atexit.register
+def _save_before_exit() -> None:
+    """A renewed token not saved yet is saved before the process ends: with rotating refresh
+    tokens, losing it would end the session. Not with Prefect's ephemeral server (no
+    ``PREFECT_API_URL``): it has stopped by now, and a call would start another one."""
+    if PREFECT_API_URL.value():
+        save_pending()
