@@ -25,10 +25,11 @@ class LoginInput(RunInput):
     """What the user pastes into the Prefect UI's resume form."""
 
     authorization_response: SecretStr = Field(
-        title="Redirect URL or code",
+        title="Redirect URL",
         description=(
-            "After logging in, your browser went to the redirect URI: paste that whole URL "
-            "(or just the code from it)."
+            "After logging in, your browser went to the redirect URI: paste that whole URL. "
+            "It carries the code and the state that ties it to this login (a code alone is "
+            "refused)."
         ),
     )
 

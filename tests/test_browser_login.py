@@ -158,7 +158,7 @@ def test_login_in_a_real_browser_through_the_prefect_ui(tmp_path, evidence):
 
                 page.get_by_role("button", name="Resume").click()
                 form = page.get_by_role("dialog")
-                expect(form.get_by_text("Redirect URL or code")).to_be_visible()
+                expect(form.get_by_text("Redirect URL")).to_be_visible()
                 page.screenshot(path=shots / "1-resume-form.png")
                 form.locator("textarea").fill(redirect)
                 form.get_by_role("button", name="Submit").click()

@@ -50,9 +50,10 @@ def callback_page(url: str, code: str) -> str:
         "Logged in to Dintero",
         "<h1>Logged in to Dintero</h1>"
         "<p>Copy this page's address into the paused <code>dintero-login</code> run's "
-        "<em>Resume</em> form in Prefect (the code alone works too). The code works once, "
-        "within a minute or so.</p>"
+        "<em>Resume</em> form in Prefect: it carries the code and the state of the login "
+        "link. The code works once, within a minute or so.</p>"
         f"<p><label>Redirect URL<br><textarea id='redirect-url' rows='4' readonly>"
         f"{escape(url)}</textarea></label></p>"
-        f"<p>Code: <code id='code'>{escape(code)}</code></p>",
+        f"<p>Code (for a non-interactive login that made no login link): "
+        f"<code id='code'>{escape(code)}</code></p>",
     )
