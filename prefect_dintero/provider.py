@@ -226,13 +226,14 @@ class TokenProvider:
 
     def _renew_ahead(self) -> None:
         retry_at = 0.0
+        renewed = self.renewals
         try:
             with LOCKS.thread_lock(self.key):
                 token = self.store.get(self.key)
                 if not self._usable(token):
                     self._renew_in_store(token)
-            if not self._usable(self.store.get(self.key)):  # the store did not answer
-                retry_at = time.monotonic() + RENEW_AHEAD_RETRY_SECONDS
+            if self.renewals == renewed and not self._usable(self.store.get(self.key)):
+                retry_at = time.monotonic() + RENEW_AHEAD_RETRY_SECONDS  # the store did not answer
         except Exception as exc:
             # Tried again at a later request; once the token has expired, a request renews it
             # itself and gets this error, if it persists.

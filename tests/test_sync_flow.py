@@ -243,6 +243,7 @@ def test_a_refused_row_leaves_no_customer_value_in_prefect(emu, creds, destinati
     artifacts, logs, events). PostgreSQL goes through a connector block, whose engine would
     print a statement's parameters."""
     import httpx
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.settings import PREFECT_API_URL
     from prefect_sqlalchemy import ConnectionComponents, SqlAlchemyConnector
     from sqlalchemy.engine import make_url
@@ -276,7 +277,12 @@ def test_a_refused_row_leaves_no_customer_value_in_prefect(emu, creds, destinati
     deadline = time.monotonic() + 30
     while True:
         with get_client(sync_client=True) as client:
-            logs = [log.message for log in client.read_logs() if log.flow_run_id == run_id]
+            logs = [
+                log.message
+                for log in client.read_logs(
+                    log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id]))
+                )
+            ]
         events = httpx.post(
             f"{api}/events/filter",
             json={"filter": {"event": {"name": ["dintero.sync.failed"]}}, "limit": 50},
