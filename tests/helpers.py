@@ -96,3 +96,29 @@ def refuse_rows(sink, destination: str) -> None:
             )
         else:
             conn.execute(text("ALTER TABLE dintero_customers ALTER email TYPE INTEGER"))
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses (blocks and sessions live on one test server)."""
+    import uuid
+
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def save_credentials(emu, name: str | None = None, **overrides) -> str:
+    """A DinteroCredentials block for the emulator, with its login page: its name."""
+    from prefect_dintero import DinteroCredentials
+
+    name = name or unique("dintero")
+    fields = dict(
+        account_id=AID,
+        client_id=emu.config.client_id,
+        client_secret=SecretStr(emu.config.client_secret),
+        api_url=emu.url,
+        checkout_url=emu.url,
+        oidc_authorize_url=f"{emu.url}/oidc/authorize",
+        redirect_uri=emu.config.redirect_uris[0],
+    )
+    fields.update(overrides)
+    DinteroCredentials(**fields).save(name, overwrite=True, _sync=True)
+    return name

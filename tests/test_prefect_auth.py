@@ -42,6 +42,8 @@ from prefect_dintero.flows import dintero_login
 from prefect_dintero.redact import MASK
 from prefect_dintero.tasks import exchange_authorization_code, get_bearer_token, read_records
 
+from .helpers import save_credentials, unique
+
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 ISSUED: list = []  # every emulator of this module, for the final secret scan
@@ -83,26 +85,6 @@ def emu():
         ISSUED.append(server)
         yield server
         ISSUED[ISSUED.index(server)] = server.issued()  # keep what it issued once it stops
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def save_credentials(emu, name: str | None = None, **overrides) -> str:
-    name = name or unique("dintero")
-    fields = dict(
-        account_id="T12345678",
-        client_id=emu.config.client_id,
-        client_secret=SecretStr(emu.config.client_secret),
-        api_url=emu.url,
-        checkout_url=emu.url,
-        oidc_authorize_url=f"{emu.url}/oidc/authorize",
-        redirect_uri=emu.config.redirect_uris[0],
-    )
-    fields.update(overrides)
-    DinteroCredentials(**fields).save(name, overwrite=True, _sync=True)
-    return name
 
 
 def saved_block(load, timeout: float = 15.0):

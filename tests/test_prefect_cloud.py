@@ -14,7 +14,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -38,6 +37,8 @@ from prefect_dintero.flows import dintero_login, dintero_sync
 from prefect_dintero.flows.accounts import AccountsFailed, AccountTarget, dintero_sync_accounts
 from prefect_dintero.sink import Sink
 from prefect_dintero.streams import CATALOG
+
+from .helpers import save_credentials, unique
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 AID = "T12345678"
@@ -74,26 +75,6 @@ def proxy(prefect_api_proxy: PrefectApiProxy):
         yield prefect_api_proxy
     prefect_api_proxy.clear_faults()
     prefect_api_proxy.latency = 0.0
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def save_credentials(emu, **overrides) -> str:
-    name = unique("cloud")
-    fields = dict(
-        account_id=AID,
-        client_id=emu.config.client_id,
-        client_secret=SecretStr(emu.config.client_secret),
-        api_url=emu.url,
-        checkout_url=emu.url,
-        oidc_authorize_url=f"{emu.url}/oidc/authorize",
-        redirect_uri=emu.config.redirect_uris[0],
-    )
-    fields.update(overrides)
-    DinteroCredentials(**fields).save(name, overwrite=True, _sync=True)
-    return name
 
 
 def log_in(emu, creds: str, session: str | None = None) -> str:
