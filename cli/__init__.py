@@ -77,7 +77,7 @@ def _sync_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sync",
         help="run the dintero-sync flow",
-        description="Sync Dintero streams of one account into SQLite or PostgreSQL.",
+        description="Sync Dintero streams of one account into SQLite, PostgreSQL or DuckDB.",
     )
     p.add_argument("--credentials-block", required=True, help="Dintero Credentials block name")
     p.add_argument("--session-block", help="Dintero OIDC Session block name (sync as the user)")
@@ -155,8 +155,8 @@ def _register_parser(sub: argparse._SubParsersAction) -> None:
         "register",
         help="register the block types on the current Prefect API",
         description=(
-            "Register the Dintero Credentials and Dintero OIDC Session block types with the "
-            "Prefect API in use (PREFECT_API_URL), so they appear in its UI."
+            "Register the Dintero Credentials, Dintero OIDC Session and Dintero Service Token "
+            "block types with the Prefect API in use (PREFECT_API_URL), so they appear in its UI."
         ),
     )
     p.set_defaults(handler=_run_register)

@@ -130,7 +130,7 @@ def _dintero_sync(
         reconcile_days: re-read at least the last N days of every stream, whatever the
             cursor. Transactions are refunded and settled for months after they are created,
             and Dintero filters them only on ``created_at``: the daily ``reconcile`` deployment
-            sets 90 to catch what left the hourly lookback.
+            sets 92 to catch what left the hourly lookback (refunds come up to 90 days late).
         timeout_minutes: the run's budget, waiting for the account's slot included: streams
             still running then are stopped and named in the failure, so a hung server never
             holds the next scheduled run (each request also has its own deadline, the
@@ -192,8 +192,8 @@ dintero_sync = MaskedFlow(
     name="dintero-sync",
     description=(
         "Sync Dintero transactions, checkout sessions, settlements, customers and payout "
-        "transfers into SQLite or PostgreSQL, incrementally: each page is committed together "
-        "with the stream's cursor, so a crashed or retried run resumes without gaps or "
+        "transfers into SQLite, PostgreSQL or DuckDB, incrementally: each page is committed "
+        "together with the stream's cursor, so a crashed or retried run resumes without gaps or "
         "duplicates."
     ),
     task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENT_STREAMS),

@@ -5,8 +5,8 @@ of a body (rejecting bodies of the wrong shape), and the parameters of the next 
 done). The loop that drives them (``pages``) detects a cursor that repeats and stops at a hard
 page cap with an error, so a misbehaving API can never make a sync loop forever.
 
-Dintero documents neither the order of its lists nor when a page is the last one
-(../shared/reference/dintero-api.md §3.10, §8), so no paginator here relies on either: bare
+Dintero's API reference documents neither the order of its lists nor when a page is the last
+one (https://docs.dintero.com/api-reference), so no paginator here relies on either: bare
 arrays end on an empty page, never on a short one, and envelopes end when their cursor is
 missing or empty (the schemas mark ``items``, ``entries``, ``last_evaluated_key`` and
 ``next_page_token`` optional, so a missing list is an empty one).

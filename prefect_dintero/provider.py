@@ -19,8 +19,8 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC
 from typing import Any, TypeVar
 
@@ -89,6 +89,25 @@ class LockRegistry:
 
 LOCKS = LockRegistry()
 
+
+class _Borrowed(httpx.BaseTransport):
+    """A transport lent to a short-lived client: its close leaves the owner's open."""
+
+    def __init__(self, transport: httpx.BaseTransport) -> None:
+        self._transport = transport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._transport.handle_request(request)
+
+
+class _ABorrowed(httpx.AsyncBaseTransport):
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self._transport = transport
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._transport.handle_async_request(request)
+
+
 #: Renewals ahead of expiry, by credential key: when the next may start (inf: one is running).
 _AHEAD: dict[str, float] = {}
 _AHEAD_LOCK = threading.Lock()
@@ -116,7 +135,6 @@ class TokenProvider:
         self.renewals = 0
         self._transport: httpx.BaseTransport | None = None
         self._async_transport: httpx.AsyncBaseTransport | None = None
-        self._http: httpx.Client | None = None
 
     def use_transport(
         self,
@@ -127,22 +145,25 @@ class TokenProvider:
         self._transport = sync or self._transport
         self._async_transport = async_ or self._async_transport
 
-    def _sync_http(self) -> httpx.Client | None:
+    @contextmanager
+    def _sync_http(self) -> Iterator[httpx.Client | None]:
+        """A client for one renewal over the borrowed transport (None: the grant functions
+        open their own). Closing it leaves the transport, which is its owner's, open."""
         if self._transport is None:
-            return None  # the grant functions open a short-lived client per renewal
-        if self._http is None:
-            self._http = deadline.install(
-                httpx.Client(transport=self._transport, timeout=DEFAULT_TIMEOUT)
-            )
-        return self._http
+            yield None
+            return
+        with deadline.install(
+            httpx.Client(transport=_Borrowed(self._transport), timeout=DEFAULT_TIMEOUT)
+        ) as http:
+            yield http
 
     @asynccontextmanager
-    async def _async_http(self):
+    async def _async_http(self) -> AsyncIterator[httpx.AsyncClient | None]:
         if self._async_transport is None:
             yield None
             return
         async with httpx.AsyncClient(
-            transport=self._async_transport, timeout=DEFAULT_TIMEOUT
+            transport=_ABorrowed(self._async_transport), timeout=DEFAULT_TIMEOUT
         ) as http:
             yield http
 
@@ -366,9 +387,8 @@ class ClientCredentialsProvider(TokenProvider):
 
     def _renew(self, current: Token | None) -> Token:
         logger.debug("requesting a client-credentials token for %s", self.credentials.account_id)
-        return fetch_client_credentials_token(
-            self.credentials, http=self._sync_http(), stats=self.stats
-        )
+        with self._sync_http() as http:
+            return fetch_client_credentials_token(self.credentials, http=http, stats=self.stats)
 
     async def _arenew(self, current: Token | None) -> Token:
         async with self._async_http() as http:
@@ -485,16 +505,19 @@ class OIDCSessionProvider(TokenProvider):
 
     def _renew(self, current: Token | None) -> Token:
         session = self._check_renewable(current)
-        try:
-            return self.service.call_with_token(
-                lambda service_token: refresh_session_token(
+
+        def refresh(service_token: Token) -> Token:
+            with self._sync_http() as http:
+                return refresh_session_token(
                     self.credentials,
                     session,
                     service_token=service_token,
-                    http=self._sync_http(),
+                    http=http,
                     stats=self.stats,
                 )
-            )
+
+        try:
+            return self.service.call_with_token(refresh)
         except InvalidGrantError as exc:
             raise self._reauthorize(session, f"could not be renewed ({exc.message})") from exc
 

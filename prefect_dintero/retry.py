@@ -149,6 +149,3 @@ class RetryPolicy:
             _mark_exhausted(exc)
             raise
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-NO_RETRY = RetryPolicy(max_attempts=1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -38,4 +38,3 @@ class PageWrite:
     updated: int = 0
     unchanged: int = 0
     duplicates: int = 0
-    keys: list[str] = field(default_factory=list, repr=False)

@@ -180,33 +180,10 @@ class Token(BaseModel):
         digest = hashlib.sha256(self.access_token.get_secret_value().encode()).hexdigest()
         return f"fp-{digest[:32]}"
 
-    @property
-    def is_user_session(self) -> bool:
-        return self.user_info is not None or self.refresh_token is not None
-
     def same_access_token(self, other: Token | None) -> bool:
         return other is not None and (
             other.access_token.get_secret_value() == self.access_token.get_secret_value()
         )
-
-    # -- persistence ----------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict *with the secret values*, for a token store. Never log it."""
-        return {
-            "access_token": self.access_token.get_secret_value(),
-            "token_type": self.token_type,
-            "issued_at": self.issued_at.isoformat(),
-            "expires_at": self.expires_at.isoformat(),
-            "refresh_token": self.refresh_token.get_secret_value() if self.refresh_token else None,
-            "scope": self.scope,
-            "user_info": self.user_info.model_dump() if self.user_info else None,
-            "session_id": self.session_id,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Token:
-        return cls.model_validate(data)
 
     # -- display --------------------------------------------------------------------------------
 

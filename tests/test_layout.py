@@ -100,19 +100,36 @@ def test_the_core_imports_with_prefect_absent():
     assert int(count) >= 25
 
 
-def test_what_the_core_imports_is_declared():
-    # Every third-party module the core imports at module level or in a function is a declared
-    # dependency, so a fresh install never depends on what Prefect happens to pull in.
+#: Import names that differ from the distribution a requirement names.
+DISTRIBUTIONS = {"yaml": "pyyaml"}
+
+
+def test_what_the_package_imports_is_declared():
+    # Every third-party module the installed package (the core, blocks, tasks, flows and the
+    # CLI) imports at module level or in a function is a declared dependency, so a fresh install
+    # never depends on what Prefect happens to pull in. The optional extras' modules are
+    # imported only when their database is used.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = {
         re.split(r"[<>=\[ ;]", requirement, maxsplit=1)[0].lower().replace("-", "_")
-        for requirement in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-            "dependencies"
-        ]
+        for requirement in project["dependencies"]
+    }
+    extras = {
+        re.split(r"[<>=\[ ;]", requirement, maxsplit=1)[0].lower().replace("-", "_")
+        for name, requirements in project["optional-dependencies"].items()
+        if name != "dev"
+        for requirement in requirements
     }
     # pytest: only the emulator's pytest plugin (loaded by pytest itself) imports it.
-    allowed = {"prefect_dintero", "pytest", "duckdb", "psycopg"}
+    allowed = {"prefect_dintero", "pytest", "duckdb", "psycopg", "prefect_sqlalchemy"}
+    assert allowed - {"prefect_dintero", "pytest"} <= extras | {"duckdb"}
     imported: dict[str, str] = {}
-    for path in (ROOT / "prefect_dintero").rglob("*.py"):
+    paths = [
+        path
+        for folder in ("prefect_dintero", "blocks", "tasks", "flows", "cli")
+        for path in (ROOT / folder).rglob("*.py")
+    ]
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -124,6 +141,28 @@ def test_what_the_core_imports_is_declared():
                 top = name.split(".")[0]
                 if top not in sys.stdlib_module_names and top not in allowed:
                     imported.setdefault(top.lower(), str(path.relative_to(ROOT)))
-    missing = {module: where for module, where in imported.items() if module not in declared}
-    assert not missing, f"imported by the core but not declared in pyproject.toml: {missing}"
-    assert {"sqlalchemy", "starlette", "uvicorn", "httpx"} <= imported.keys()
+    missing = {
+        module: where
+        for module, where in imported.items()
+        if DISTRIBUTIONS.get(module, module) not in declared
+    }
+    assert not missing, f"imported by the package but not declared in pyproject.toml: {missing}"
+    assert {"sqlalchemy", "starlette", "uvicorn", "httpx", "prefect", "yaml"} <= imported.keys()
+
+
+def test_nothing_points_outside_the_repository():
+    """Users never have the developers' shared notes: the code and docs cite Dintero's and
+    Prefect's own pages, and say in their own words what they rely on."""
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    outside = [
+        name
+        for name in tracked
+        if (ROOT / name).is_file()
+        and name != "tests/test_layout.py"
+        and "../shared" in (ROOT / name).read_text(errors="replace")
+    ]
+    assert not outside, outside

@@ -77,9 +77,7 @@ def test_token_expiry_from_send_time_and_masked_repr():
     assert token.leeway() == timedelta(seconds=360)  # 10 % of an hour beats 60 s
     for text in (repr(token), str(token), f"{token}", repr([token])):
         assert "secret-access-123" not in text and "secret-refresh-456" not in text
-    assert "Ada" in repr(token)
-    again = Token.from_dict(json.loads(json.dumps(token.to_dict())))
-    assert again == token and again.user_info.sub == "u1"
+    assert "Ada" in repr(token) and token.user_info.sub == "u1"
 
 
 def test_leeway_is_max_of_60s_and_10_percent_capped_at_a_fifth():

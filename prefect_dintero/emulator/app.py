@@ -1,7 +1,8 @@
 """The emulator's HTTP surface: api.dintero.com and checkout.dintero.com on one origin.
 
-Routes, shapes and errors follow ../shared/reference/dintero-api.md; where Dintero's docs are
-silent (list order, where a paging token lives) the choice is written next to the route.
+Routes, shapes and errors follow Dintero's API reference (https://docs.dintero.com/api-reference,
+errors: https://docs.dintero.com/docs/errors); where it is silent (list order, where a paging
+token lives) the choice is written next to the route, and the README lists them.
 """
 
 from __future__ import annotations

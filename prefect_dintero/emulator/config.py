@@ -70,7 +70,8 @@ class EmulatorConfig:
     history_days: int = 180
 
     # -- where Dintero's reference is silent: every plausible choice, switchable --------------
-    # (../shared/reference/dintero-api.md §8). The sync must be correct under each.
+    # (the README's "Where Dintero's reference is silent" lists them). The sync must be correct
+    # under each.
 
     #: Order of every list whose order Dintero does not document: transactions, sessions,
     #: settlements, payout transfers, and customers (without ``since_datetime``: the whole list;

@@ -1,6 +1,7 @@
 """Deterministic, realistic Dintero objects for the emulator, and the mutations that age them.
 
-Objects are plain dicts shaped like the API's (see ../shared/reference/dintero-api.md §3). Each
+Objects are plain dicts shaped like the API's list endpoints answer them
+(https://docs.dintero.com/api-reference/transactions/list-all-transactions and its siblings). Each
 collection keeps its objects sorted by the field the real endpoint orders and filters on, so a
 page lookup is a bisect, not a scan: serving 100 000 transactions must never be the bottleneck of
 a benchmark.

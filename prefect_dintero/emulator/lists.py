@@ -203,10 +203,10 @@ class ListRoutes:
         return await self._serve("payout_destinations", request, self._payout_destinations)
 
     async def _payout_destinations(self, request: Request) -> Response:
-        """The account's payout destinations (Account Management API, scope ``read:accounts``:
-        ../shared/reference/dintero-api.md §8). Documented only as objects with
-        ``payout_destination_id``: wrapped in ``{"payout_destinations": [...]}`` or a bare
-        array, or not served at all: 404 (``payout_destination_list``); no paging."""
+        """The account's payout destinations (the Account Management API, scope
+        ``read:accounts``). Dintero documents only objects with ``payout_destination_id``, not
+        the envelope: wrapped in ``{"payout_destinations": [...]}`` or a bare array, or not
+        served at all: 404 (``payout_destination_list``); no paging."""
         aid, data = self._account(request)
         claims = self._authenticate(request, aid)
         if "read:accounts" not in str(claims.get("scope", "")).split():

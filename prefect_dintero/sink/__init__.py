@@ -22,7 +22,7 @@ from .postgresql import SCHEMA_LOCK_KEY
 from .rows import replaces
 from .schema import STATE_TABLE
 from .sqlite import tune_sqlite
-from .values import JSON_TYPE, Unfit, UTCDateTime, coerce
+from .values import JSON_TYPE, Unfit, UTCDateTime
 
 __all__ = [
     "JSON_TYPE",
@@ -36,7 +36,6 @@ __all__ = [
     "StreamState",
     "UTCDateTime",
     "Unfit",
-    "coerce",
     "create_private_file",
     "dialect_names",
     "iso",

@@ -155,7 +155,6 @@ class Sink:
         built = self.build_rows(stream, account_id, objects, now)
         rows = newest_per_key(built, stream.primary_key, version, trusted_until)
         result = PageWrite(duplicates=len(built) - len(rows))
-        result.keys = [r[stream.primary_key] for r in rows]
         try:
             with self.dialect_impl.begin(self.engine) as conn:
                 state = self.states.lock(conn, account_id, stream.name, partition)

@@ -82,19 +82,13 @@ def _as_text(value: Any) -> str:
     return value if type(value) is str else dump_json(value)
 
 
-#: One function per column type, looked up once per column rather than branched on per value.
+#: One function per column type, looked up once per column rather than branched on per value;
+#: each fits a value to its column or raises ``Unfit`` saying why it does not fit. Amounts are
+#: integers in minor units (https://docs.dintero.com/docs/glossary: "33890 is 338.90 NOK"): an
+#: integral float (``33890.0``) or a string of digits (``"33890"``) is that integer; anything with
+#: a fraction (``338.9``, ``"338.90"``), a non-finite number, a boolean or a number beyond 64 bits
+#: does not fit and is never rounded or truncated.
 COERCERS = {"datetime": _as_datetime, "int": _as_int, "bool": _as_bool, "text": _as_text}
-
-
-def coerce(kind: str, value: Any) -> Any:
-    """A value for a typed column, or ``Unfit`` saying why it does not fit.
-
-    Amounts are integers in minor units (https://docs.dintero.com/docs/glossary: "33890 is
-    338.90 NOK"). An integral float (``33890.0``) or a string of digits (``"33890"``) is that
-    integer; anything with a fraction (``338.9``, ``"338.90"``), a non-finite number, a boolean
-    or a number beyond 64 bits does not fit and is never rounded or truncated.
-    """
-    return None if value is None else COERCERS[kind](value)
 
 
 def dump_json(value: Any) -> str:
