@@ -143,8 +143,9 @@ class StreamSync:
     def _trusted_cursor(self, state: StreamState) -> datetime | None:
         cursor = state.cursor
         if cursor is not None and cursor > self.until:
-            # Carried there by a row with a wrong date (earlier versions let one move it). What
-            # was skipped since is unknown, so read everything once; the upserts dedupe.
+            # A cursor past the run's start plus the skew was carried there by a row with a wrong
+            # date, or set by hand: what was skipped since is unknown, so read everything once;
+            # the upserts dedupe.
             logger.warning(
                 "%s: the saved cursor %s is in the future; ignoring it and reading everything "
                 "again, once",
@@ -222,8 +223,8 @@ class StreamSync:
 
     def _moved_cursor(self, old: datetime | None, seen: datetime | None) -> datetime | None:
         """Where the cursor goes after a complete read: forward only, and never past ``until``
-        (which also mends a cursor that an earlier version let a future-dated row carry
-        away). A full refresh clears the old cursor first."""
+        (which also mends a cursor a future-dated value carried away). A full refresh clears
+        the old cursor first."""
         new = _later(old, seen)
         if new is not None and new > self.until:
             new = self.until

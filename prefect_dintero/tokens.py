@@ -173,8 +173,9 @@ class Token(BaseModel):
 
     @property
     def identity(self) -> str:
-        """Which login this token belongs to: its ``session_id``, or for a token from before
-        session ids, a one-way fingerprint of its access token."""
+        """Which login this token belongs to: its ``session_id``, or for a token made without
+        one (a service token, a session built by hand), a one-way fingerprint of its access
+        token."""
         if self.session_id:
             return self.session_id
         digest = hashlib.sha256(self.access_token.get_secret_value().encode()).hexdigest()
