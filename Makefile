@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean install
+.PHONY: demo test lint typecheck format bench clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,16 +33,26 @@ test: $(STAMP)
 	DINTERO_EVIDENCE_DIR=$(CURDIR)/.pytest-evidence $(BIN)/python -m pytest -q \
 	  tests/test_secret_scan.py
 
-lint: $(STAMP)
+lint: $(STAMP) typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy checks the package as it is installed: blocks/, tasks/, flows/ and cli/ are
+# prefect_dintero.blocks (and so on) there, so a folder of links puts them in place first.
+typecheck: $(STAMP)
+	@tree=$$(mktemp -d) && mkdir $$tree/prefect_dintero \
+	  && cp -rs $(CURDIR)/prefect_dintero/. $$tree/prefect_dintero/ \
+	  && for d in blocks tasks flows cli; do ln -s $(CURDIR)/$$d $$tree/prefect_dintero/$$d; done \
+	  && cd $$tree && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
+	    --cache-dir $(CURDIR)/.mypy_cache -p prefect_dintero; \
+	  status=$$?; rm -rf $$tree; exit $$status
 
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .pytest-evidence
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .pytest-evidence .mypy_cache
 
 # One table: token grants per lifetime, sync throughput vs a bare loop, peak RSS, no-change run.
 bench: $(STAMP)

@@ -7,7 +7,11 @@ from typing import Literal
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
 
-from prefect_dintero.blocks.service_token import BlockServiceTokenStore
+from prefect_dintero.blocks.service_token import (
+    AUTHENTICATION_DOCS,
+    LOGO_URL,
+    BlockServiceTokenStore,
+)
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
 from prefect_dintero.credentials import (
     DEFAULT_API_URL,
@@ -20,8 +24,6 @@ from prefect_dintero.provider import ClientCredentialsProvider
 from prefect_dintero.retry import RetryPolicy
 from prefect_dintero.tokens import Token
 from prefect_dintero.validation import validate_base_url, validate_owner_id
-
-LOGO_URL = "https://github.com/Dintero.png"
 
 
 class DinteroCredentials(CredentialsBlock):
@@ -60,7 +62,7 @@ class DinteroCredentials(CredentialsBlock):
 
     _block_type_name = "Dintero Credentials"
     _logo_url = LOGO_URL
-    _documentation_url = "https://docs.dintero.com/docs/checkout/authentication"
+    _documentation_url = AUTHENTICATION_DOCS
     _description = "Credentials of a Dintero API client, used to call the Dintero payments API."
 
     account_id: str = Field(

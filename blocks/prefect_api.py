@@ -17,10 +17,11 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import prefect.context
+from prefect.blocks.core import Block
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES
 
@@ -28,6 +29,7 @@ from prefect_dintero.errors import StoreUnavailable
 from prefect_dintero.retry import parse_retry_after
 
 T = TypeVar("T")
+B = TypeVar("B", bound=Block)
 
 #: Statuses worth asking again: the request may succeed later.
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -190,3 +192,14 @@ def drop_kept_client(client: SyncPrefectClient) -> None:
                 del _kept_clients[url]
     with contextlib.suppress(Exception):
         client.__exit__(None, None, None)
+
+
+def load_block(block_type: type[B], name: str) -> B:
+    """``block_type.load(name)`` from sync code, typed. Prefect's ``load`` runs its async form
+    in an event loop unless told otherwise, and is typed as either."""
+    return cast(B, block_type.load(name, _sync=True))  # type: ignore[call-arg]
+
+
+def save_block(block: Block, name: str) -> None:
+    """``block.save(name, overwrite=True)`` from sync code (see :func:`load_block`)."""
+    block.save(name, overwrite=True, _sync=True)  # type: ignore[call-arg]

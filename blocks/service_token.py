@@ -9,9 +9,15 @@ from typing import Any
 from prefect.blocks.core import Block
 from prefect.client.schemas.actions import BlockDocumentUpdate
 from prefect.exceptions import ObjectNotFound
-from pydantic import Field, SecretStr
+from pydantic import Field, HttpUrl, SecretStr
 
-from prefect_dintero.blocks.prefect_api import describe, is_transient, kept_client, own_retries
+from prefect_dintero.blocks.prefect_api import (
+    describe,
+    is_transient,
+    kept_client,
+    own_retries,
+    save_block,
+)
 from prefect_dintero.blocks.token_store import BlockTokenStore
 from prefect_dintero.credentials import ClientCredentials
 from prefect_dintero.redact import get_logger
@@ -19,7 +25,9 @@ from prefect_dintero.tokens import Token
 
 logger = get_logger(__name__)
 
-LOGO_URL = "https://github.com/Dintero.png"
+#: The blocks' logo in the Prefect UI, and the page on Dintero's authentication.
+LOGO_URL = HttpUrl("https://github.com/Dintero.png")
+AUTHENTICATION_DOCS = HttpUrl("https://docs.dintero.com/docs/checkout/authentication")
 
 
 class DinteroServiceToken(Block):
@@ -50,7 +58,7 @@ class DinteroServiceToken(Block):
 
     _block_type_name = "Dintero Service Token"
     _logo_url = LOGO_URL
-    _documentation_url = "https://docs.dintero.com/docs/checkout/authentication"
+    _documentation_url = AUTHENTICATION_DOCS
     _description = "A Dintero API client's current service token, shared by every run."
 
     access_token: SecretStr = Field(description="The service (client-credentials) access token.")
@@ -142,7 +150,7 @@ class BlockServiceTokenStore(BlockTokenStore):
 
     def _write(self, handle: Any, token: Token) -> None:
         if handle is None:  # the first save: registers the block type too
-            self._block(token).save(self.block_name, overwrite=True, _sync=True)
+            save_block(self._block(token), self.block_name)
             return
         kept_client().update_block_document(
             handle.id,

@@ -11,10 +11,10 @@ import httpx
 from prefect.blocks.core import Block
 from prefect.client.schemas.actions import BlockDocumentUpdate
 from prefect.exceptions import ObjectNotFound
-from pydantic import Field, SecretStr
+from pydantic import Field, HttpUrl, SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
-from prefect_dintero.blocks.credentials import LOGO_URL, DinteroCredentials
+from prefect_dintero.blocks.credentials import DinteroCredentials
 from prefect_dintero.blocks.prefect_api import (
     background,
     call,
@@ -22,7 +22,9 @@ from prefect_dintero.blocks.prefect_api import (
     drop_kept_client,
     kept_client,
     own_retries,
+    save_block,
 )
+from prefect_dintero.blocks.service_token import LOGO_URL
 from prefect_dintero.blocks.slots import wait_for_slot
 from prefect_dintero.blocks.token_store import RENEWAL_SLOT_LEASE, BlockTokenStore
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
@@ -69,7 +71,7 @@ class DinteroOIDCSession(Block):
 
     _block_type_name = "Dintero OIDC Session"
     _logo_url = LOGO_URL
-    _documentation_url = (
+    _documentation_url = HttpUrl(
         "https://docs.dintero.com/management-auth-api/authenticate/aid_auths_oidc_token_post"
     )
     _description = "A user's Dintero login session, renewed in place when it nears expiry."
@@ -399,9 +401,7 @@ def save_login(credentials: DinteroCredentials, session_block: str, token: Token
         )
     try:
         call(
-            lambda: DinteroOIDCSession.from_token(credentials, token).save(
-                session_block, overwrite=True, _sync=True
-            ),
+            lambda: save_block(DinteroOIDCSession.from_token(credentials, token), session_block),
             until=deadline,
             what=f"the save of the new login into {session_block!r}",
         )

@@ -250,6 +250,7 @@ def wait_for_slot(
     taken = False  # a holder was seen: a timeout then means the slot stayed taken
     client = get_client(sync_client=True)
     client.__enter__()
+    handed_over = False  # once a slot is held, the held slot owns the client
     try:
         while True:
             sent = time.monotonic()
@@ -297,10 +298,10 @@ def wait_for_slot(
                 renew_every,
                 taken_at=sent,
             )
-            client = None  # the held slot owns it now
+            handed_over = True
             return held
     finally:
-        if client is not None:
+        if not handed_over:
             client.__exit__(None, None, None)
 
 

@@ -44,6 +44,7 @@ def _run_login(args: argparse.Namespace) -> int:
     from pydantic import SecretStr
 
     from prefect_dintero.blocks import DinteroCredentials
+    from prefect_dintero.blocks.prefect_api import load_block
     from prefect_dintero.flows import dintero_login
     from prefect_dintero.login import build_authorize_url, new_state, parse_authorization_response
 
@@ -52,7 +53,7 @@ def _run_login(args: argparse.Namespace) -> int:
             "--code puts the code in your shell history and process list: pipe it instead, "
             "e.g. `prefect-dintero login ... --code-stdin < code.txt`, or answer the prompt"
         )
-    creds = DinteroCredentials.load(args.credentials_block, _sync=True)
+    creds = load_block(DinteroCredentials, args.credentials_block)
     if args.code_stdin:
         code = parse_authorization_response(sys.stdin.readline())
     else:
@@ -119,6 +120,7 @@ def _sync_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_sync(args: argparse.Namespace) -> int:
     from prefect_dintero.blocks import DinteroCredentials
+    from prefect_dintero.blocks.prefect_api import load_block
     from prefect_dintero.flows import dintero_sync
     from prefect_dintero.request import SyncRequest
 
@@ -134,7 +136,7 @@ def _run_sync(args: argparse.Namespace) -> int:
         start_date=args.start_date,
         payout_destinations=args.payout_destinations,
     )
-    DinteroCredentials.load(args.credentials_block, _sync=True)
+    load_block(DinteroCredentials, args.credentials_block)
 
     results = dintero_sync(
         args.credentials_block, session_block=args.session_block, **request.flow_parameters()
@@ -194,13 +196,14 @@ def _automation_parser(sub: argparse._SubParsersAction) -> None:
 def _run_automation(args: argparse.Namespace) -> int:
     from prefect.blocks.core import Block
 
+    from prefect_dintero.blocks.prefect_api import load_block
     from prefect_dintero.flows.automations import automation_yaml
 
     if "/" not in args.notification_block:
         raise CliError(
             "--notification-block takes the block's type slug and name, e.g. slack-webhook/team"
         )
-    block = Block.load(args.notification_block, _sync=True)
+    block = load_block(Block, args.notification_block)
     text = automation_yaml(str(block._block_document_id))
     if args.output == "-":
         print(text, end="")

@@ -50,19 +50,23 @@ def run(args: argparse.Namespace) -> int:
     )
     with running_emulator(config) as emulator:
         from prefect_dintero.blocks import DinteroCredentials
+        from prefect_dintero.blocks.prefect_api import save_block
         from prefect_dintero.flows import dintero_login, dintero_sync
 
         print(f"Dintero emulator on {emulator.url} (account {config.account_ids[0]})", flush=True)
-        DinteroCredentials(
-            account_id=config.account_ids[0],
-            client_id=config.client_id,
-            client_secret=SecretStr(config.client_secret),
-            api_url=emulator.url,
-            checkout_url=emulator.url,
-            oidc_authorize_url=f"{emulator.url}/oidc/authorize",
-            redirect_uri=emulator.callback_url,
-            system_name="prefect-dintero-demo",
-        ).save("dintero-demo", overwrite=True, _sync=True)
+        save_block(
+            DinteroCredentials(
+                account_id=config.account_ids[0],
+                client_id=config.client_id,
+                client_secret=SecretStr(config.client_secret),
+                api_url=emulator.url,
+                checkout_url=emulator.url,
+                oidc_authorize_url=f"{emulator.url}/oidc/authorize",
+                redirect_uri=emulator.callback_url,
+                system_name="prefect-dintero-demo",
+            ),
+            "dintero-demo",
+        )
         # The demo plays the user: open the login page, come back with the redirect URL.
         state = new_state()
         redirect = emulator.login(state=state, redirect_uri=emulator.callback_url)

@@ -2,7 +2,7 @@
 
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from prefect import get_run_logger
@@ -124,11 +124,14 @@ def _dintero_sync_accounts(
         # Each run is created (linked to this run as a subflow) without waiting for it: workers
         # take them as they have room, and one read a poll follows them all.
         started = {
-            target.credentials_block: run_deployment(
-                name=deployment_name,
-                parameters=parameters(target),
-                timeout=0,
-                as_subflow=True,
+            target.credentials_block: cast(
+                FlowRun,
+                run_deployment(  # from sync code: the flow run, never a coroutine
+                    name=deployment_name,
+                    parameters=parameters(target),
+                    timeout=0,
+                    as_subflow=True,
+                ),
             ).id
             for target in accounts
         }
@@ -140,11 +143,11 @@ def _dintero_sync_accounts(
         )
         for target in accounts:
             flow_run = runs[started[target.credentials_block]]
-            state = flow_run.state
-            if state is not None and state.is_final():
-                rows.append(_row(target, state))
+            final = flow_run.state
+            if final is not None and final.is_final():
+                rows.append(_row(target, final))
             elif flow_run.start_time is None:
-                rows.append({**_row(target, state), "state": "NOT_STARTED"})
+                rows.append({**_row(target, final), "state": "NOT_STARTED"})
                 logger.error(
                     "%s: no worker started its run within %d s in which none of this fan-out's "
                     "runs started or ended; it stays queued (run %s) and runs when a worker "
@@ -155,7 +158,7 @@ def _dintero_sync_accounts(
                 )
             else:
                 _cancel(flow_run.id)
-                rows.append({**_row(target, state), "state": "TIMED_OUT"})
+                rows.append({**_row(target, final), "state": "TIMED_OUT"})
                 logger.error(
                     "%s: its run did not finish within %.0f minutes of starting; cancelled",
                     target.credentials_block,

@@ -149,7 +149,7 @@ def warn_if_session_ends_soon(
         return None
     threshold = due[-1]  # the nearest one: "hour" once an hour is left
     name = f"dintero-session-warnings-{session_block}"
-    sent = Variable.get(name, default=None) or {}
+    sent: dict[str, Any] = Variable.get(name, default={}) or {}
     if sent.get("session_id") != session_id:
         sent = {"session_id": session_id, "sent": []}
     if threshold in sent["sent"]:

@@ -12,6 +12,7 @@ from prefect.input import RunInput, delete_flow_run_input, keyset_from_base_key
 from pydantic import Field, SecretStr
 
 from prefect_dintero.blocks import DinteroCredentials
+from prefect_dintero.blocks.prefect_api import load_block
 from prefect_dintero.errors import LoginError
 from prefect_dintero.flows.parameters import MaskedFlow
 from prefect_dintero.login import build_authorize_url, new_state, parse_authorization_response
@@ -75,7 +76,7 @@ def _dintero_login(
     """
     install_log_filter()
     logger = get_run_logger()
-    credentials = DinteroCredentials.load(credentials_block, _sync=True)
+    credentials = load_block(DinteroCredentials, credentials_block)
     paused = False
     expected_state = state
     if authorization_response is None:

@@ -8,7 +8,7 @@ plain string, would stay in the run's parameters for good, shown in the UI.
 from __future__ import annotations
 
 import inspect
-from typing import Any, get_args, get_type_hints
+from typing import Any, ParamSpec, TypeVar, get_args, get_type_hints
 
 from prefect import Flow
 from pydantic import SecretStr
@@ -16,8 +16,11 @@ from pydantic import SecretStr
 from prefect_dintero.redact import MASK
 from prefect_dintero.sink.destinations import redact_url, url_secrets
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-class MaskedFlow(Flow):
+
+class MaskedFlow(Flow[P, R]):
     """A flow whose runs store every parameter its signature types ``SecretStr`` masked, and
     every database URL with a password (``user:password@``, ``?password=``) with it masked.
 

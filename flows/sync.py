@@ -23,7 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks import DinteroCredentials
-from prefect_dintero.blocks.prefect_api import describe
+from prefect_dintero.blocks.prefect_api import describe, load_block
 from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
 from prefect_dintero.errors import DinteroError, ReauthorizationRequired
 from prefect_dintero.flows import events
@@ -196,7 +196,7 @@ dintero_sync = MaskedFlow(
         "together with the stream's cursor, so a crashed or retried run resumes without gaps or "
         "duplicates."
     ),
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENT_STREAMS),
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_CONCURRENT_STREAMS),  # type: ignore[arg-type]
 )
 
 
@@ -235,7 +235,7 @@ def _sync(
                 if (held := slot_wait.result()) is not None:
                     held.release()
         # Only now is the block read here: the bearer names the account when there is one.
-        account_id = DinteroCredentials.load(credentials_block, _sync=True).account_id
+        account_id = load_block(DinteroCredentials, credentials_block).account_id
         if session_block and isinstance(exc, ReauthorizationRequired):
             events.emit_session_expired(session_block, account_id, exc.expires_at)
         events.emit_sync_result(
@@ -373,8 +373,8 @@ def _run_streams(
     if held is not None:
         ending.append(_beside(side, held.release))
     events.emit_sync_result(account_id, credentials_block, session_block, summaries, failures)
-    for future in [*ending, *([progress] if progress is not None else [])]:
-        future.result()
+    for pending in [*ending, *([progress] if progress is not None else [])]:
+        pending.result()
     if failures:
         raise SyncFailed(
             f"{len(failures)} of {len(futures)} streams failed: "

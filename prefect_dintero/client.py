@@ -262,8 +262,12 @@ class DinteroClient(_ClientBase):
             destinations = list(payout_destinations or payout_destination_ids(self, account))
         for destination in destinations:
             path = spec.url_path(account, destination)
+
+            def fetch(params: dict[str, Any], path: str = path) -> Any:
+                return self.get_json(path, host=spec.host, params=params)
+
             for page in pages(
-                lambda params, path=path: self.get_json(path, host=spec.host, params=params),
+                fetch,
                 query.paginator(),
                 base_params=query.params(),
                 check_rows=spec.check_keys,

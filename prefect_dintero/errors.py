@@ -23,6 +23,8 @@ class DinteroError(Exception):
     """
 
     retryable: bool = False
+    #: Set on an error that used up a retry policy's attempts: no policy around it retries it.
+    attempts_exhausted: bool = False
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))

@@ -66,9 +66,9 @@ class RecordQuery:
     def params(self) -> dict[str, Any]:
         params = dict(self.spec.extra_params)
         if self.api_filters:
-            if self.created_from is not None:
+            if self.created_from is not None and self.spec.lower_param:
                 params[self.spec.lower_param] = iso(self.created_from)
-            if self.created_to is not None:
+            if self.created_to is not None and self.spec.upper_param:
                 params[self.spec.upper_param] = iso(self.created_to)
         return params
 

@@ -112,8 +112,9 @@ class RetryPolicy:
 
     def _kwargs(self, on_retry: Callable[[BaseException, float], None] | None) -> dict:
         def before_sleep(state: RetryCallState) -> None:
-            if on_retry and state.outcome is not None and state.next_action is not None:
-                on_retry(state.outcome.exception(), state.next_action.sleep)
+            failure = state.outcome.exception() if state.outcome is not None else None
+            if on_retry and failure is not None and state.next_action is not None:
+                on_retry(failure, state.next_action.sleep)
 
         return {
             "stop": stop_after_attempt(self.max_attempts),

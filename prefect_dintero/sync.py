@@ -235,7 +235,8 @@ class StreamSync:
     def _run_window(self, state: StreamState, result: StreamResult) -> None:
         resume = None
         reset = self.request.full_refresh
-        lower, upper = self._lower_bound(state), self.run_started_at
+        lower = self._lower_bound(state)
+        upper: datetime | None = self.run_started_at
         if state.in_progress and not reset:
             saved_lower = state.window_lower
             covers = saved_lower is None or (lower is not None and saved_lower <= lower)
@@ -248,7 +249,7 @@ class StreamSync:
                     iso(lower),
                     iso(upper),
                 )
-            elif lower is not None:
+            elif lower is not None and saved_lower is not None:
                 # A reconcile run takes in the unfinished window rather than resuming it.
                 lower = min(lower, saved_lower)
         try:

@@ -137,13 +137,13 @@ def transport_error(exc: httpx.TransportError, request: httpx.Request | None) ->
     token with a line break in it), and every httpx error holds the request, Authorization
     header included, which pickling the exception would keep.
     """
-    where = dict(
-        method=request.method if request is not None else None,
-        url=str(request.url.copy_with(query=None)) if request is not None else None,
-    )
+    method = request.method if request is not None else None
+    url = str(request.url.copy_with(query=None)) if request is not None else None
     if isinstance(exc, RETRYABLE_TRANSPORT):
         return TransientError(
-            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, **where
+            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+            method=method,
+            url=url,
         )
     if isinstance(exc, httpx.LocalProtocolError):
         return DinteroAPIError(
@@ -151,9 +151,10 @@ def transport_error(exc: httpx.TransportError, request: httpx.Request | None) ->
             "secret with a line break or another control character in it?)",
             hint="Check the credentials block's values and log in again if a session's token "
             "is damaged",
-            **where,
+            method=method,
+            url=url,
         )
-    return DinteroAPIError(f"{type(exc).__name__}: {exc}", **where)
+    return DinteroAPIError(f"{type(exc).__name__}: {exc}", method=method, url=url)
 
 
 def check_response(

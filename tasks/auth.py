@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks import DinteroCredentials, DinteroOIDCSession
+from prefect_dintero.blocks.prefect_api import load_block
 from prefect_dintero.blocks.session import save_login
 from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.redact import install_log_filter, register_secret
@@ -62,7 +63,7 @@ def exchange_authorization_code(
     """
     install_log_filter()
     logger = get_run_logger()
-    credentials = DinteroCredentials.load(credentials_block, _sync=True)
+    credentials = load_block(DinteroCredentials, credentials_block)
     token = credentials.exchange_authorization_code(_secret(code), redirect_uri=redirect_uri)
     # In the session's renewal slot, so a renewal of the previous login never writes over it,
     # and retried while the Prefect API fails: the code is spent.
@@ -113,7 +114,7 @@ def get_bearer_token(credentials_block: str, session_block: str | None = None) -
     install_log_filter()
     logger = get_run_logger()
     if session_block:
-        session = DinteroOIDCSession.load(session_block, _sync=True)
+        session = load_block(DinteroOIDCSession, session_block)
         # A session logged in through this credentials block holds it by reference: no second
         # read (a Prefect API request) is needed to know it belongs to the same account.
         same_block = getattr(session.credentials, "_block_document_name", None) == (
@@ -122,7 +123,7 @@ def get_bearer_token(credentials_block: str, session_block: str | None = None) -
         if (
             not same_block
             and session.credentials.account_id
-            != DinteroCredentials.load(credentials_block, _sync=True).account_id
+            != load_block(DinteroCredentials, credentials_block).account_id
         ):
             raise ConfigurationError(
                 f"session block {session_block!r} belongs to account "
@@ -131,7 +132,7 @@ def get_bearer_token(credentials_block: str, session_block: str | None = None) -
             )
         bearer = session.get_bearer()
     else:
-        credentials = DinteroCredentials.load(credentials_block, _sync=True)
+        credentials = load_block(DinteroCredentials, credentials_block)
         bearer = DinteroBearer(credentials.service_token_provider())
     bearer.token()  # fail here, clearly, rather than in every downstream task
     identity = "service client"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prefect_dintero.blocks.prefect_api import load_block
 from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.request import check_destination
 from prefect_dintero.sink import Sink
@@ -18,6 +19,6 @@ def open_sink(destination: str = "dintero.db", destination_block: str | None = N
                 "destination_block needs prefect-sqlalchemy: "
                 "pip install 'prefect-dintero[postgres]'"
             ) from None
-        connector = SqlAlchemyConnector.load(destination_block, _sync=True)
+        connector = load_block(SqlAlchemyConnector, destination_block)
         return Sink(engine=connector.get_engine())
     return Sink(destination)

@@ -113,7 +113,7 @@ def sync_stream(
 
 
 def _summarise(stream: str, account_id: str, results: list[StreamResult]) -> dict[str, Any]:
-    totals = {"stream": stream, "account_id": account_id}
+    totals: dict[str, Any] = {"stream": stream, "account_id": account_id}
     for name in (
         "pages",
         "fetched",

@@ -28,6 +28,7 @@ from .http import (
     ApiError,
     DroppedConnection,
     DroppingResponse,
+    Handler,
     error_response,
     trickling,
 )
@@ -96,7 +97,7 @@ class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
             code, message = f"E{status}", "The request could not be processed"
         return error_response(status, code, message, headers)
 
-    async def _serve(self, route: str, request: Request, handler) -> Response:
+    async def _serve(self, route: str, request: Request, handler: Handler) -> Response:
         """Apply faults, run the handler, turn ApiError into Dintero's body, count the result."""
         self.state.in_flight[route] += 1
         try:

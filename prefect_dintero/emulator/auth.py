@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -16,6 +17,7 @@ from .http import (
     AID_RE,
     OID_RE,
     ApiError,
+    Handler,
     bearer_token,
     json_body,
 )
@@ -31,6 +33,8 @@ class AuthRoutes:
     """Token and login routes (``/v1/accounts/{oid}/auth/*``, ``/oidc/authorize``)."""
 
     state: EmulatorState
+    # Mixed in beside this class by the app (``EmulatorApp``).
+    _serve: Callable[[str, Request, Handler], Awaitable[Response]]
 
     def auth_routes(self) -> list[Route]:
         return [
@@ -118,7 +122,7 @@ class AuthRoutes:
         token, lifetime = state.issue_access_token(
             client_id=user,
             account_id=account,
-            audience=audience,
+            audience=str(audience),
             sub=user,
             grant="client-credentials",
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -30,6 +31,10 @@ TRANSACTION_STATUSES = {
     "REFUNDED",
     "UNKNOWN",
 }
+
+
+#: A route's handler: a request in, a response out.
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class DroppedConnection(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from .data import SortedCollection, to_ms
 from .http import (
     TRANSACTION_STATUSES,
     ApiError,
+    Handler,
     parse_limit,
     parse_time,
 )
@@ -26,6 +28,10 @@ class ListRoutes:
     """Transactions, sessions, settlements, customers and payout transfers."""
 
     state: EmulatorState
+    # Mixed in beside this class by the app (``EmulatorApp``, ``AuthRoutes``).
+    _serve: Callable[[str, Request, Handler], Awaitable[Response]]
+    _authenticate: Callable[..., dict]
+    _account: Callable[[Request], tuple[str, Any]]
 
     def list_routes(self) -> list[Route]:
         """One route per list endpoint: a new stream's endpoint is added here, with its

@@ -84,9 +84,9 @@ class RowBuilder:
                 else:
                     try:
                         row[name] = to_column(value)
-                    except Unfit as why:
+                    except Unfit as reason:
                         row[name] = None
-                        unfit.append((obj[pk], col.path or name, value, why))
+                        unfit.append((obj[pk], col.path or name, value, reason))
             rows.append(row)
         for key, field_name, value, why in unfit[:WARN_UNFIT]:
             logger.warning(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Text
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from ..times import parse_datetime
 
@@ -32,8 +33,8 @@ class UTCDateTime(TypeDecorator):
         return parse_datetime(value)
 
 
-JSON_TYPE = JSON().with_variant(JSONB(), "postgresql")
-COLUMN_TYPES = {
+JSON_TYPE: TypeEngine[Any] = JSON().with_variant(JSONB(), "postgresql")
+COLUMN_TYPES: dict[str, Callable[[], TypeEngine[Any]]] = {
     "text": lambda: Text(),
     "int": lambda: BigInteger(),
     "datetime": lambda: UTCDateTime(),
