@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from prefect.blocks.abstract import CredentialsBlock
@@ -19,7 +20,7 @@ from prefect_dintero.credentials import (
     ClientCredentials,
 )
 from prefect_dintero.deadline import DEFAULT_REQUEST_DEADLINE
-from prefect_dintero.grants import aexchange_authorization_code, exchange_authorization_code
+from prefect_dintero.grants import exchange_authorization_code
 from prefect_dintero.provider import ClientCredentialsProvider
 from prefect_dintero.retry import RetryPolicy
 from prefect_dintero.tokens import Token
@@ -236,15 +237,6 @@ class DinteroCredentials(CredentialsBlock):
     async def aexchange_authorization_code(
         self, code: str, redirect_uri: str | None = None
     ) -> Token:
-        """Async form of :meth:`exchange_authorization_code`."""
-        core = self.to_core()
-
-        async def exchange(service_token: Token) -> Token:
-            return await aexchange_authorization_code(
-                core,
-                code,
-                service_token=service_token,
-                redirect_uri=redirect_uri or self.redirect_uri,
-            )
-
-        return await self.service_token_provider().acall_with_token(exchange)
+        """:meth:`exchange_authorization_code` for coroutines (in a thread: a token request
+        goes the one way every token request goes)."""
+        return await asyncio.to_thread(self.exchange_authorization_code, code, redirect_uri)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Generator
 
 import httpx
@@ -88,7 +89,7 @@ class DinteroAuth(httpx.Auth):
                 token = await self.provider.aget_token()
             elif response.status_code == 403 and not rechecked:
                 rechecked = True
-                newer = await self.provider.arecheck(token)
+                newer = await asyncio.to_thread(self.provider.recheck, token)
                 if newer is None:
                     return
                 token = newer

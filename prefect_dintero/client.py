@@ -166,7 +166,7 @@ class DinteroClient(_ClientBase):
     ) -> None:
         super().__init__(credentials, **kwargs)
         if transport is not None:
-            self.token_provider.use_transport(sync=transport)
+            self.token_provider.use_transport(transport)
         self._http = deadline.install(
             httpx.Client(
                 auth=DinteroAuth(self.token_provider, self.stats),
@@ -318,9 +318,9 @@ class AsyncDinteroClient(_ClientBase):
         transport: httpx.AsyncBaseTransport | None = None,
         **kwargs: Any,
     ) -> None:
+        # Token requests are the provider's, made in a thread with a sync client: over the
+        # network, or over a sync transport given to the provider (``use_transport``).
         super().__init__(credentials, **kwargs)
-        if transport is not None:
-            self.token_provider.use_transport(async_=transport)
         self._http = httpx.AsyncClient(
             auth=DinteroAuth(self.token_provider, self.stats),
             timeout=self._timeout,

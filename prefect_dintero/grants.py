@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from datetime import datetime
 
 import httpx
@@ -28,7 +28,6 @@ from .transport import (
     decode_json,
     default_headers,
     on_retry_counter,
-    send_async,
     send_sync,
     ssl_context,
 )
@@ -123,15 +122,6 @@ def _sync_http(http: httpx.Client | None) -> Iterator[httpx.Client]:
         yield client
 
 
-@asynccontextmanager
-async def _async_http(http: httpx.AsyncClient | None):
-    if http is not None:
-        yield http
-        return
-    async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT, verify=ssl_context()) as client:
-        yield client
-
-
 def _post(
     build,
     http: httpx.Client | None,
@@ -152,26 +142,6 @@ def _post(
         return policy.call(attempt, on_retry_counter(stats))
 
 
-async def _apost(
-    build,
-    http: httpx.AsyncClient | None,
-    policy: RetryPolicy,
-    stats: ClientStats | None,
-    previous: Token | None = None,
-    endpoint: Endpoint = "client_credentials",
-    deadline_seconds: float | None = None,
-) -> Token:
-    async with _async_http(http) as client:
-
-        async def attempt() -> Token:
-            request = build()
-            sent_at = times.now()
-            response = await send_async(client, request, auth=None, deadline=deadline_seconds)
-            return parse_token_response(response, sent_at, previous, stats, endpoint)
-
-        return await policy.acall(attempt, on_retry_counter(stats))
-
-
 def fetch_client_credentials_token(
     creds: ClientCredentials,
     *,
@@ -186,23 +156,6 @@ def fetch_client_credentials_token(
         PermissionDeniedError: the audience is not a grant of this client.
     """
     return _post(
-        lambda: client_credentials_request(creds),
-        http,
-        policy or creds.retry_policy,
-        stats,
-        deadline_seconds=creds.request_deadline_seconds,
-    )
-
-
-async def afetch_client_credentials_token(
-    creds: ClientCredentials,
-    *,
-    http: httpx.AsyncClient | None = None,
-    policy: RetryPolicy | None = None,
-    stats: ClientStats | None = None,
-) -> Token:
-    """Async form of :func:`fetch_client_credentials_token`."""
-    return await _apost(
         lambda: client_credentials_request(creds),
         http,
         policy or creds.retry_policy,
@@ -269,37 +222,6 @@ def exchange_authorization_code(
     return _new_login(token)
 
 
-async def aexchange_authorization_code(
-    creds: ClientCredentials,
-    code: str,
-    *,
-    service_token: Token,
-    redirect_uri: str | None = None,
-    http: httpx.AsyncClient | None = None,
-    policy: RetryPolicy | None = None,
-    stats: ClientStats | None = None,
-) -> Token:
-    """Async form of :func:`exchange_authorization_code`."""
-    register_secret(code)
-    local = ClientStats()
-
-    def build() -> httpx.Request:
-        return authorization_code_request(creds, service_token, code, redirect_uri)
-
-    try:
-        token = await _apost(
-            build,
-            http,
-            policy or creds.retry_policy,
-            _Tee(stats, local),
-            endpoint="code_exchange",
-            deadline_seconds=creds.request_deadline_seconds,
-        )
-    except InvalidGrantError as exc:
-        raise _code_hint(exc, local.retries > 0) from None
-    return _new_login(token)
-
-
 def refresh_session_token(
     creds: ClientCredentials,
     session: Token,
@@ -323,34 +245,6 @@ def refresh_session_token(
         return refresh_token_request(creds, service_token, refresh)
 
     return _post(
-        build,
-        http,
-        policy or creds.retry_policy,
-        stats,
-        previous=session,
-        endpoint="refresh",
-        deadline_seconds=creds.request_deadline_seconds,
-    )
-
-
-async def arefresh_session_token(
-    creds: ClientCredentials,
-    session: Token,
-    *,
-    service_token: Token,
-    http: httpx.AsyncClient | None = None,
-    policy: RetryPolicy | None = None,
-    stats: ClientStats | None = None,
-) -> Token:
-    """Async form of :func:`refresh_session_token`."""
-    if session.refresh_token is None:
-        raise ValueError("this session has no refresh token")
-    refresh = session.refresh_token
-
-    def build() -> httpx.Request:
-        return refresh_token_request(creds, service_token, refresh)
-
-    return await _apost(
         build,
         http,
         policy or creds.retry_policy,

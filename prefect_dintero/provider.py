@@ -1,9 +1,10 @@
 """Token providers: hand out a valid access token, renewing it once per credential when stale.
 
-Renewal is single-flight per credential across every thread and coroutine of the process: locks
-live in a process-wide registry keyed by the credential (never on a client object, authlib #673),
-and the token is re-checked after the lock is taken (airbyte-cdk #883). Stores that share
-tokens between processes add a cross-process lock around the same section (a ``Renewal``).
+Renewal is single-flight per credential across every thread and coroutine of the process: one
+token path (``get_token``; a coroutine runs it in a thread when a renewal is due), a lock per
+credential in a process-wide registry (never on a client object, authlib #673), and the token is
+re-checked after the lock is taken (airbyte-cdk #883). Stores that share tokens between
+processes add a cross-process lock around the same section (a ``Renewal``).
 
 A request never waits on the store's I/O unless its token must be renewed. When the store cannot
 be reached then, the token in memory is used while it has not expired; an expired service token
@@ -18,11 +19,10 @@ import contextvars
 import math
 import threading
 import time
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 
@@ -35,8 +35,6 @@ from .errors import (
     StoreUnavailable,
 )
 from .grants import (
-    afetch_client_credentials_token,
-    arefresh_session_token,
     fetch_client_credentials_token,
     refresh_session_token,
 )
@@ -50,41 +48,16 @@ T = TypeVar("T")
 
 
 class LockRegistry:
-    """Process-wide locks per credential key: one thread lock, and one asyncio lock per loop.
-
-    Locks are never removed, so a waiter can never hold a lock that a newer caller replaced.
-    """
+    """Process-wide locks per credential key. Locks are never removed, so a waiter can never
+    hold a lock that a newer caller replaced."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._thread_locks: dict[str, threading.Lock] = {}
-        self._async_locks: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[str, asyncio.Lock]
-        ] = weakref.WeakKeyDictionary()
+        self._locks: dict[str, threading.Lock] = {}
 
     def thread_lock(self, key: str) -> threading.Lock:
         with self._guard:
-            return self._thread_locks.setdefault(key, threading.Lock())
-
-    def async_lock(self, key: str) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        with self._guard:
-            return self._async_locks.setdefault(loop, {}).setdefault(key, asyncio.Lock())
-
-    @asynccontextmanager
-    async def async_exclusive(self, key: str):
-        """Exclude other coroutines of this loop (asyncio lock) and other threads and loops
-        (the thread lock, taken without blocking the loop)."""
-        async with self.async_lock(key):
-            lock = self.thread_lock(key)
-            delay = 0.001
-            while not lock.acquire(blocking=False):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.02)
-            try:
-                yield
-            finally:
-                lock.release()
+            return self._locks.setdefault(key, threading.Lock())
 
 
 LOCKS = LockRegistry()
@@ -98,14 +71,6 @@ class _Borrowed(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return self._transport.handle_request(request)
-
-
-class _ABorrowed(httpx.AsyncBaseTransport):
-    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
-        self._transport = transport
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._transport.handle_async_request(request)
 
 
 #: Renewals ahead of expiry, by credential key: when the next may start (inf: one is running).
@@ -134,16 +99,10 @@ class TokenProvider:
         self.stats = stats or ClientStats()
         self.renewals = 0
         self._transport: httpx.BaseTransport | None = None
-        self._async_transport: httpx.AsyncBaseTransport | None = None
 
-    def use_transport(
-        self,
-        sync: httpx.BaseTransport | None = None,
-        async_: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        """Send token requests through these transports (a client's mock or proxy transport)."""
-        self._transport = sync or self._transport
-        self._async_transport = async_ or self._async_transport
+    def use_transport(self, transport: httpx.BaseTransport) -> None:
+        """Send token requests through this transport (a sync client's mock or proxy)."""
+        self._transport = transport
 
     @contextmanager
     def _sync_http(self) -> Iterator[httpx.Client | None]:
@@ -154,16 +113,6 @@ class TokenProvider:
             return
         with deadline.install(
             httpx.Client(transport=_Borrowed(self._transport), timeout=DEFAULT_TIMEOUT)
-        ) as http:
-            yield http
-
-    @asynccontextmanager
-    async def _async_http(self) -> AsyncIterator[httpx.AsyncClient | None]:
-        if self._async_transport is None:
-            yield None
-            return
-        async with httpx.AsyncClient(
-            transport=_ABorrowed(self._async_transport), timeout=DEFAULT_TIMEOUT
         ) as http:
             yield http
 
@@ -182,9 +131,6 @@ class TokenProvider:
         )
 
     def _renew(self, current: Token | None) -> Token:
-        raise NotImplementedError
-
-    async def _arenew(self, current: Token | None) -> Token:
         raise NotImplementedError
 
     # -- the single-flight core ------------------------------------------------------------------
@@ -270,47 +216,14 @@ class TokenProvider:
                 _AHEAD[self.key] = retry_at
 
     async def aget_token(self) -> Token:
+        """:meth:`get_token` for coroutines. A renewal, rare, runs :meth:`get_token` in a
+        thread: one token path for threads, event loops and coroutines alike, kept
+        single-flight by the thread lock; the loop never waits on it."""
         token = self.store.get(self.key)
-        if self._usable(token):
+        if self._usable(token) or self._renews_ahead(token):
             assert token is not None
             return token
-        if self._renews_ahead(token):
-            assert token is not None
-            return token
-        async with LOCKS.async_exclusive(self.key):
-            token = self.store.get(self.key)
-            if self._usable(token):
-                assert token is not None
-                return token
-            return await self._arenew_in_store(token)
-
-    async def _arenew_in_store(self, token: Token | None) -> Token:
-        try:
-            renewal = await self._io(
-                self.store.begin_renewal, self.key, wait=self._needs_store(token)
-            )
-        except StoreUnavailable as exc:
-            return await self._awithout_store(token, exc)
-        try:
-            try:
-                token = await self._io(renewal.latest)
-            except StoreUnavailable as exc:
-                return await self._awithout_store(token, exc)
-            if self._usable(token):
-                assert token is not None
-                return token
-            new = await self._arenew(token)
-            await self._io(renewal.commit, token, new)
-        finally:
-            await self._io(renewal.end)
-        self._count()
-        return new
-
-    async def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn`` of the store: in a thread when it does network I/O, so the loop never waits."""
-        if not self.store.does_io:
-            return fn(*args, **kwargs)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await asyncio.to_thread(self.get_token)
 
     def _needs_store(self, token: Token | None) -> bool:
         """Whether this renewal cannot go on without the store: a session whose token is gone
@@ -335,17 +248,6 @@ class TokenProvider:
         self._count()
         return new
 
-    async def _awithout_store(self, token: Token | None, exc: StoreUnavailable) -> Token:
-        if self._usable_without_store(token):
-            assert token is not None
-            return token
-        if not self.renews_alone:
-            raise exc
-        new = await self._arenew(token)
-        await self._io(self.store.keep_unsaved, self.key, token, new)
-        self._count()
-        return new
-
     def _count(self) -> None:
         self.renewals += 1
         self.stats.add(token_renewals=1)
@@ -363,9 +265,6 @@ class TokenProvider:
         """Dintero answered 403 to ``refused``: another login the store holds now, if any (one
         read of the shared copy; a user may have logged in again with other rights)."""
         return self.store.recheck(self.key, refused)
-
-    async def arecheck(self, refused: Token) -> Token | None:
-        return await self._io(self.store.recheck, self.key, refused)
 
 
 class ClientCredentialsProvider(TokenProvider):
@@ -390,12 +289,6 @@ class ClientCredentialsProvider(TokenProvider):
         with self._sync_http() as http:
             return fetch_client_credentials_token(self.credentials, http=http, stats=self.stats)
 
-    async def _arenew(self, current: Token | None) -> Token:
-        async with self._async_http() as http:
-            return await afetch_client_credentials_token(
-                self.credentials, http=http, stats=self.stats
-            )
-
     def call_with_token(self, fn: Callable[[Token], T]) -> T:
         """Run ``fn`` with the service token; if Dintero answers 401 to it, renew once and rerun.
 
@@ -413,18 +306,6 @@ class ClientCredentialsProvider(TokenProvider):
             self.invalidate(token)
             logger.info("Dintero refused the service token of a token request; renewing it once")
         return fn(self.get_token())
-
-    async def acall_with_token(self, fn: Callable[[Token], Awaitable[T]]) -> T:
-        """Async form of :meth:`call_with_token`."""
-        token = await self.aget_token()
-        try:
-            return await fn(token)
-        except DinteroAPIError as exc:
-            if exc.status_code != 401:
-                raise
-            self.invalidate(token)
-            logger.info("Dintero refused the service token of a token request; renewing it once")
-        return await fn(await self.aget_token())
 
     def __repr__(self) -> str:
         return f"ClientCredentialsProvider(account_id={self.credentials.account_id!r})"
@@ -465,13 +346,9 @@ class OIDCSessionProvider(TokenProvider):
         if initial is not None and self.store.get(self.key) is None:
             self.store.put(self.key, None, initial)
 
-    def use_transport(
-        self,
-        sync: httpx.BaseTransport | None = None,
-        async_: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().use_transport(sync, async_)
-        self.service.use_transport(sync, async_)
+    def use_transport(self, transport: httpx.BaseTransport) -> None:
+        super().use_transport(transport)
+        self.service.use_transport(transport)
 
     def _usable(self, token: Token | None) -> bool:
         if token is None or self.store.is_rejected(token):
@@ -518,24 +395,6 @@ class OIDCSessionProvider(TokenProvider):
 
         try:
             return self.service.call_with_token(refresh)
-        except InvalidGrantError as exc:
-            raise self._reauthorize(session, f"could not be renewed ({exc.message})") from exc
-
-    async def _arenew(self, current: Token | None) -> Token:
-        session = self._check_renewable(current)
-
-        async def refresh(service_token: Token) -> Token:
-            async with self._async_http() as http:
-                return await arefresh_session_token(
-                    self.credentials,
-                    session,
-                    service_token=service_token,
-                    http=http,
-                    stats=self.stats,
-                )
-
-        try:
-            return await self.service.acall_with_token(refresh)
         except InvalidGrantError as exc:
             raise self._reauthorize(session, f"could not be renewed ({exc.message})") from exc
 

@@ -390,7 +390,7 @@ def test_a_page_with_more_rows_than_asked_for_is_refused(dintero_emulator_factor
     creds = creds_for(emu)
     DEFAULT_STORE.clear()
     with DinteroClient(creds, transport=httpx.MockTransport(handler)) as client:
-        client.token_provider.use_transport(sync=httpx.HTTPTransport())
+        client.token_provider.use_transport(httpx.HTTPTransport())
         with pytest.raises(MalformedPageError, match="30000 rows, more than the 100 asked for"):
             sync_stream(client, sink, spec, AID, SyncRequest(page_size=100))
     assert sink.count(spec) == 0
@@ -407,7 +407,7 @@ def test_a_body_over_the_cap_is_refused_before_it_is_read(dintero_emulator_facto
         return httpx.Response(200, content=body, headers={"content-type": "application/json"})
 
     with DinteroClient(creds_for(emu), transport=httpx.MockTransport(handler)) as client:
-        client.token_provider.use_transport(sync=httpx.HTTPTransport())
+        client.token_provider.use_transport(httpx.HTTPTransport())
         with pytest.raises(MalformedResponseError, match="over the 16,777,216 allowed"):
             client.get_json("/v1/transactions", host="checkout")
 

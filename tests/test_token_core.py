@@ -30,7 +30,6 @@ from prefect_dintero.errors import (
     TransientError,
 )
 from prefect_dintero.grants import (
-    aexchange_authorization_code,
     exchange_authorization_code,
     fetch_client_credentials_token,
 )
@@ -275,15 +274,15 @@ def test_reused_code_is_invalid_grant_after_one_attempt(emu):
     assert emu.stats()["requests"]["oidc_token"] == {"200": 1, "400": 1}
 
 
-async def test_async_exchange_and_redirect_mismatch(emu):
+def test_exchange_with_another_redirect_uri_is_refused(emu):
     creds = creds_for(emu)
     service = fetch_client_credentials_token(creds)
     code = emu.authorization_code()
     with pytest.raises(InvalidGrantError, match="redirect_uri"):
-        await aexchange_authorization_code(
+        exchange_authorization_code(
             creds, code, service_token=service, redirect_uri="http://127.0.0.1:1/wrong"
         )
-    token = await aexchange_authorization_code(
+    token = exchange_authorization_code(
         creds, code, service_token=service, redirect_uri=emu.config.redirect_uris[0]
     )
     assert token.user_info.name == emu.config.user.name
