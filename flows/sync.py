@@ -289,8 +289,13 @@ def _run_streams(
         )
     ends_at = time.time() + max(1.0, run_deadline - time.monotonic())
     stop_reason = held.lost_reason if held is not None else None
+    # A stream resumes as often as the credentials block's retry settings say.
+    policy = bearer.credentials.retry_policy
+    stream_task = sync_stream.with_options(
+        retries=policy.stream_resumes, retry_delay_seconds=policy.stream_resume_delays()
+    )
     futures = {
-        sync_stream.submit(bearer, name, request, ends_at=ends_at, stop_reason=stop_reason): name
+        stream_task.submit(bearer, name, request, ends_at=ends_at, stop_reason=stop_reason): name
         for name in request.streams
     }
     # Made while the streams run: it is shown, never needed.

@@ -30,8 +30,8 @@ PROGRESS_EVERY_SECONDS = 30.0
     name="Sync Dintero stream",
     description="Page one Dintero stream of one account into the destination, incrementally.",
     task_run_name="sync-{stream}",
-    # Resumes of a stream whose requests ran out of attempts, from the default retry policy;
-    # the flow sets them from the credentials' policy (RetryPolicy.stream_resumes).
+    # Resumes of a stream whose requests ran out of attempts: the default retry policy's here;
+    # dintero-sync sets them per run from the credentials block's (RetryPolicy.stream_resumes).
     retries=RetryPolicy.stream_resumes,
     retry_delay_seconds=RetryPolicy().stream_resume_delays(),
     retry_jitter_factor=0.5,
