@@ -6,7 +6,7 @@ import asyncio
 from typing import Literal
 
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 
 from prefect_dintero.blocks.service_token import (
     AUTHENTICATION_DOCS,
@@ -14,20 +14,14 @@ from prefect_dintero.blocks.service_token import (
     BlockServiceTokenStore,
 )
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
-from prefect_dintero.credentials import (
-    DEFAULT_API_URL,
-    DEFAULT_CHECKOUT_URL,
-    ClientCredentials,
-)
-from prefect_dintero.deadline import DEFAULT_REQUEST_DEADLINE
+from prefect_dintero.credentials import ClientCredentials, ClientFields
 from prefect_dintero.grants import exchange_authorization_code
 from prefect_dintero.provider import ClientCredentialsProvider
-from prefect_dintero.retry import RetryPolicy
 from prefect_dintero.tokens import Token
-from prefect_dintero.validation import validate_base_url, validate_owner_id
+from prefect_dintero.validation import validate_base_url
 
 
-class DinteroCredentials(CredentialsBlock):
+class DinteroCredentials(CredentialsBlock, ClientFields):
     """A Dintero API client: the account, the client id and secret, and the hosts to call.
 
     Create the API client in Dintero Backoffice (Settings → API clients), once for the test
@@ -66,27 +60,9 @@ class DinteroCredentials(CredentialsBlock):
     _documentation_url = AUTHENTICATION_DOCS
     _description = "Credentials of a Dintero API client, used to call the Dintero payments API."
 
-    account_id: str = Field(
-        title="Account ID",
-        description="The Dintero account id: T (test) or P (production) followed by 8 digits.",
-        examples=["T12345678"],
-    )
-    client_id: str = Field(title="Client ID", description="The API client's id from Backoffice.")
-    client_secret: SecretStr = Field(description="The API client's secret from Backoffice.")
-    audience: str | None = Field(
-        default=None,
-        description="The token audience; leave empty for {api_url}/v1/accounts/{account_id}.",
-    )
-    api_url: str = Field(
-        default=DEFAULT_API_URL,
-        title="API URL",
-        description="Base URL of the Dintero API (change only to use the bundled emulator).",
-    )
-    checkout_url: str = Field(
-        default=DEFAULT_CHECKOUT_URL,
-        title="Checkout URL",
-        description="Base URL of the Dintero Checkout API (transactions and sessions).",
-    )
+    # The API client's own fields (account, client, secret, hosts, deadlines, retries) and their
+    # checks are ClientFields': one definition for this block and the core. The block adds what
+    # only Prefect runs need: user logins from the UI, the leeway, and sharing the token.
     oidc_authorize_url: str | None = Field(
         default=None,
         title="OIDC authorize URL",
@@ -108,10 +84,6 @@ class DinteroCredentials(CredentialsBlock):
             "the token's lifetime)."
         ),
     )
-    system_name: str | None = Field(
-        default=None,
-        description="Your system's name, sent to Dintero as the Dintero-System-Name header.",
-    )
     share_service_token: bool = Field(
         default=True,
         description=(
@@ -120,51 +92,6 @@ class DinteroCredentials(CredentialsBlock):
             "keeps a token in each process's memory."
         ),
     )
-    request_deadline_seconds: float = Field(
-        default=DEFAULT_REQUEST_DEADLINE,
-        gt=0,
-        le=3600,
-        description=(
-            "The most one request may take in all: connecting, sending, and reading the whole "
-            "response. A server that hangs or trickles its answer fails the request then."
-        ),
-    )
-
-    retry_attempts: int = Field(
-        default=RetryPolicy.max_attempts,
-        ge=1,
-        le=20,
-        description=(
-            "Attempts per request, the first included, when Dintero answers 429 or 5xx or the "
-            "network fails; token requests alike. Bad credentials and bad input are never "
-            "retried. A sync stream whose request runs out of attempts resumes from its last "
-            "committed page, twice at most."
-        ),
-    )
-    retry_max_wait_seconds: float = Field(
-        default=RetryPolicy.retry_after_cap,
-        gt=0,
-        le=900,
-        description=(
-            "The longest one wait between attempts may be, a Retry-After asked by Dintero "
-            "included (waits start at 0.5 s and double, with jitter)."
-        ),
-    )
-
-    @field_validator("account_id")
-    @classmethod
-    def _check_account(cls, value: str) -> str:
-        return validate_owner_id(value)
-
-    @field_validator("api_url")
-    @classmethod
-    def _check_api_url(cls, value: str) -> str:
-        return validate_base_url(value, "api_url")
-
-    @field_validator("checkout_url")
-    @classmethod
-    def _check_checkout_url(cls, value: str) -> str:
-        return validate_base_url(value, "checkout_url")
 
     @field_validator("oidc_authorize_url")
     @classmethod
@@ -173,18 +100,7 @@ class DinteroCredentials(CredentialsBlock):
 
     def to_core(self) -> ClientCredentials:
         """The core library's view of these credentials."""
-        return ClientCredentials(
-            account_id=self.account_id,
-            client_id=self.client_id,
-            client_secret=self.client_secret,
-            api_url=self.api_url,
-            checkout_url=self.checkout_url,
-            audience=self.audience,
-            system_name=self.system_name,
-            request_deadline_seconds=self.request_deadline_seconds,
-            retry_attempts=self.retry_attempts,
-            retry_max_wait_seconds=self.retry_max_wait_seconds,
-        )
+        return ClientCredentials(**self.client_fields())
 
     def get_client(
         self, client_type: Literal["sync", "async"] = "sync"

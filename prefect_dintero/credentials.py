@@ -25,34 +25,65 @@ DEFAULT_API_URL = "https://api.dintero.com"
 DEFAULT_CHECKOUT_URL = "https://checkout.dintero.com"
 
 
-class ClientCredentials(BaseModel):
-    """A Dintero API client: account, client id and secret, and the hosts to use.
+class ClientFields(BaseModel):
+    """A Dintero API client's fields and what each means: one definition for the core's
+    :class:`ClientCredentials` and the Prefect block (``DinteroCredentials``), which shows these
+    titles and descriptions in the UI."""
 
-    Raises:
-        ConfigurationError: on a malformed account id or an http:// URL to a remote host.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    account_id: str
-    client_id: str
-    client_secret: SecretStr
-    api_url: str = DEFAULT_API_URL
-    checkout_url: str = DEFAULT_CHECKOUT_URL
-    audience: str | None = None
-    system_name: str | None = None
-    #: The most one request may take in all (connect, send, whole response), seconds.
-    request_deadline_seconds: float = Field(default=DEFAULT_REQUEST_DEADLINE, gt=0, le=3600)
-    #: Attempts per request for transient failures (429, 5xx, network), the first included.
-    retry_attempts: int = Field(default=RetryPolicy.max_attempts, ge=1, le=20)
-    #: The longest one wait between attempts may be, a server's Retry-After included.
-    retry_max_wait_seconds: float = Field(default=RetryPolicy.retry_after_cap, gt=0, le=900)
-
-    def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise ConfigurationError(validation_message(exc)) from None
+    account_id: str = Field(
+        title="Account ID",
+        description="The Dintero account id: T (test) or P (production) followed by 8 digits.",
+        examples=["T12345678"],
+    )
+    client_id: str = Field(title="Client ID", description="The API client's id from Backoffice.")
+    client_secret: SecretStr = Field(description="The API client's secret from Backoffice.")
+    audience: str | None = Field(
+        default=None,
+        description="The token audience; leave empty for {api_url}/v1/accounts/{account_id}.",
+    )
+    api_url: str = Field(
+        default=DEFAULT_API_URL,
+        title="API URL",
+        description="Base URL of the Dintero API (change only to use the bundled emulator).",
+    )
+    checkout_url: str = Field(
+        default=DEFAULT_CHECKOUT_URL,
+        title="Checkout URL",
+        description="Base URL of the Dintero Checkout API (transactions and sessions).",
+    )
+    system_name: str | None = Field(
+        default=None,
+        description="Your system's name, sent to Dintero as the Dintero-System-Name header.",
+    )
+    request_deadline_seconds: float = Field(
+        default=DEFAULT_REQUEST_DEADLINE,
+        gt=0,
+        le=3600,
+        description=(
+            "The most one request may take in all: connecting, sending, and reading the whole "
+            "response. A server that hangs or trickles its answer fails the request then."
+        ),
+    )
+    retry_attempts: int = Field(
+        default=RetryPolicy.max_attempts,
+        ge=1,
+        le=20,
+        description=(
+            "Attempts per request, the first included, when Dintero answers 429 or 5xx or the "
+            "network fails; token requests alike. Bad credentials and bad input are never "
+            "retried. A sync stream whose request runs out of attempts resumes from its last "
+            "committed page, twice at most."
+        ),
+    )
+    retry_max_wait_seconds: float = Field(
+        default=RetryPolicy.retry_after_cap,
+        gt=0,
+        le=900,
+        description=(
+            "The longest one wait between attempts may be, a Retry-After asked by Dintero "
+            "included (waits start at 0.5 s and double, with jitter)."
+        ),
+    )
 
     @field_validator("account_id")
     @classmethod
@@ -68,6 +99,26 @@ class ClientCredentials(BaseModel):
     @classmethod
     def _checkout_url(cls, value: str) -> str:
         return validate_base_url(value, "checkout_url")
+
+    def client_fields(self) -> dict[str, Any]:
+        """These fields' values, as :class:`ClientCredentials` takes them."""
+        return {name: getattr(self, name) for name in ClientFields.model_fields}
+
+
+class ClientCredentials(ClientFields):
+    """A Dintero API client: account, client id and secret, and the hosts to use.
+
+    Raises:
+        ConfigurationError: on a malformed account id or an http:// URL to a remote host.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigurationError(validation_message(exc)) from None
 
     @model_validator(mode="after")
     def _non_empty(self) -> ClientCredentials:
