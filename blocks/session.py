@@ -341,6 +341,9 @@ class BlockSessionStore(BlockTokenStore):
             background(self._check_login, "dintero-login-check")
         return super().get(key)
 
+    def busy(self) -> bool:
+        return self._checking
+
     def _check_login(self) -> None:
         try:
             self._new_login()

@@ -40,6 +40,7 @@ from prefect_dintero.blocks.prefect_api import (
     retry_after_of,
 )
 from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
+from prefect_dintero.provider import finish_renewals
 from prefect_dintero.redact import get_logger
 from prefect_dintero.store import Renewal, TokenStore, same_token
 from prefect_dintero.tokens import Token
@@ -120,6 +121,10 @@ class BlockTokenStore(TokenStore):
             "%s was saved by another process while this one renewed it; that one is used",
             self.label,
         )
+
+    def busy(self) -> bool:
+        """Whether a background read of the block is running (subclasses that have one)."""
+        return False
 
     # -- memory ------------------------------------------------------------------------------------
 
@@ -387,11 +392,14 @@ def save_pending(seconds: float = EXIT_SAVE_SECONDS) -> bool:
     """Wait until every token this process renewed is saved to its block, for at most about
     ``seconds`` each; say whether all were. A process does it when it exits; call it to read
     the block right after a renewal (a renewed token is saved in the background)."""
+    # A renewal running ahead of expiry saves what it renews: let it finish first.
+    finish_renewals(seconds)
     saved = True
     for store in list(_stores):
-        # A save in flight holds the slot: give it its time first.
+        # A save in flight holds the slot, and a check for a new login reads the block: give
+        # them their time first.
         deadline = time.monotonic() + seconds
-        while store._saving and time.monotonic() < deadline:
+        while (store._saving or store.busy()) and time.monotonic() < deadline:
             time.sleep(0.05)
         if store._dirty and not store.flush(seconds):
             saved = False

@@ -15,6 +15,7 @@ two renewals with one refresh token can end it.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import math
 import threading
@@ -78,6 +79,24 @@ _AHEAD: dict[str, float] = {}
 _AHEAD_LOCK = threading.Lock()
 #: A renewal ahead that could not finish is tried again at a request this much later.
 RENEW_AHEAD_RETRY_SECONDS = 10.0
+_AHEAD_THREADS: set[threading.Thread] = set()
+#: How long the process's exit waits for renewals ahead still running.
+EXIT_WAIT_SECONDS = 30.0
+
+
+def finish_renewals(seconds: float = EXIT_WAIT_SECONDS) -> None:
+    """Wait, up to ``seconds`` in all, for renewals running ahead of expiry in the background.
+
+    The process's exit does it: a renewal is one rotation of a refresh token, and a thread cut
+    off at exit inside a compiled extension (pydantic's) aborts the whole process."""
+    deadline = time.monotonic() + seconds
+    with _AHEAD_LOCK:
+        running = list(_AHEAD_THREADS)
+    for thread in running:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(finish_renewals)
 
 
 class TokenProvider:
@@ -186,9 +205,12 @@ class TokenProvider:
             _AHEAD[self.key] = math.inf
         # In a copy of the caller's context: a shared store talks to the server it names.
         context = contextvars.copy_context()
-        threading.Thread(
+        thread = threading.Thread(
             target=context.run, args=(self._renew_ahead,), name="dintero-renewal", daemon=True
-        ).start()
+        )
+        with _AHEAD_LOCK:
+            _AHEAD_THREADS.add(thread)
+        thread.start()
         return True
 
     def _renew_ahead(self) -> None:
@@ -214,6 +236,7 @@ class TokenProvider:
         finally:
             with _AHEAD_LOCK:
                 _AHEAD[self.key] = retry_at
+                _AHEAD_THREADS.discard(threading.current_thread())
 
     async def aget_token(self) -> Token:
         """:meth:`get_token` for coroutines. A renewal, rare, runs :meth:`get_token` in a
