@@ -7,10 +7,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from prefect_dintero._version import __version__
 from prefect_dintero.cli import demo
 from prefect_dintero.emulator import cli as emulator_cli
+from prefect_dintero.request import SYNC_PARAMETERS, Parameter, SyncRequest
 
 
 class CliError(Exception):
@@ -74,6 +76,34 @@ def _run_login(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How the CLI reads a sync parameter that is not a plain string: lists are repeated options
+#: named in the singular, flags take no value.
+_REPEATED = {"streams": ("--stream", "NAME"), "payout_destinations": ("--payout-destination", "ID")}
+_TYPES: dict[str, Any] = {
+    "lookback_hours": float,
+    "reconcile_days": float,
+    "page_size": int,
+    "max_pages": int,
+    "start_date": datetime.fromisoformat,
+}
+
+
+def _add_sync_option(p: argparse.ArgumentParser, parameter: Parameter) -> None:
+    name, default = parameter.name, parameter.default
+    help = parameter.help + (f" (default: {default})" if default not in (None, False) else "")
+    if name in _REPEATED:
+        flag, metavar = _REPEATED[name]
+        p.add_argument(
+            flag, action="append", dest=name, metavar=metavar, help=help + "; repeatable"
+        )
+    elif isinstance(default, bool):
+        p.add_argument("--" + name.replace("_", "-"), action="store_true", help=help)
+    else:
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=_TYPES.get(name, str), default=default, help=help
+        )
+
+
 def _sync_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sync",
@@ -82,39 +112,8 @@ def _sync_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--credentials-block", required=True, help="Dintero Credentials block name")
     p.add_argument("--session-block", help="Dintero OIDC Session block name (sync as the user)")
-    p.add_argument(
-        "--stream",
-        action="append",
-        dest="streams",
-        metavar="NAME",
-        help="a stream to sync; repeatable (default: all)",
-    )
-    p.add_argument(
-        "--destination",
-        default="dintero.db",
-        help="SQLite file or SQLAlchemy URL without a password (default: dintero.db)",
-    )
-    p.add_argument("--destination-block", help="a SqlAlchemyConnector block name instead")
-    p.add_argument("--lookback-hours", type=float, help="re-read this far before the cursor")
-    p.add_argument("--page-size", type=int, default=100, help="rows per request (default: 100)")
-    p.add_argument("--full-refresh", action="store_true", help="ignore the saved cursors")
-    p.add_argument(
-        "--payout-destination",
-        action="append",
-        dest="payout_destinations",
-        metavar="ID",
-        help="payout destination id for payout_transfers; repeatable (default: the account's list)",
-    )
-    p.add_argument(
-        "--start-date",
-        type=datetime.fromisoformat,
-        help="oldest data a first sync reads (ISO 8601)",
-    )
-    p.add_argument(
-        "--reconcile-days",
-        type=float,
-        help="re-read at least the last N days, whatever the cursor (catches late refunds)",
-    )
+    for parameter in SYNC_PARAMETERS:
+        _add_sync_option(p, parameter)
     p.set_defaults(handler=_run_sync)
 
 
@@ -122,20 +121,9 @@ def _run_sync(args: argparse.Namespace) -> int:
     from prefect_dintero.blocks import DinteroCredentials
     from prefect_dintero.blocks.prefect_api import load_block
     from prefect_dintero.flows import dintero_sync
-    from prefect_dintero.request import SyncRequest
 
     # Mistakes are reported before a flow run starts (and logs a traceback of its own).
-    request = SyncRequest.build(
-        streams=args.streams,
-        destination=args.destination,
-        destination_block=args.destination_block,
-        lookback_hours=args.lookback_hours,
-        reconcile_days=args.reconcile_days,
-        page_size=args.page_size,
-        full_refresh=args.full_refresh,
-        start_date=args.start_date,
-        payout_destinations=args.payout_destinations,
-    )
+    request = SyncRequest.build(**{p.name: getattr(args, p.name) for p in SYNC_PARAMETERS})
     load_block(DinteroCredentials, args.credentials_block)
 
     results = dintero_sync(

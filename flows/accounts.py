@@ -17,7 +17,7 @@ from prefect_dintero.blocks.prefect_api import Backoff, describe, is_transient, 
 from prefect_dintero.errors import ConfigurationError, DinteroError
 from prefect_dintero.flows.parameters import MaskedFlow
 from prefect_dintero.flows.sync import DEFAULT_TIMEOUT_MINUTES, dintero_sync
-from prefect_dintero.request import SyncRequest, run_budget
+from prefect_dintero.request import SYNC_PARAMETERS, SyncRequest, run_budget
 
 #: How long the fan-out waits for queued runs while none of its runs starts or ends: then no
 #: worker is taking them, and it stops waiting (they stay queued; none is cancelled).
@@ -54,7 +54,9 @@ def _dintero_sync_accounts(
     lookback_hours: float | None = None,
     page_size: int | None = None,
     full_refresh: bool | None = None,
+    start_date: datetime | None = None,
     reconcile_days: float | None = None,
+    max_pages: int | None = None,
     timeout_minutes: float | None = None,
 ) -> list[dict[str, Any]]:
     """Fan out one sync per account.
@@ -67,7 +69,8 @@ def _dintero_sync_accounts(
             workers share the work.
         deployment_name: the ``dintero-sync`` deployment to run in ``"deployments"`` mode.
         streams, destination, destination_block, lookback_hours, page_size, full_refresh,
-            reconcile_days: passed to every account's ``dintero-sync`` run when given; left
+            start_date, reconcile_days, max_pages: passed to every account's ``dintero-sync``
+            run when given (payout destinations come with each account); left
             out, each run uses its own (the deployment's parameters, say the ``destination``
             of ``dintero-sync/hourly``, or ``dintero-sync``'s defaults).
         timeout_minutes: each account's run's budget (its ``timeout_minutes``), when given; else
@@ -87,18 +90,11 @@ def _dintero_sync_accounts(
         raise ConfigurationError("an account is listed twice; each credentials block once")
     # Only what was given is passed on: a value left out must not replace the deployment's
     # (dintero-sync/hourly's destination, say) with a default of this flow's.
+    called = locals()
     given: dict[str, Any] = {
-        name: value
-        for name, value in (
-            ("streams", streams),
-            ("destination", destination),
-            ("destination_block", destination_block),
-            ("lookback_hours", lookback_hours),
-            ("page_size", page_size),
-            ("full_refresh", full_refresh),
-            ("reconcile_days", reconcile_days),
-        )
-        if value is not None
+        p.name: called[p.name]
+        for p in SYNC_PARAMETERS
+        if p.name in called and called[p.name] is not None
     }
     # Each account's request, checked here, before one run per account fails with it.
     for target in accounts:

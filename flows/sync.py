@@ -28,8 +28,9 @@ from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
 from prefect_dintero.errors import DinteroError, ReauthorizationRequired
 from prefect_dintero.flows import events
 from prefect_dintero.flows.parameters import MaskedFlow
+from prefect_dintero.paginators import DEFAULT_MAX_PAGES
 from prefect_dintero.redact import install_log_filter, redact
-from prefect_dintero.request import SyncRequest, run_budget
+from prefect_dintero.request import SYNC_PARAMETERS, SyncRequest, run_budget
 from prefect_dintero.sink.destinations import anchor_destination, in_temporary_working_folder
 from prefect_dintero.tasks import get_bearer_token
 from prefect_dintero.tasks.sync import sync_stream
@@ -103,6 +104,7 @@ def _dintero_sync(
     payout_destinations: list[str] | None = None,
     start_date: datetime | None = None,
     reconcile_days: float | None = None,
+    max_pages: int = DEFAULT_MAX_PAGES,
     timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES,
     one_run_at_a_time: bool = True,
 ) -> list[dict[str, Any]]:
@@ -131,6 +133,8 @@ def _dintero_sync(
             cursor. Transactions are refunded and settled for months after they are created,
             and Dintero filters them only on ``created_at``: the daily ``reconcile`` deployment
             sets 92 to catch what left the hourly lookback (refunds come up to 90 days late).
+        max_pages: a hard cap of pages per window, a safety net against a server whose list
+            never ends; a stream that reaches it fails, its committed pages kept.
         timeout_minutes: the run's budget, waiting for the account's slot included: streams
             still running then are stopped and named in the failure, so a hung server never
             holds the next scheduled run (each request also has its own deadline, the
@@ -150,17 +154,8 @@ def _dintero_sync(
     destination = stable_destination(destination)
     # Checked here, once, before any block is loaded or request sent: a negative lookback, say,
     # would silently skip data.
-    request = SyncRequest.build(
-        streams=streams,
-        destination=destination,
-        destination_block=destination_block,
-        lookback_hours=lookback_hours,
-        reconcile_days=reconcile_days,
-        page_size=page_size,
-        full_refresh=full_refresh,
-        start_date=start_date,
-        payout_destinations=payout_destinations,
-    )
+    given = locals()  # the parameters as called, destination anchored
+    request = SyncRequest.build(**{p.name: given[p.name] for p in SYNC_PARAMETERS})
     budget = run_budget(timeout_minutes)
     run_deadline = time.monotonic() + budget.total_seconds()
 

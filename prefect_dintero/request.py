@@ -9,6 +9,7 @@ the message.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -110,6 +111,41 @@ def _count(value: Any, name: str) -> int:
     return value
 
 
+@dataclass(frozen=True)
+class Parameter:
+    """One of the sync's parameters as users give it (hours, days, names)."""
+
+    name: str
+    default: Any
+    help: str
+
+
+#: The sync's parameters, once: ``dintero-sync``'s signature, the fan-out's, the CLI's options
+#: and :meth:`SyncRequest.build` follow this list (``tests/test_parameters.py`` holds the flows'
+#: signatures and docstrings to it). The run-level ones (blocks, ``timeout_minutes``) are not
+#: here: they are not part of what is read.
+SYNC_PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("streams", None, "a stream to sync; all when none is named"),
+    Parameter(
+        "destination", "dintero.db", "a SQLite file path or a SQLAlchemy URL without a password"
+    ),
+    Parameter("destination_block", None, "a SqlAlchemyConnector block name instead"),
+    Parameter("lookback_hours", None, "re-read this far before each stream's cursor"),
+    Parameter("page_size", 100, "rows per request (capped per endpoint)"),
+    Parameter("full_refresh", False, "ignore and reset the saved cursors"),
+    Parameter(
+        "payout_destinations",
+        None,
+        "a payout destination whose transfers to sync; the account's list when none is named",
+    ),
+    Parameter("start_date", None, "the oldest data a first sync reads (ISO 8601, UTC if naive)"),
+    Parameter("reconcile_days", None, "re-read at least the last N days, whatever the cursor"),
+    Parameter("max_pages", DEFAULT_MAX_PAGES, "a hard cap of pages per window (a safety net)"),
+)
+
+_PARAMETER_NAMES = tuple(p.name for p in SYNC_PARAMETERS)
+
+
 class SyncRequest(BaseModel):
     """One sync run's request: which streams, where to, how far back.
 
@@ -170,51 +206,48 @@ class SyncRequest(BaseModel):
             raise ConfigurationError(validation_message(exc)) from None
 
     @classmethod
-    def build(
-        cls,
-        *,
-        streams: list[str] | None = None,
-        destination: str = "dintero.db",
-        destination_block: str | None = None,
-        lookback_hours: float | None = None,
-        reconcile_days: float | None = None,
-        page_size: int = 100,
-        full_refresh: bool = False,
-        start_date: datetime | None = None,
-        payout_destinations: list[str] | None = None,
-    ) -> SyncRequest:
-        """From the parameters flows and the CLI take (hours, days), named as the user named
-        them in any error.
+    def build(cls, **parameters: Any) -> SyncRequest:
+        """From :data:`SYNC_PARAMETERS` as flows and the CLI take them (hours, days), named as
+        the user named them in any error; one left out takes its default.
 
         Raises:
-            ConfigurationError: an unknown stream, a negative or absurd window, a password in
-                the destination URL, a malformed payout destination id.
+            ConfigurationError: an unknown parameter or stream, a negative or absurd window, a
+                password in the destination URL, a malformed payout destination id.
         """
+        unknown = sorted(set(parameters) - set(_PARAMETER_NAMES))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown sync parameter(s) {', '.join(unknown)}; expected one of "
+                + ", ".join(_PARAMETER_NAMES)
+            )
+        given = {p.name: parameters.get(p.name, p.default) for p in SYNC_PARAMETERS}
         return cls(
-            streams=_stream_names(streams),
-            destination=destination,
-            destination_block=destination_block,
-            lookback=window(lookback_hours, "lookback_hours"),
-            reconcile=window(reconcile_days, "reconcile_days", "days"),
-            page_size=_count(page_size, "page_size"),
-            full_refresh=full_refresh,
-            start_date=start_date,
-            payout_destinations=payout_destinations,
+            streams=_stream_names(given["streams"]),
+            destination=given["destination"],
+            destination_block=given["destination_block"],
+            lookback=window(given["lookback_hours"], "lookback_hours"),
+            reconcile=window(given["reconcile_days"], "reconcile_days", "days"),
+            page_size=_count(given["page_size"], "page_size"),
+            full_refresh=given["full_refresh"],
+            start_date=given["start_date"],
+            payout_destinations=given["payout_destinations"],
+            max_pages=_count(given["max_pages"], "max_pages"),
         )
 
     def flow_parameters(self) -> dict[str, Any]:
-        """This request as ``dintero-sync``'s parameters (hours and days), for a flow run or a
-        deployment run started from it."""
+        """This request as :data:`SYNC_PARAMETERS` (hours and days): ``dintero-sync``'s
+        parameters, for a flow run or a deployment run started from it."""
         return {
             "streams": list(self.streams),
             "destination": self.destination,
             "destination_block": self.destination_block,
             "lookback_hours": _in(self.lookback, "hours"),
-            "reconcile_days": _in(self.reconcile, "days"),
             "page_size": self.page_size,
             "full_refresh": self.full_refresh,
-            "start_date": self.start_date,
             "payout_destinations": list(self.payout_destinations) or None,
+            "start_date": self.start_date,
+            "reconcile_days": _in(self.reconcile, "days"),
+            "max_pages": self.max_pages,
         }
 
     def destination_label(self) -> str:
