@@ -35,11 +35,11 @@ SYNC = textwrap.dedent(
     from datetime import timedelta
     from pydantic import SecretStr
     from prefect_dintero.client import DinteroClient
-    from prefect_dintero.credentials import ClientCredentials
+    from prefect_dintero.client_credentials import ClientCredentials
     from prefect_dintero.sink import Sink
     from prefect_dintero.streams import CATALOG
     from prefect_dintero.request import SyncRequest
-    from prefect_dintero.sync import sync_stream
+    from prefect_dintero.stream_sync import sync_stream
     url, db, reconcile_days = sys.argv[1], sys.argv[2], sys.argv[3]
     creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
         client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url)

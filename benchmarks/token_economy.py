@@ -56,7 +56,7 @@ def worker(args: argparse.Namespace) -> None:
         from pydantic import SecretStr
 
         from prefect_dintero.client import AsyncDinteroClient, DinteroClient
-        from prefect_dintero.credentials import ClientCredentials
+        from prefect_dintero.client_credentials import ClientCredentials
         from prefect_dintero.emulator.config import EmulatorConfig
 
         config = EmulatorConfig()

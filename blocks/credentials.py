@@ -14,7 +14,7 @@ from prefect_dintero.blocks.service_token import (
     BlockServiceTokenStore,
 )
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
-from prefect_dintero.credentials import ClientCredentials, ClientFields
+from prefect_dintero.client_credentials import ClientCredentials, ClientFields
 from prefect_dintero.grants import exchange_authorization_code
 from prefect_dintero.provider import ClientCredentialsProvider
 from prefect_dintero.tokens import Token

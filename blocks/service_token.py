@@ -19,7 +19,7 @@ from prefect_dintero.blocks.prefect_api import (
     save_block,
 )
 from prefect_dintero.blocks.token_store import BlockTokenStore
-from prefect_dintero.credentials import ClientCredentials
+from prefect_dintero.client_credentials import ClientCredentials
 from prefect_dintero.redact import get_logger
 from prefect_dintero.tokens import Token
 

@@ -48,7 +48,11 @@ def _run_login(args: argparse.Namespace) -> int:
     from prefect_dintero.blocks import DinteroCredentials
     from prefect_dintero.blocks.prefect_api import load_block
     from prefect_dintero.flows import dintero_login
-    from prefect_dintero.login import build_authorize_url, new_state, parse_authorization_response
+    from prefect_dintero.oidc_login import (
+        build_authorize_url,
+        new_state,
+        parse_authorization_response,
+    )
 
     if args.code is not None:
         raise CliError(

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import SecretStr
 
     from prefect_dintero.emulator import EmulatorConfig, running_emulator
-    from prefect_dintero.login import new_state, parse_authorization_response
+    from prefect_dintero.oidc_login import new_state, parse_authorization_response
 
     started = time.monotonic()
     # Anchored to today, so two demo runs on a day see the same history (and the second one is

@@ -14,7 +14,7 @@ from prefect import Flow
 from pydantic import SecretStr
 
 from prefect_dintero.redact import MASK
-from prefect_dintero.sink.destinations import redact_url, url_secrets
+from prefect_dintero.sink.destination_urls import redact_url, url_secrets
 
 P = ParamSpec("P")
 R = TypeVar("R")

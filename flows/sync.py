@@ -31,7 +31,7 @@ from prefect_dintero.flows.parameters import MaskedFlow
 from prefect_dintero.paginators import DEFAULT_MAX_PAGES
 from prefect_dintero.redact import install_log_filter, redact
 from prefect_dintero.request import SYNC_PARAMETERS, SyncRequest, run_budget
-from prefect_dintero.sink.destinations import anchor_destination, in_temporary_working_folder
+from prefect_dintero.sink.destination_urls import anchor_destination, in_temporary_working_folder
 from prefect_dintero.tasks import get_bearer_token
 from prefect_dintero.tasks.sync import sync_stream
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from .client import AsyncDinteroClient, DinteroClient
-from .credentials import ClientCredentials
+from .client_credentials import ClientCredentials
 from .provider import OIDCSessionProvider, TokenProvider
 from .tokens import UserInfo
 

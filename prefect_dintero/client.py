@@ -10,9 +10,9 @@ from typing import Any, Literal
 import httpx
 
 from . import deadline
-from .auth import DinteroAuth
-from .credentials import ClientCredentials
+from .client_credentials import ClientCredentials
 from .errors import MalformedResponseError, RunBudgetExceeded, RunInterrupted
+from .httpx_auth import DinteroAuth
 from .paginators import apages, pages
 from .provider import ClientCredentialsProvider, OIDCSessionProvider, TokenProvider
 from .retry import RetryPolicy
@@ -140,7 +140,7 @@ class DinteroClient(_ClientBase):
         ```python
         from pydantic import SecretStr
         from prefect_dintero.client import DinteroClient
-        from prefect_dintero.credentials import ClientCredentials
+        from prefect_dintero.client_credentials import ClientCredentials
         from prefect_dintero.emulator import running_emulator
 
         with running_emulator() as emulator:
@@ -218,7 +218,7 @@ class DinteroClient(_ClientBase):
         (transactions, sessions, settlements), here otherwise.
 
         Args:
-            stream: transactions, sessions, settlements, customers or payout_transfers.
+            stream: a stream of the catalog (``prefect_dintero.streams.CATALOG``).
             created_from: only records created at or after this (UTC if naive).
             created_to: only records created at or before this.
             payout_destinations: for ``payout_transfers``; None reads the account's list.
@@ -230,7 +230,7 @@ class DinteroClient(_ClientBase):
             from datetime import datetime, timedelta, UTC
             from pydantic import SecretStr
             from prefect_dintero.client import DinteroClient
-            from prefect_dintero.credentials import ClientCredentials
+            from prefect_dintero.client_credentials import ClientCredentials
             from prefect_dintero.emulator import running_emulator
 
             with running_emulator() as emulator:
@@ -250,7 +250,7 @@ class DinteroClient(_ClientBase):
             ```
         """
         from .discovery import payout_destination_ids
-        from .records import RecordQuery
+        from .reader import RecordQuery
 
         query = RecordQuery(
             stream, created_from=created_from, created_to=created_to, page_size=page_size
@@ -292,7 +292,7 @@ class AsyncDinteroClient(_ClientBase):
         import asyncio
         from pydantic import SecretStr
         from prefect_dintero.client import AsyncDinteroClient
-        from prefect_dintero.credentials import ClientCredentials
+        from prefect_dintero.client_credentials import ClientCredentials
         from prefect_dintero.emulator import running_emulator
 
         async def first_page(creds):
@@ -367,7 +367,7 @@ class AsyncDinteroClient(_ClientBase):
             import asyncio
             from pydantic import SecretStr
             from prefect_dintero.client import AsyncDinteroClient
-            from prefect_dintero.credentials import ClientCredentials
+            from prefect_dintero.client_credentials import ClientCredentials
             from prefect_dintero.emulator import running_emulator
 
             async def count_customers(creds) -> int:
@@ -386,7 +386,7 @@ class AsyncDinteroClient(_ClientBase):
             ```
         """
         from .discovery import apayout_destination_ids
-        from .records import RecordQuery
+        from .reader import RecordQuery
 
         query = RecordQuery(
             stream, created_from=created_from, created_to=created_to, page_size=page_size

@@ -16,7 +16,7 @@ import httpx
 from pydantic import SecretStr
 
 from . import deadline, times
-from .credentials import ClientCredentials
+from .client_credentials import ClientCredentials
 from .errors import Endpoint, InvalidGrantError, MalformedResponseError
 from .redact import register_secret
 from .retry import RetryPolicy

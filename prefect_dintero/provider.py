@@ -28,7 +28,7 @@ from typing import TypeVar
 import httpx
 
 from . import deadline
-from .credentials import ClientCredentials
+from .client_credentials import ClientCredentials
 from .errors import (
     DinteroAPIError,
     InvalidGrantError,

@@ -25,10 +25,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from . import times
-from .credentials import validation_message
+from .client_credentials import validation_message
 from .errors import ConfigurationError
 from .paginators import DEFAULT_MAX_PAGES
-from .sink.destinations import redact_url, resolve_destination, url_secrets
+from .sink.destination_urls import redact_url, resolve_destination, url_secrets
 from .streams import Stream, resolve_streams
 from .times import CLOCK_SKEW, iso
 from .validation import validate_payout_destination

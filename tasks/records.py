@@ -7,7 +7,7 @@ from datetime import datetime
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from prefect_dintero.records import RecordQuery
+from prefect_dintero.reader import RecordQuery
 from prefect_dintero.redact import install_log_filter
 from prefect_dintero.tasks.auth import get_bearer_token
 
@@ -36,7 +36,7 @@ def read_records(
 
     Args:
         credentials_block: name of the ``DinteroCredentials`` block.
-        stream: transactions, sessions, settlements, customers or payout_transfers.
+        stream: a stream of the catalog (``prefect_dintero.streams.CATALOG``).
         created_from: only records created at or after this (UTC if naive).
         created_to: only records created at or before this.
         session_block: a ``DinteroOIDCSession`` block name, to read as the logged-in user.

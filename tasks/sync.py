@@ -15,9 +15,9 @@ from prefect_dintero.redact import install_log_filter
 from prefect_dintero.request import SyncRequest
 from prefect_dintero.retry import RetryPolicy
 from prefect_dintero.sink import Sink
+from prefect_dintero.stream_sync import StreamResult
+from prefect_dintero.stream_sync import sync_stream as sync_stream_core
 from prefect_dintero.streams import resolve_streams
-from prefect_dintero.sync import StreamResult
-from prefect_dintero.sync import sync_stream as sync_stream_core
 from prefect_dintero.tasks._retry import retry_if_transient
 from prefect_dintero.tasks.destinations import open_sink
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pydantic import SecretStr
 
 from prefect_dintero.client import DinteroClient
-from prefect_dintero.credentials import ClientCredentials
+from prefect_dintero.client_credentials import ClientCredentials
 from prefect_dintero.request import SyncRequest
 from prefect_dintero.retry import RetryPolicy
+from prefect_dintero.stream_sync import sync_stream
 from prefect_dintero.streams import CATALOG
-from prefect_dintero.sync import sync_stream
 from prefect_dintero.times import parse_datetime
 
 AID = "T12345678"
@@ -83,14 +83,14 @@ def refuse_rows(sink, destination: str) -> None:
     from sqlalchemy import text
 
     with sink.engine.begin() as conn:
-        if sink.dialect == "sqlite":
+        if sink.dialect.name == "sqlite":
             conn.execute(
                 text(
                     "CREATE TRIGGER refuse_customers BEFORE INSERT ON dintero_customers BEGIN "
                     "SELECT RAISE(ABORT, 'refused'); END"
                 )
             )
-        elif sink.dialect == "postgresql":
+        elif sink.dialect.name == "postgresql":
             conn.execute(
                 text("ALTER TABLE dintero_customers ALTER COLUMN email TYPE integer USING NULL")
             )

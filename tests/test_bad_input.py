@@ -29,13 +29,13 @@ from prefect_dintero.errors import (
     ReauthorizationRequired,
 )
 from prefect_dintero.grants import exchange_authorization_code, fetch_client_credentials_token
-from prefect_dintero.login import parse_authorization_response
+from prefect_dintero.oidc_login import parse_authorization_response
 from prefect_dintero.paginators import MalformedPageError
 from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import STATE_TABLE, DestinationError, Sink
 from prefect_dintero.store import DEFAULT_STORE
+from prefect_dintero.stream_sync import sync_stream
 from prefect_dintero.streams import CATALOG, resolve_streams
-from prefect_dintero.sync import sync_stream
 from prefect_dintero.tasks.destinations import check_destination
 from prefect_dintero.tokens import Token
 

@@ -88,7 +88,7 @@ def test_core_never_imports_prefect():
     code = (
         "import sys\n"
         "import prefect_dintero, prefect_dintero.client, prefect_dintero.emulator, prefect_dintero.cli\n"
-        "import prefect_dintero.bearer, prefect_dintero.login, prefect_dintero.grants\n"
+        "import prefect_dintero.bearer, prefect_dintero.oidc_login, prefect_dintero.grants\n"
         "assert 'prefect' not in sys.modules, [m for m in sys.modules if m.startswith('prefect.')][:5]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

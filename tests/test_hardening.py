@@ -24,7 +24,7 @@ import pytest
 from pydantic import SecretStr
 
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
-from prefect_dintero.credentials import ClientCredentials
+from prefect_dintero.client_credentials import ClientCredentials
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
 from prefect_dintero.errors import DeadlineExceeded, DinteroError
 from prefect_dintero.grants import fetch_client_credentials_token
@@ -33,8 +33,8 @@ from prefect_dintero.request import SyncRequest
 from prefect_dintero.retry import RetryPolicy
 from prefect_dintero.sink import Sink
 from prefect_dintero.store import DEFAULT_STORE, InMemoryTokenStore
+from prefect_dintero.stream_sync import sync_stream
 from prefect_dintero.streams import CATALOG
-from prefect_dintero.sync import sync_stream
 from prefect_dintero.tokens import MissingExpiryWarning, Token
 
 from .helpers import creds_for

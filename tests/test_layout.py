@@ -90,7 +90,7 @@ def test_the_core_imports_with_prefect_absent():
     )
     count, modules = out.split(" ", 1)
     for core in (
-        "prefect_dintero.sync",
+        "prefect_dintero.stream_sync",
         "prefect_dintero.sink",
         "prefect_dintero.client",
         "prefect_dintero.emulator.app",

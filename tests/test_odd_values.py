@@ -19,8 +19,8 @@ from prefect_dintero.errors import PageRefused
 from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import Sink
 from prefect_dintero.sink.values import ESCAPED, unescape_text
+from prefect_dintero.stream_sync import sync_stream
 from prefect_dintero.streams import CATALOG
-from prefect_dintero.sync import sync_stream
 
 from .helpers import AID, FAST, creds_for, refuse_rows
 

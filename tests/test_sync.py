@@ -32,8 +32,8 @@ from prefect_dintero.paginators import (
 from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import DestinationError, Sink, StreamState, parse_datetime
 from prefect_dintero.store import DEFAULT_STORE
+from prefect_dintero.stream_sync import sync_stream
 from prefect_dintero.streams import CATALOG, resolve_streams
-from prefect_dintero.sync import sync_stream
 
 from .helpers import (
     AID,
@@ -563,7 +563,7 @@ def test_a_newly_declared_column_is_added_as_nullable(destination):
     sink = Sink(destination)
     sink.prepare([spec])
     with sink.engine.connect() as conn:
-        columns = sink.dialect_impl.existing_columns(conn, "dintero_settlements")
+        columns = sink.dialect.existing_columns(conn, "dintero_settlements")
     assert {"provider", "amount", "currency", "settled_at"} <= columns
     # Added to a table holding a row: only a nullable column can be, and the row has NULL.
     [old] = sink.rows(spec)
@@ -625,12 +625,12 @@ CRASHER = textwrap.dedent(
     import sys
     from pydantic import SecretStr
     from prefect_dintero.client import DinteroClient
-    from prefect_dintero.credentials import ClientCredentials
+    from prefect_dintero.client_credentials import ClientCredentials
     from prefect_dintero.retry import RetryPolicy
     from prefect_dintero.sink import Sink
     from prefect_dintero.streams import CATALOG
     from prefect_dintero.request import SyncRequest
-    from prefect_dintero.sync import sync_stream
+    from prefect_dintero.stream_sync import sync_stream
     url, destination = sys.argv[1], sys.argv[2]
     creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
         client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url)

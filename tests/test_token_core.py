@@ -16,7 +16,7 @@ import respx
 from pydantic import SecretStr
 
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
-from prefect_dintero.credentials import ClientCredentials
+from prefect_dintero.client_credentials import ClientCredentials
 from prefect_dintero.errors import (
     AuthenticationError,
     ConfigurationError,

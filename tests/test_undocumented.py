@@ -18,7 +18,7 @@ import respx
 from pydantic import SecretStr
 
 from prefect_dintero.client import DinteroClient
-from prefect_dintero.credentials import ClientCredentials
+from prefect_dintero.client_credentials import ClientCredentials
 from prefect_dintero.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -30,8 +30,8 @@ from prefect_dintero.provider import ClientCredentialsProvider, OIDCSessionProvi
 from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import Sink, with_state
 from prefect_dintero.store import DEFAULT_STORE, InMemoryTokenStore
+from prefect_dintero.stream_sync import sync_stream
 from prefect_dintero.streams import CATALOG, Stream
-from prefect_dintero.sync import sync_stream
 from prefect_dintero.times import CLOCK_SKEW, parse_datetime, use_clock
 from prefect_dintero.tokens import Token
 

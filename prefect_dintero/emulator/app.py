@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from ..validation import is_loopback
-from .auth import AuthRoutes
+from .auth_server import AuthRoutes
 from .control import ControlRoutes
 from .data import iso
 from .faults import FaultAction
@@ -33,7 +33,7 @@ from .http import (
     trickling,
 )
 from .lists import ListRoutes
-from .state import EmulatorState
+from .world import EmulatorState
 
 #: Where the emulator's control routes live.
 CONTROL_PREFIX = "/_emulator/"

@@ -14,7 +14,7 @@ from .http import (
     error_response,
     json_body,
 )
-from .state import EmulatorState
+from .world import EmulatorState
 
 
 class ControlRoutes:

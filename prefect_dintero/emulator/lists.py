@@ -21,7 +21,7 @@ from .http import (
     parse_limit,
     parse_time,
 )
-from .state import EmulatorState
+from .world import EmulatorState
 
 
 class ListRoutes:

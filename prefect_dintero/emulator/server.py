@@ -18,7 +18,7 @@ import uvicorn
 
 from .app import DroppedConnection, EmulatorApp
 from .config import EmulatorConfig
-from .state import EmulatorState
+from .world import EmulatorState
 
 
 class _HideInjectedDrops(logging.Filter):

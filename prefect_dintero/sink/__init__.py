@@ -6,10 +6,10 @@ columns, ``destinations`` the URLs and files, and one module per database (``sql
 ``postgresql``, ``duckdb``) what differs between them, behind ``dialect.Dialect``.
 """
 
-from ..state import PageWrite, StreamState, with_state
+from ..stream_state import PageWrite, StreamState, with_state
 from ..times import iso, parse_datetime
 from .core import Sink
-from .destinations import (
+from .destination_urls import (
     SECRET_QUERY_KEYS,
     DestinationError,
     create_private_file,

@@ -20,14 +20,14 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from .. import times
 from ..errors import ConfigurationError, PageRefused
-from ..state import PageWrite, StreamState
+from ..stream_state import PageWrite, StreamState
 from ..streams import Stream
 from ..times import CLOCK_SKEW
-from .destinations import DestinationError, redact_url, resolve_destination
+from .destination_urls import DestinationError, redact_url, resolve_destination
 from .dialect import Dialect, dialect_names, load_dialect
 from .rows import RowBuilder, newest_per_key, replaces
 from .schema import Schema
-from .state import StateStore
+from .state_table import StateStore
 
 
 class _RolledBack(Exception):
@@ -53,21 +53,20 @@ class Sink:
             if url is None:
                 raise ConfigurationError("a destination URL or engine is needed")
             self.url = resolve_destination(url)
-            self.dialect_impl = self._dialect(make_url(self.url).get_backend_name())
-            engine = self._create_engine(self.dialect_impl, self.url)
+            self.dialect = self._dialect(make_url(self.url).get_backend_name())
+            engine = self._create_engine(self.dialect, self.url)
         else:
             self.url = engine.url.render_as_string(hide_password=False)
-            self.dialect_impl = self._dialect(engine.dialect.name)
-            engine = self.dialect_impl.tune(engine)
+            self.dialect = self._dialect(engine.dialect.name)
+            engine = self.dialect.tune(engine)
             # Its errors then never quote a statement's parameters (customers' rows), as the
             # sink's own engines never do.
             engine.hide_parameters = True
         self.engine = engine
-        self.dialect = self.dialect_impl.name
         self.schema = Schema()
         self.metadata = self.schema.metadata
         self.state_table = self.schema.state_table
-        self.states = StateStore(self.state_table, self.dialect_impl)
+        self.states = StateStore(self.state_table, self.dialect)
         self.row_builder = RowBuilder()
         self._upserts: dict[str, Any] = {}
         self._existing: dict[str, Any] = {}
@@ -114,8 +113,8 @@ class Sink:
     def prepare(self, streams: Sequence[Stream]) -> None:
         """Create missing tables; add columns the code declares that a table lacks (nullable)."""
         try:
-            with self.dialect_impl.begin(self.engine) as conn:
-                self.schema.create(conn, self.dialect_impl, list(streams))
+            with self.dialect.begin(self.engine) as conn:
+                self.schema.create(conn, self.dialect, list(streams))
         except OperationalError as exc:
             raise self._failed("cannot use the destination database {url}", exc) from None
 
@@ -156,7 +155,7 @@ class Sink:
         rows = newest_per_key(built, stream.primary_key, version, trusted_until)
         result = PageWrite(duplicates=len(built) - len(rows))
         try:
-            with self.dialect_impl.begin(self.engine) as conn:
+            with self.dialect.begin(self.engine) as conn:
                 state = self.states.lock(conn, account_id, stream.name, partition)
                 if rows:
                     self._classify(
@@ -165,7 +164,7 @@ class Sink:
                     if version:  # the upsert's guard compares with it, row by row
                         for row in rows:
                             row["trusted_until"] = trusted_until
-                    self.dialect_impl.write(conn, self._upsert(stream, table, version), rows)
+                    self.dialect.write(conn, self._upsert(stream, table, version), rows)
                 new_state = update_state(state, result)
                 self.states.save(conn, account_id, stream.name, partition, new_state)
         except OperationalError as exc:
@@ -208,8 +207,8 @@ class Sink:
         statement = self._upsert(stream, table, version)
         for row in rows:
             try:
-                with self.dialect_impl.begin(self.engine) as conn:
-                    self.dialect_impl.write(conn, statement, [row])
+                with self.dialect.begin(self.engine) as conn:
+                    self.dialect.write(conn, statement, [row])
                     raise _RolledBack
             except _RolledBack:
                 continue
@@ -259,7 +258,7 @@ class Sink:
     def _upsert(self, stream: Stream, table: Table, version: str | None) -> Any:
         statement = self._upserts.get(stream.name)
         if statement is None:
-            statement = self.dialect_impl.upsert(table, stream.primary_key, version)
+            statement = self.dialect.upsert(table, stream.primary_key, version)
             self._upserts[stream.name] = statement
         return statement
 

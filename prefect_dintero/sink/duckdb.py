@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
 from ..redact import get_logger
-from .destinations import DestinationError, make_parent
+from .destination_urls import DestinationError, make_parent
 from .dialect import Dialect
 
 logger = get_logger(__name__)

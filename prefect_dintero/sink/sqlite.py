@@ -13,7 +13,7 @@ from sqlalchemy import JSON, Boolean, Engine, Table, create_engine, event
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import Connection, make_url
 
-from .destinations import create_private_file
+from .destination_urls import create_private_file
 from .dialect import Dialect
 from .values import UTCDateTime, dump_json, sqlite_datetime
 

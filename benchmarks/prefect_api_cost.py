@@ -22,7 +22,7 @@ every connection for ``--outage-seconds`` (20), its transactions pages answered 
 the stream outlasts the outage: the rate of Dintero pages during the outage against the rate
 before it, and whether the run succeeded.
 
-Run: ``.venv/bin/python benchmarks/prefect_api.py [--quick]``. The last line is a JSON summary
+Run: ``.venv/bin/python benchmarks/prefect_api_cost.py [--quick]``. The last line is a JSON summary
 (``RESULT {...}``) for ``benchmarks/report.py``.
 """
 

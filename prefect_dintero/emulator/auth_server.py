@@ -22,8 +22,8 @@ from .http import (
     json_body,
 )
 from .pages import callback_page, login_page
-from .state import EmulatorState
-from .tokens import CodeRecord, RefreshRecord
+from .signed_tokens import CodeRecord, RefreshRecord
+from .world import EmulatorState
 
 #: The emulator's own redirect URI's path: always registered, it shows what to paste.
 CALLBACK_PATH = "/oidc/callback"

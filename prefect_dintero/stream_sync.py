@@ -30,7 +30,7 @@ from .paginators import Page, SinceDatetimePaginator, fetched_ahead, pages
 from .redact import get_logger
 from .request import SyncRequest
 from .sink import Sink
-from .state import PageWrite, StreamState, with_state
+from .stream_state import PageWrite, StreamState, with_state
 from .streams import Stream
 from .times import CLOCK_SKEW, iso, parse_datetime
 
@@ -334,7 +334,7 @@ class StreamSync:
             write, new_state = self.sink.write_page(
                 self.stream, self.account_id, self.partition, page.rows, update
             )
-            self._account(page, write, new_state, result)
+            self._count_page(page, write, new_state, result)
             if last:
                 return
 
@@ -386,7 +386,7 @@ class StreamSync:
             write, new_state = self.sink.write_page(
                 self.stream, self.account_id, self.partition, page.rows, update
             )
-            self._account(page, write, new_state, result)
+            self._count_page(page, write, new_state, result)
             if not scanned and _starts_full_read(page):
                 logger.warning(
                     "%s: more than %d rows share one %s, which since_datetime cannot page past; "
@@ -398,7 +398,7 @@ class StreamSync:
 
     # -- bookkeeping -------------------------------------------------------------------------------
 
-    def _account(
+    def _count_page(
         self,
         page: Page,
         write: PageWrite,
@@ -439,11 +439,11 @@ def sync_stream(
         ```python
         from pydantic import SecretStr
         from prefect_dintero.client import DinteroClient
-        from prefect_dintero.credentials import ClientCredentials
+        from prefect_dintero.client_credentials import ClientCredentials
         from prefect_dintero.emulator import running_emulator
         from prefect_dintero.sink import Sink
         from prefect_dintero.streams import CATALOG
-        from prefect_dintero.sync import sync_stream
+        from prefect_dintero.stream_sync import sync_stream
 
         with running_emulator() as emulator:
             creds = ClientCredentials(

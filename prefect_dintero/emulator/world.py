@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from .config import EmulatorConfig
 from .data import AccountData
 from .faults import FaultInjector
-from .tokens import CodeRecord, RefreshRecord, TokenSigner
+from .signed_tokens import CodeRecord, RefreshRecord, TokenSigner
 
 
 class Clock:
