@@ -1,9 +1,32 @@
-"""Retries: transient failures only, bounded, with Retry-After honoured.
+"""Every retry and resume in the package, on one page; the request policy's code below.
 
-One :class:`RetryPolicy` per credential (``ClientCredentials.retry_policy``, set from the
-credentials block's ``retry_attempts`` and ``retry_max_wait_seconds``) governs every request
-made with it, data and token requests alike, and how often the sync task resumes a stream whose
-requests ran out of attempts. Nothing else in the package holds a retry number.
+A failure meets these, innermost first. Each handles a different failure, and none multiplies
+another's attempts:
+
+1. **One request** (this module's :class:`RetryPolicy`, one per credential, set from the
+   credentials block's ``retry_attempts`` and ``retry_max_wait_seconds``): transient failures
+   only (429, 5xx, a dropped connection), with full-jitter backoff and ``Retry-After``
+   honoured, for data and token requests alike. A request that used up its attempts is marked
+   (``attempts_exhausted``) so a policy around it (a token request inside a data request) does
+   not start over.
+2. **A refused token** (``httpx_auth.DinteroAuth``): a 401 renews the token once for everyone
+   and resends, at most twice; a 403 asks the token store once for a newer login. A token can
+   be revoked between its issue and its use; a 401 is never retried by (1).
+3. **A refused service token under a token request** (``ClientCredentialsProvider
+   .call_with_token``): the code exchange and the refresh grant are authorised by the service
+   token, so their 401 renews it once and sends the grant again. Dintero documents no code that
+   tells a revoked service token from a bad code, and the code is only spent on success.
+4. **A refused resume point** (``stream_sync.StreamSync``): a saved page cursor Dintero answers
+   400 to is dropped and its window read again from the start (the upserts dedupe). Nothing
+   else in a window is retried there.
+5. **A stream whose request ran out of attempts** (the ``sync_stream`` Prefect task's retries:
+   ``RetryPolicy.stream_resumes``, twice, which the flow sets per run from the credentials):
+   the stream runs again from its last committed page, so no page is read twice. Permanent
+   errors (``retryable`` false: bad credentials, a used code, a malformed page) are never
+   resumed. The other tasks have no retries: their requests already had (1).
+
+Nothing else in the package holds a retry number. The Prefect API's own calls (blocks, slots,
+artifacts) retry apart from these, in ``prefect_dintero.blocks.prefect_api``.
 """
 
 from __future__ import annotations
