@@ -235,7 +235,7 @@ def simulate(days: int, destination: str, *, traffic: float = 1.0, log=print) ->
         if event == "dintero.session.expiring" and payload.get("threshold") == "hour":
             need_login.append(True)  # the notification reached someone
 
-    sync_events.LISTENERS.append(on_event)
+    sync_events.TEST_LISTENERS.append(on_event)
     try:
         with running_emulator(config) as emu, use_clock(emu.state.clock.now):
             DinteroCredentials(
@@ -335,7 +335,7 @@ def simulate(days: int, destination: str, *, traffic: float = 1.0, log=print) ->
             month.requests = stats["requests_total"]
             sink.dispose()
     finally:
-        sync_events.LISTENERS.remove(on_event)
+        sync_events.TEST_LISTENERS.remove(on_event)
     return month
 
 

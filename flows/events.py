@@ -37,13 +37,13 @@ LOGIN_DEPLOYMENT = "dintero-login/manual"
 #: Warn this long before a session that cannot be renewed ends.
 WARN_AHEAD = (("day", timedelta(days=1)), ("hour", timedelta(hours=1)))
 
-#: Called with every event emitted here (name, resource id, payload): for simulations that play
-#: the person an automation would notify. Empty in normal use.
-LISTENERS: list[Callable[[str, str, dict[str, Any]], None]] = []
+#: A test seam, empty in normal use: called with every event emitted here (name, resource id,
+#: payload), for the month simulation, which plays the person an automation would notify.
+TEST_LISTENERS: list[Callable[[str, str, dict[str, Any]], None]] = []
 
 
 def _emit(event: str, resource: dict[str, str], payload: dict, related: list[dict]) -> None:
-    for listener in LISTENERS:
+    for listener in TEST_LISTENERS:
         listener(event, resource["prefect.resource.id"], payload)
     try:
         emit_event(event=event, resource=resource, payload=payload, related=related)

@@ -1,7 +1,8 @@
 """Time as the sync sees it: parsing Dintero's timestamps, formatting filters, and "now".
 
-``now()`` is the one clock the sync and the sink read. It is the system clock unless a caller
-swaps it (``use_clock``), as a simulation that drives the emulator's clock through a month does.
+``now()`` is the one clock the sync and the sink read. It is the system clock; ``use_clock`` is
+a test seam that swaps it, so the tests and the month simulation can drive the emulator's clock
+and the sync's together (hours pass in milliseconds).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def now() -> datetime:
 
 @contextmanager
 def use_clock(clock: Callable[[], datetime]) -> Iterator[None]:
-    """Read ``clock`` instead of the system clock inside the ``with`` block (simulations)."""
+    """A test seam: read ``clock`` instead of the system clock inside the ``with`` block."""
     global _clock
     previous, _clock = _clock, clock
     try:
