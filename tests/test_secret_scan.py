@@ -15,7 +15,11 @@ checkpoint: Prefect stores the login resume form's input (the pasted redirect UR
 as a run input, and the login flow deletes it once the code is exchanged, but a Prefect server
 stopped with SIGTERM leaves its WAL behind with that page still in it. The scan folds every
 Prefect database's WAL in (as SQLite does when the database is next opened) and then expects 0
-hits; what the raw WALs held before that is reported, and must be spent codes only.
+hits; what the raw WALs held before that is reported, and must be authorization codes only:
+spent ones, or one a test pasted and the login refused (a state that does not match), which is
+never exchanged. A code alone cannot be exchanged: Dintero's exchange needs the API client's
+own token, so its client secret. Whether such a page image is still in the WAL when the suite
+ends depends on SQLite's automatic checkpoints, so on how many tests ran before.
 """
 
 from __future__ import annotations
@@ -38,16 +42,22 @@ TYPED_BY_TESTS = {"not-the-secret", "db-password"}
 
 
 def _grep(patterns: Path, targets: list[Path]) -> list[str]:
-    """Fixed-string search for many patterns at once (grep -F builds one automaton)."""
+    """Fixed-string search for many patterns at once (grep -F builds one automaton); each hit
+    is `file:match`, even for one file (-H)."""
     if not targets:
         return []
     result = subprocess.run(
-        ["grep", "-r", "-a", "-o", "-F", "-f", str(patterns), *map(str, targets)],
+        ["grep", "-r", "-H", "-a", "-o", "-F", "-f", str(patterns), *map(str, targets)],
         capture_output=True,
         text=True,
         errors="replace",
     )
-    assert result.returncode in (0, 1), result.stderr
+    # A SQLite side file (-shm, -journal) can go while grep walks the folder, when the last
+    # connection to its database closes: what it held is in the database, which is scanned.
+    vanished = all(
+        line.endswith("No such file or directory") for line in result.stderr.splitlines()
+    )
+    assert result.returncode in (0, 1) or (result.returncode == 2 and vanished), result.stderr
     return result.stdout.splitlines()
 
 
@@ -147,6 +157,8 @@ def test_no_secret_anywhere_the_suite_left_anything(tmp_path_factory, tmp_path):
         f"{len(wals)} write-ahead logs, they held {sum(wal_kinds.values())} copies of secrets: "
         f"{dict(wal_kinds) or 'none'}"
     )
-    assert set(wal_kinds) <= {"spent code"}, f"a live secret was in a WAL: {dict(wal_kinds)}"
+    assert set(wal_kinds) <= {"spent code", "unused code"}, (
+        f"a token or client secret was in a WAL: {dict(wal_kinds)}"
+    )
     if hits:  # name the files only: the failure report itself must not carry the secrets
         pytest.fail("secrets found in:\n" + "\n".join(sorted({h.rsplit(":", 1)[0] for h in hits})))
