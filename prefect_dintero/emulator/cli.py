@@ -166,10 +166,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "shuffled: a stable random permutation per data set)",
     )
     silent.add_argument(
-        "--omit-optional-keys",
-        action="store_true",
-        help="leave out items/entries when empty and last_evaluated_key/next_page_token on the "
-        "last page (the schemas allow it)",
+        "--null-optional-keys",
+        dest="omit_optional_keys",
+        action="store_false",
+        help="send items/entries as [] when empty, and last_evaluated_key/next_page_token and a "
+        "session's transaction_id as null, where the schemas leave them out",
+    )
+    silent.add_argument(
+        "--deletions-only-in-full-lists",
+        dest="deletions_in_since",
+        action="store_false",
+        help="since_datetime never returns deleted customers (include_deleted=true lists them "
+        "only without since_datetime)",
     )
     silent.add_argument(
         "--since-exclusive",
@@ -248,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         list_order=args.list_order,
         omit_optional_keys=args.omit_optional_keys,
         since_exclusive=args.since_exclusive,
+        deletions_in_since=args.deletions_in_since,
         short_pages=args.short_pages,
         late_changes_days=args.late_changes_days,
         error_codes=args.error_codes,

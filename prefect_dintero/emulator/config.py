@@ -77,10 +77,17 @@ class EmulatorConfig:
     #: settlements, payout transfers, and customers (without ``since_datetime``: the whole list;
     #: with it: the rows within a page). ``shuffled`` is a stable random permutation per data set.
     list_order: ListOrder = "newest"
-    #: Leave out what the schemas mark optional: ``items`` (settlements) and ``entries``
-    #: (payout transfers) when empty, ``last_evaluated_key`` and ``next_page_token`` on the last
-    #: page. Otherwise they are sent, as ``[]`` and ``null``.
-    omit_optional_keys: bool = False
+    #: Leave out what the schemas mark optional but not nullable: ``items`` (settlements) and
+    #: ``entries`` (payout transfers) when empty, ``last_evaluated_key`` and ``next_page_token``
+    #: on the last page, a session's ``transaction_id`` before it has one. That is what the
+    #: schemas say; False sends them as ``[]`` and ``null``, as real servers sometimes do.
+    omit_optional_keys: bool = True
+    #: Whether ``since_datetime`` (customers, with ``include_deleted=true``) returns a customer
+    #: deleted after it. The reference documents ``include_deleted`` and the deleted user's
+    #: shape, not how the two parameters combine: True treats a deletion as the customer's
+    #: last change; False returns deleted customers only in a list read without
+    #: ``since_datetime``.
+    deletions_in_since: bool = True
     #: ``since_datetime`` (customers) returns rows updated strictly after it, not at or after.
     since_exclusive: bool = False
     #: Pages hold fewer rows than asked for even when more follow (no page-size rule is

@@ -81,7 +81,7 @@ class ControlRoutes:
         counts = {
             k: int(v)
             for k, v in body.items()
-            if k.startswith(("new_", "update_")) or k == "same_updated_at"
+            if k.startswith(("new_", "update_", "delete_")) or k == "same_updated_at"
         }
         recent = body.get("recent_days")
         now = self.state.clock.now()

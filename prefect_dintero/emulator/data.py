@@ -31,6 +31,17 @@ ITEMS = ("Luftboller", "Kanelsnurr", "Skolebrød", "Kaffe", "Brunost", "Lefse", 
 FIRST_NAMES = ("Ada", "Ole", "Kari", "Nils", "Ingrid", "Lars", "Sigrid", "Erik", "Astrid", "Per")
 LAST_NAMES = ("Lovelace", "Hansen", "Johansen", "Olsen", "Larsen", "Berg", "Haugen", "Dahl")
 PROVIDERS = ("dintero_psp", "vipps", "klarna", "swish", "collector")
+STREETS = ("Storgata", "Kirkegata", "Dronningens gate", "Bogstadveien", "Markveien", "Torggata")
+PLACES = (("0150", "Oslo"), ("5003", "Bergen"), ("7011", "Trondheim"), ("4006", "Stavanger"))
+BROWSERS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
+    "Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.4 Safari/605.1.15",
+)
+BANKS = (("DNBANOKKXXX", "1503"), ("NDEANOKKXXX", "6011"), ("SPRONO22XXX", "3201"))
 
 #: Statuses a transaction can still move on from, where to, and for how many days after its
 #: creation (None: up to the emulator's ``late_changes_days``). Authorizations happen within a
@@ -127,6 +138,12 @@ class SortedCollection:
         self._key_of[obj_id] = new
         self._version += 1
 
+    def remove(self, obj_id: str) -> None:
+        key = self._key_of.pop(obj_id)
+        del self._keys[bisect.bisect_left(self._keys, key)]
+        del self.by_id[obj_id]
+        self._version += 1
+
     def key_of(self, obj_id: str) -> tuple[int, str] | None:
         return self._key_of.get(obj_id)
 
@@ -206,6 +223,9 @@ class AccountData:
         self.settlements_by_settled = SortedCollection(f"{salt}:settlements")
         self.settlements_by_created = SortedCollection(f"{salt}:settlements")
         self.customers = SortedCollection(f"{salt}:customers")
+        #: The customers with the deleted ones (``include_deleted=true``), each sorted by its
+        #: last change: ``updated_at``, or ``deleted_at`` once deleted.
+        self.customers_all = SortedCollection(f"{salt}:customers")
         self.transfers: dict[str, SortedCollection] = {
             pd: SortedCollection(f"{salt}:transfers:{pd}") for pd in config.payout_destinations
         }
@@ -283,6 +303,54 @@ class AccountData:
             "request_id": self._hex(),
         }
 
+    # -- personal details: drawn from a generator seeded with the object's id, so an object's
+    # -- person stays the same whatever else is generated or mutated --------------------------
+
+    @staticmethod
+    def _person(obj_id: str) -> tuple[random.Random, str, str, str, str]:
+        rng = random.Random(obj_id)
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        email = f"{first.lower()}.{last.lower()}{rng.randrange(1, 999)}@example.com"
+        phone = f"+47{rng.randrange(40_000_000, 99_999_999)}"
+        return rng, first, last, email, phone
+
+    @staticmethod
+    def _address(rng: random.Random, first: str, last: str, email: str, phone: str) -> dict:
+        """An ``OrderAddress`` as the checkout and payments schemas describe it."""
+        postal_code, place = rng.choice(PLACES)
+        return {
+            "first_name": first,
+            "last_name": last,
+            "email": email,
+            "phone_number": phone,
+            "address_line": f"{rng.choice(STREETS)} {rng.randrange(1, 120)}",
+            "address_line_2": f"H{rng.randrange(101, 505)}",
+            "co_address": None,
+            "business_name": None,
+            "organization_number": None,
+            "postal_code": postal_code,
+            "postal_place": place,
+            "country": "NO",
+            "latitude": round(rng.uniform(58.0, 63.5), 6),
+            "longitude": round(rng.uniform(5.0, 11.0), 6),
+        }
+
+    def _buyer(self, obj_id: str) -> dict:
+        """The personal part of a transaction or session: customer, addresses, IP, agent."""
+        rng, first, last, email, phone = self._person(obj_id)
+        address = self._address(rng, first, last, email, phone)
+        return {
+            "customer": {
+                "customer_id": f"cust-{rng.randrange(1, 5000)}",
+                "email": email,
+                "phone_number": phone,
+            },
+            "billing_address": address,
+            "shipping_address": dict(address),
+            "customer_ip": f"84.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+            "user_agent": rng.choice(BROWSERS),
+        }
+
     # -- generators ------------------------------------------------------------------------------
 
     def _new_transaction(self, created_ms: int, now_ms: int) -> dict:
@@ -330,14 +398,20 @@ class AccountData:
             if status == "CAPTURED" and rng.random() < 0.6
             else "NOT_SETTLED",
             "channel": rng.choice(("ecommerce", "ecommerce", "in_app", "in_store")),
-            "customer": {
-                "customer_id": f"cust-{rng.randrange(1, 5000)}",
-                "email": f"customer{rng.randrange(1, 5000)}@example.com",
-            },
             "store": {"id": f"store-{rng.randrange(1, 4)}", "name": "Bakeriet"},
             "items": items,
             "events": events,
             "metadata": {"session:profile_id": f"{self.account_id}.profile-default"},
+        }
+        txn.update(self._buyer(txn_id))
+        card = random.Random(txn_id + ":card")
+        txn["card"] = {
+            "brand": card.choice(("VISA", "MASTERCARD")),
+            "masked_pan": f"{card.choice(('4', '5'))}{card.randrange(10**4, 10**5)}******"
+            f"{card.randrange(1000, 9999)}",
+            "expiry_date": f"{card.randrange(1, 12):02d}/{card.randrange(27, 31)}",
+            "type": "debit",
+            "country": "NO",
         }
         self.transactions.add(txn, created_ms)
         return txn
@@ -353,28 +427,46 @@ class AccountData:
         ]
         if completed:
             events.append({"name": "COMPLETED", "created_at": iso(visited + 30_000)})
+        session_id = self._object_id()
+        buyer = self._buyer(session_id)
         session = {
-            "id": self._object_id(),
+            "id": session_id,
             "created_at": iso(created_ms),
             "updated_at": iso(visited + (30_000 if completed else 0)),
             "expires_at": iso(created_ms + 24 * 3_600_000),
-            "customer_ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
-            "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
+            "customer_ip": buyer["customer_ip"],
+            "user_agent": buyer["user_agent"],
+            "customer": buyer["customer"],
             "order": {
                 "amount": amount,
                 "currency": rng.choice(CURRENCIES),
                 "merchant_reference": f"ORDER-{rng.randrange(10_000, 999_999)}",
                 "vat_amount": amount * 25 // 125,
                 "items": items,
+                "billing_address": buyer["billing_address"],
+                "shipping_address": buyer["shipping_address"],
             },
             "url": {
                 "return_url": "https://shop.example.com/return",
                 "callback_url": "https://shop.example.com/callback",
             },
+            # Required by checkout_session_get: the payment configuration the session offers.
+            "configuration": {
+                "default_payment_type": "vipps",
+                "channel": "ecommerce",
+                "auto_capture": False,
+                "dintero_psp": {"creditcard": {"enabled": True}},
+                "vipps": {"enabled": True},
+                "klarna": {"klarna": {"enabled": True}},
+            },
             "events": events,
-            "transaction_id": self._object_id() if completed else None,
             "metadata": {"session:profile_id": f"{self.account_id}.profile-default"},
         }
+        # A string when present, not nullable: absent until a transaction exists (null only
+        # behind the null-optional-keys switch, as real servers sometimes send it).
+        transaction_id = self._object_id() if completed else None
+        if transaction_id is not None or not self.config.omit_optional_keys:
+            session["transaction_id"] = transaction_id
         self.sessions.add(session, created_ms)
         return session
 
@@ -432,6 +524,7 @@ class AccountData:
             "addresses": [],
         }
         self.customers.add(customer, updated_ms, cid)
+        self.customers_all.add(customer, updated_ms, cid)
         return customer
 
     def _new_transfer(self, destination: str, created_ms: int) -> dict:
@@ -448,6 +541,33 @@ class AccountData:
             "type": kind,
             "inbound_payment_provider": rng.choice(PROVIDERS) if kind == "inbound" else None,
         }
+        # Required (nullable) on every entry by the payout schema; filled where they apply:
+        # a transfer between destinations, or a payout to the receiver's bank account.
+        details = random.Random(entry["ledger_entry_id"])
+        outbound = kind == "outbound"
+        bic, bank = details.choice(BANKS)
+        _, first, last, _, _ = self._person(entry["ledger_entry_id"])
+        entry.update(
+            {
+                "transfer_id": f"{details.getrandbits(128):032x}" if kind != "inbound" else None,
+                "transfer_reference": f"PAYOUT-{details.randrange(10**6, 10**7)}"
+                if kind != "inbound"
+                else None,
+                "transfer_source_payout_destination_id": destination
+                if kind == "transfer"
+                else None,
+                "transfer_destination_payout_destination_id": "PD-reserve"
+                if kind == "transfer"
+                else None,
+                "outbound_message": f"Utbetaling {first} {last}" if outbound else None,
+                "outbound_receiver_bank_account_bic": bic if outbound else None,
+                "outbound_receiver_bank_account_number": f"{bank}{details.randrange(10**6, 10**7)}"
+                if outbound
+                else None,
+                "outbound_receiver_bank_account_type": "bban" if outbound else None,
+                "outbound_receiver_country": "NO" if outbound else None,
+            }
+        )
         self.transfers[destination].add(entry, created_ms, entry["ledger_entry_id"])
         return entry
 
@@ -475,7 +595,8 @@ class AccountData:
         """Create and change objects at ``now``; return what changed, by stream.
 
         ``counts`` keys: ``new_transactions``, ``update_transactions``, ``new_sessions``,
-        ``new_settlements``, ``new_customers``, ``update_customers``, ``new_transfers``.
+        ``new_settlements``, ``new_customers``, ``update_customers``, ``delete_customers``,
+        ``new_transfers``.
         Updated transactions change the way real ones do, days to months after creation:
         authorized within a day, captured within a week, settled within two weeks, refunded up
         to ``late_changes_days`` (or ``recent_days``, when given, for every kind of change).
@@ -520,7 +641,9 @@ class AccountData:
             changed.setdefault("customers", []).append(self._new_customer(now_ms, now_ms)["id"])
         n_cust = counts.get("update_customers", 0)
         if n_cust and len(self.customers):
-            ids = self.rng.sample(sorted(self.customers.by_id), min(n_cust, len(self.customers)))
+            # Customers that existed before this call: one made just now is new, not updated.
+            before = sorted(set(self.customers.by_id) - set(changed.get("customers", ())))
+            ids = self.rng.sample(before, min(n_cust, len(before)))
             # A bulk update (an import, a migration) gives many customers one updated_at.
             same_time = bool(counts.get("same_updated_at"))
             if same_time:
@@ -529,6 +652,13 @@ class AccountData:
                 if not same_time:
                     now_ms += 1
                 self._touch_customer(cid, now_ms)
+                changed.setdefault("customers", []).append(cid)
+        n_deleted = counts.get("delete_customers", 0)
+        if n_deleted and len(self.customers):
+            alive = sorted(set(self.customers.by_id) - set(changed.get("customers", ())))
+            for cid in self.rng.sample(alive, min(n_deleted, len(alive))):
+                now_ms += 1
+                self.delete_customer(cid, now_ms)
                 changed.setdefault("customers", []).append(cid)
         for _ in range(counts.get("new_transfers", 0)):
             for pd in self.config.payout_destinations:
@@ -543,7 +673,8 @@ class AccountData:
 
     def _changed_at(self, stream: str, key: str) -> int:
         obj = self.find(stream, key)
-        stamp = (obj or {}).get("updated_at") or (obj or {}).get("created_at")
+        obj = obj or {}
+        stamp = obj.get("updated_at") or obj.get("deleted_at") or obj.get("created_at")
         return to_ms(datetime.fromisoformat(stamp.replace("Z", "+00:00"))) if stamp else 0
 
     def find(self, stream: str, key: str) -> dict | None:
@@ -554,7 +685,7 @@ class AccountData:
             "transactions": self.transactions,
             "sessions": self.sessions,
             "settlements": self.settlements_by_created,
-            "customers": self.customers,
+            "customers": self.customers_all,
         }[stream]
         return collection.by_id.get(key)
 
@@ -568,6 +699,23 @@ class AccountData:
             "tier": tiers[(tiers.index(tier) + 1) % 4] if tier in tiers else "bronze",
         }
         self.customers.resort(cid, now_ms)
+        self.customers_all.resort(cid, now_ms)
+
+    def delete_customer(self, cid: str, now_ms: int) -> None:
+        """Delete a customer (a GDPR erasure, say): it leaves the list, and with
+        ``include_deleted=true`` comes back keeping only its ids and who created and deleted
+        it when (Dintero's customers reference, ``include_deleted``)."""
+        cust = self.customers.by_id[cid]
+        self.customers.remove(cid)
+        self.customers_all.by_id[cid] = {
+            "id": cid,
+            "customer_id": cust["customer_id"],
+            "created_at": cust["created_at"],
+            "created_by": cust.get("created_by"),
+            "deleted_at": iso(now_ms),
+            "deleted_by": "emulator",
+        }
+        self.customers_all.resort(cid, now_ms)
 
     def dump(self, stream: str, destination: str | None = None) -> list[dict]:
         """Every object of a stream, for tests that compare a destination with the source."""
@@ -577,8 +725,8 @@ class AccountData:
             return list(self.sessions)
         if stream == "settlements":
             return list(self.settlements_by_created)
-        if stream == "customers":
-            return list(self.customers)
+        if stream == "customers":  # as include_deleted=true lists them
+            return list(self.customers_all)
         if stream == "payout_transfers":
             dests = [destination] if destination else list(self.transfers)
             return [e for d in dests for e in self.transfers.get(d, SortedCollection())]

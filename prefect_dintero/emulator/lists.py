@@ -182,6 +182,10 @@ class ListRoutes:
         _, data = self._account(request)
         q = request.query_params
         limit = parse_limit(request, 100)
+        # include_deleted=true lists deleted customers too, reduced to their ids and dates.
+        customers = data.customers_all if q.get("include_deleted") == "true" else data.customers
+        if "since_datetime" in q and not self.state.config.deletions_in_since:
+            customers = data.customers
         if "since_datetime" in q and "starting_after" in q:
             raise ApiError(
                 400, "BAD_REQUEST", "since_datetime can't be combined with starting_after"
@@ -190,19 +194,19 @@ class ListRoutes:
         if since is not None:
             if self.state.config.since_exclusive:
                 since += 1  # timestamps have millisecond precision
-            rows = data.customers.page(order="oldest", limit=limit, gte_ms=since)
+            rows = customers.page(order="oldest", limit=limit, gte_ms=since)
             if self._order == "newest":
                 rows.reverse()
             elif self._order == "shuffled":
-                rows.sort(key=lambda r: data.customers.shuffle_key(r["id"]))
+                rows.sort(key=lambda r: customers.shuffle_key(r["id"]))
         else:
             rows = self._page(
-                data.customers,
+                customers,
                 order=self._order,
                 limit=self._page_size(request, limit),
                 after_id=q.get("starting_after"),
             )
-        headers = {"total-count": str(len(data.customers))} if q.get("total") == "true" else None
+        headers = {"total-count": str(len(customers))} if q.get("total") == "true" else None
         return JSONResponse(rows, headers=headers)
 
     async def payout_destinations(self, request: Request) -> Response:
