@@ -57,6 +57,8 @@ def _dintero_sync_accounts(
     start_date: datetime | None = None,
     reconcile_days: float | None = None,
     max_pages: int | None = None,
+    personal_data: Literal["keep", "hash", "drop"] | None = None,
+    personal_data_key_block: str | None = None,
     timeout_minutes: float | None = None,
 ) -> list[dict[str, Any]]:
     """Fan out one sync per account.
@@ -69,7 +71,8 @@ def _dintero_sync_accounts(
             workers share the work.
         deployment_name: the ``dintero-sync`` deployment to run in ``"deployments"`` mode.
         streams, destination, destination_block, lookback_hours, page_size, full_refresh,
-            start_date, reconcile_days, max_pages: passed to every account's ``dintero-sync``
+            start_date, reconcile_days, max_pages, personal_data, personal_data_key_block:
+            passed to every account's ``dintero-sync``
             run when given (payout destinations come with each account); left
             out, each run uses its own (the deployment's parameters, say the ``destination``
             of ``dintero-sync/hourly``, or ``dintero-sync``'s defaults).

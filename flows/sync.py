@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import copy_context
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import get_run_logger
 from prefect.artifacts import (
@@ -17,18 +17,21 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.blocks.system import Secret
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks import DinteroCredentials
 from prefect_dintero.blocks.prefect_api import describe, load_block
 from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
-from prefect_dintero.errors import DinteroError, ReauthorizationRequired
+from prefect_dintero.errors import ConfigurationError, DinteroError, ReauthorizationRequired
 from prefect_dintero.flows import events
 from prefect_dintero.flows.parameters import MaskedFlow
 from prefect_dintero.paginators import DEFAULT_MAX_PAGES
+from prefect_dintero.personal_data import PersonalDataPolicy
 from prefect_dintero.redact import install_log_filter, redact
 from prefect_dintero.request import SYNC_PARAMETERS, SyncRequest, run_budget
 from prefect_dintero.sink.destination_urls import anchor_destination, in_temporary_working_folder
@@ -105,6 +108,8 @@ def _dintero_sync(
     start_date: datetime | None = None,
     reconcile_days: float | None = None,
     max_pages: int = DEFAULT_MAX_PAGES,
+    personal_data: Literal["keep", "hash", "drop"] = "keep",
+    personal_data_key_block: str | None = None,
     timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES,
     one_run_at_a_time: bool = True,
 ) -> list[dict[str, Any]]:
@@ -135,6 +140,16 @@ def _dintero_sync(
             sets 92 to catch what left the hourly lookback (refunds come up to 90 days late).
         max_pages: a hard cap of pages per window, a safety net against a server whose list
             never ends; a stream that reaches it fails, its committed pages kept.
+        personal_data: what happens to the personal fields (customers' names, e-mails and
+            phones; the buyer's contact details, addresses, IP address and browser on
+            transactions and sessions; the receiving bank account, BIC and message of payout
+            transfers) before anything is written or logged. ``keep`` stores what Dintero
+            sends; ``hash`` stores an HMAC-SHA256 of each value (the same value hashes the
+            same everywhere, so tables join on a hashed e-mail); ``drop`` leaves them out. A
+            destination remembers its policy: another one is refused, unless with
+            ``full_refresh`` (which deletes the old rows first).
+        personal_data_key_block: the name of a Prefect ``Secret`` block holding the key for
+            ``hash`` (at least 32 bytes, random; keep it: another key is refused too).
         timeout_minutes: the run's budget, waiting for the account's slot included: streams
             still running then are stopped and named in the failure, so a hung server never
             holds the next scheduled run (each request also has its own deadline, the
@@ -156,6 +171,8 @@ def _dintero_sync(
     # would silently skip data.
     given = locals()  # the parameters as called, destination anchored
     request = SyncRequest.build(**{p.name: given[p.name] for p in SYNC_PARAMETERS})
+    # The key is read once, before any request: a missing or short key fails the run here.
+    key = _personal_data_key(request)
     budget = run_budget(timeout_minutes)
     run_deadline = time.monotonic() + budget.total_seconds()
 
@@ -179,7 +196,7 @@ def _dintero_sync(
     # Prefect API calls beside the run's own path (the slot, the artifacts): each is a round
     # trip to a server that may be tens of milliseconds away, so they overlap where they can.
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="dintero-prefect") as side:
-        return _sync(credentials_block, session_block, request, run_deadline, take_slot, side)
+        return _sync(credentials_block, session_block, request, key, run_deadline, take_slot, side)
 
 
 dintero_sync = MaskedFlow(
@@ -210,10 +227,28 @@ def _beside(side: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Fut
     return side.submit(copy_context().run, fn, *args)
 
 
+def _personal_data_key(request: SyncRequest) -> SecretStr | None:
+    """The HMAC key for ``personal_data="hash"``, from its Secret block, checked."""
+    if request.personal_data != "hash" or not request.personal_data_key_block:
+        return None
+    try:
+        secret = load_block(Secret, request.personal_data_key_block)
+    except ValueError:
+        raise ConfigurationError(
+            f"no Secret block named {request.personal_data_key_block!r} "
+            "(personal_data_key_block): create one in the Prefect UI (Blocks, Secret) holding "
+            "a random key of at least 32 bytes"
+        ) from None
+    key = SecretStr(str(secret.get()))
+    PersonalDataPolicy("hash", key)  # refuses a short key before any request
+    return key
+
+
 def _sync(
     credentials_block: str,
     session_block: str | None,
     request: SyncRequest,
+    key: SecretStr | None,
     run_deadline: float,
     take_slot: Callable[[threading.Event], HeldSlot | None] | None,
     side: ThreadPoolExecutor,
@@ -246,7 +281,7 @@ def _sync(
         )
     try:
         return _run_streams(
-            credentials_block, session_block, request, run_deadline, bearer, held, side
+            credentials_block, session_block, request, key, run_deadline, bearer, held, side
         )
     finally:
         if held is not None:
@@ -257,6 +292,7 @@ def _run_streams(
     credentials_block: str,
     session_block: str | None,
     request: SyncRequest,
+    key: SecretStr | None,
     run_deadline: float,
     bearer: DinteroBearer,
     held: HeldSlot | None,
@@ -290,7 +326,14 @@ def _run_streams(
         retries=policy.stream_resumes, retry_delay_seconds=policy.stream_resume_delays()
     )
     futures = {
-        stream_task.submit(bearer, name, request, ends_at=ends_at, stop_reason=stop_reason): name
+        stream_task.submit(
+            bearer,
+            name,
+            request,
+            ends_at=ends_at,
+            stop_reason=stop_reason,
+            personal_data_key=key,
+        ): name
         for name in request.streams
     }
     # Made while the streams run: it is shown, never needed.

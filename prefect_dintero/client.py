@@ -8,12 +8,14 @@ from datetime import datetime
 from typing import Any, Literal
 
 import httpx
+from pydantic import SecretStr
 
 from . import deadline
 from .client_credentials import ClientCredentials
 from .errors import MalformedResponseError, RunBudgetExceeded, RunInterrupted
 from .httpx_auth import DinteroAuth
 from .paginators import apages, pages
+from .personal_data import PersonalData
 from .provider import ClientCredentialsProvider, OIDCSessionProvider, TokenProvider
 from .retry import RetryPolicy
 from .store import TokenStore
@@ -210,6 +212,8 @@ class DinteroClient(_ClientBase):
         payout_destinations: list[str] | None = None,
         page_size: int = 100,
         account_id: str | None = None,
+        personal_data: PersonalData = "keep",
+        personal_data_key: SecretStr | None = None,
     ) -> Iterator[dict]:
         """Every record of a stream, page by page (memory stays flat), as Dintero sends it.
 
@@ -224,6 +228,9 @@ class DinteroClient(_ClientBase):
             payout_destinations: for ``payout_transfers``; None reads the account's list.
             page_size: records per request (capped at the endpoint's maximum).
             account_id: another account the credentials may read; default theirs.
+            personal_data: ``keep``, ``hash`` or ``drop`` the stream's personal fields (see
+                :mod:`prefect_dintero.personal_data`).
+            personal_data_key: the HMAC key ``hash`` needs (at least 32 bytes).
 
         Examples:
             ```python
@@ -253,7 +260,12 @@ class DinteroClient(_ClientBase):
         from .reader import RecordQuery
 
         query = RecordQuery(
-            stream, created_from=created_from, created_to=created_to, page_size=page_size
+            stream,
+            created_from=created_from,
+            created_to=created_to,
+            page_size=page_size,
+            personal_data=personal_data,
+            personal_data_key=personal_data_key,
         )
         account = account_id or self.credentials.account_id
         spec = query.spec
@@ -359,6 +371,8 @@ class AsyncDinteroClient(_ClientBase):
         payout_destinations: list[str] | None = None,
         page_size: int = 100,
         account_id: str | None = None,
+        personal_data: PersonalData = "keep",
+        personal_data_key: SecretStr | None = None,
     ) -> AsyncIterator[dict]:
         """Every record of a stream: :meth:`DinteroClient.iter_records`, async.
 
@@ -389,7 +403,12 @@ class AsyncDinteroClient(_ClientBase):
         from .reader import RecordQuery
 
         query = RecordQuery(
-            stream, created_from=created_from, created_to=created_to, page_size=page_size
+            stream,
+            created_from=created_from,
+            created_to=created_to,
+            page_size=page_size,
+            personal_data=personal_data,
+            personal_data_key=personal_data_key,
         )
         account = account_id or self.credentials.account_id
         spec = query.spec

@@ -178,11 +178,15 @@ class SinceDatetimePaginator(Paginator):
         field: str = "updated_at",
         id_field: str = "id",
         max_limit: int = 100,
+        deleted_field: str | None = None,
     ) -> None:
         super().__init__(limit)
         self.since = since or EPOCH
         self.until = until
         self.field = field
+        #: A deleted row's change time, when it has no ``field`` (deleted customers keep only
+        #: their ids and their created and deleted times).
+        self.deleted_field = deleted_field
         self.id_field = id_field
         self.max_limit = max_limit
         #: The newest value seen so far (at most ``until``).
@@ -201,7 +205,10 @@ class SinceDatetimePaginator(Paginator):
             return None
         if self.scanning:
             return {"limit": self.limit, "starting_after": page_token(rows[-1], self.id_field)}
-        values = [parse_datetime(r.get(self.field)) for r in rows]
+        values = [
+            parse_datetime(r.get(self.field) or (self.deleted_field and r.get(self.deleted_field)))
+            for r in rows
+        ]
         usable = [v for v in values if v is not None and v <= self.until]
         if not usable:
             if all(v is None for v in values):

@@ -7,9 +7,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import SecretStr
+
 from . import times
 from .errors import ConfigurationError
 from .paginators import Paginator
+from .personal_data import PersonalData, PersonalDataPolicy
 from .streams import Stream, resolve_streams
 from .times import CLOCK_SKEW, iso, parse_datetime
 
@@ -45,8 +48,12 @@ class RecordQuery:
         created_from: datetime | None = None,
         created_to: datetime | None = None,
         page_size: int = 100,
+        personal_data: PersonalData = "keep",
+        personal_data_key: SecretStr | None = None,
     ) -> None:
         self.spec = stream_for(stream)
+        # Checked before any request: hash without a key is refused here.
+        self.personal_data = PersonalDataPolicy(personal_data, personal_data_key)
         self.created_from = _utc(created_from, "created_from")
         self.created_to = _utc(created_to, "created_to")
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
@@ -73,7 +80,11 @@ class RecordQuery:
         return params
 
     def keep(self, rows: Iterable[dict]) -> list[dict]:
-        """The rows within the bounds (all of them when there are none), each once."""
+        """The rows within the bounds (all of them when there are none), each once, their
+        personal fields hashed or dropped as the query says."""
+        return self.personal_data.apply(self._within(rows), self.spec.personal)
+
+    def _within(self, rows: Iterable[dict]) -> list[dict]:
         if self._seen is not None:
             fresh = []
             for row in rows:

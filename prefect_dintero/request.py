@@ -28,6 +28,7 @@ from . import times
 from .client_credentials import validation_message
 from .errors import ConfigurationError
 from .paginators import DEFAULT_MAX_PAGES
+from .personal_data import POLICIES, PersonalData
 from .sink.destination_urls import redact_url, resolve_destination, url_secrets
 from .streams import Stream, resolve_streams
 from .times import CLOCK_SKEW, iso
@@ -141,6 +142,16 @@ SYNC_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("start_date", None, "the oldest data a first sync reads (ISO 8601, UTC if naive)"),
     Parameter("reconcile_days", None, "re-read at least the last N days, whatever the cursor"),
     Parameter("max_pages", DEFAULT_MAX_PAGES, "a hard cap of pages per window (a safety net)"),
+    Parameter(
+        "personal_data",
+        "keep",
+        "keep, hash or drop the personal fields (names, e-mails, addresses, bank accounts)",
+    ),
+    Parameter(
+        "personal_data_key_block",
+        None,
+        "the Prefect Secret block holding the HMAC key personal_data=hash needs",
+    ),
 )
 
 _PARAMETER_NAMES = tuple(p.name for p in SYNC_PARAMETERS)
@@ -198,6 +209,13 @@ class SyncRequest(BaseModel):
     max_pages: int = Field(
         default=DEFAULT_MAX_PAGES, description="A hard page cap per window (a safety net)."
     )
+    personal_data: PersonalData = Field(
+        default="keep",
+        description="What happens to the streams' personal fields: keep, hash or drop.",
+    )
+    personal_data_key_block: str | None = Field(
+        default=None, description="The Prefect Secret block with the key for hash."
+    )
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -232,6 +250,8 @@ class SyncRequest(BaseModel):
             start_date=given["start_date"],
             payout_destinations=given["payout_destinations"],
             max_pages=_count(given["max_pages"], "max_pages"),
+            personal_data=_policy(given["personal_data"], given["personal_data_key_block"]),
+            personal_data_key_block=given["personal_data_key_block"],
         )
 
     def flow_parameters(self) -> dict[str, Any]:
@@ -248,6 +268,8 @@ class SyncRequest(BaseModel):
             "start_date": self.start_date,
             "reconcile_days": _in(self.reconcile, "days"),
             "max_pages": self.max_pages,
+            "personal_data": self.personal_data,
+            "personal_data_key_block": self.personal_data_key_block,
         }
 
     def destination_label(self) -> str:
@@ -327,6 +349,20 @@ def _stream_names(streams: str | list[str] | tuple[str, ...] | None) -> tuple[st
     if isinstance(streams, str):  # one name, not its letters
         streams = [streams]
     return tuple(s.name for s in resolve_streams(list(streams) if streams is not None else None))
+
+
+def _policy(mode: Any, key_block: str | None) -> str:
+    if mode not in POLICIES:
+        raise ConfigurationError(
+            f"personal_data must be one of {', '.join(POLICIES)}, got {mode!r}"
+        )
+    if mode == "hash" and not key_block:
+        raise ConfigurationError(
+            "personal_data='hash' needs personal_data_key_block: the name of a Prefect Secret "
+            "block holding a random key of at least 32 bytes (hashes made with one key join "
+            "across streams and runs; keep it, or the next run is refused)"
+        )
+    return str(mode)
 
 
 def _in(value: timedelta | None, unit: str) -> float | None:

@@ -19,6 +19,9 @@ class StreamState:
     last_run_at: datetime | None = None
     last_run_id: str | None = None
     max_seen: datetime | None = None
+    #: The personal-data policy the stream's rows were written with (``keep``, ``drop``, or
+    #: ``hash:`` and a check of the key); None before this was recorded.
+    personal_data: str | None = None
 
     @property
     def in_progress(self) -> bool:

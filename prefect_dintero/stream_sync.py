@@ -18,15 +18,24 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
+
+from pydantic import SecretStr
 
 from . import times
 from .client import DinteroClient
 from .discovery import payout_destination_ids
 from .errors import DinteroAPIError
-from .paginators import Page, SinceDatetimePaginator, fetched_ahead, pages
+from .paginators import (
+    Page,
+    SinceDatetimePaginator,
+    StartingAfterPaginator,
+    fetched_ahead,
+    pages,
+)
+from .personal_data import KEEP, PersonalDataPolicy, check_compatible
 from .redact import get_logger
 from .request import SyncRequest
 from .sink import Sink
@@ -97,6 +106,7 @@ class StreamSync:
         run_started_at: datetime | None = None,
         run_id: str | None = None,
         on_page: ProgressCallback | None = None,
+        personal_data: PersonalDataPolicy = KEEP,
     ) -> None:
         self.client = client
         self.sink = sink
@@ -109,6 +119,7 @@ class StreamSync:
         self.until = self.run_started_at + CLOCK_SKEW
         self.run_id = run_id or uuid.uuid4().hex
         self.on_page = on_page
+        self.personal_data = personal_data
         self.page_size = max(1, min(request.page_size, stream.max_page_size))
         self.lookback = request.lookback if request.lookback is not None else stream.lookback
         self.label = f"{account_id}/{stream.name}" + (f"/{partition}" if partition else "")
@@ -118,7 +129,9 @@ class StreamSync:
     def run(self) -> StreamResult:
         started = time.monotonic()
         before = self.client.stats.snapshot()
-        state = self.sink.read_state(self.account_id, self.stream.name, self.partition)
+        state = self._check_personal_data(
+            self.sink.read_state(self.account_id, self.stream.name, self.partition)
+        )
         result = StreamResult(
             self.stream.name,
             self.account_id,
@@ -135,6 +148,35 @@ class StreamSync:
         result.rate_limited = after["rate_limited"] - before["rate_limited"]
         result.seconds = round(time.monotonic() - started, 3)
         return result
+
+    def _check_personal_data(self, state: StreamState) -> StreamState:
+        """The state to start from, once the destination's personal-data policy agrees with
+        this run's: refused when it differs (a table never mixes hashed and plain values),
+        unless this is a full refresh, which deletes the old rows first."""
+        remembered = state.personal_data
+        if remembered is None and (state.cursor is not None or state.rows_total):
+            remembered = "keep"  # written before the policy was recorded: as Dintero sent it
+        wanted = self.personal_data.fingerprint
+        if remembered is None or remembered == wanted:
+            return state
+        table = self.stream.table_name
+        if not self.request.full_refresh:
+            check_compatible(remembered, self.personal_data, table)
+        logger.warning(
+            "%s: the destination was filled under another personal-data policy; this full "
+            "refresh deletes its rows and reads everything again",
+            self.label,
+        )
+        self.sink.start_over(self.stream, self.account_id, self.partition, wanted)
+        return self.sink.read_state(self.account_id, self.stream.name, self.partition)
+
+    def _protected(self, page: Page) -> Page:
+        """The page with its personal fields hashed or dropped: nothing after this sees them."""
+        if self.personal_data.mode == "keep" or not self.stream.personal:
+            return page
+        return replace(
+            page, rows=self.personal_data.apply(page.rows, self.stream.personal), body=None
+        )
 
     def _fetch(self, params: dict[str, Any]) -> Any:
         path = self.stream.url_path(self.account_id, self.partition or None)
@@ -190,7 +232,7 @@ class StreamSync:
         field_name = self.stream.cursor_field
         newest, outside = None, []
         for row in rows:
-            value = parse_datetime(row.get(field_name))
+            value = parse_datetime(self.stream.changed_at(row))
             if value is None:
                 continue
             if (lower is not None and value < lower) or (upper is not None and value > upper):
@@ -288,6 +330,7 @@ class StreamSync:
                 check_rows=self.stream.check_keys,
             )
         ):
+            page = self._protected(page)
             newest = self._newest_in_window(page.rows, *asked, result)
             last = page.next_params is None
             clear_cursor = reset and first and resume is None
@@ -309,6 +352,7 @@ class StreamSync:
                     rows_total=state.rows_total + write.inserted,
                     last_run_at=times.now(),
                     last_run_id=self.run_id,
+                    personal_data=self.personal_data.fingerprint,
                 )
                 if last:
                     return with_state(
@@ -344,6 +388,10 @@ class StreamSync:
         lower = self._lower_bound(state)
         reset = self.request.full_refresh
         paginator = self.stream.paginator(self.page_size, lower, self.until)
+        if self.request.reconcile is not None and self.stream.deleted_field is not None:
+            # Whether since_datetime returns an object deleted after it is not documented:
+            # a reconcile reads the whole list (starting_after), which holds every deletion.
+            paginator = StartingAfterPaginator(self.page_size)
         asked_lower = (
             lower - SinceDatetimePaginator.STEP
             if isinstance(paginator, SinceDatetimePaginator) and lower is not None
@@ -359,6 +407,7 @@ class StreamSync:
                 check_rows=self.stream.check_keys,
             )
         ):
+            page = self._protected(page)
             scanned = "since_datetime" not in page.params
             if scanned:
                 # The whole list, in an order nobody documents: the cursor waits for the end.
@@ -380,6 +429,7 @@ class StreamSync:
                     rows_total=state.rows_total + write.inserted,
                     last_run_at=times.now(),
                     last_run_id=self.run_id,
+                    personal_data=self.personal_data.fingerprint,
                 )
 
             self.client.check_run()
@@ -432,8 +482,13 @@ def sync_stream(
     *,
     run_started_at: datetime | None = None,
     on_page: ProgressCallback | None = None,
+    personal_data_key: SecretStr | None = None,
 ) -> list[StreamResult]:
     """Sync one stream of one account; one result per partition (payout destination).
+
+    ``request.personal_data`` says what happens to the stream's personal fields (keep, hash,
+    drop); ``personal_data_key`` is the HMAC key ``hash`` needs (see
+    :mod:`prefect_dintero.personal_data`).
 
     Examples:
         ```python
@@ -461,6 +516,8 @@ def sync_stream(
         ```
     """
     request = request or SyncRequest()
+    # Checked before any request: hash without a key is refused here.
+    policy = PersonalDataPolicy(request.personal_data, personal_data_key)
     partitions = [""]
     if stream.per_destination:
         # Given, or discovered (StreamSkipped when the credentials may not list them).
@@ -476,6 +533,7 @@ def sync_stream(
             partition=partition,
             run_started_at=run_started_at,
             on_page=on_page,
+            personal_data=policy,
         ).run()
         for partition in partitions
     ]

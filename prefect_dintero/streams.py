@@ -81,6 +81,11 @@ class Stream:
         max_page_size: the API's largest ``limit``.
         lookback: the default re-read window before the saved cursor (late changes).
         per_destination: one partition per payout destination.
+        deleted_field: where the API lists deleted objects too (customers, with
+            ``include_deleted=true``), the field that dates a deletion; a deleted object's
+            row is overwritten with what Dintero keeps of it (ids and dates, nothing personal).
+        personal: the personal fields, as dotted paths (into lists too): what
+            ``personal_data="hash"`` hashes and ``"drop"`` removes, before anything is written.
     """
 
     name: str
@@ -99,6 +104,15 @@ class Stream:
     per_destination: bool = False
     description: str = ""
     extra_params: dict[str, Any] = field(default_factory=dict)
+    personal: tuple[str, ...] = ()
+    deleted_field: str | None = None
+
+    def changed_at(self, obj: dict) -> Any:
+        """The object's cursor value, or for a deleted object without one, its deletion."""
+        value = obj.get(self.cursor_field)
+        if value is None and self.deleted_field is not None:
+            value = obj.get(self.deleted_field)
+        return value
 
     @property
     def filtered_by_api(self) -> bool:
@@ -129,6 +143,20 @@ class Stream:
             else "",
         )
 
+
+#: The buyer's personal fields on transactions and sessions (the customer's contact details,
+#: the addresses, the IP address and the browser). ``customer.customer_id`` stays: it is a
+#: Dintero id, the key that joins a transaction to its customer.
+BUYER = (
+    "customer.email",
+    "customer.phone_number",
+    "customer.first_name",
+    "customer.last_name",
+    "billing_address",
+    "shipping_address",
+    "customer_ip",
+    "user_agent",
+)
 
 CATALOG: dict[str, Stream] = {
     s.name: s
@@ -162,6 +190,7 @@ CATALOG: dict[str, Stream] = {
                 Column("channel"),
                 Column("customer_id", path="customer.customer_id"),
             ),
+            personal=BUYER,
         ),
         Stream(
             name="sessions",
@@ -186,6 +215,7 @@ CATALOG: dict[str, Stream] = {
                 Column("merchant_reference", path="order.merchant_reference"),
                 Column("cancelled_at", "datetime"),
             ),
+            personal=(*BUYER, "order.billing_address", "order.shipping_address"),
         ),
         Stream(
             name="settlements",
@@ -218,7 +248,9 @@ CATALOG: dict[str, Stream] = {
             description="Customers, by their last update.",
             host="api",
             path="/v1/accounts/{account_id}/customers/users",
-            paginator=lambda limit, lower, until: SinceDatetimePaginator(limit, lower, until),
+            paginator=lambda limit, lower, until: SinceDatetimePaginator(
+                limit, lower, until, deleted_field="deleted_at"
+            ),
             primary_key="id",
             cursor_field="updated_at",
             incremental="since",
@@ -227,16 +259,30 @@ CATALOG: dict[str, Stream] = {
             lower_param=None,
             upper_param=None,
             lookback=timedelta(minutes=10),
+            # Deleted customers too (a GDPR erasure must reach the destination), reduced by
+            # Dintero to their ids and dates.
+            extra_params={"include_deleted": "true"},
+            deleted_field="deleted_at",
             columns=(
                 Column("id"),
                 Column("customer_id"),
                 Column("created_at", "datetime"),
                 Column("updated_at", "datetime"),
+                Column("deleted_at", "datetime"),
                 Column("type"),
                 Column("status"),
                 Column("email"),
                 Column("first_name"),
                 Column("last_name"),
+            ),
+            personal=(
+                "first_name",
+                "last_name",
+                "email",
+                "phone_number",
+                "addresses",
+                "date_of_birth",
+                "gender",
             ),
         ),
         Stream(
@@ -263,6 +309,11 @@ CATALOG: dict[str, Stream] = {
                 Column("type"),
                 Column("amount", "int"),
                 Column("currency"),
+            ),
+            personal=(
+                "outbound_receiver_bank_account_number",
+                "outbound_receiver_bank_account_bic",
+                "outbound_message",
             ),
         ),
     )

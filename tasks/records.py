@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from prefect import get_run_logger, task
+from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
+from prefect_dintero.blocks.prefect_api import load_block
 from prefect_dintero.reader import RecordQuery
 from prefect_dintero.redact import install_log_filter
 from prefect_dintero.tasks.auth import get_bearer_token
@@ -28,6 +32,8 @@ def read_records(
     session_block: str | None = None,
     payout_destinations: list[str] | None = None,
     max_records: int | None = None,
+    personal_data: Literal["keep", "hash", "drop"] = "keep",
+    personal_data_key_block: str | None = None,
 ) -> list[dict]:
     """The records of one stream, as Dintero sends them, for a flow of your own.
 
@@ -42,6 +48,9 @@ def read_records(
         session_block: a ``DinteroOIDCSession`` block name, to read as the logged-in user.
         payout_destinations: for ``payout_transfers``; None reads the account's list.
         max_records: stop after this many (None: all).
+        personal_data: ``keep``, ``hash`` or ``drop`` the stream's personal fields, as
+            ``dintero-sync`` does.
+        personal_data_key_block: the Prefect ``Secret`` block with the key ``hash`` needs.
 
     Returns:
         The records, each a dict as Dintero sends it.
@@ -64,7 +73,16 @@ def read_records(
     """
     install_log_filter()
     logger = get_run_logger()
-    query = RecordQuery(stream, created_from=created_from, created_to=created_to)  # checked first
+    key = None
+    if personal_data == "hash" and personal_data_key_block:
+        key = SecretStr(str(load_block(Secret, personal_data_key_block).get()))
+    query = RecordQuery(  # checked first
+        stream,
+        created_from=created_from,
+        created_to=created_to,
+        personal_data=personal_data,
+        personal_data_key=key,
+    )
     bearer = get_bearer_token.fn(credentials_block, session_block)
     records: list[dict] = []
     with bearer.client() as client:
@@ -73,6 +91,8 @@ def read_records(
             created_from=query.created_from,
             created_to=query.created_to,
             payout_destinations=payout_destinations,
+            personal_data=personal_data,
+            personal_data_key=key,
         ):
             records.append(record)
             if max_records is not None and len(records) >= max_records:

@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.errors import StreamSkipped
@@ -45,6 +46,7 @@ def sync_stream(
     request: SyncRequest,
     ends_at: float | None = None,
     stop_reason: Callable[[], str | None] | None = None,
+    personal_data_key: SecretStr | None = None,
 ) -> dict[str, Any]:
     """Sync one stream of the bearer's account, committing each page with the stream's state.
 
@@ -62,6 +64,8 @@ def sync_stream(
         stop_reason: asked before every request and commit: why the stream must stop (the run
             may no longer hold its account's slot), or None. The stream then fails with
             ``RunInterrupted``, keeping what it committed.
+        personal_data_key: the HMAC key for ``request.personal_data == "hash"`` (this task
+            neither persists its result nor caches on its inputs).
 
     Returns:
         Counts: pages, fetched, inserted, updated, unchanged, requests, retries, rate_limited,
@@ -88,7 +92,13 @@ def sync_stream(
             client.run_ends_at = ends_at
             client.stop_reason = stop_reason
             results = sync_stream_core(
-                client, sink, spec, bearer.account_id, request, on_page=progress
+                client,
+                sink,
+                spec,
+                bearer.account_id,
+                request,
+                on_page=progress,
+                personal_data_key=personal_data_key,
             )
     except StreamSkipped as skipped:
         logger.warning("%s", skipped)

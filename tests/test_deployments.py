@@ -119,9 +119,11 @@ def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
         assert hourly["parameters"] == {
             "credentials_block": "dintero",
             "destination": "~/prefect-dintero/dintero.db",
+            "personal_data": "keep",
         }
         reconcile = next(d for d in deployments if d["name"] == "reconcile")
         assert reconcile["parameters"]["reconcile_days"] == 92
+        assert reconcile["parameters"]["personal_data"] == hourly["parameters"]["personal_data"]
         assert reconcile["schedules"][0]["schedule"]["cron"] == "15 3 * * *"
         assert reconcile["global_concurrency_limit"]["limit"] == 1
 

@@ -61,6 +61,10 @@ def test_the_cli_has_an_option_per_parameter_and_builds_the_same_request() -> No
             "92",
             "--max-pages",
             "7",
+            "--personal-data",
+            "hash",
+            "--personal-data-key-block",
+            "dintero-hmac-key",
         ]
     )
     assert {n for n in NAMES} <= set(vars(args))
@@ -76,6 +80,8 @@ def test_the_cli_has_an_option_per_parameter_and_builds_the_same_request() -> No
         "start_date": datetime(2024, 1, 2, tzinfo=UTC),
         "reconcile_days": 92,
         "max_pages": 7,
+        "personal_data": "hash",
+        "personal_data_key_block": "dintero-hmac-key",
     }
     # Left out, each option is the parameter's default.
     bare = parser.parse_args(["sync", "--credentials-block", "acme"])

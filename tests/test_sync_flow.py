@@ -488,3 +488,48 @@ def test_a_destination_inside_a_temporary_working_folder_is_warned_about(
     with caplog.at_level(logging.WARNING):
         dintero_sync(creds, streams=["settlements"], destination=str(tmp_path / "elsewhere.db"))
     assert "temporary working folder" not in caplog.text
+
+
+def test_sync_flow_hashes_personal_data_with_a_secret_blocks_key(emu, creds, tmp_path):
+    """The key comes from a Secret block named by the run (never a parameter); a block that
+    does not exist fails the run before any Dintero request; hashed values join."""
+    from prefect.blocks.system import Secret
+
+    from prefect_dintero.personal_data import PersonalDataPolicy
+
+    emu.clear_faults()
+    key_block = f"dintero-hmac-{uuid.uuid4().hex[:8]}"
+    key = "k" * 16 + uuid.uuid4().hex
+    Secret(value=key).save(key_block, overwrite=True, _sync=True)
+    destination = str(tmp_path / "hashed.db")
+    before = emu.stats()["requests_total"]
+    with pytest.raises(ConfigurationError, match="no Secret block named 'nope'"):
+        dintero_sync(
+            creds,
+            destination=destination,
+            streams=["customers"],
+            personal_data="hash",
+            personal_data_key_block="nope",
+        )
+    assert emu.stats()["requests_total"] == before
+    dintero_sync(
+        creds,
+        destination=destination,
+        streams=["customers", "transactions"],
+        personal_data="hash",
+        personal_data_key_block=key_block,
+    )
+    policy = PersonalDataPolicy("hash", SecretStr(key))
+    sink = Sink(destination)
+    source = {c["id"]: c for c in emu.dump("customers")}
+    rows = sink.rows(CATALOG["customers"], AID)
+    assert len(rows) == len(source)
+    assert all(r["email"] == policy.hash_value(source[r["id"]]["email"], "email") for r in rows)
+    # The run's parameters name the block; the key is nowhere in them.
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=5)
+    assert all(key not in json.dumps(r.parameters, default=str) for r in runs)
+    # Another policy on the same destination is refused, naming what it was filled with.
+    with pytest.raises(SyncFailed, match="must not mix"):
+        dintero_sync(creds, destination=destination, streams=["customers"])
+    sink.dispose()

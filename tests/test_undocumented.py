@@ -47,8 +47,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "convenient": {},
     "oldest-first": dict(list_order="oldest"),
     "shuffled": dict(list_order="shuffled"),
-    "omit-optional-keys": dict(omit_optional_keys=True),
+    "null-optional-keys": dict(omit_optional_keys=False),
     "since-exclusive": dict(since_exclusive=True),
+    "deletions-only-in-full-lists": dict(deletions_in_since=False),
     "short-pages": dict(short_pages=True),
     "late-changes-90-days": dict(late_changes_days=90),
     "generic-error-codes": dict(error_codes="generic"),
@@ -56,6 +57,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         list_order="shuffled",
         omit_optional_keys=True,
         since_exclusive=True,
+        deletions_in_since=False,
         short_pages=True,
         late_changes_days=90,
         error_codes="generic",
@@ -141,11 +143,14 @@ def test_the_tables_equal_the_source_under_every_undocumented_choice(
     )
     emu.mutate(update_customers=120, same_updated_at=1)
     emu.mutate(update_transactions=30)
+    emu.mutate(delete_customers=3)  # erasures: the rows must lose everything personal
     # A token revoked mid-run: the data routes' 401 is answered in the flag's error style.
     emu.set_faults({"route": "sessions", "sequence": [{"status": 401}]})
 
     hourly = sync_all(emu, sink)
     within_lookback = [s for s in CATALOG.values() if s.name != "transactions"]
+    if not flags.get("deletions_in_since", True):  # the reconcile below takes the deletions
+        within_lookback.remove(CATALOG["customers"])
     assert_tables_equal_source(emu, sink, within_lookback)
     if flags["late_changes_days"] <= CATALOG["transactions"].lookback.days:
         assert_tables_equal_source(emu, sink, [CATALOG["transactions"]])

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, bindparam, select, text
+from sqlalchemy import Engine, Table, bindparam, delete, select, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
@@ -125,6 +125,23 @@ class Sink:
             state = self.states.read(conn, account_id, stream, partition)
             conn.rollback()
         return state
+
+    def start_over(
+        self, stream: Stream, account_id: str, partition: str, personal_data: str
+    ) -> None:
+        """Delete the partition's rows and reset its state to a first sync under the
+        ``personal_data`` policy, in one transaction: a full refresh under another policy
+        must not leave rows written under the old one (an object Dintero no longer lists would
+        keep them for ever)."""
+        table = self.table_for(stream)
+        query = delete(table).where(table.c.account_id == account_id)
+        if partition and stream.per_destination:
+            query = query.where(table.c.payout_destination_id == partition)
+        with self.dialect.begin(self.engine) as conn:
+            state = self.states.lock(conn, account_id, stream.name, partition)
+            conn.execute(query)
+            fresh = StreamState(personal_data=personal_data, last_run_at=state.last_run_at)
+            self.states.save(conn, account_id, stream.name, partition, fresh)
 
     # -- writes ----------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ class Schema:
             Column("resume", JSON_TYPE),
             Column("last_run_at", UTCDateTime()),
             Column("last_run_id", String(64)),
+            Column("personal_data", String(64)),
         )
         self._tables: dict[str, Table] = {}
         self._lock = threading.Lock()
@@ -66,7 +67,7 @@ class Schema:
         tables = [self.table_for(s) for s in streams]
         dialect.lock_schema(conn)
         self.metadata.create_all(conn, tables=[self.state_table, *tables])
-        for table in tables:
+        for table in [self.state_table, *tables]:
             existing = dialect.existing_columns(conn, table.name)
             for column in table.columns:
                 if column.name not in existing:

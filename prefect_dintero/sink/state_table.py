@@ -29,6 +29,7 @@ class StateStore:
         "resume",
         "last_run_at",
         "last_run_id",
+        "personal_data",
     )
 
     def __init__(self, table: Table, dialect: Dialect) -> None:
@@ -93,4 +94,5 @@ class StateStore:
             last_run_at=row["last_run_at"],
             last_run_id=row["last_run_id"],
             max_seen=row["max_seen"],
+            personal_data=row["personal_data"],
         )
