@@ -11,7 +11,7 @@ server in their own):
    the same pages (three interleaved rounds, the median round's ratio), and the requests of a
    no-change incremental re-run;
 4. the daily reconcile run (92 days re-read) at 100 000 transactions, after late changes;
-5. what a run costs a remote Prefect API (``prefect_api.py``): requests per run and per page,
+5. what a run costs a remote Prefect API (``prefect_api_cost.py``): requests per run and per page,
    logs and events, 80 ms per Prefect request, a Hobby-limited 100 000-row run, a 20 s outage;
 6. a simulated month of hourly ``dintero-sync`` runs (``month.py``; 3 days with ``--quick``).
 
@@ -84,7 +84,7 @@ def main() -> None:
     session_4 = run("token_economy.py", *common, "--processes", "4", "--identity", "session")
     syncs = run("sync_throughput.py", "--sizes", *sizes)
     recon = run("reconcile.py", "--transactions", sizes[-1])
-    cloud = run("prefect_api.py", *(["--quick"] if args.quick else []))
+    cloud = run("prefect_api_cost.py", *(["--quick"] if args.quick else []))
     month = run("month.py", "--days", "3" if args.quick else "30")
 
     rows: list[tuple[str, str, str]] = []
