@@ -144,13 +144,29 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="bare, core and flow this many times, interleaved"
     )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="the emulator adds this to every data page: then bare, core and flow once each, "
+        "and the core again under --rate-limit",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=float,
+        default=20.0,
+        help="with --latency-ms: the emulator's requests a second per account (default 20)",
+    )
     args = parser.parse_args()
     lines, results = [], []
     with tempfile.TemporaryDirectory() as home:
         server, env = start_prefect_server(Path(home))
         try:
             for size in args.sizes:
-                lines_and_result = measure(size, env, args.rounds)
+                if args.latency_ms:
+                    lines_and_result = at_latency(size, args.latency_ms, args.rate_limit, env)
+                else:
+                    lines_and_result = measure(size, env, args.rounds)
                 lines.append(lines_and_result[0])
                 results.append(lines_and_result[1])
         finally:
@@ -162,6 +178,73 @@ def main() -> None:
     for line in lines:
         print(line)
     print("RESULT " + json.dumps(results))
+
+
+def at_latency(size: int, latency_ms: float, rate_limit: float, env: dict) -> tuple[str, dict]:
+    """At ``size`` transactions, ``latency_ms`` added to every page: the bare loop (one request
+    in flight), the core sync and the flow (slices under the adaptive limit, 8 at most), each
+    once; then the core sync again on an emulator that answers 429 beyond ``rate_limit``
+    requests a second."""
+
+    def emulator_stats(url: str) -> dict:
+        return httpx.get(f"{url}/_emulator/stats").json()
+
+    flags = ["--transactions", str(size), "--token-lifetime", "86400"]
+    flags += ["--latency-ms", str(latency_ms)]
+    proc, url = start_emulator(*flags, timeout=300)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            before = emulator_stats(url)["requests_total"]
+            bare = child(BARE, url)
+            bare_requests = emulator_stats(url)["requests_total"] - before
+            before = emulator_stats(url)["requests_total"]
+            core = child(SYNC, url, os.path.join(tmp, "core.db"))
+            core_requests = emulator_stats(url)["requests_total"] - before
+            name = f"latency-{size}"
+            child(SAVE_CREDENTIALS + "\nprint('{}')", url, name, env=env)
+            flow = child(FLOW, name, os.path.join(tmp, "flow.db"), env=env)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    proc, url = start_emulator(*flags, "--rate-limit", str(rate_limit), timeout=300)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            limited = child(SYNC, url, os.path.join(tmp, "limited.db"))
+            stats = emulator_stats(url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert core["table_rows"] == limited["table_rows"] == size and flow["rows"] == size
+    limited_requests = sum(stats["requests"].get("transactions", {}).values())
+    answered = limited_requests - stats["rate_limited"]
+    result = {
+        "rows": size,
+        "latency_ms": latency_ms,
+        "bare_rows_per_s": round(size / bare["seconds"]),
+        "core_rows_per_s": round(size / core["seconds"]),
+        "flow_rows_per_s": round(size / flow["seconds"]),
+        "core_vs_bare": round(bare["seconds"] / core["seconds"], 2),
+        "flow_vs_bare": round(bare["seconds"] / flow["seconds"], 2),
+        "bare_requests": bare_requests,
+        "core_requests": core_requests,
+        "rate_limit": rate_limit,
+        "limited_requests": limited_requests,
+        "limited_429": stats["rate_limited"],
+        "limited_429_share": round(stats["rate_limited"] / max(1, limited_requests), 4),
+        "limited_share_of_limit": round(answered / limited["seconds"] / rate_limit, 2),
+        "limited_rows_per_s": round(size / limited["seconds"]),
+    }
+    line = (
+        f"{size:>7,} rows, {latency_ms:g} ms a page | bare loop {result['bare_rows_per_s']:,} "
+        f"rows/s ({bare_requests} requests) | core {result['core_rows_per_s']:,} rows/s "
+        f"({core_requests} requests, {result['core_vs_bare']}x bare) | flow "
+        f"{result['flow_rows_per_s']:,} rows/s ({result['flow_vs_bare']}x bare) | under "
+        f"{rate_limit:g} requests/s: core {result['limited_rows_per_s']:,} rows/s, "
+        f"{limited_requests} requests, {stats['rate_limited']} answered 429 "
+        f"({100 * result['limited_429_share']:.1f} %), {100 * result['limited_share_of_limit']:.0f} % "
+        "of the limit"
+    )
+    return line, result
 
 
 def measure(size: int, env: dict, rounds: int) -> tuple[str, dict]:

@@ -42,6 +42,8 @@ class DinteroCredentials(CredentialsBlock, ClientFields):
         request_deadline_seconds: the most one request may take in all.
         retry_attempts: attempts per request for transient failures, the first included.
         retry_max_wait_seconds: the longest one wait between attempts may be.
+        max_concurrent_requests: the most requests in flight at once for the account in one
+            process (a backfill reads windows in slices, concurrently, adapting to Dintero).
         share_service_token: share one service token per lifetime across runs and workers.
 
     Examples:

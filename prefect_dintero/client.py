@@ -11,13 +11,14 @@ import httpx
 from pydantic import SecretStr
 
 from . import deadline
+from .adaptive_limit import AdaptiveLimit
 from .client_credentials import ClientCredentials
 from .errors import MalformedResponseError, RunBudgetExceeded, RunInterrupted
 from .httpx_auth import DinteroAuth
 from .paginators import apages, pages
 from .personal_data import PersonalData
 from .provider import ClientCredentialsProvider, OIDCSessionProvider, TokenProvider
-from .retry import RetryPolicy
+from .retry import RetryPolicy, parse_retry_after
 from .store import TokenStore
 from .tokens import Token
 from .transport import (
@@ -76,6 +77,9 @@ class _ClientBase:
         #: Asked before every request and before each page is committed: why the run must stop
         #: now (it may no longer hold its account, say), or None to go on.
         self.stop_reason: Callable[[], str | None] | None = None
+        #: The account's adaptive limit on requests in flight (``adaptive_limit.limit_for``),
+        #: set by the sync; None: requests are not paced.
+        self.limiter: AdaptiveLimit | None = None
         self._headers = default_headers(credentials.system_name)
 
     def check_run(self) -> None:
@@ -194,7 +198,18 @@ class DinteroClient(_ClientBase):
         def attempt() -> httpx.Response:
             # A fresh request per attempt: auth is re-applied, so a retry never reuses a dead token.
             request = self._http.build_request(method, url, params=params, json=json)
-            response = send_sync(self._http, request, deadline=self._request_deadline())
+            if self.limiter is None:
+                response = send_sync(self._http, request, deadline=self._request_deadline())
+            else:
+                # Each attempt holds one of the account's slots, and tells the limit how it went.
+                with self.limiter.slot() as answered:
+                    started = time.monotonic()
+                    response = send_sync(self._http, request, deadline=self._request_deadline())
+                    answered(
+                        response.status_code,
+                        time.monotonic() - started,
+                        parse_retry_after(response.headers.get("retry-after")),
+                    )
             return check_response(response, self.stats)
 
         return self.retry_policy.call(attempt, on_retry_counter(self.stats))

@@ -84,6 +84,17 @@ class ClientFields(BaseModel):
             "included (waits start at 0.5 s and double, with jitter)."
         ),
     )
+    max_concurrent_requests: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        title="Max Concurrent Requests",
+        description=(
+            "The most requests to Dintero in flight at once for this account in one process. "
+            "A backfill starts at 2 and adds one after a run of answers without 429 or 5xx, "
+            "and halves on a 429; 1 reads one page after another."
+        ),
+    )
 
     @field_validator("account_id")
     @classmethod

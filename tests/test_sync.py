@@ -300,9 +300,10 @@ def test_a_malformed_page_is_a_clear_error_and_nothing_of_it_is_written(emu, des
     spec = CATALOG["transactions"]
     sink.prepare([spec])
     emu.set_faults({"route": "transactions", "sequence": ["ok", {"malformed": True}]})
+    # One page after another (test_concurrent_slices.py has the same with slices).
     with (
         pytest.raises(MalformedResponseError, match="not valid JSON"),
-        DinteroClient(creds_for(emu), retry_policy=FAST) as client,
+        DinteroClient(creds_for(emu, max_concurrent_requests=1), retry_policy=FAST) as client,
     ):
         sync_stream(client, sink, spec, AID, options(emu))
     assert sink.count(spec) == 17  # the first page only

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -22,7 +23,7 @@ from ..validation import is_loopback
 from .auth_server import AuthRoutes
 from .control import ControlRoutes
 from .data import iso
-from .faults import FaultAction
+from .faults import DATA_ROUTES, FaultAction
 from .http import (
     GENERIC_ERROR_STATUSES,
     ApiError,
@@ -100,9 +101,13 @@ class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
     async def _serve(self, route: str, request: Request, handler: Handler) -> Response:
         """Apply faults, run the handler, turn ApiError into Dintero's body, count the result."""
         self.state.in_flight[route] += 1
+        peak = self.state.peak_in_flight
+        peak[route] = max(peak[route], self.state.in_flight[route])
         try:
             action = self.state.faults.pick(route)
             response = await self._faulted(action, request) if action else None
+            if response is None and route in DATA_ROUTES:
+                response = await self._paced(request)
             if response is None:
                 try:
                     response = await handler(request)
@@ -122,6 +127,24 @@ class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
             return response
         finally:
             self.state.in_flight[route] -= 1
+
+    async def _paced(self, request: Request) -> Response | None:
+        """The data routes' page latency and rate limit (``page_latency``, ``rate_limit``)."""
+        config = self.state.config
+        if config.rate_limit:
+            key = request.path_params.get("aid") or request.headers.get("authorization", "")
+            wait = self.state.rate_buckets.take(key, config.rate_limit)
+            if wait:
+                self.state.rate_limited_total += 1
+                return self._error(
+                    429,
+                    "TOO_MANY_REQUESTS",
+                    f"more than {config.rate_limit:g} requests a second",
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
+        if config.page_latency:
+            await asyncio.sleep(config.page_latency)
+        return None
 
     @staticmethod
     def _with_extra_rows(route: str, response: Response, extra: tuple[dict, ...]) -> Response:

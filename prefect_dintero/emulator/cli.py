@@ -158,6 +158,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "Each undocumented behaviour can be switched, so flows can be tested against every "
         "plausible choice.",
     )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="milliseconds added to every data page (default: none)",
+    )
+    p.add_argument(
+        "--rate-limit",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="data requests a second per account; beyond it 429 with Retry-After (default: none)",
+    )
     silent.add_argument(
         "--list-order",
         choices=("newest", "oldest", "shuffled"),
@@ -257,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
         omit_optional_keys=args.omit_optional_keys,
         since_exclusive=args.since_exclusive,
         deletions_in_since=args.deletions_in_since,
+        page_latency=args.latency_ms / 1000,
+        rate_limit=args.rate_limit,
         short_pages=args.short_pages,
         late_changes_days=args.late_changes_days,
         error_codes=args.error_codes,

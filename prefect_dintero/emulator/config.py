@@ -82,6 +82,13 @@ class EmulatorConfig:
     #: on the last page, a session's ``transaction_id`` before it has one. That is what the
     #: schemas say; False sends them as ``[]`` and ``null``, as real servers sometimes do.
     omit_optional_keys: bool = True
+    #: Seconds added to every data page (the five lists and the payout destinations list): a
+    #: real list API takes time to answer a page of 100 objects (Dintero publishes none).
+    page_latency: float = 0.0
+    #: Data requests per second accepted per account (0: no limit); beyond it, 429 with
+    #: ``Retry-After`` in whole seconds. Dintero documents 429 and ``Retry-After``, not its limits.
+    rate_limit: float = 0.0
+
     #: Whether ``since_datetime`` (customers, with ``include_deleted=true``) returns a customer
     #: deleted after it. The reference documents ``include_deleted`` and the deleted user's
     #: shape, not how the two parameters combine: True treats a deletion as the customer's

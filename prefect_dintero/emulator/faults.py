@@ -41,6 +41,9 @@ ROUTES = (
     "payout_transfers",
 )
 
+#: The routes that serve data pages (what ``page_latency`` and ``rate_limit`` apply to).
+DATA_ROUTES = frozenset(ROUTES[3:])
+
 
 class FaultConfigError(ValueError):
     """A fault rule the emulator cannot understand."""

@@ -34,6 +34,27 @@ class Clock:
         self._advanced += seconds
 
 
+class RateBuckets:
+    """A token bucket per key (an account): ``rate`` requests a second, bursts of up to one
+    second's worth; on real time, as a server's limit is."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, rate: float) -> float:
+        """0 when a request may pass now (and counts it), else the seconds until one may."""
+        with self._lock:
+            now = time.monotonic()
+            tokens, at = self._buckets.get(key, (rate, now))
+            tokens = min(rate, tokens + (now - at) * rate)
+            if tokens >= 1:
+                self._buckets[key] = (tokens - 1, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / rate
+
+
 class EmulatorState:
     """Everything the routes read and write. One per running emulator."""
 
@@ -56,8 +77,11 @@ class EmulatorState:
         self.token_grants: Counter[str] = Counter()
         self.token_grant_failures: Counter[str] = Counter()
         self.requests: dict[str, Counter[str]] = defaultdict(Counter)
-        #: Requests being answered right now, by route.
+        #: Requests being answered right now, by route, and the most there were at once.
         self.in_flight: Counter[str] = Counter()
+        self.peak_in_flight: Counter[str] = Counter()
+        self.rate_buckets = RateBuckets()
+        self.rate_limited_total = 0
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -133,9 +157,13 @@ class EmulatorState:
             "faults_injected": dict(self.faults.injected),
             "retry_after_forms": dict(self.faults.retry_after_forms),
             "in_flight": {route: n for route, n in self.in_flight.items() if n},
+            "peak_in_flight": dict(self.peak_in_flight),
+            "rate_limited": self.rate_limited_total,
         }
 
     def reset_stats(self) -> None:
+        self.peak_in_flight.clear()
+        self.rate_limited_total = 0
         self.token_grants.clear()
         self.token_grant_failures.clear()
         self.requests.clear()

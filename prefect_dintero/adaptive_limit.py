@@ -1,0 +1,148 @@
+"""How many requests one account may have in flight: a limit that adapts to Dintero.
+
+Dintero documents 429 with ``Retry-After`` and publishes no rate limit, so the limit is found by
+asking: additive increase, multiplicative decrease, as TCP finds a link's capacity.
+
+- It starts at 2 requests in flight (1 when the credentials allow only 1).
+- After as many answers in a row without 429 or 5xx as requests are allowed in flight (one
+  "round" of them), it allows one more, up to ``maximum`` (``max_concurrent_requests``).
+  Near the level that last met a 429, it waits ``PROBE_ROUNDS`` rounds before trying one more:
+  a limit found is probed now and then, not every round.
+- On a 429 it halves (at least 1), and nobody sends for the ``Retry-After`` the server asked;
+  on a 5xx it halves too. Each decrease waits a round before the next one, so one burst of
+  429s (every request in flight meets the same limit) halves it once.
+- When answers slow down to more than four times the quickest seen (and over a second), it
+  allows one fewer: a server that queues requests is a server at its limit.
+
+One limit per account in a process (:func:`limit_for`): every stream of the account shares it,
+the sequential reads included (which never hold more than one slot).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+#: Where the limit starts.
+START = 2
+#: Rounds without a 429 before trying the level that last met one again.
+PROBE_ROUNDS = 16
+#: Slower than this many times the quickest answer (and than ``SLOW_FLOOR`` seconds): one fewer.
+SLOW_FACTOR = 4.0
+SLOW_FLOOR = 1.0
+
+
+class AdaptiveLimit:
+    """The requests one account may have in flight.
+
+    Examples:
+        ```python
+        from prefect_dintero.adaptive_limit import AdaptiveLimit
+
+        limit = AdaptiveLimit(maximum=8)
+        assert limit.limit == 2
+        for _ in range(2):
+            with limit.slot() as answer:
+                answer(200, 0.15)
+        assert limit.limit == 3  # a round without 429: one more
+        with limit.slot() as answer:
+            answer(429, 0.15, retry_after=0.0)
+        assert limit.limit == 1  # halved
+        ```
+    """
+
+    def __init__(self, maximum: int, start: int = START) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = min(start, self.maximum)
+        self.in_flight = 0
+        self._successes = 0
+        self._calm_after = 0  # answers to wait before another decrease
+        self._paused_until = 0.0
+        self._quickest: float | None = None
+        #: The level that last met a 429 (None: none met yet, or passed since).
+        self._ceiling: int | None = None
+        self._cond = threading.Condition()
+        #: For benchmarks and tests: the highest limit reached, and the decreases made.
+        self.peak = self.limit
+        self.decreases = 0
+
+    @contextmanager
+    def slot(self) -> Iterator[Callable[..., None]]:
+        """Hold one of the account's slots for one request; call what it yields with the
+        answer's status, its seconds and its ``Retry-After`` (None for a dropped connection)."""
+        self._acquire()
+        answered: list[tuple[int | None, float, float | None]] = []
+        try:
+            yield lambda status, seconds, retry_after=None: answered.append(
+                (status, seconds, retry_after)
+            )
+        finally:
+            self._release(*(answered[0] if answered else (None, 0.0, None)))
+
+    def _acquire(self) -> None:
+        with self._cond:
+            while True:
+                wait = self._paused_until - time.monotonic()
+                if wait <= 0 and self.in_flight < self.limit:
+                    self.in_flight += 1
+                    return
+                self._cond.wait(timeout=wait if wait > 0 else None)
+
+    def _release(self, status: int | None, seconds: float, retry_after: float | None) -> None:
+        with self._cond:
+            self.in_flight -= 1
+            if status == 429:
+                if retry_after:
+                    self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+                if self._calm_after == 0:
+                    self._ceiling = self.limit
+                self._decrease(halve=True)
+            elif status is None or status >= 500:
+                self._decrease(halve=True)
+            else:
+                if self._quickest is None or seconds < self._quickest:
+                    self._quickest = seconds
+                slow = seconds > max(SLOW_FLOOR, SLOW_FACTOR * (self._quickest or seconds))
+                if slow:
+                    self._decrease(halve=False)
+                else:
+                    self._calm_after = max(0, self._calm_after - 1)
+                    self._successes += 1
+                    near = self._ceiling is not None and self.limit + 1 >= self._ceiling
+                    rounds = PROBE_ROUNDS if near else 1
+                    if self._successes >= rounds * self.limit and self.limit < self.maximum:
+                        self.limit += 1
+                        self.peak = max(self.peak, self.limit)
+                        self._successes = 0
+                        if self._ceiling is not None and self.limit > self._ceiling:
+                            self._ceiling = None  # more than the old level works now
+            self._cond.notify_all()
+
+    def _decrease(self, *, halve: bool) -> None:
+        self._successes = 0
+        if self._calm_after > 0:
+            self._calm_after -= 1
+            return  # the same burst: one decrease per round
+        self.limit = max(1, self.limit // 2 if halve else self.limit - 1)
+        self._calm_after = self.limit
+        self.decreases += 1
+
+
+_LIMITS: dict[str, AdaptiveLimit] = {}
+_LIMITS_LOCK = threading.Lock()
+
+
+def limit_for(account_id: str, api_url: str, maximum: int) -> AdaptiveLimit:
+    """The process's one limit for an account of one API (its maximum follows the latest
+    caller's)."""
+    key = f"{api_url}|{account_id}"
+    with _LIMITS_LOCK:
+        limit = _LIMITS.get(key)
+        if limit is None:
+            limit = _LIMITS[key] = AdaptiveLimit(maximum)
+        else:
+            limit.maximum = max(1, maximum)
+            limit.limit = min(limit.limit, limit.maximum)
+        return limit

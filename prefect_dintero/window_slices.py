@@ -1,0 +1,353 @@
+"""Reading one window in slices, concurrently: a backfill at the speed of the API's latency.
+
+A list API answers one page per round trip; read one after another, a backfill of 10 million
+transactions at 150 ms a page takes hours. A window the API filters on ``created_at``
+(transactions, sessions, settlements) can be cut into slices read at the same time:
+
+- **Slices follow the data, by bisection.** The window starts as one slice. A slice asks for
+  its first page; when that page is the last, the slice is done in one request. When more
+  follow and the page's dates cover a small part of the slice (a list in date order: the slice
+  holds many pages), the slice is cut in two at its middle (while there are fewer than
+  ``max_slices``), and each half starts over: so a dense stretch is cut until every worker has
+  a slice, and a sparse one is read in turn. The page that showed the density is not written
+  (each half reads it again). A list in no date order gives no such estimate: it is read in one
+  slice, as before.
+- **Each slice commits its own resume point**, in the same transaction as its page (the
+  state's ``resume`` holds every slice: its bounds, its next page, whether it is done, and the
+  newest value it read). The stream's cursor moves only with the commit of the last slice: a
+  crashed run resumes every slice where it stopped, and never skips a row.
+- **Requests go through the account's adaptive limit** (``prefect_dintero.adaptive_limit``):
+  the slices are workers, the limit says how many may have a request in flight.
+
+Pages are written one at a time (one writer per stream): the round trips overlap, the writes,
+a small share of the time, do not.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from queue import Queue
+from typing import TYPE_CHECKING, Any
+
+from . import times
+from .errors import DinteroAPIError
+from .paginators import Page, pages
+from .redact import get_logger
+from .request import EARLIEST_START
+from .stream_state import PageWrite, StreamState, with_state
+from .times import iso, parse_datetime
+
+if TYPE_CHECKING:
+    from .stream_sync import StreamResult, StreamSync
+
+logger = get_logger(__name__)
+
+#: A slice shorter than this is never cut (timestamps have millisecond precision).
+MIN_SPAN = timedelta(seconds=1)
+STEP = timedelta(milliseconds=1)
+#: A slice is cut only when its first page suggests at least this many pages: a cut costs
+#: about three requests (the page read again, one more last page, one more part-filled page).
+MIN_PAGES_TO_CUT = 16
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Part of a window: ``[lo, hi]`` (``lo`` None: from the beginning), where it stands."""
+
+    lo: datetime | None
+    hi: datetime
+    resume: dict[str, Any] | None = None
+    done: bool = False
+    seen: datetime | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{iso(self.lo) or ''}|{iso(self.hi)}"
+
+    def halves(self) -> tuple[Slice, Slice] | None:
+        """The slice cut at its middle, or None when it is too short to cut."""
+        base = self.lo if self.lo is not None else min(EARLIEST_START, self.hi - MIN_SPAN)
+        if self.hi - base < 2 * MIN_SPAN:
+            return None
+        middle = base + (self.hi - base) / 2
+        middle -= timedelta(microseconds=middle.microsecond % 1000)  # whole milliseconds
+        return Slice(self.lo, middle), Slice(middle + STEP, self.hi)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lo": iso(self.lo),
+            "hi": iso(self.hi),
+            "resume": self.resume,
+            "done": self.done,
+            "seen": iso(self.seen),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Slice:
+        hi = parse_datetime(data.get("hi"))
+        if hi is None:
+            raise ValueError("a slice without its upper bound")
+        return cls(
+            lo=parse_datetime(data.get("lo")),
+            hi=hi,
+            resume=data.get("resume"),
+            done=bool(data.get("done")),
+            seen=parse_datetime(data.get("seen")),
+        )
+
+
+def saved_slices(resume: Any) -> list[Slice] | None:
+    """The slices a state's ``resume`` holds, or None when it holds one page cursor."""
+    if isinstance(resume, dict) and isinstance(resume.get("slices"), list):
+        return [Slice.from_json(s) for s in resume["slices"]]
+    return None
+
+
+class SlicedWindow:
+    """Reads the window ``[lower, upper]`` of ``sync``'s stream in concurrent slices.
+
+    Args:
+        sync: the stream's sync (its client, sink, stream and request).
+        lower, upper: the window.
+        slices: the slices of an unfinished run to resume; None starts one slice.
+        reset: a full refresh: the old cursor is forgotten with the first commit.
+        result: the stream's result, counted into.
+        workers: how many slices are read at once (the adaptive limit bounds the requests).
+    """
+
+    def __init__(
+        self,
+        sync: StreamSync,
+        lower: datetime | None,
+        upper: datetime,
+        slices: list[Slice] | None,
+        reset: bool,
+        result: StreamResult,
+        workers: int,
+    ) -> None:
+        self.sync = sync
+        self.lower, self.upper = lower, upper
+        self.slices: dict[str, Slice] = {
+            s.key: s for s in (slices if slices is not None else [Slice(lower, upper)])
+        }
+        self.reset = reset and slices is None
+        self.result = result
+        self.workers = max(1, workers)
+        self.max_slices = 2 * self.workers
+        self._lock = threading.Lock()  # the slices and the result
+        self._failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._todo: Queue[Slice | None] = Queue()
+        self._open = 0
+        #: Pages read, in each slice's order, for the one writer: the thread that called
+        #: :meth:`run` (a database connection stays in its thread; memory stays bounded).
+        self._read_pages: Queue[tuple[Page, Slice] | None] = Queue(maxsize=2 * self.workers)
+
+    def run(self) -> None:
+        pending = [s for s in self.slices.values() if not s.done]
+        if not pending:
+            self._commit(None, None)  # every slice was in: only the cursor is left to move
+            return
+        for s in pending:
+            self._put(s)
+        threads = [
+            threading.Thread(target=self._work, name=f"dintero-slice-{n}", daemon=True)
+            for n in range(self.workers)
+        ]
+        for t in threads:
+            t.start()
+        left = len(threads)
+        while left:
+            item = self._read_pages.get()
+            if item is None:  # a worker left
+                left -= 1
+            elif not self._stop.is_set():
+                try:
+                    self._commit(*item)
+                except BaseException as exc:
+                    self._fail(exc)
+        for t in threads:
+            t.join()
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail(self, exc: BaseException) -> None:
+        """The first failure ends the read: the others stop before their next request."""
+        with self._lock:
+            if self._failure is None:
+                self._failure = exc
+        self._stop.set()
+        self._todo.put(None)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _put(self, s: Slice) -> None:
+        with self._lock:
+            self._open += 1
+        self._todo.put(s)
+
+    def _work(self) -> None:
+        try:
+            while True:
+                s = self._todo.get()
+                if s is None or self._stop.is_set():
+                    self._todo.put(None)  # wake the next worker to leave too
+                    return
+                try:
+                    self._read(s)
+                except BaseException as exc:
+                    self._fail(exc)
+                    return
+                with self._lock:
+                    self._open -= 1
+                    finished = self._open == 0
+                if finished:
+                    self._todo.put(None)
+        finally:
+            self._read_pages.put(None)
+
+    def _read(self, s: Slice) -> None:
+        try:
+            self._page(s)
+        except DinteroAPIError as exc:
+            if s.resume is None or exc.status_code != 400:
+                raise
+            # A resume token the API no longer accepts: the slice starts over (upserts dedupe).
+            logger.warning(
+                "%s: a saved page cursor was refused (%s); re-reading its slice",
+                self.sync.label,
+                exc.message,
+            )
+            fresh = replace(s, resume=None)
+            with self._lock:
+                self.slices[s.key] = fresh
+            self._page(fresh)
+
+    def _page(self, s: Slice) -> None:
+        sync = self.sync
+        paginator = sync.stream.paginator(sync.page_size, s.lo, sync.until)
+        walk = pages(
+            sync._fetch,
+            paginator,
+            start_params=s.resume,
+            base_params=sync._base_params(s.lo, s.hi),
+            max_pages=sync.request.max_pages,
+            check_rows=sync.stream.check_keys,
+        )
+        first = s.resume is None
+        for page in walk:
+            if self._stop.is_set():
+                return
+            if first and page.next_params is not None and (halves := self._cut(s, page)):
+                # Dense: the halves are read instead, each from its start.
+                for half in halves:
+                    self._put(half)
+                return
+            first = False
+            page = sync._protected(page)
+            with self._lock:
+                newest = sync._newest_in_window(page.rows, s.lo, s.hi, self.result)
+            last = page.next_params is None
+            s = replace(
+                s,
+                resume=None if last else page.next_params,
+                done=last,
+                seen=_later(s.seen, newest),
+            )
+            self._read_pages.put((page, s))
+            if last:
+                return
+
+    def _cut(self, s: Slice, page: Page) -> tuple[Slice, Slice] | None:
+        """The halves to read instead of ``s``, when its first page shows it dense enough to be
+        worth a cut, and there are fewer than ``max_slices``; else None."""
+        if self._estimated_pages(s, page) < MIN_PAGES_TO_CUT:
+            return None
+        with self._lock:
+            if len(self.slices) >= self.max_slices:
+                return None
+            halves = s.halves()
+            if halves is None:
+                return None
+            del self.slices[s.key]
+            for half in halves:
+                self.slices[half.key] = half
+            return halves
+
+    def _estimated_pages(self, s: Slice, page: Page) -> float:
+        """How many pages the slice holds, judged from its first (full) page: when the list
+        comes in date order, that page covers a short stretch of a dense slice. A page whose
+        dates spread over most of the slice (a list in no date order) says nothing: 1."""
+        dates = [d for r in page.rows if (d := parse_datetime(self.sync.stream.changed_at(r)))]
+        if len(dates) < 2:
+            return 1.0
+        # From the beginning: bisection starts from the earliest date Dintero data can have.
+        start = s.lo if s.lo is not None else min(EARLIEST_START, min(dates))
+        span = (s.hi - start).total_seconds()
+        spread = (max(dates) - min(dates)).total_seconds()
+        if span <= 0:
+            return 1.0
+        return span / max(spread, 0.001)
+
+    # -- the one writer --------------------------------------------------------------------------
+
+    def _commit(self, page: Page | None, s: Slice | None) -> None:
+        """Write ``page`` and where slice ``s`` now stands, with every slice's state."""
+        sync = self.sync
+        with self._lock:
+            if s is not None:
+                self.slices[s.key] = s
+            slices = list(self.slices.values())
+            clear_cursor, self.reset = self.reset, False
+
+        def update(state: StreamState, write: PageWrite) -> StreamState:
+            cursor = None if clear_cursor else state.cursor
+            common = dict(
+                rows_total=state.rows_total + write.inserted,
+                last_run_at=times.now(),
+                last_run_id=sync.run_id,
+                personal_data=sync.personal_data.fingerprint,
+            )
+            if all(x.done for x in slices):
+                seen = None
+                for x in slices:
+                    seen = _later(seen, x.seen)
+                return with_state(
+                    state,
+                    cursor=sync._moved_cursor(cursor, seen),
+                    max_seen=None,
+                    window_lower=None,
+                    window_upper=None,
+                    resume=None,
+                    **common,
+                )
+            return with_state(
+                state,
+                cursor=cursor,
+                max_seen=None,
+                window_lower=self.lower,
+                window_upper=self.upper,
+                resume={"slices": [x.to_json() for x in slices]},
+                **common,
+            )
+
+        sync.client.check_run()  # nothing is written once the run must stop
+        rows = page.rows if page is not None else []
+        write, new_state = sync.sink.write_page(
+            sync.stream, sync.account_id, sync.partition, rows, update
+        )
+        with self._lock:
+            if page is not None:
+                sync._count_page(page, write, new_state, self.result)
+            else:
+                self.result.cursor_after = iso(new_state.cursor)
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
