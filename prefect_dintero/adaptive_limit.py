@@ -125,8 +125,10 @@ class AdaptiveLimit:
         if self._calm_after > 0:
             self._calm_after -= 1
             return  # the same burst: one decrease per round
-        self.limit = max(1, self.limit // 2 if halve else self.limit - 1)
-        self._calm_after = self.limit
+        before = self.limit
+        self.limit = max(1, before // 2 if halve else before - 1)
+        # The answers to requests sent under the old limit are the same burst: not counted.
+        self._calm_after = before - 1
         self.decreases += 1
 
 

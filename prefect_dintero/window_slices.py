@@ -50,6 +50,8 @@ STEP = timedelta(milliseconds=1)
 #: A slice is cut only when its first page suggests at least this many pages: a cut costs
 #: about three requests (the page read again, one more last page, one more part-filled page).
 MIN_PAGES_TO_CUT = 16
+#: Over how long a first sync judges whether the account is dense enough to cut.
+HORIZON = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -283,9 +285,10 @@ class SlicedWindow:
         dates = [d for r in page.rows if (d := parse_datetime(self.sync.stream.changed_at(r)))]
         if len(dates) < 2:
             return 1.0
-        # From the beginning: bisection starts from the earliest date Dintero data can have.
-        start = s.lo if s.lo is not None else min(EARLIEST_START, min(dates))
-        span = (s.hi - start).total_seconds()
+        # From the beginning (a first sync): how far back the data goes is unknown, so the
+        # density is judged over the last HORIZON; only a dense account is cut (and then from
+        # the earliest date Dintero data can have, where empty halves cost a request each).
+        span = HORIZON.total_seconds() if s.lo is None else (s.hi - s.lo).total_seconds()
         spread = (max(dates) - min(dates)).total_seconds()
         if span <= 0:
             return 1.0

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from pydantic import SecretStr
@@ -112,19 +113,21 @@ def test_the_emulator_limits_the_rate_and_answers_429_with_retry_after(dintero_e
         json={"grant_type": "client_credentials", "audience": f"{emu.url}/v1/accounts/{AID}"},
     ).json()["access_token"]
     started = time.monotonic()
-    answers = [
-        httpx.get(
+
+    def page(_: int) -> httpx.Response:
+        return httpx.get(
             f"{emu.url}/v1/transactions",
             params={"limit": 1},
             headers={"Authorization": f"Bearer {token}"},
         )
-        for _ in range(8)
-    ]
+
+    with ThreadPoolExecutor(12) as pool:  # 12 at once: one second's 5, then 429s
+        answers = list(pool.map(page, range(12)))
     statuses = [a.status_code for a in answers]
-    assert statuses[:5] == [200] * 5 and 429 in statuses[5:]
+    assert 5 <= statuses.count(200) <= 6 and statuses.count(429) >= 6
     refused = next(a for a in answers if a.status_code == 429)
     assert int(refused.headers["Retry-After"]) >= 1
-    assert time.monotonic() - started >= 5 * 0.05  # every page that passed waited its latency
+    assert time.monotonic() - started >= 0.05  # the pages that passed waited their latency
     assert emu.stats()["rate_limited"] == statuses.count(429)
 
 
