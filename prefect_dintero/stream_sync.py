@@ -298,7 +298,7 @@ class StreamSync:
                 lower = min(lower, saved_lower)
         saved = saved_slices(resume)
         if upper is not None and (
-            saved is not None or (resume is None and self._worth_slicing(lower, upper))
+            saved is not None or (resume is None and self._worth_slicing(state))
         ):
             workers = self.client.credentials.max_concurrent_requests
             SlicedWindow(self, lower, upper, saved, reset, result, workers).run()
@@ -317,15 +317,21 @@ class StreamSync:
             result.resumed = False
             self._page_window(lower, upper, None, reset, result)
 
-    def _worth_slicing(self, lower: datetime | None, upper: datetime) -> bool:
+    def _worth_slicing(self, state: StreamState) -> bool:
         """Whether to read this window in concurrent slices: a stream the API filters by date,
-        more than one request allowed in flight, and a window longer than twice the lookback
-        (a first sync, a backfill, a reconcile); an hourly run reads its few pages in turn."""
+        more than one request allowed in flight, and a read from the beginning or far back (a
+        first sync, a full refresh, a reconcile). An incremental run reads its pages in turn,
+        as it always did: it makes no more requests than before."""
         return (
             self.stream.filtered_by_api
             and self.stream.cursor_field == "created_at"
             and self.client.credentials.max_concurrent_requests > 1
-            and (lower is None or upper - lower > 2 * self.lookback)
+            and (
+                state.cursor is None
+                or state.cursor > self.until  # not trusted: everything is read again
+                or self.request.full_refresh
+                or self.request.reconcile is not None
+            )
         )
 
     def _page_window(

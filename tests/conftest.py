@@ -268,3 +268,16 @@ def month_benchmark():
     sys.modules["month"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True)
+def _slices_everywhere(monkeypatch):
+    """Backfills are read in concurrent slices wherever their first page leaves more, however
+    small the test data and fast the emulator (in production: a dense account on a slow
+    network), so every suite (the undocumented choices, the crash loop, the fault soak, cursor
+    safety) runs with concurrency on. Tests of one-page-after-another behaviour say
+    ``max_concurrent_requests=1``."""
+    from prefect_dintero import window_slices
+
+    monkeypatch.setattr(window_slices, "MIN_PAGES_TO_CUT", 2)
+    monkeypatch.setattr(window_slices, "MIN_WAIT_TO_CUT", 0.0)

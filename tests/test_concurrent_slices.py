@@ -32,8 +32,10 @@ DATA = dict(transactions=1500, sessions=600, settlements=300, customers=20)
 
 @pytest.fixture
 def cut_small(monkeypatch):
-    """Cut slices from two pages on, so small test data is read in many slices."""
+    """Cut slices from two pages on, however fast the emulator answers, so small test data
+    is read in many slices."""
     monkeypatch.setattr(window_slices, "MIN_PAGES_TO_CUT", 2)
+    monkeypatch.setattr(window_slices, "MIN_WAIT_TO_CUT", 0.0)
 
 
 def _sync(emu, sink, streams=SLICED, concurrent=8, **request):
@@ -144,6 +146,7 @@ CRASHER = textwrap.dedent(
     from prefect_dintero.request import SyncRequest
     from prefect_dintero.stream_sync import sync_stream
     window_slices.MIN_PAGES_TO_CUT = 2
+    window_slices.MIN_WAIT_TO_CUT = 0.0
     url, destination = sys.argv[1], sys.argv[2]
     creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
         client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url,

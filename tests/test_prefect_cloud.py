@@ -450,7 +450,8 @@ def test_a_run_that_may_have_lost_its_slot_stops_before_another_writes(
     monkeypatch.setattr(sync_flow_module, "ACCOUNT_SLOT_RENEW_SECONDS", 1.0)
     # The lease counts as possibly gone 8 s after its last renewal, not 54 (CI's time).
     monkeypatch.setattr(slots_module, "lease_margin", lambda lease: lease - 8.0)
-    creds = save_credentials(emu)
+    # One page after another, so that the run outlasts its lease.
+    creds = save_credentials(emu, max_concurrent_requests=1)
     database = str(tmp_path / "one-account.db")
     writes: list[tuple[float, str]] = []
     real_write = Sink.write_page

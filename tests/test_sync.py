@@ -173,7 +173,11 @@ def test_since_datetime_grows_the_page_then_reads_the_whole_list_past_a_cluster(
 # -- full and incremental sync ------------------------------------------------------------------
 
 
-def test_full_sync_equals_the_source_for_every_stream(emu, destination):
+def test_full_sync_equals_the_source_for_every_stream(emu, destination, monkeypatch):
+    from prefect_dintero import window_slices
+
+    # The page count below is that of one read in turn (test_concurrent_slices.py has slices).
+    monkeypatch.setattr(window_slices, "MIN_PAGES_TO_CUT", 10**9)
     sink = Sink(destination)
     sink.prepare(list(CATALOG.values()))
     results = sync_all(emu, sink)
