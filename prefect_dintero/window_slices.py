@@ -150,8 +150,9 @@ class SlicedWindow:
         self._todo: Queue[Slice | None] = Queue()
         self._open = 0
         #: Pages read, in each slice's order, for the one writer: the thread that called
-        #: :meth:`run` (a database connection stays in its thread; memory stays bounded).
-        self._read_pages: Queue[tuple[Page, Slice] | None] = Queue(maxsize=2 * self.workers)
+        #: :meth:`run` (a database connection stays in its thread). Two wait at most, and one
+        #: in each worker's hands: memory stays flat, as with one page fetched ahead.
+        self._read_pages: Queue[tuple[Page, Slice] | None] = Queue(maxsize=2)
 
     def run(self) -> None:
         pending = [s for s in self.slices.values() if not s.done]
