@@ -4,8 +4,9 @@ Window streams (transactions, sessions, settlements, payout transfers) are read 
 ``[cursor - lookback, run start]`` fixed when the window opens, in whatever order the API lists
 it. Each page is committed with the place to resume from; the cursor moves only when the whole
 window is in, so it is never ahead of the data, and a crashed run's successor resumes the same
-window from its last committed page. Customers are walked by ``since_datetime`` and their
-cursor moves with each page.
+window from its last committed page. A read from the beginning or far back may go in concurrent
+slices (:mod:`prefect_dintero.window_slices`). Customers are walked by ``since_datetime`` and
+their cursor moves with each page.
 
 The cursor is guarded against what an API could send: it never moves past the run's start plus
 ``CLOCK_SKEW``, never because of a row outside the window that was asked for (such a row is
