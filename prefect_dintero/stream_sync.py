@@ -318,6 +318,29 @@ class StreamSync:
             result.resumed = False
             self._page_window(lower, upper, None, reset, result)
 
+    def written(self, state: StreamState, write: PageWrite) -> dict[str, Any]:
+        """What every page's commit records besides where the read stands."""
+        return dict(
+            rows_total=state.rows_total + write.inserted,
+            last_run_at=times.now(),
+            last_run_id=self.run_id,
+            personal_data=self.personal_data.fingerprint,
+        )
+
+    def window_closed(
+        self, state: StreamState, write: PageWrite, cursor: datetime | None, seen: datetime | None
+    ) -> StreamState:
+        """The state once a whole window is in: the cursor moved, nothing left to resume."""
+        return with_state(
+            state,
+            cursor=self._moved_cursor(cursor, seen),
+            max_seen=None,
+            window_lower=None,
+            window_upper=None,
+            resume=None,
+            **self.written(state, write),
+        )
+
     def _worth_slicing(self, state: StreamState) -> bool:
         """Whether to read this window in concurrent slices: a stream the API filters by date,
         more than one request allowed in flight, and a read from the beginning or far back (a
@@ -375,22 +398,8 @@ class StreamSync:
                 # leaves a window whose completion sets the cursor from what it read.
                 cursor = None if clear_cursor else state.cursor
                 seen = _later(state.max_seen if state.in_progress else None, newest)
-                common = dict(
-                    rows_total=state.rows_total + write.inserted,
-                    last_run_at=times.now(),
-                    last_run_id=self.run_id,
-                    personal_data=self.personal_data.fingerprint,
-                )
                 if last:
-                    return with_state(
-                        state,
-                        cursor=self._moved_cursor(cursor, seen),
-                        max_seen=None,
-                        window_lower=None,
-                        window_upper=None,
-                        resume=None,
-                        **common,
-                    )
+                    return self.window_closed(state, write, cursor, seen)
                 return with_state(
                     state,
                     cursor=cursor,
@@ -398,7 +407,7 @@ class StreamSync:
                     window_lower=lower,
                     window_upper=upper,
                     resume=page.next_params,
-                    **common,
+                    **self.written(state, write),
                 )
 
             self.client.check_run()  # nothing is written once the run must stop
@@ -453,10 +462,7 @@ class StreamSync:
                 return with_state(
                     state,
                     cursor=self._moved_cursor(cursor, newest),
-                    rows_total=state.rows_total + write.inserted,
-                    last_run_at=times.now(),
-                    last_run_id=self.run_id,
-                    personal_data=self.personal_data.fingerprint,
+                    **self.written(state, write),
                 )
 
             self.client.check_run()

@@ -33,7 +33,6 @@ from datetime import datetime, timedelta
 from queue import Queue
 from typing import TYPE_CHECKING, Any
 
-from . import times
 from .errors import DinteroAPIError
 from .paginators import Page, pages
 from .redact import get_logger
@@ -321,25 +320,11 @@ class SlicedWindow:
 
         def update(state: StreamState, write: PageWrite) -> StreamState:
             cursor = None if clear_cursor else state.cursor
-            common = dict(
-                rows_total=state.rows_total + write.inserted,
-                last_run_at=times.now(),
-                last_run_id=sync.run_id,
-                personal_data=sync.personal_data.fingerprint,
-            )
             if all(x.done for x in slices):
                 seen = None
                 for x in slices:
                     seen = _later(seen, x.seen)
-                return with_state(
-                    state,
-                    cursor=sync._moved_cursor(cursor, seen),
-                    max_seen=None,
-                    window_lower=None,
-                    window_upper=None,
-                    resume=None,
-                    **common,
-                )
+                return sync.window_closed(state, write, cursor, seen)
             return with_state(
                 state,
                 cursor=cursor,
@@ -347,7 +332,7 @@ class SlicedWindow:
                 window_lower=self.lower,
                 window_upper=self.upper,
                 resume={"slices": [x.to_json() for x in slices]},
-                **common,
+                **sync.written(state, write),
             )
 
         sync.client.check_run()  # nothing is written once the run must stop
