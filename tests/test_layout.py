@@ -155,14 +155,14 @@ def test_nothing_points_outside_the_repository():
     Prefect's own pages, and say in their own words what they rely on."""
     import subprocess
 
+    # Spelled in parts, so this file does not cite the folder itself.
+    outside_folder = "/".join(("..", "sha" + "red"))
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     outside = [
         name
         for name in tracked
-        if (ROOT / name).is_file()
-        and name != "tests/test_layout.py"
-        and "../shared" in (ROOT / name).read_text(errors="replace")
+        if (ROOT / name).is_file() and outside_folder in (ROOT / name).read_text(errors="replace")
     ]
     assert not outside, outside
