@@ -47,7 +47,6 @@ logger = get_logger(__name__)
 
 #: A slice shorter than this is never cut (timestamps have millisecond precision).
 MIN_SPAN = timedelta(seconds=1)
-STEP = timedelta(milliseconds=1)
 #: A slice is cut only when its first page suggests at least this many pages: a cut costs
 #: about three requests (the page read again, one more last page, one more part-filled page).
 MIN_PAGES_TO_CUT = 16
@@ -79,8 +78,12 @@ class Slice:
         if self.hi - base < 2 * MIN_SPAN:
             return None
         middle = base + (self.hi - base) / 2
-        middle -= timedelta(microseconds=middle.microsecond % 1000)  # whole milliseconds
-        return Slice(self.lo, middle), Slice(middle + STEP, self.hi)
+        # Whole milliseconds, as the filter is sent, so the saved bounds are the ones asked for.
+        middle -= timedelta(microseconds=middle.microsecond % 1000)
+        # The halves share their boundary: a row dated exactly there is read twice (the upsert
+        # takes it once), and no row can fall between them, whatever precision Dintero's
+        # timestamps have (its reference says neither that nor how exact .gte/.lte are).
+        return Slice(self.lo, middle), Slice(middle, self.hi)
 
     def to_json(self) -> dict[str, Any]:
         return {
