@@ -42,7 +42,7 @@ ROUTES = (
 )
 
 #: The routes that serve data pages (what ``page_latency`` and ``rate_limit`` apply to).
-DATA_ROUTES = frozenset(ROUTES[3:])
+DATA_ROUTES = frozenset(ROUTES) - {"token", "oidc_token", "authorize"}
 
 
 class FaultConfigError(ValueError):
