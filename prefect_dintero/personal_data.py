@@ -37,6 +37,19 @@ POLICIES: tuple[str, ...] = ("keep", "hash", "drop")
 MIN_KEY_BYTES = 32
 
 
+def checked_mode(mode: object) -> PersonalData:
+    """``mode`` when it is a policy this package knows.
+
+    Raises:
+        ConfigurationError: anything else, naming the three.
+    """
+    if mode not in POLICIES:
+        raise ConfigurationError(
+            f"personal_data must be one of {', '.join(POLICIES)}, got {mode!r}"
+        )
+    return mode  # type: ignore[return-value]
+
+
 def _is_email_field(name: str) -> bool:
     return "email" in name.lower()
 
@@ -69,10 +82,7 @@ class PersonalDataPolicy:
     key: SecretStr | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.mode not in POLICIES:
-            raise ConfigurationError(
-                f"personal_data must be one of {', '.join(POLICIES)}, got {self.mode!r}"
-            )
+        checked_mode(self.mode)
         if self.mode == "hash":
             if self.key is None:
                 raise ConfigurationError(

@@ -28,7 +28,7 @@ from . import times
 from .client_credentials import validation_message
 from .errors import ConfigurationError
 from .paginators import DEFAULT_MAX_PAGES
-from .personal_data import POLICIES, PersonalData
+from .personal_data import PersonalData, checked_mode
 from .sink.destination_urls import redact_url, resolve_destination, url_secrets
 from .streams import Stream, resolve_streams
 from .times import CLOCK_SKEW, iso
@@ -352,10 +352,7 @@ def _stream_names(streams: str | list[str] | tuple[str, ...] | None) -> tuple[st
 
 
 def _policy(mode: Any, key_block: str | None) -> str:
-    if mode not in POLICIES:
-        raise ConfigurationError(
-            f"personal_data must be one of {', '.join(POLICIES)}, got {mode!r}"
-        )
+    mode = checked_mode(mode)
     if mode == "hash" and not key_block:
         raise ConfigurationError(
             "personal_data='hash' needs personal_data_key_block: the name of a Prefect Secret "
