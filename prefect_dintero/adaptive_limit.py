@@ -8,22 +8,32 @@ asking: additive increase, multiplicative decrease, as TCP finds a link's capaci
   "round" of them), it allows one more, up to ``maximum`` (``max_concurrent_requests``).
   Near the level that last met a 429, it waits ``PROBE_ROUNDS`` rounds before trying one more:
   a limit found is probed now and then, not every round.
-- On a 429 it halves (at least 1), and nobody sends for the ``Retry-After`` the server asked;
-  on a 5xx it halves too. Each decrease waits a round before the next one, so one burst of
+- On a 429 it halves (at least 1), and nobody sends for the ``Retry-After`` the server asked,
+  capped by the caller (the credentials' ``retry_max_wait_seconds``) and by ``MAX_PAUSE``: one
+  answer never freezes an account for an hour. On a 5xx it halves too. Each decrease waits a round before the next one, so one burst of
   429s (every request in flight meets the same limit) halves it once.
 - When answers slow down to more than four times the quickest seen (and over a second), it
   allows one fewer: a server that queues requests is a server at its limit.
 
 One limit per account in a process (:func:`limit_for`): every stream of the account shares it,
 the sequential reads included (which never hold more than one slot).
+
+Every wait for a slot is bounded: the caller's ``check`` is asked at least every
+``CHECK_EVERY`` seconds while it waits (the client's ``check_run``, which raises once the run's
+budget is spent or the run must stop), so no run waits here past its own end. A slot given
+back without an answer for a reason that is not the network's (the run stopped, a bug, a
+cancellation) says nothing about Dintero and leaves the limit as it was.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from .errors import TransientError
 
 #: Where the limit starts.
 START = 2
@@ -32,6 +42,10 @@ PROBE_ROUNDS = 16
 #: Slower than this many times the quickest answer (and than ``SLOW_FLOOR`` seconds): one fewer.
 SLOW_FACTOR = 4.0
 SLOW_FLOOR = 1.0
+#: The longest pause one 429 can impose on an account, whatever its ``Retry-After`` says.
+MAX_PAUSE = 300.0
+#: How often a waiter asks its ``check`` whether it may still wait, seconds.
+CHECK_EVERY = 0.5
 
 
 class AdaptiveLimit:
@@ -69,33 +83,62 @@ class AdaptiveLimit:
         self.decreases = 0
 
     @contextmanager
-    def slot(self) -> Iterator[Callable[..., None]]:
+    def slot(self, check: Callable[[], None] | None = None) -> Iterator[Callable[..., None]]:
         """Hold one of the account's slots for one request; call what it yields with the
-        answer's status, its seconds and its ``Retry-After`` (None for a dropped connection)."""
-        self._acquire()
+        answer's status, its seconds and its ``Retry-After`` (already capped by the caller).
+
+        ``check`` is asked while waiting for the slot; whatever it raises ends the wait. A
+        slot given back without an answer counts as a dropped connection only when the
+        request failed on the network (``TransientError``); otherwise nothing is learnt.
+        """
+        self._acquire(check)
         answered: list[tuple[int | None, float, float | None]] = []
+        failure: BaseException | None = None
         try:
             yield lambda status, seconds, retry_after=None: answered.append(
                 (status, seconds, retry_after)
             )
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
-            self._release(*(answered[0] if answered else (None, 0.0, None)))
+            if answered:
+                self._release(*answered[0])
+            elif isinstance(failure, TransientError):
+                self._release(None, 0.0, None)
+            else:
+                self._give_back()
 
-    def _acquire(self) -> None:
+    def paused_for(self) -> float:
+        """Seconds every request of the account still waits for a ``Retry-After``."""
+        return max(0.0, self._paused_until - time.monotonic())
+
+    def _acquire(self, check: Callable[[], None] | None) -> None:
         with self._cond:
             while True:
+                if check is not None:
+                    check()
                 wait = self._paused_until - time.monotonic()
                 if wait <= 0 and self.in_flight < self.limit:
                     self.in_flight += 1
                     return
-                self._cond.wait(timeout=wait if wait > 0 else None)
+                timeout = wait if wait > 0 else None
+                if check is not None:
+                    timeout = CHECK_EVERY if timeout is None else min(timeout, CHECK_EVERY)
+                self._cond.wait(timeout=timeout)
+
+    def _give_back(self) -> None:
+        with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
 
     def _release(self, status: int | None, seconds: float, retry_after: float | None) -> None:
         with self._cond:
             self.in_flight -= 1
             if status == 429:
-                if retry_after:
-                    self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+                if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
+                    pause = min(retry_after, MAX_PAUSE)
+                    self._paused_until = max(self._paused_until, time.monotonic() + pause)
                 if self._calm_after == 0:
                     self._ceiling = self.limit
                 self._decrease(halve=True)

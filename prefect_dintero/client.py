@@ -202,17 +202,21 @@ class DinteroClient(_ClientBase):
                 response = send_sync(self._http, request, deadline=self._request_deadline())
             else:
                 # Each attempt holds one of the account's slots, and tells the limit how it went.
-                with self.limiter.slot() as answered:
+                # The wait for a slot ends with the run (check_run); a server's Retry-After
+                # pauses the account no longer than this client would wait it.
+                with self.limiter.slot(self.check_run) as answered:
                     started = time.monotonic()
                     response = send_sync(self._http, request, deadline=self._request_deadline())
                     answered(
                         response.status_code,
                         time.monotonic() - started,
-                        parse_retry_after(response.headers.get("retry-after")),
+                        self.retry_policy.capped_retry_after(
+                            parse_retry_after(response.headers.get("retry-after"))
+                        ),
                     )
             return check_response(response, self.stats)
 
-        return self.retry_policy.call(attempt, on_retry_counter(self.stats))
+        return self.retry_policy.call(attempt, on_retry_counter(self.stats), self.run_ends_at)
 
     def get_json(self, path: str, *, host: Host = "api", params: Any = None) -> Any:
         """GET and decode JSON."""
@@ -372,7 +376,9 @@ class AsyncDinteroClient(_ClientBase):
             response = await send_async(self._http, request, deadline=self._request_deadline())
             return check_response(response, self.stats)
 
-        return await self.retry_policy.acall(attempt, on_retry_counter(self.stats))
+        return await self.retry_policy.acall(
+            attempt, on_retry_counter(self.stats), self.run_ends_at
+        )
 
     async def get_json(self, path: str, *, host: Host = "api", params: Any = None) -> Any:
         return self._json(await self.request("GET", path, host=host, params=params))

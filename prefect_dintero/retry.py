@@ -31,7 +31,9 @@ artifacts) retry apart from these, in ``prefect_dintero.blocks.prefect_api``.
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,14 +48,21 @@ T = TypeVar("T")
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None if unusable."""
+    """``Retry-After`` as seconds to wait: delta-seconds or an HTTP date; None if unusable.
+
+    ``inf`` and ``nan`` are unusable (Python's ``float`` takes them; no server means them); a
+    negative value or a past date is 0. What a caller waits is capped apart from this (the
+    policy's ``retry_after_cap``, the run's budget).
+    """
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -129,11 +138,23 @@ class RetryPolicy:
             return wait + random.uniform(0, self.retry_after_jitter * max(wait, 0.5))
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        return self.wait_seconds(state.attempt_number, exc)
+    def capped_retry_after(self, seconds: float | None) -> float | None:
+        """A server's ``Retry-After`` as this policy would wait it (without jitter)."""
+        return None if seconds is None else min(seconds, self.retry_after_cap)
 
-    def _kwargs(self, on_retry: Callable[[BaseException, float], None] | None) -> dict:
+    def _kwargs(
+        self,
+        on_retry: Callable[[BaseException, float], None] | None,
+        ends_at: float | None = None,
+    ) -> dict:
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            seconds = self.wait_seconds(state.attempt_number, exc)
+            if ends_at is not None:
+                # No wait outlives the run's budget: the next attempt then finds it spent.
+                seconds = max(0.0, min(seconds, ends_at - time.time()))
+            return seconds
+
         def before_sleep(state: RetryCallState) -> None:
             failure = state.outcome.exception() if state.outcome is not None else None
             if on_retry and failure is not None and state.next_action is not None:
@@ -141,18 +162,22 @@ class RetryPolicy:
 
         return {
             "stop": stop_after_attempt(self.max_attempts),
-            "wait": self._wait,
+            "wait": wait,
             "retry": retry_if_exception(is_retryable),
             "reraise": True,  # callers see the real error, never tenacity's RetryError
             "before_sleep": before_sleep,
         }
 
     def call(
-        self, fn: Callable[[], T], on_retry: Callable[[BaseException, float], None] | None = None
+        self,
+        fn: Callable[[], T],
+        on_retry: Callable[[BaseException, float], None] | None = None,
+        ends_at: float | None = None,
     ) -> T:
-        """Run ``fn`` until it succeeds, fails permanently, or attempts run out."""
+        """Run ``fn`` until it succeeds, fails permanently, or attempts run out; no wait
+        between attempts lasts past ``ends_at`` (``time.time()``), when given."""
         try:
-            for attempt in Retrying(**self._kwargs(on_retry)):
+            for attempt in Retrying(**self._kwargs(on_retry, ends_at)):
                 with attempt:
                     return fn()
         except BaseException as exc:
@@ -164,9 +189,10 @@ class RetryPolicy:
         self,
         fn: Callable[[], Awaitable[T]],
         on_retry: Callable[[BaseException, float], None] | None = None,
+        ends_at: float | None = None,
     ) -> T:
         try:
-            async for attempt in AsyncRetrying(**self._kwargs(on_retry)):
+            async for attempt in AsyncRetrying(**self._kwargs(on_retry, ends_at)):
                 with attempt:
                     return await fn()
         except BaseException as exc:
