@@ -10,8 +10,9 @@ asking: additive increase, multiplicative decrease, as TCP finds a link's capaci
   a limit found is probed now and then, not every round.
 - On a 429 it halves (at least 1), and nobody sends for the ``Retry-After`` the server asked,
   capped by the caller (the credentials' ``retry_max_wait_seconds``) and by ``MAX_PAUSE``: one
-  answer never freezes an account for an hour. On a 5xx it halves too. Each decrease waits a round before the next one, so one burst of
-  429s (every request in flight meets the same limit) halves it once.
+  answer never freezes an account for an hour. On a 5xx it halves too. Each decrease waits a
+  round before the next one, so one burst of 429s (every request in flight meets the same
+  limit) halves it once.
 - When answers slow down to more than four times the quickest seen (and over a second), it
   allows one fewer: a server that queues requests is a server at its limit.
 

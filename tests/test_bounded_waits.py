@@ -122,9 +122,8 @@ def test_a_waiter_for_a_slot_stops_with_its_run():
     with limit.slot() as answered:  # the only slot, held
         threading.Timer(0.3, stop.set).start()
         started = time.monotonic()
-        with pytest.raises(RunInterrupted):
-            with limit.slot(check):
-                pass
+        with pytest.raises(RunInterrupted), limit.slot(check):
+            pass
         assert time.monotonic() - started < 0.3 + 1.0
         answered(200, 0.01)
     assert limit.in_flight == 0
@@ -133,20 +132,17 @@ def test_a_waiter_for_a_slot_stops_with_its_run():
 def test_a_local_stop_inside_a_slot_leaves_the_limit_as_it_was():
     """The defect: RunInterrupted inside the slot was taken for a dropped connection (8 → 4)."""
     limit = AdaptiveLimit(maximum=8, start=8)
-    with pytest.raises(RunInterrupted):
-        with limit.slot():
-            raise RunInterrupted("the run's budget is spent")
+    with pytest.raises(RunInterrupted), limit.slot():
+        raise RunInterrupted("the run's budget is spent")
     assert limit.limit == 8 and limit.decreases == 0 and limit.in_flight == 0
-    with pytest.raises(ValueError):
-        with limit.slot():
-            raise ValueError("a bug, not Dintero")
+    with pytest.raises(ValueError), limit.slot():
+        raise ValueError("a bug, not Dintero")
     assert limit.limit == 8
     # A network failure still counts as a dropped connection.
     from prefect_dintero.errors import TransientError
 
-    with pytest.raises(TransientError):
-        with limit.slot():
-            raise TransientError("connection reset")
+    with pytest.raises(TransientError), limit.slot():
+        raise TransientError("connection reset")
     assert limit.limit == 4
 
 
