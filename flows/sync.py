@@ -1,6 +1,7 @@
 """The ``dintero-sync`` flow: keep Dintero's data fresh in your database."""
 
 import contextlib
+import hashlib
 import os
 import threading
 import time
@@ -27,6 +28,7 @@ from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks import DinteroCredentials
 from prefect_dintero.blocks.prefect_api import describe, load_block
 from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
+from prefect_dintero.client_credentials import DEFAULT_API_URL
 from prefect_dintero.errors import ConfigurationError, DinteroError, ReauthorizationRequired
 from prefect_dintero.flows import events
 from prefect_dintero.flows.parameters import MaskedFlow
@@ -82,9 +84,15 @@ def stable_destination(destination: str) -> str:
     return anchored
 
 
-def account_limit_name(credentials_block: str) -> str:
-    """The global concurrency limit bounding concurrent syncs of one account."""
-    return f"dintero-account-{credentials_block}"
+def account_limit_name(account_id: str, api_url: str = DEFAULT_API_URL) -> str:
+    """The global concurrency limit bounding concurrent syncs of one account: named by the
+    account, not by a credentials block, so two blocks of one account share it. An account of
+    another API (the emulator, a staging host) is another account: its name carries a short
+    digest of that API's URL."""
+    if api_url.rstrip("/") == DEFAULT_API_URL:
+        return f"dintero-account-{account_id}"
+    digest = hashlib.sha256(api_url.rstrip("/").encode()).hexdigest()[:8]
+    return f"dintero-account-{account_id}-{digest}"
 
 
 class SyncFailed(DinteroError):
@@ -155,9 +163,9 @@ def _dintero_sync(
             holds the next scheduled run (each request also has its own deadline, the
             credentials block's ``request_deadline_seconds``). The default ends an hourly
             run before the next one starts.
-        one_run_at_a_time: wait (within the budget) while another run of the same credentials
-            block runs, whichever deployment or worker started it: the hourly run and the
-            nightly reconcile never overlap. A run that crashed holds the account for at most
+        one_run_at_a_time: wait (within the budget) while another run of the same account
+            runs, whichever deployment, worker or credentials block started it: the hourly run
+            and the nightly reconcile never overlap. A run that crashed holds the account for at most
             five minutes (the slot's lease, which lets a run keep its slot through minutes of
             Prefect API failures).
 
@@ -184,8 +192,11 @@ def _dintero_sync(
     if one_run_at_a_time:
 
         def take_slot(cancel: threading.Event) -> HeldSlot | None:
+            # Read here, beside the bearer's own read: the slot is the account's, whichever
+            # block names it.
+            credentials = load_block(DinteroCredentials, credentials_block)
             return wait_for_slot(
-                account_limit_name(credentials_block),
+                account_limit_name(credentials.account_id, credentials.api_url),
                 timeout=max(0.0, run_deadline - time.monotonic()),
                 lease=ACCOUNT_SLOT_LEASE,
                 renew_every=ACCOUNT_SLOT_RENEW_SECONDS,
@@ -274,10 +285,10 @@ def _sync(
         raise
     held = slot_wait.result() if slot_wait is not None else None
     if slot_wait is not None and held is None:
+        slot = account_limit_name(bearer.account_id, bearer.credentials.api_url)
         raise TimeoutError(
-            f"another run of {credentials_block!r} held the account's slot "
-            f"({account_limit_name(credentials_block)!r}) for this run's whole budget "
-            "(timeout_minutes)"
+            f"another run of account {bearer.account_id} held the account's slot ({slot!r}) "
+            "for this run's whole budget (timeout_minutes)"
         )
     try:
         return _run_streams(

@@ -12,6 +12,7 @@ from prefect_dintero import DinteroCredentials
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
 from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.flows import AccountTarget, dintero_sync_accounts
+from prefect_dintero.flows.sync import account_limit_name
 from prefect_dintero.sink import Sink
 from prefect_dintero.streams import CATALOG
 
@@ -73,7 +74,8 @@ def test_fan_out_as_subflows(emu, blocks, tmp_path):
     assert all(r["fetched"] > 0 for r in rows)
     assert_each_account_synced(emu, destination, ["transactions", "customers"])
     with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(f"dintero-account-{blocks[0]}")
+        account = DinteroCredentials.load(blocks[0], _sync=True).account_id
+        limit = client.read_global_concurrency_limit_by_name(account_limit_name(account, emu.url))
     assert limit.limit == 1
 
 

@@ -5,11 +5,13 @@ and hashed e-mails join across streams."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
 
+from prefect_dintero import times
 from prefect_dintero.client import DinteroClient
 from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.personal_data import PersonalDataPolicy
@@ -260,4 +262,38 @@ def test_a_deletion_since_datetime_does_not_return_arrives_with_the_reconcile(
         sync_stream(client, sink, CATALOG["customers"], AID, reconcile)
     assert not _traces(sink, customer)
     assert sink.count(CATALOG["customers"], AID) == 30
+    sink.dispose()
+
+
+def test_a_deletion_is_a_version_no_older_copy_undoes_it(emu, destination):
+    """The defect: a tombstone has no updated_at, so any older live copy (a slow run, a
+    replayed page) replaced it, bringing the name, e-mail and phone back."""
+    spec = CATALOG["customers"]
+    sink = Sink(destination)
+    sink.prepare([spec])
+    customer, kept = _deleted_customer(emu)
+
+    def write(objects: list[dict]):
+        result, _ = sink.write_page(spec, AID, "", objects, lambda state, page: state)
+        return result
+
+    assert write([customer]).inserted == 1  # the live copy, as an earlier run read it
+    assert write([kept]).updated == 1  # the deletion replaces it
+    stale = write([customer])  # the older live copy again: kept out, counted unchanged
+    assert stale.updated == 0 and stale.unchanged == 1
+    without_version = {k: v for k, v in customer.items() if k != "updated_at"}
+    write([without_version])  # a copy of unknown age does not undo it either
+    [row] = sink.rows(spec, AID)
+    assert row["deleted_at"] is not None and row["raw"] == kept
+    assert row["email"] is row["first_name"] is None
+    # A copy surely newer than the deletion (restored by Dintero, say) does replace it.
+    later = times.iso(times.parse_datetime(kept["deleted_at"]) + timedelta(minutes=1))
+    assert write([{**customer, "updated_at": later}]).updated == 1
+    [row] = sink.rows(spec, AID)
+    assert row["deleted_at"] is None and row["email"] == customer["email"]
+    # Within one page, the tombstone wins over an older copy whatever the order.
+    sink.start_over(spec, AID, "", "keep")
+    write([kept, customer])
+    [row] = sink.rows(spec, AID)
+    assert row["raw"] == kept
     sink.dispose()

@@ -403,11 +403,23 @@ def test_an_echoing_server_leaves_no_secret_in_states_artifacts_or_events(
 
 
 def test_two_overlapping_runs_of_one_account_never_sync_at_once(emu, creds, tmp_path):
-    """The second run waits for the first, whichever deployment or worker starts them, and no
-    limit needs creating beforehand."""
+    """The second run waits for the first, whichever deployment or worker starts them and
+    whatever its credentials block is called (the slot is the account's), and no limit needs
+    creating beforehand."""
     import threading
 
     from prefect_dintero.flows.sync import account_limit_name
+
+    # The same account under another block name: the slot was once keyed by the block's name.
+    other_name = f"{creds}-copy"
+    DinteroCredentials(
+        account_id=AID,
+        client_id=emu.config.client_id,
+        client_secret=SecretStr(emu.config.client_secret),
+        api_url=emu.url,
+        checkout_url=emu.url,
+    ).save(other_name, overwrite=True, _sync=True)
+    names = {"first": creds, "second": other_name}
 
     destination = str(tmp_path / "overlap.db")
     # Slow pages: the first run is still syncing when the second one starts.
@@ -416,7 +428,7 @@ def test_two_overlapping_runs_of_one_account_never_sync_at_once(emu, creds, tmp_
 
     def start(label: str) -> None:
         states[label] = dintero_sync(
-            creds,
+            names[label],
             streams=["transactions"],
             destination=destination,
             page_size=40,
@@ -435,7 +447,7 @@ def test_two_overlapping_runs_of_one_account_never_sync_at_once(emu, creds, tmp_
         emu.clear_faults()
     assert states["first"].is_completed() and states["second"].is_completed()
     with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(account_limit_name(creds))
+        limit = client.read_global_concurrency_limit_by_name(account_limit_name(AID, emu.url))
         spans = []
         for state in states.values():
             tasks = client.read_task_runs(

@@ -25,7 +25,7 @@ from ..streams import Stream
 from ..times import CLOCK_SKEW
 from .destination_urls import DestinationError, redact_url, resolve_destination
 from .dialect import Dialect, dialect_names, load_dialect
-from .rows import RowBuilder, newest_per_key, replaces
+from .rows import RowBuilder, Versioning, newest_per_key
 from .schema import Schema
 from .state_table import StateStore
 
@@ -162,40 +162,44 @@ class Sink:
         """Upsert a page's objects and update the stream's state in one transaction."""
         now = times.now()
         table = self.table_for(stream)
-        version = (
-            stream.version_field
-            if stream.version_field and stream.version_field in table.c
-            else None
-        )
+        versioning = self._versioning(stream, table)
+        version = versioning.version
         trusted_until = now + CLOCK_SKEW
         built = self.build_rows(stream, account_id, objects, now)
-        rows = newest_per_key(built, stream.primary_key, version, trusted_until)
+        rows = newest_per_key(built, stream.primary_key, versioning, trusted_until)
         result = PageWrite(duplicates=len(built) - len(rows))
         try:
             with self.dialect.begin(self.engine) as conn:
                 state = self.states.lock(conn, account_id, stream.name, partition)
                 if rows:
                     self._classify(
-                        conn, table, stream, account_id, rows, version, trusted_until, result
+                        conn, table, stream, account_id, rows, versioning, trusted_until, result
                     )
                     if version:  # the upsert's guard compares with it, row by row
                         for row in rows:
                             row["trusted_until"] = trusted_until
-                    self.dialect.write(conn, self._upsert(stream, table, version), rows)
+                    self.dialect.write(conn, self._upsert(stream, table, versioning), rows)
                 new_state = update_state(state, result)
                 self.states.save(conn, account_id, stream.name, partition, new_state)
         except OperationalError as exc:
             raise self._failed("writing to {url} failed", exc) from None
         except Exception as exc:
             # Never the database's text, and never chained to it: either can quote the row.
-            raise self._refused(stream, table, version, rows, exc) from None
+            raise self._refused(stream, table, versioning, rows, exc) from None
         return result, new_state
+
+    @staticmethod
+    def _versioning(stream: Stream, table: Table) -> Versioning:
+        """The stream's version and deletion columns, where the table has them."""
+        version = stream.version_field if (stream.version_field or "") in table.c else None
+        deleted = stream.deleted_field if (stream.deleted_field or "") in table.c else None
+        return Versioning(version, deleted if version else None)
 
     def _refused(
         self,
         stream: Stream,
         table: Table,
-        version: str | None,
+        versioning: Versioning,
         rows: list[dict],
         exc: BaseException,
     ) -> PageRefused:
@@ -203,7 +207,7 @@ class Sink:
         cause = getattr(exc, "orig", None) or exc
         kind = type(cause).__name__
         code = _sqlstate(cause)
-        key = self._refused_key(stream, table, version, rows)
+        key = self._refused_key(stream, table, versioning, rows)
         which = (
             f"object {key!s:.80}" if key is not None else "the page (no one row alone is refused)"
         )
@@ -217,11 +221,11 @@ class Sink:
         )
 
     def _refused_key(
-        self, stream: Stream, table: Table, version: str | None, rows: list[dict]
+        self, stream: Stream, table: Table, versioning: Versioning, rows: list[dict]
     ) -> str | None:
         """The key of the first row the database refuses alone: each row is written in a
         transaction that is rolled back, so nothing of it stays."""
-        statement = self._upsert(stream, table, version)
+        statement = self._upsert(stream, table, versioning)
         for row in rows:
             try:
                 with self.dialect.begin(self.engine) as conn:
@@ -240,42 +244,46 @@ class Sink:
         stream: Stream,
         account_id: str,
         rows: list[dict],
-        version: str | None,
+        versioning: Versioning,
         trusted_until: datetime,
         result: PageWrite,
     ) -> None:
         """Count the page's rows as inserted, updated or unchanged, before the upsert."""
         pk = stream.primary_key
+        version = versioning.version
         query = self._existing.get(stream.name)
         if query is None:  # built once: building it per page cost more than running it
-            compare = table.c[version] if version else table.c.raw
-            query = select(table.c[pk], compare).where(
+            compare = [table.c[version]] if version else [table.c.raw]
+            if versioning.deleted:
+                compare.append(table.c[versioning.deleted])
+            query = select(table.c[pk], *compare).where(
                 table.c.account_id == bindparam("account_id"),
                 table.c[pk].in_(bindparam("keys", expanding=True)),
             )
             self._existing[stream.name] = query
         params = {"account_id": account_id, "keys": [r[pk] for r in rows]}
-        existing = dict(conn.execute(query, params).all())
+        existing = {found[0]: found[1:] for found in conn.execute(query, params).all()}
         for row in rows:
             if row[pk] not in existing:
                 result.inserted += 1
             elif version:
-                old = existing[row[pk]]
-                if row[version] == old:
+                found = existing[row[pk]]
+                old = versioning.of(dict(zip((version, versioning.deleted), found, strict=False)))
+                if versioning.of(row) == old:
                     result.unchanged += 1
-                elif replaces(row[version], old, trusted_until):
+                elif versioning.replaces(row, old, trusted_until):
                     result.updated += 1
                 else:
                     result.unchanged += 1  # an older copy: kept out by the upsert's guard
-            elif existing[row[pk]] != row["raw"]:
+            elif existing[row[pk]][0] != row["raw"]:
                 result.updated += 1
             else:
                 result.unchanged += 1
 
-    def _upsert(self, stream: Stream, table: Table, version: str | None) -> Any:
+    def _upsert(self, stream: Stream, table: Table, versioning: Versioning) -> Any:
         statement = self._upserts.get(stream.name)
         if statement is None:
-            statement = self.dialect.upsert(table, stream.primary_key, version)
+            statement = self.dialect.upsert(table, stream.primary_key, versioning)
             self._upserts[stream.name] = statement
         return statement
 

@@ -14,9 +14,10 @@ import pkgutil
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from sqlalchemy import Engine, Select, Table, bindparam, inspect, or_
+from sqlalchemy import Engine, Select, Table, and_, bindparam, func, inspect, or_
 from sqlalchemy.engine import Connection
 
+from .rows import Versioning
 from .values import UTCDateTime
 
 
@@ -69,21 +70,37 @@ class Dialect:
         """Run the upsert for a page's rows (executemany)."""
         conn.execute(statement, rows)
 
-    def upsert(self, table: Table, pk: str, version: str | None) -> Any:
+    def upsert(self, table: Table, pk: str, versioning: Versioning) -> Any:
         """``INSERT ... ON CONFLICT DO UPDATE`` for ``table``, built once per table.
 
         It never lets an older copy of an object replace a newer one (a replayed page, a slow
         run), unless either version can't be trusted: missing, or later than the
-        ``trusted_until`` bound parameter every row carries (see ``rows.replaces``).
+        ``trusted_until`` bound parameter every row carries. A tombstone is replaced only by a
+        copy surely as new (see ``rows.Versioning``, which decides the same in Python).
         """
         stmt = self.insert(table)
         keys = {"account_id", pk}
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
         where = None
-        if version:
-            new, old = stmt.excluded[version], table.c[version]
+        if versioning.version:
+            new, old = stmt.excluded[versioning.version], table.c[versioning.version]
             limit = bindparam("trusted_until", type_=UTCDateTime())
-            where = or_(new.is_(None), old.is_(None), new > limit, old > limit, new >= old)
+            if versioning.deleted is None:
+                where = or_(new.is_(None), old.is_(None), new > limit, old > limit, new >= old)
+            else:
+                gone = table.c[versioning.deleted]
+                new = func.coalesce(stmt.excluded[versioning.deleted], new)
+                old = func.coalesce(gone, old)
+                where = or_(
+                    and_(
+                        gone.is_(None),
+                        or_(new.is_(None), old.is_(None), new > limit, old > limit, new >= old),
+                    ),
+                    and_(
+                        gone.is_not(None),
+                        or_(old > limit, and_(new.is_not(None), new <= limit, new >= old)),
+                    ),
+                )
         return stmt.on_conflict_do_update(
             index_elements=["account_id", pk], set_=updates, where=where
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -122,27 +123,63 @@ class RowBuilder:
         return rows
 
 
+@dataclass(frozen=True)
+class Versioning:
+    """What dates a copy of an object: its version column, and its deletion.
+
+    A deletion is a version too: a tombstone (``deleted`` set) is dated by it, and is replaced
+    only by a copy that is known to be newer (a version that is there, trusted and at least as
+    late). A copy of unknown age (no version) replaces a live row, as before, but never a
+    tombstone: an older live copy (a slow run, a replayed page) must not bring a deleted
+    customer's name and e-mail back.
+    """
+
+    version: str | None
+    deleted: str | None = None
+
+    def of(self, row: dict) -> tuple[datetime | None, bool]:
+        """The row's version and whether it is a tombstone."""
+        if self.deleted is not None and row.get(self.deleted) is not None:
+            return row[self.deleted], True
+        return (row[self.version] if self.version else None), False
+
+    def replaces(self, new_row: dict, old: tuple[datetime | None, bool], until: datetime) -> bool:
+        new, _ = self.of(new_row)
+        return replaces(new, old[0], until, old_deleted=old[1])
+
+
 def newest_per_key(
-    rows: list[dict], pk: str, version: str | None, trusted_until: datetime
+    rows: list[dict], pk: str, versioning: Versioning, until: datetime
 ) -> list[dict]:
     """One row per key, the newest: one statement must not touch a row twice."""
     unique: dict[str, dict] = {}
     for row in rows:
         current = unique.get(row[pk])
         if current is None or (
-            version is None or replaces(row[version], current[version], trusted_until)
+            versioning.version is None or versioning.replaces(row, versioning.of(current), until)
         ):
             unique[row[pk]] = row
     return list(unique.values())
 
 
-def replaces(new: datetime | None, old: datetime | None, trusted_until: datetime) -> bool:
+def replaces(
+    new: datetime | None,
+    old: datetime | None,
+    trusted_until: datetime,
+    *,
+    old_deleted: bool = False,
+) -> bool:
     """Whether a copy versioned ``new`` may replace one versioned ``old``.
 
     An older copy never replaces a newer one. A version that is missing, or later than
     ``trusted_until`` (now plus the clock skew), tells nothing: such a copy replaces and is
-    replaced, so one row dated 2099 can never freeze its row against real changes.
+    replaced, so one row dated 2099 can never freeze its row against real changes. A tombstone
+    (``old_deleted``) is the exception: only a copy surely as new replaces it.
     """
+    if old_deleted:
+        if old is None or old > trusted_until:
+            return True
+        return new is not None and old <= new <= trusted_until
     if new is None or old is None or new > trusted_until or old > trusted_until:
         return True
     return new >= old
