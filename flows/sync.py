@@ -165,9 +165,9 @@ def _dintero_sync(
             run before the next one starts.
         one_run_at_a_time: wait (within the budget) while another run of the same account
             runs, whichever deployment, worker or credentials block started it: the hourly run
-            and the nightly reconcile never overlap. A run that crashed holds the account for at most
-            five minutes (the slot's lease, which lets a run keep its slot through minutes of
-            Prefect API failures).
+            and the nightly reconcile never overlap. A run that crashed holds the account for
+            at most five minutes (the slot's lease, which lets a run keep its slot through
+            minutes of Prefect API failures).
 
     Returns:
         One summary per stream: pages, fetched, inserted, updated, unchanged, cursor before and
