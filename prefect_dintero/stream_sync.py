@@ -153,22 +153,23 @@ class StreamSync:
         return result
 
     def _check_personal_data(self, state: StreamState) -> StreamState:
-        """The state to start from, once the destination's personal-data policy agrees with
-        this run's: refused when it differs (a table never mixes hashed and plain values),
-        unless this is a full refresh, which deletes the old rows first."""
-        remembered = state.personal_data
-        if remembered is None and (state.cursor is not None or state.rows_total):
-            remembered = "keep"  # written before the policy was recorded: as Dintero sent it
+        """The state to start from, once the destination table's personal-data policy agrees
+        with this run's: refused when it differs, whichever account or partition filled the
+        table (a column never mixes hashed and plain values), unless this is a full refresh,
+        which deletes the whole table first."""
         wanted = self.personal_data.fingerprint
-        if remembered is None or remembered == wanted:
+        others = self.sink.personal_data_policies(self.stream) - {wanted}
+        if not others:
             return state
         table = self.stream.table_name
         if not self.request.full_refresh:
-            check_compatible(remembered, self.personal_data, table)
+            check_compatible(sorted(others)[0], self.personal_data, table)
         logger.warning(
-            "%s: the destination was filled under another personal-data policy; this full "
-            "refresh deletes its rows and reads everything again",
+            "%s: the destination's %s table was filled under another personal-data policy; "
+            "this full refresh deletes the whole table (every account's rows) and reads "
+            "everything again; the other accounts read theirs again at their next run",
             self.label,
+            table,
         )
         self.sink.start_over(self.stream, self.account_id, self.partition, wanted)
         return self.sink.read_state(self.account_id, self.stream.name, self.partition)

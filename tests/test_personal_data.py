@@ -297,3 +297,47 @@ def test_a_deletion_is_a_version_no_older_copy_undoes_it(emu, destination):
     [row] = sink.rows(spec, AID)
     assert row["raw"] == kept
     sink.dispose()
+
+
+def test_one_policy_per_table_whatever_the_account_or_partition(
+    dintero_emulator_factory, destination
+):
+    """The defect: the policy was remembered per account and partition, so a second account
+    (or a new payout destination) under ``keep`` wrote plain e-mails beside another's hashes,
+    and a full refresh cleared only its own account's rows."""
+    other = "T87654321"
+    emu = dintero_emulator_factory(account_ids=[AID, other], **DATA)
+    spec, transfers = CATALOG["customers"], CATALOG["payout_transfers"]
+    sink = Sink(destination)
+    sink.prepare([spec, transfers])
+
+    def run(account, mode, stream=spec, full_refresh=False, destinations=None):
+        request = SyncRequest(
+            page_size=13,
+            personal_data=mode,
+            full_refresh=full_refresh,
+            payout_destinations=destinations or emu.config.payout_destinations,
+        )
+        key = KEY if mode == "hash" else None
+        with DinteroClient(creds_for(emu, account_id=account), retry_policy=FAST) as client:
+            return sync_stream(client, sink, stream, account, request, personal_data_key=key)
+
+    run(AID, "hash")
+    with pytest.raises(ConfigurationError, match="must not mix"):
+        run(other, "keep")  # another account, the same table
+    assert sink.count(spec, other) == 0
+    # A new payout destination of the same account: the same table, the same policy.
+    first, *rest = emu.config.payout_destinations
+    run(AID, "drop", transfers, destinations=[first])
+    with pytest.raises(ConfigurationError, match="must not mix"):
+        run(AID, "keep", transfers, destinations=rest)
+    # A full refresh under a new policy clears the whole table, every account's rows.
+    run(other, "keep", full_refresh=True)
+    assert sink.count(spec, AID) == 0 and sink.count(spec, other) > 0
+    with pytest.raises(ConfigurationError, match="must not mix"):
+        run(AID, "hash")  # the first account's state was reset under the new policy
+    [result] = run(AID, "keep")  # and it reads everything again
+    assert result.inserted == sink.count(spec, AID) == len(emu.dump("customers", account_id=AID))
+    emails = {r["email"] for r in sink.rows(spec)} - {None}
+    assert emails and all("@" in e for e in emails)  # plain everywhere, no hash left
+    sink.dispose()

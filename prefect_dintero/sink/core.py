@@ -126,22 +126,42 @@ class Sink:
             conn.rollback()
         return state
 
+    def personal_data_policies(self, stream: Stream) -> set[str]:
+        """The personal-data policies the stream's table was filled under, whatever the
+        account or partition: a table holds one (a column never mixes hashed and plain
+        values). A state with rows but no policy recorded was written before policies were:
+        ``keep``, as Dintero sent it."""
+        t = self.states.table
+        query = select(t.c.personal_data, t.c.cursor, t.c.rows_total).where(
+            t.c.stream == stream.name
+        )
+        with self.engine.connect() as conn:
+            found = conn.execute(query).all()
+            conn.rollback()
+        policies = {policy for policy, _, _ in found if policy is not None}
+        if any(policy is None and (cursor is not None or total) for policy, cursor, total in found):
+            policies.add("keep")
+        return policies
+
     def start_over(
         self, stream: Stream, account_id: str, partition: str, personal_data: str
     ) -> None:
-        """Delete the partition's rows and reset its state to a first sync under the
-        ``personal_data`` policy, in one transaction: a full refresh under another policy
-        must not leave rows written under the old one (an object Dintero no longer lists would
-        keep them for ever)."""
+        """Delete the stream's whole table and reset every state of the stream (every account
+        and partition) to a first sync under the ``personal_data`` policy, in one transaction:
+        a full refresh under another policy must not leave rows written under the old one,
+        this account's or another's (an object Dintero no longer lists would keep them for
+        ever). The other accounts read everything again at their next run, under this policy."""
         table = self.table_for(stream)
-        query = delete(table).where(table.c.account_id == account_id)
-        if partition and stream.per_destination:
-            query = query.where(table.c.payout_destination_id == partition)
+        states = self.states.table
         with self.dialect.begin(self.engine) as conn:
-            state = self.states.lock(conn, account_id, stream.name, partition)
-            conn.execute(query)
-            fresh = StreamState(personal_data=personal_data, last_run_at=state.last_run_at)
-            self.states.save(conn, account_id, stream.name, partition, fresh)
+            self.states.lock(conn, account_id, stream.name, partition)  # created if new
+            conn.execute(delete(table))
+            fresh = StreamState(personal_data=personal_data)
+            conn.execute(
+                states.update()
+                .where(states.c.stream == stream.name)
+                .values({name: getattr(fresh, name) for name in StateStore.RESET})
+            )
 
     # -- writes ----------------------------------------------------------------------------------
 

@@ -32,6 +32,9 @@ class StateStore:
         "personal_data",
     )
 
+    #: What a full refresh resets (the last run is kept: it still happened).
+    RESET = tuple(name for name in FIELDS if name not in ("last_run_at", "last_run_id"))
+
     def __init__(self, table: Table, dialect: Dialect) -> None:
         self.table = table
         self.dialect = dialect
