@@ -50,6 +50,13 @@ def checked_mode(mode: object) -> PersonalData:
     return mode  # type: ignore[return-value]
 
 
+def _utf8(text: str) -> bytes:
+    """A string's UTF-8 bytes, a lone surrogate included (JSON can carry ``\\udc80``, and
+    ``keep`` stores it escaped): encoded as its own three bytes, so every value hashes, and
+    two different values never hash alike. A valid string's bytes are plain UTF-8's."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def _is_email_field(name: str) -> bool:
     return "email" in name.lower()
 
@@ -111,7 +118,7 @@ class PersonalDataPolicy:
         if _is_email_field(name):
             text = text.strip().lower()
         return hmac.new(
-            self.key.get_secret_value().encode(), text.encode(), hashlib.sha256
+            self.key.get_secret_value().encode(), _utf8(text), hashlib.sha256
         ).hexdigest()
 
     def apply(self, objects: Iterable[dict], paths: tuple[str, ...]) -> list[dict]:

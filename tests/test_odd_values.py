@@ -108,3 +108,33 @@ def test_a_refused_row_is_named_by_its_id_never_by_its_values(dintero_emulator, 
     # Nothing chained to it either: a traceback would print the database's text.
     assert refused.value.__cause__ is None and refused.value.__suppress_context__
     assert sink.count(spec) == 0
+
+
+@pytest.mark.parametrize("mode", ["hash", "drop"])
+def test_every_policy_survives_what_keep_survives(dintero_emulator, destination, mode):
+    """The defect: ``hash`` encoded a lone surrogate as UTF-8 and failed the stream on every
+    run, where ``keep`` stored the value cleaned."""
+    from pydantic import SecretStr
+
+    from prefect_dintero.personal_data import PersonalDataPolicy
+
+    key = SecretStr("k" * 32)
+    spec = CATALOG["customers"]
+    sink = Sink(destination)
+    sink.prepare([spec])
+    request = SyncRequest(page_size=25, personal_data=mode)
+    with DinteroClient(
+        creds_for(dintero_emulator), transport=OddValues(), retry_policy=FAST
+    ) as client:
+        [result] = sync_stream(
+            client, sink, spec, AID, request, personal_data_key=key if mode == "hash" else None
+        )
+    assert result.fetched and sink.count(spec, AID) == len(dintero_emulator.dump("customers"))
+    names = {r["first_name"] for r in sink.rows(spec, AID)}
+    if mode == "drop":
+        assert names == {None}
+    else:
+        policy = PersonalDataPolicy("hash", key)
+        odd, near = policy.hash_value(ODD_FIRST), policy.hash_value("A\ufffdda")
+        assert odd in names and odd != near  # hashed, and unlike the cleaned text's hash
+    sink.dispose()
