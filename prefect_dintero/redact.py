@@ -52,6 +52,35 @@ def register_secret(value: str | None) -> None:
     REGISTRY.add(value)
 
 
+#: Words in a query parameter's name that say its value is a secret: a database URL's
+#: ``?password=``, DuckDB's and MotherDuck's ``?motherduck_token=`` and
+#: ``?s3_secret_access_key=``, an Azure SAS's ``sig=``, and the like.
+SECRET_WORDS = (
+    "token",
+    "secret",
+    "key",
+    "password",
+    "passwd",
+    "pwd",
+    "pass",
+    "credential",
+    "signature",
+    "sas",
+)
+#: Parameter names too short to hold a word, that are secrets all the same.
+SECRET_NAMES = frozenset({"sig", "code"})
+#: Names that hold a word above but are not secrets: libpq's ``sslkey`` is a file's path.
+NOT_SECRET_NAMES = frozenset({"sslkey", "sslcert", "sslrootcert", "state"})
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a query parameter named ``name`` carries a secret, judged by its name."""
+    lowered = name.lower()
+    if lowered in NOT_SECRET_NAMES:
+        return False
+    return lowered in SECRET_NAMES or any(word in lowered for word in SECRET_WORDS)
+
+
 #: Secrets recognised by their shape, whoever issued them. Each keeps its label and masks the
 #: value: an Authorization scheme's credentials, token-like JSON or form fields, a ``code``
 #: query parameter, and a URL's ``user:password@``.
@@ -64,8 +93,16 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         rf"\1{MASK}",
     ),
-    # Not ``state``: it is a nonce that travels openly, and a login link must keep it.
-    (re.compile(r"([?&#](?:code|token|access_token|refresh_token)=)([^&#\s\"']+)"), rf"\1{MASK}"),
+    # Any query parameter whose name says it is a secret (``is_secret_name``). Not ``state``:
+    # it is a nonce that travels openly, and a login link must keep it.
+    (
+        re.compile(
+            r"([?&#;](?!(?:sslkey|sslcert|sslrootcert|state)=)"
+            r"(?:[\w.-]*?(?:" + "|".join(SECRET_WORDS) + r")[\w.-]*|sig|code)=)([^&#\s\"']+)",
+            re.IGNORECASE,
+        ),
+        rf"\1{MASK}",
+    ),
     (re.compile(r"(://[^/\s:@]+:)([^/\s@]+)(@)"), rf"\1{MASK}\3"),
 )
 

@@ -97,10 +97,10 @@ def check_destination(destination: str, destination_block: str | None = None) ->
     where = url_secrets(destination)
     if where:
         raise ConfigurationError(
-            f"the destination URL carries a password ({', '.join(where)}), and flow parameters "
+            f"the destination URL carries a secret ({', '.join(where)}), and flow parameters "
             "are visible in the Prefect UI: save the connection as a SqlAlchemyConnector block "
-            "and pass destination_block, or leave the password out and set PGPASSWORD for the "
-            "worker"
+            "and pass destination_block, or leave the secret out and give it to the worker in "
+            "its environment (PGPASSWORD for PostgreSQL, motherduck_token for MotherDuck)"
         )
 
 

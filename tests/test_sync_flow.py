@@ -179,6 +179,9 @@ def test_a_password_in_the_destination_url_is_refused_and_never_stored(emu, cred
             [AccountTarget(credentials_block=creds)],
             destination=f"postgresql://user@127.0.0.1/db?password={password}",
         )
+    # Any database's secret query keys, judged by their names (MotherDuck's documented form).
+    with pytest.raises(ConfigurationError, match="motherduck_token"):
+        dintero_sync(creds, destination=f"duckdb:///md:db?motherduck_token={password}x")
     assert emu.stats()["requests_total"] == 0
     with get_client(sync_client=True) as client:
         stored = json.dumps([r.parameters for r in client.read_flow_runs()])

@@ -10,7 +10,6 @@ from ..stream_state import PageWrite, StreamState, with_state
 from ..times import iso, parse_datetime
 from .core import Sink
 from .destination_urls import (
-    SECRET_QUERY_KEYS,
     DestinationError,
     create_private_file,
     redact_url,
@@ -27,7 +26,6 @@ from .values import JSON_TYPE, Unfit, UTCDateTime
 __all__ = [
     "JSON_TYPE",
     "SCHEMA_LOCK_KEY",
-    "SECRET_QUERY_KEYS",
     "STATE_TABLE",
     "DestinationError",
     "Dialect",

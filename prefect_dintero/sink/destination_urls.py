@@ -9,26 +9,24 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..errors import ConfigurationError
+from ..redact import is_secret_name
 
 
 class DestinationError(ConfigurationError):
     """The destination database cannot be reached or used."""
 
 
-#: Query parameters of a database URL that carry a secret (libpq and drivers accept these).
-SECRET_QUERY_KEYS = frozenset(
-    {"password", "passwd", "pwd", "pass", "sslpassword", "secret", "token", "passfile"}
-)
-
-
 def url_secrets(url: str) -> list[str]:
-    """Where a database URL carries a password: ``user:password@`` or ``?password=``."""
+    """Where a database URL carries a secret: ``user:password@``, or a query key whose name
+    says it is one (``?password=``, ``?motherduck_token=``, ``?s3_secret_access_key=``;
+    ``redact.is_secret_name``), whatever the database."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         return []
     found = ["the user:password@ part"] if parsed.password else []
-    found += [f"?{key}=" for key in parsed.query if key.lower() in SECRET_QUERY_KEYS]
+    # Named without "=": a message quoting "?key=" would have its next words masked.
+    found += [f"?{key}" for key in parsed.query if is_secret_name(key)]
     return found
 
 
@@ -38,10 +36,7 @@ def redact_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError:
         return "<unparseable URL>"
-    masked = {
-        key: ("***" if key.lower() in SECRET_QUERY_KEYS else value)
-        for key, value in parsed.query.items()
-    }
+    masked = {key: ("***" if is_secret_name(key) else value) for key, value in parsed.query.items()}
     return parsed.set(query=masked).render_as_string(hide_password=True)
 
 
