@@ -16,6 +16,7 @@ import contextvars
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -112,21 +113,31 @@ def background(target: Callable[..., Any], name: str, *args: Any) -> threading.T
     return thread
 
 
-_no_retry_settings: dict[int, Any] = {}
+#: Settings objects seen lately, each with its copy without retries: (original, copy) by the
+#: original's id. The entry holds the original, so its id cannot be reused by another object
+#: while the entry lives, and an entry is used only for the very object it was made from.
+_no_retry_settings: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
 _no_retry_lock = threading.Lock()
+#: Settings objects remembered at once (a process uses one or two; tests make many).
+NO_RETRY_SETTINGS_KEPT = 8
 
 
 @contextlib.contextmanager
 def own_retries() -> Iterator[None]:
     """Prefect's client makes one attempt per call inside this block: the caller retries."""
     context = prefect.context.get_settings_context()
-    key = id(context.settings)
+    original = context.settings
     with _no_retry_lock:
-        settings = _no_retry_settings.get(key)
-        if settings is None:
+        entry = _no_retry_settings.get(id(original))
+        if entry is not None and entry[0] is original:
+            _no_retry_settings.move_to_end(id(original))
+            settings = entry[1]
+        else:
             # Building settings costs ~40 ms: once per settings object.
-            settings = context.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
-            _no_retry_settings[key] = settings
+            settings = original.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
+            _no_retry_settings[id(original)] = (original, settings)
+            while len(_no_retry_settings) > NO_RETRY_SETTINGS_KEPT:
+                _no_retry_settings.popitem(last=False)
     with prefect.context.SettingsContext(profile=context.profile, settings=settings):
         yield
 

@@ -514,3 +514,29 @@ def test_an_emulator_allowed_remote_answers_other_host_names():
     finally:
         server.stop()
     assert answer.status_code == 200
+
+
+def test_own_retries_never_hands_out_another_servers_settings():
+    """The defect: the copy without retries was cached by ``id(settings)``; a freed settings
+    object's id, reused by a new one, got the old server's URL and key (91 of 200 tries), and
+    the cache grew without bound."""
+    from prefect.settings import (
+        PREFECT_API_KEY,
+        PREFECT_API_URL,
+        PREFECT_CLIENT_MAX_RETRIES,
+        temporary_settings,
+    )
+
+    from prefect_dintero.blocks import prefect_api
+
+    wrong = []
+    for n in range(100):
+        url, key = f"http://127.0.0.1:{10000 + n}/api", f"pnu_{n:036d}"
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_API_KEY: key}):
+            with prefect_api.own_retries():
+                seen = (PREFECT_API_URL.value(), PREFECT_API_KEY.value())
+                assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
+        if seen != (url, key):
+            wrong.append(n)
+    assert wrong == []
+    assert len(prefect_api._no_retry_settings) <= prefect_api.NO_RETRY_SETTINGS_KEPT
