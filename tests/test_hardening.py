@@ -532,10 +532,10 @@ def test_own_retries_never_hands_out_another_servers_settings():
     wrong = []
     for n in range(100):
         url, key = f"http://127.0.0.1:{10000 + n}/api", f"pnu_{n:036d}"
-        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_API_KEY: key}):
-            with prefect_api.own_retries():
-                seen = (PREFECT_API_URL.value(), PREFECT_API_KEY.value())
-                assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
+        updates = {PREFECT_API_URL: url, PREFECT_API_KEY: key}
+        with temporary_settings(updates=updates), prefect_api.own_retries():
+            seen = (PREFECT_API_URL.value(), PREFECT_API_KEY.value())
+            assert PREFECT_CLIENT_MAX_RETRIES.value() == 0
         if seen != (url, key):
             wrong.append(n)
     assert wrong == []
