@@ -83,6 +83,7 @@ class HeldSlot:
         renew_every: float | None = None,
         *,
         taken_at: float | None = None,
+        renew: bool = True,
     ) -> None:
         self.limit_name = limit_name
         self.lease_id = lease_id
@@ -98,8 +99,15 @@ class HeldSlot:
         self._client = client
         self._stop = threading.Event()
         self._release_lock = threading.Lock()
-        self._thread = background(self._renew, f"dintero-slot-{limit_name}")
+        # Without renewals (a short job, such as the exit's save: a thread cannot start in an
+        # atexit hook on Python 3.12), the slot is the lease's, and holds() says when it ends.
+        self._thread = background(self._renew, f"dintero-slot-{limit_name}") if renew else None
         _held.add(self)
+
+    def holds_until(self) -> float:
+        """The monotonic time until which the slot surely holds, as known now (later once a
+        renewal succeeds)."""
+        return self._valid_until - lease_margin(self.lease)
 
     def holds(self) -> bool:
         """Whether the lease surely still holds the slot (checked on every page of a sync)."""
@@ -172,7 +180,8 @@ class HeldSlot:
             if self._stop.is_set():
                 return
             self._stop.set()
-        self._thread.join(RENEWAL_JOIN_SECONDS)
+        if self._thread is not None:
+            self._thread.join(RENEWAL_JOIN_SECONDS)
         try:
             with own_retries():
                 self._client.release_concurrency_slots_with_lease(self.lease_id)
@@ -220,6 +229,7 @@ def wait_for_slot(
     error_grace: float | None = None,
     create_missing: int | None = None,
     cancel: threading.Event | None = None,
+    renew: bool = True,
 ) -> HeldSlot | None:
     """A slot of the global concurrency limit ``limit_name``, asked for until ``timeout``
     seconds have passed; None if it stayed taken. A limit that does not exist is created with
@@ -240,6 +250,8 @@ def wait_for_slot(
             seconds from now; ``timeout`` by default.
         create_missing: the limit to create (its number of slots) when none exists.
         cancel: set by another thread to stop waiting (None is returned).
+        renew: renew the lease while the slot is held (a thread); False for a job shorter
+            than the lease.
 
     Raises:
         PrefectUnavailable: the Prefect API failed (429, 5xx, no answer) and its grace ran out.
@@ -297,6 +309,7 @@ def wait_for_slot(
                 lease,
                 renew_every,
                 taken_at=sent,
+                renew=renew,
             )
             handed_over = True
             return held

@@ -306,20 +306,41 @@ class BlockTokenStore(TokenStore):
                 self._after_failed_save()
 
     def flush(self, seconds: float = EXIT_SAVE_SECONDS) -> bool:
-        """Save an unsaved token now, waiting up to ``seconds``; say whether none is left."""
+        """Save an unsaved token now, in the renewal slot, waiting up to ``seconds``; say
+        whether none is left.
+
+        Never without the slot: the save compares the block with what the renewal started
+        from and writes, two requests that only the slot makes one step (a new login takes it
+        too). A slot that cannot be had leaves the token pending, said so, rather than written
+        over a newer login. The slot is held without a renewal thread (the save is shorter
+        than its lease; and a thread cannot start in an atexit hook on Python 3.12)."""
         if not self._dirty:
             return True
         try:
             held = wait_for_slot(
-                self.limit_name, timeout=seconds / 2, lease=RENEWAL_SLOT_LEASE, create_missing=1
+                self.limit_name,
+                timeout=seconds / 2,
+                lease=RENEWAL_SLOT_LEASE,
+                create_missing=1,
+                renew=False,
             )
-        except Exception:
-            held = None
-        try:
-            return self._save_while_held(held, seconds / 2)
-        finally:
-            if held is not None:
-                held.release()
+        except Exception as exc:
+            logger.warning(
+                "could not take the renewal slot to save %s (%s): it stays unsaved",
+                self.label,
+                describe(exc),
+            )
+            return False
+        if held is None:
+            logger.warning(
+                "the renewal slot of %s stayed taken for %.0f s (a login or a renewal in "
+                "another process): the renewed token is not saved over what that one writes",
+                self.label,
+                seconds / 2,
+            )
+            return False
+        with held:
+            return self._save_while_held(held, min(seconds / 2, held.holds_until() - _now()))
 
     def _in_background(self, name: str, job: Callable[[], None]) -> None:
         """Run ``job`` in a daemon thread unless one of this store's is running."""
@@ -339,6 +360,10 @@ class BlockTokenStore(TokenStore):
         background(run, f"dintero-{name}")
 
 
+def _now() -> float:
+    return time.monotonic()
+
+
 class BlockRenewal(Renewal):
     """One renewal's turn: the slot, the block's latest copy, and the save."""
 
@@ -352,15 +377,35 @@ class BlockRenewal(Renewal):
 
     def latest(self) -> Token | None:
         store = self.block_store
+        until = self.until
+        if self.held is not None:
+            # Its retries never outlast the slot's lease: a read that ends after another
+            # process could have taken the slot is a read of what may be stale by then.
+            until = (
+                self.held.holds_until() if until is None else min(until, self.held.holds_until())
+            )
         try:
-            saved = call(store._load, until=self.until, what=f"a read of {store.label}")
+            saved = call(store._load, until=until, what=f"a read of {store.label}")
         except PrefectUnavailable as exc:
             store._prefect_failed(exc)
             raise
         return store._adopt(saved)
 
+    def still_held(self) -> bool:
+        return self.held is None or self.held.holds()
+
     def commit(self, old: Token | None, new: Token) -> None:
         store = self.block_store
+        if not self.still_held():
+            # The lease ran out during the refresh: another process may hold the slot and be
+            # writing. The new token is held and used, and saved later, in the slot.
+            store.keep_unsaved(self.key, old, new)
+            logger.warning(
+                "the renewal slot of %s was lost while it was renewed: the new token is used "
+                "from memory and saved once the slot can be had again",
+                store.label,
+            )
+            return
         store._hold(new)
         # One try at once (a renewal's single round trip, and other processes find the token
         # in the block at their next renewal); if it fails, the tries go on in the background,

@@ -48,6 +48,10 @@ logger = get_logger(__name__)
 T = TypeVar("T")
 
 
+#: Turns a renewal takes at most when its section's lease runs out while it reads.
+RENEWAL_TURNS = 2
+
+
 class LockRegistry:
     """Process-wide locks per credential key. Locks are never removed, so a waiter can never
     hold a lock that a newer caller replaced."""
@@ -173,24 +177,39 @@ class TokenProvider:
             return self._renew_in_store(token)
 
     def _renew_in_store(self, token: Token | None) -> Token:
-        """Renew ``token`` in the store's renewal section (the thread lock is held)."""
-        try:
-            renewal = self.store.begin_renewal(self.key, wait=self._needs_store(token))
-        except StoreUnavailable as exc:
-            return self._without_store(token, exc)
-        with renewal:
+        """Renew ``token`` in the store's renewal section (the thread lock is held).
+
+        A turn whose lease ran out while the shared copy was read (a slow or failing store)
+        is not used to refresh: another process may hold the section by then and refresh
+        with the same refresh token, and with rotating refresh tokens one of the two would be
+        told to log in again. The section is taken and the copy read again, once more."""
+        for _ in range(RENEWAL_TURNS):
             try:
-                token = renewal.latest()
+                renewal = self.store.begin_renewal(self.key, wait=self._needs_store(token))
             except StoreUnavailable as exc:
                 return self._without_store(token, exc)
-            if self._usable(token):
-                assert token is not None
-                return token
-            new = self._renew(token)
-            # Held in memory first: used at once, saved by the store as soon as it can.
-            renewal.commit(token, new)
-        self._count()
-        return new
+            with renewal:
+                try:
+                    token = renewal.latest()
+                except StoreUnavailable as exc:
+                    return self._without_store(token, exc)
+                if self._usable(token):
+                    assert token is not None
+                    return token
+                if not renewal.still_held():
+                    continue
+                new = self._renew(token)
+                # Held in memory first: used at once, saved by the store as soon as it can.
+                renewal.commit(token, new)
+            self._count()
+            return new
+        return self._without_store(
+            token,
+            StoreUnavailable(
+                "the token store's renewal section was lost twice while its copy was read "
+                "(the store is too slow to answer within its lease); nothing was refreshed"
+            ),
+        )
 
     def _renews_ahead(self, token: Token | None) -> bool:
         """With a store that shares tokens over the network, a token inside its renewal margin

@@ -43,6 +43,11 @@ class Renewal:
         """The token to renew from: another process's renewal, if it saved one meanwhile."""
         return self.store.get(self.key)
 
+    def still_held(self) -> bool:
+        """Whether the turn is still this renewal's alone (a shared store's lease may run
+        out): a renewal that lost it reads the shared copy again before refreshing."""
+        return True
+
     def commit(self, old: Token | None, new: Token) -> None:
         """Hold ``new`` (renewed from ``old``) from now on. Never raises for the shared copy: a
         store that cannot write it now keeps trying later."""

@@ -540,3 +540,146 @@ def test_own_retries_never_hands_out_another_servers_settings():
             wrong.append(n)
     assert wrong == []
     assert len(prefect_api._no_retry_settings) <= prefect_api.NO_RETRY_SETTINGS_KEPT
+
+
+# -- the block store's slot: saves never outside it, a lost lease never refreshes ----------------
+
+
+def _token(name: str, seconds: float) -> Token:
+    now = datetime.now(UTC)
+    return Token(
+        access_token=SecretStr(f"{name}-" + "x" * 24),
+        issued_at=now,
+        expires_at=now + timedelta(seconds=seconds),
+    )
+
+
+class _FakeSlot:
+    """A held renewal slot whose lease the test ends."""
+
+    def __init__(self) -> None:
+        self.lost = False
+        self.released = False
+
+    def holds(self) -> bool:
+        return not self.lost
+
+    def holds_until(self) -> float:
+        return time.monotonic() + (0.0 if self.lost else 30.0)
+
+    def release(self) -> None:
+        self.released = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _memory_block_store(block_token):
+    from prefect_dintero.blocks.token_store import BlockTokenStore
+
+    class MemoryBlockStore(BlockTokenStore):
+        """A block store over a dict: what a Prefect block holds, read and written."""
+
+        label = "a test token"
+
+        def __init__(self) -> None:
+            super().__init__("dintero-test-renewal", 1.0, block_token)
+            self.block = block_token
+            self.writes: list = []
+            self.on_read = lambda: None
+
+        def _read(self):
+            saved = self.block
+            self.on_read()
+            return None, saved
+
+        def _write(self, handle, token) -> None:
+            self.block = token
+            self.writes.append(token)
+
+        def _slot_timed_out(self) -> None:
+            raise TimeoutError("slot taken")
+
+    return MemoryBlockStore()
+
+
+@pytest.mark.parametrize("slot", ["taken", "failing"])
+def test_the_exit_save_never_runs_outside_its_slot(monkeypatch, caplog, slot):
+    """The defect: flush() saved without the slot when it was not granted in time (a login
+    holding it, or on Python 3.12 a thread that cannot start at exit); its read-compare-write
+    outside the slot wrote an older renewal over the newer login that landed between them."""
+    from prefect_dintero.blocks import token_store as module
+
+    old, renewed, login = _token("old", 60), _token("renewed", 3600), _token("login", 3600)
+    store = _memory_block_store(old)
+    store._hold(renewed)  # renewed from `old`, not saved yet
+
+    def login_lands_after_the_read() -> None:
+        store.block = login
+
+    store.on_read = login_lands_after_the_read
+
+    def no_slot(*args, **kwargs):
+        if slot == "failing":
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        return None
+
+    monkeypatch.setattr(module, "wait_for_slot", no_slot)
+    with caplog.at_level(logging.WARNING, logger="prefect_dintero"):
+        assert store.flush(seconds=0.2) is False
+    assert store.writes == [] and store._dirty  # pending, said so, nothing written
+    assert "unsaved" in caplog.text or "not saved" in caplog.text
+    # With the slot, the save compares and finds the newer login: it is kept.
+    monkeypatch.setattr(module, "wait_for_slot", lambda *a, **k: _FakeSlot())
+    store.on_read = lambda: None
+    store.block = login
+    store.flush(seconds=0.2)
+    assert store.block is login and store.writes == []
+
+
+def test_a_renewal_whose_lease_was_lost_reads_the_block_again_before_refreshing(monkeypatch):
+    """The defect: a renewal never asked whether its slot still held, so after a read that
+    outlasted its lease it refreshed with a token another process was refreshing too."""
+    from prefect_dintero.blocks import token_store as module
+    from prefect_dintero.provider import ClientCredentialsProvider
+
+    expired, theirs = _token("expired", -1), _token("theirs", 3600)
+    store = _memory_block_store(expired)
+    slots = [_FakeSlot(), _FakeSlot()]
+    monkeypatch.setattr(module, "wait_for_slot", lambda *a, **k: slots.pop(0))
+    first = slots[0]
+
+    def slow_read() -> None:  # the read outlasts the lease; another process renews meanwhile
+        first.lost = True
+        store.block = theirs
+        store.on_read = lambda: None
+
+    store.on_read = slow_read
+    grants = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        grants.append(request.url.path)
+        return httpx.Response(200, json={"access_token": "mine-" + "x" * 24, "expires_in": 3600})
+
+    creds = ClientCredentials(account_id=AID, client_id="c", client_secret=SecretStr("s" * 10))
+    provider = ClientCredentialsProvider(creds, store=store)
+    provider.use_transport(httpx.MockTransport(handler))
+    token = provider.get_token()
+    assert grants == []  # no refresh on a turn that was lost
+    assert token.same_access_token(theirs) and not slots  # a second turn read theirs
+    # A lease lost during the refresh itself: the new token is used, saved later in the slot.
+    store._token = store.block = _token("expired-again", -1)
+    lost_in_refresh = _FakeSlot()
+    monkeypatch.setattr(module, "wait_for_slot", lambda *a, **k: lost_in_refresh)
+
+    def refresh(request: httpx.Request) -> httpx.Response:
+        lost_in_refresh.lost = True
+        return handler(request)
+
+    provider.use_transport(httpx.MockTransport(refresh))
+    mine = provider.get_token()
+    assert mine.access_token.get_secret_value().startswith("mine-")
+    assert store.writes == [] and store._dirty
