@@ -41,9 +41,10 @@ class OrderAddress(_Open):
     email: str = ""
     phone_number: str = ""
     address_line_2: str | None = None
-    co_address: str | None = None
-    business_name: str | None = None
-    organization_number: str | None = None
+    # Typed string and optional in the schemas, not nullable: absent, never null.
+    co_address: str = ""
+    business_name: str = ""
+    organization_number: str = ""
     latitude: float | None = None
     longitude: float | None = None
 
@@ -174,6 +175,8 @@ OPTIONAL_NOT_NULLABLE = {
     SettlementsPage: ("items", "last_evaluated_key"),
     TransfersPage: ("entries", "next_page_token"),
 }
+#: The same inside an object's addresses (``OrderAddress``).
+ADDRESS_OPTIONAL_NOT_NULLABLE = ("co_address", "business_name", "organization_number")
 
 
 def check(model: type[BaseModel], body: Any, *, nulls_allowed: bool = False) -> BaseModel:
@@ -181,8 +184,21 @@ def check(model: type[BaseModel], body: Any, *, nulls_allowed: bool = False) -> 
     says "absent or a value" is taken as absent (and nowhere else)."""
     if nulls_allowed and isinstance(body, dict):
         body = {
-            k: v
+            k: _without_address_nulls(v)
             for k, v in body.items()
             if not (v is None and k in OPTIONAL_NOT_NULLABLE.get(model, ()))
         }
     return model.model_validate(body)
+
+
+def _without_address_nulls(value: Any) -> Any:
+    """Nulls taken as absent in every address, however deep (a session's are in ``order``)."""
+    if isinstance(value, list):
+        return [_without_address_nulls(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {
+        k: _without_address_nulls(v)
+        for k, v in value.items()
+        if not (v is None and k in ADDRESS_OPTIONAL_NOT_NULLABLE)
+    }

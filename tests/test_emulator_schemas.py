@@ -135,3 +135,7 @@ def test_the_schemas_refuse_what_they_should():
         schema.check(schema.Session, no_configuration, nulls_allowed=True)
     with pytest.raises(ValueError, match="next_page_token"):
         schema.check(schema.TransfersPage, {"entries": [], "next_page_token": None})
+    # An address's optional strings: absent, never null (the emulator once sent null).
+    address = {**sessions[0]["order"]["billing_address"], "co_address": None}
+    with pytest.raises(ValueError, match="co_address"):
+        schema.check(schema.OrderAddress, address)

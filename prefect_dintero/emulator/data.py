@@ -314,10 +314,17 @@ class AccountData:
         phone = f"+47{rng.randrange(40_000_000, 99_999_999)}"
         return rng, first, last, email, phone
 
-    @staticmethod
-    def _address(rng: random.Random, first: str, last: str, email: str, phone: str) -> dict:
-        """An ``OrderAddress`` as the checkout and payments schemas describe it."""
+    def _address(self, rng: random.Random, first: str, last: str, email: str, phone: str) -> dict:
+        """An ``OrderAddress`` as the checkout and payments schemas describe it: its optional
+        string keys that a private buyer has no value for (c/o, business name, organisation
+        number) are left out, as the schemas allow (typed string, never null); sent as null
+        only under ``--null-optional-keys``."""
         postal_code, place = rng.choice(PLACES)
+        absent = (
+            {}
+            if self.config.omit_optional_keys
+            else {"co_address": None, "business_name": None, "organization_number": None}
+        )
         return {
             "first_name": first,
             "last_name": last,
@@ -325,9 +332,7 @@ class AccountData:
             "phone_number": phone,
             "address_line": f"{rng.choice(STREETS)} {rng.randrange(1, 120)}",
             "address_line_2": f"H{rng.randrange(101, 505)}",
-            "co_address": None,
-            "business_name": None,
-            "organization_number": None,
+            **absent,
             "postal_code": postal_code,
             "postal_place": place,
             "country": "NO",
