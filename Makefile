@@ -29,7 +29,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	rm -rf $(CURDIR)/.pytest-evidence
 	DINTERO_EVIDENCE_DIR=$(CURDIR)/.pytest-evidence $(BIN)/python -m pytest -q -n 3 \
-	  --dist loadfile --durations=40 --ignore=tests/test_secret_scan.py
+	  --dist loadfile --durations=40 --ignore=tests/test_secret_scan.py -m "not soak"
 	DINTERO_EVIDENCE_DIR=$(CURDIR)/.pytest-evidence $(BIN)/python -m pytest -q \
 	  tests/test_secret_scan.py
 

@@ -17,8 +17,19 @@ Prefect is a remote service that can be slow, rate-limited or down, so:
   less a margin, or the server said 410): :meth:`HeldSlot.holds` turns false *before* the
   server can give the slot to someone else, and the holder stops (a sync at its next page).
 
-A holder that dies holds the slot until its lease runs out. Concurrency-limit events
-(``prefect.concurrency-limit.acquired``) are not emitted for these slots.
+A holder that dies must not hold the slot for good, whatever the server. Prefect frees an
+expired lease's slot only through a background service (the repossessor), which an ephemeral
+server (a flow called from a script) does not run, and a restarted ``prefect server start``
+forgets its leases (kept in memory by default) but not the slots they hold. So each holder
+also beats: a Prefect variable named after the limit (:func:`heartbeat_name`) holds its lease's
+id and is written when the slot is taken and at each renewal, and deleted when it is freed. A
+waiter told the slot is taken reads it now and then; once it has not been written for the
+holder's lease and a margin (or, with none written, once the waiter itself has waited that
+long), the holder is dead, and the waiter frees its slot (:func:`_free_dead_holder`), then asks
+again. So a dead holder blocks its account for about its lease, never for good.
+
+Concurrency-limit events (``prefect.concurrency-limit.acquired``) are not emitted for these
+slots.
 """
 
 from __future__ import annotations
@@ -27,15 +38,22 @@ import atexit
 import contextlib
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from types import TracebackType
+from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    VariableCreate,
+    VariableUpdate,
+)
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from prefect_dintero.blocks.prefect_api import (
@@ -56,6 +74,36 @@ logger = get_logger(__name__)
 RENEWAL_JOIN_SECONDS = 2.0
 
 _held: weakref.WeakSet[HeldSlot] = weakref.WeakSet()
+
+
+def heartbeat_name(limit_name: str) -> str:
+    """The Prefect variable where a slot's holder beats (variable names are lower case)."""
+    return f"{limit_name.lower()}-holder"[:255]
+
+
+def _beat(client: SyncPrefectClient, limit_name: str, value: dict[str, Any]) -> None:
+    """Write the limit's heartbeat variable (one request; two the first time)."""
+    name = heartbeat_name(limit_name)
+    try:
+        with own_retries():
+            client.update_variable(VariableUpdate(name=name, value=value))
+    except Exception as exc:
+        if status_of(exc) != 404 and not isinstance(exc, ObjectNotFound):
+            raise
+        with contextlib.suppress(ObjectAlreadyExists), own_retries():
+            client.create_variable(VariableCreate(name=name, value=value))
+
+
+def _read_beat(client: SyncPrefectClient, limit_name: str) -> tuple[dict | None, float | None]:
+    """The heartbeat's value and its age in seconds (the server's ``updated``), or Nones."""
+    with own_retries():
+        variable = client.read_variable_by_name(heartbeat_name(limit_name))
+    if variable is None or not isinstance(variable.value, dict) or variable.updated is None:
+        return None, None
+    updated = variable.updated
+    if updated.tzinfo is None:
+        updated = updated.replace(tzinfo=UTC)
+    return variable.value, (datetime.now(UTC) - updated).total_seconds()
 
 
 def lease_margin(lease: float) -> float:
@@ -133,7 +181,18 @@ class HeldSlot:
                 why,
             )
 
+    def _beat(self) -> None:
+        """Say that the holder lives (see the module's docstring); a failure is only logged:
+        the next renewal beats again."""
+        try:
+            _beat(
+                self._client, self.limit_name, {"lease_id": str(self.lease_id), "lease": self.lease}
+            )
+        except Exception as exc:
+            logger.debug("could not write the %r heartbeat (%s)", self.limit_name, describe(exc))
+
     def _renew(self) -> None:
+        self._beat()
         wait = self.renew_every
         backoff = Backoff()
         while not self._stop.wait(wait):
@@ -163,6 +222,7 @@ class HeldSlot:
                 continue
             self.renewals += 1
             self._valid_until = sent + self.lease
+            self._beat()
             if self.failed_renewals:
                 logger.info(
                     "renewed the lease on a slot of the %r concurrency limit after %d failed tries",
@@ -185,6 +245,9 @@ class HeldSlot:
         try:
             with own_retries():
                 self._client.release_concurrency_slots_with_lease(self.lease_id)
+            if self._thread is not None:  # it beat: the heartbeat goes with the slot
+                with contextlib.suppress(Exception), own_retries():
+                    self._client.delete_variable_by_name(heartbeat_name(self.limit_name))
         except Exception as exc:
             logger.warning(
                 "could not free a slot of the %r concurrency limit (%s); it frees itself "
@@ -260,6 +323,8 @@ def wait_for_slot(
     errors_until = deadline if error_grace is None else time.monotonic() + error_grace
     backoff = Backoff()
     taken = False  # a holder was seen: a timeout then means the slot stayed taken
+    taken_since: float | None = None  # when this waiter first found it taken
+    next_look = 0.0  # when to read the holder's heartbeat next
     client = get_client(sync_client=True)
     client.__enter__()
     handed_over = False  # once a slot is held, the held slot owns the client
@@ -275,6 +340,13 @@ def wait_for_slot(
                 if status_of(exc) == 423:  # another holder has it
                     failure, taken = None, True
                     wait = backoff.next()
+                    now = time.monotonic()
+                    taken_since = now if taken_since is None else taken_since
+                    if now >= next_look:
+                        next_look = now + lease_margin(lease)
+                        if _free_if_dead(client, limit_name, lease, now - taken_since):
+                            backoff = Backoff()
+                            continue
                 elif is_transient(exc):
                     failure = exc
                     wait = backoff.next(retry_after_of(exc))
@@ -316,6 +388,67 @@ def wait_for_slot(
     finally:
         if not handed_over:
             client.__exit__(None, None, None)
+
+
+def _free_if_dead(client: SyncPrefectClient, limit_name: str, lease: float, waited: float) -> bool:
+    """Free the slot of a holder that stopped beating (killed, its machine lost), if it has;
+    say whether one was freed. Never raises: a waiter that cannot tell waits on."""
+    try:
+        beat, age = _read_beat(client, limit_name)
+        if beat is not None and beat.get("recovering"):
+            return False  # another waiter is freeing it (its claim is fresh, or it is dead too)
+        their_lease = float(beat.get("lease", lease)) if beat is not None else lease
+        silent = age if age is not None else waited
+        if silent <= their_lease + lease_margin(their_lease):
+            return False
+        return _free_dead_holder(client, limit_name, beat, silent)
+    except Exception as exc:
+        logger.debug("could not check the %r holder (%s)", limit_name, describe(exc))
+        return False
+
+
+#: How long a waiter that claimed a dead holder's slot waits before reading its claim back.
+CLAIM_SETTLE_SECONDS = 1.0
+
+
+def _free_dead_holder(
+    client: SyncPrefectClient, limit_name: str, beat: dict | None, silent: float
+) -> bool:
+    """Free a dead holder's slot: claim the job in the heartbeat (so that other waiters see
+    a fresh one and leave it), then free the dead lease if the server still knows it (which
+    revokes it too, so the server's repossessor cannot free the slot a second time), else
+    one slot of the limit by name (a server that forgot its leases: restarted, or an
+    ephemeral one)."""
+    claim = uuid.uuid4().hex
+    _beat(client, limit_name, {"recovering": claim})
+    time.sleep(CLAIM_SETTLE_SECONDS)
+    mine, _ = _read_beat(client, limit_name)
+    if mine is None or mine.get("recovering") != claim:
+        return False  # another waiter claimed it after this one: it frees the slot
+    dead = beat.get("lease_id") if beat is not None else None
+    known = False
+    if dead:
+        try:
+            with own_retries():
+                client.renew_concurrency_lease(UUID(dead), lease_duration=60)
+            known = True
+        except Exception as exc:
+            if status_of(exc) != 410 and not isinstance(exc, ObjectNotFound):
+                raise
+    with own_retries():
+        if known:
+            client.release_concurrency_slots_with_lease(UUID(str(dead)))
+        else:
+            client.release_concurrency_slots(names=[limit_name], slots=1, occupancy_seconds=silent)
+    with contextlib.suppress(Exception), own_retries():
+        client.delete_variable_by_name(heartbeat_name(limit_name))
+    logger.warning(
+        "freed the slot of the %r concurrency limit: its holder has not renewed it for %.0f s "
+        "(killed, or its machine lost)",
+        limit_name,
+        silent,
+    )
+    return True
 
 
 def _unavailable(limit_name: str, exc: BaseException) -> PrefectUnavailable:
