@@ -55,5 +55,8 @@ clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .pytest-evidence .mypy_cache
 
 # One table: token grants per lifetime, sync throughput vs a bare loop, peak RSS, no-change run.
+# Then the soaks: minutes of waiting that make test leaves out (a killed run's lease running out,
+# on an ephemeral server and on a restarted prefect server start).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/report.py
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m soak tests/
