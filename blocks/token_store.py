@@ -40,6 +40,7 @@ from prefect_dintero.blocks.prefect_api import (
     retry_after_of,
 )
 from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
+from prefect_dintero.deadline import run_time_left
 from prefect_dintero.provider import finish_renewals
 from prefect_dintero.redact import get_logger
 from prefect_dintero.store import Renewal, TokenStore, same_token
@@ -190,12 +191,16 @@ class BlockTokenStore(TokenStore):
         now = time.monotonic()
         if not wait and now < self._paused_until and self._outage is not None:
             raise PrefectUnavailable(self._outage)
-        grace = self.slot_timeout if wait else QUICK_GRACE_SECONDS
+        timeout = self.slot_timeout
+        left = run_time_left()
+        if left is not None:  # inside a run with a budget: no wait outlives it
+            timeout = min(timeout, left)
+        grace = timeout if wait else min(timeout, QUICK_GRACE_SECONDS)
         until = now + grace
         try:
             held = wait_for_slot(
                 self.limit_name,
-                timeout=self.slot_timeout,
+                timeout=timeout,
                 lease=RENEWAL_SLOT_LEASE,
                 error_grace=grace,
                 create_missing=1,

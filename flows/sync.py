@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import copy_context
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
+from prefect_dintero import deadline
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks import DinteroCredentials
 from prefect_dintero.blocks.prefect_api import describe, load_block
@@ -52,6 +54,9 @@ DEFAULT_TIMEOUT_MINUTES = 50.0
 ACCOUNT_SLOT_LEASE = 300.0
 #: How often a running sync renews its account slot's lease (one Prefect API request).
 ACCOUNT_SLOT_RENEW_SECONDS = 30.0
+
+#: How long the end of a run waits for its last Prefect calls (artifact, slot), at most.
+ENDING_WAIT_SECONDS = 10.0
 
 #: How many syncs of one account may run at once, across every worker.
 SYNCS_PER_ACCOUNT = 1
@@ -206,8 +211,17 @@ def _dintero_sync(
 
     # Prefect API calls beside the run's own path (the slot, the artifacts): each is a round
     # trip to a server that may be tens of milliseconds away, so they overlap where they can.
-    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="dintero-prefect") as side:
-        return _sync(credentials_block, session_block, request, key, run_deadline, take_slot, side)
+    side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="dintero-prefect")
+    try:
+        # Every wait of the run, the token's included, ends with its budget.
+        with deadline.run_budget(time.time() + budget.total_seconds()):
+            return _sync(
+                credentials_block, session_block, request, key, run_deadline, take_slot, side
+            )
+    finally:
+        # Not joined: a Prefect call still hanging there (the end's artifact, say) must not
+        # hold the run past its end; it finishes, or fails, on its own.
+        side.shutdown(wait=False)
 
 
 dintero_sync = MaskedFlow(
@@ -428,7 +442,15 @@ def _run_streams(
         ending.append(_beside(side, held.release))
     events.emit_sync_result(account_id, credentials_block, session_block, summaries, failures)
     for pending in [*ending, *([progress] if progress is not None else [])]:
-        pending.result()
+        try:
+            pending.result(timeout=ENDING_WAIT_SECONDS)
+        except FutureTimeout:
+            logger.warning(
+                "the Prefect API did not answer the run's last calls within %.0f s (the table "
+                "artifact, freeing the account's slot); the run ends without waiting for them",
+                ENDING_WAIT_SECONDS,
+            )
+            break
     if failures:
         raise SyncFailed(
             f"{len(failures)} of {len(futures)} streams failed: "

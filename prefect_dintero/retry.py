@@ -40,8 +40,9 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
+from .deadline import run_ends_at
 from .errors import DeadlineExceeded, DinteroError
 
 T = TypeVar("T")
@@ -147,13 +148,21 @@ class RetryPolicy:
         on_retry: Callable[[BaseException, float], None] | None,
         ends_at: float | None = None,
     ) -> dict:
+        # The run's end: given, or the one of the run this call is part of (a token request
+        # inside a sync). No wait outlives it, and no attempt starts after it.
+        ends_at = ends_at if ends_at is not None else run_ends_at()
+
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             seconds = self.wait_seconds(state.attempt_number, exc)
             if ends_at is not None:
-                # No wait outlives the run's budget: the next attempt then finds it spent.
                 seconds = max(0.0, min(seconds, ends_at - time.time()))
             return seconds
+
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number >= self.max_attempts:
+                return True
+            return ends_at is not None and time.time() >= ends_at
 
         def before_sleep(state: RetryCallState) -> None:
             failure = state.outcome.exception() if state.outcome is not None else None
@@ -161,7 +170,7 @@ class RetryPolicy:
                 on_retry(failure, state.next_action.sleep)
 
         return {
-            "stop": stop_after_attempt(self.max_attempts),
+            "stop": stop,
             "wait": wait,
             "retry": retry_if_exception(is_retryable),
             "reraise": True,  # callers see the real error, never tenacity's RetryError

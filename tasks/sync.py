@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
-from prefect_dintero.errors import StreamSkipped
+from prefect_dintero.errors import DinteroError, RunBudgetExceeded, StreamSkipped
 from prefect_dintero.redact import install_log_filter
 from prefect_dintero.request import SyncRequest
 from prefect_dintero.retry import RetryPolicy
@@ -21,6 +21,9 @@ from prefect_dintero.stream_sync import sync_stream as sync_stream_core
 from prefect_dintero.streams import resolve_streams
 from prefect_dintero.tasks._retry import retry_if_transient
 from prefect_dintero.tasks.destinations import open_sink
+
+#: The resume delays' jitter (Prefect's ``retry_jitter_factor``): up to half as long again.
+RESUME_JITTER = 0.5
 
 #: A progress line per stream at most this often: every log line is a Prefect API write, and
 #: Prefect Cloud counts them (2,000 log lines and events a minute on its Hobby plan).
@@ -35,7 +38,7 @@ PROGRESS_EVERY_SECONDS = 30.0
     # dintero-sync sets them per run from the credentials block's (RetryPolicy.stream_resumes).
     retries=RetryPolicy.stream_resumes,
     retry_delay_seconds=RetryPolicy().stream_resume_delays(),
-    retry_jitter_factor=0.5,
+    retry_jitter_factor=RESUME_JITTER,
     retry_condition_fn=retry_if_transient,
     persist_result=False,
     cache_policy=NO_CACHE,
@@ -103,6 +106,18 @@ def sync_stream(
     except StreamSkipped as skipped:
         logger.warning("%s", skipped)
         return {**_summarise(stream, bearer.account_id, []), "skipped": str(skipped)}
+    except DinteroError as exc:
+        # A resume waits its delay first (and Prefect's task runner waits for it at the run's
+        # end): one that could not start within the run's budget is not asked for.
+        policy = bearer.credentials.retry_policy
+        longest = max(policy.stream_resume_delays(), default=0.0) * (1 + RESUME_JITTER)
+        if exc.retryable and ends_at is not None and ends_at - time.time() < longest:
+            raise RunBudgetExceeded(
+                f"{stream} failed ({type(exc).__name__}: {exc}), and the run's budget "
+                "(timeout_minutes) leaves no time to resume it; its committed pages are kept "
+                "and the next run resumes"
+            ) from None
+        raise
     finally:
         sink.dispose()
     summary = _summarise(stream, bearer.account_id, results)

@@ -189,6 +189,27 @@ def test_a_password_in_the_destination_url_is_refused_and_never_stored(emu, cred
     assert password.encode() not in _prefect_database_text()
 
 
+def test_a_retry_after_of_an_hour_never_holds_the_run_past_its_budget(emu, creds, tmp_path):
+    """The defect: one 429 with Retry-After: 3600 paused the account for an hour; the flow run
+    went on past timeout_minutes, its task runner waiting for the streams that waited."""
+    emu.set_faults({"route": "*", "probability": 1.0, "status": 429, "retry_after": 3600})
+    budget = 0.15  # minutes: 9 s
+    started = time.monotonic()
+    try:
+        state = dintero_sync(
+            creds,
+            streams=["transactions", "sessions"],
+            destination=str(tmp_path / "budget.db"),
+            timeout_minutes=budget,
+            return_state=True,
+        )
+    finally:
+        emu.clear_faults()
+    elapsed = time.monotonic() - started
+    assert state.is_failed()
+    assert elapsed < budget * 60 + 10, f"the run ended {elapsed:.1f} s after it started"
+
+
 def test_one_failing_stream_does_not_stop_the_others(emu, creds, tmp_path):
     destination = str(tmp_path / "partial.db")
     emu.set_faults({"route": "settlements", "probability": 1.0, "status": 400})
