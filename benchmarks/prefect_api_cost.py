@@ -48,16 +48,35 @@ from prefect_dintero.emulator.prefect_proxy import PrefectApiProxy
 RUN = textwrap.dedent(
     """
     import json, sys, time
+    from prefect import flow
+    from prefect.client.orchestration import get_client
     from prefect_dintero.flows import dintero_sync
+
+    @flow(name="empty")
+    def empty():
+        return []
+
     session = sys.argv[2] or None
     t0 = time.perf_counter()
+    sent_at = time.time()
     try:
-        result = dintero_sync("bench-creds", session_block=session, destination=sys.argv[1])
+        if sys.argv[3] == "empty":
+            state = empty(return_state=True)
+        else:
+            state = dintero_sync("bench-creds", session_block=session, destination=sys.argv[1],
+                                 return_state=True)
+        result = state.result()
         outcome = {"ok": True, "fetched": sum(r["fetched"] for r in result),
                    "pages": sum(r["pages"] for r in result)}
     except Exception as exc:
-        outcome = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        state, outcome = None, {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
     outcome["seconds"] = time.perf_counter() - t0
+    outcome["started_at"] = sent_at
+    if state is not None:
+        # The run as Prefect records it (Running to its final state): what the UI shows.
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(state.state_details.flow_run_id)
+        outcome["run_seconds"] = (run.end_time - run.start_time).total_seconds()
     print("RUN " + json.dumps(outcome), flush=True)
     """
 )
@@ -116,9 +135,9 @@ class PageWatch:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
 
-def run_flow(env: dict[str, str], db: Path, session: str | None) -> dict:
+def run_flow(env: dict[str, str], db: Path, session: str | None, kind: str = "sync") -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", RUN, str(db), session or ""],
+        [sys.executable, "-c", RUN, str(db), session or "", kind],
         env=env,
         capture_output=True,
         text=True,
@@ -130,10 +149,17 @@ def run_flow(env: dict[str, str], db: Path, session: str | None) -> dict:
     return json.loads(line.removeprefix("RUN "))
 
 
-def measured(proxy: PrefectApiProxy, env: dict, db: Path, session: str | None) -> dict:
+def measured(
+    proxy: PrefectApiProxy, env: dict, db: Path, session: str | None, kind: str = "sync"
+) -> dict:
     proxy.reset_counts()
-    outcome = run_flow(env, db, session)
+    mark = time.monotonic() - time.time()  # the proxy's clock against the run's
+    outcome = run_flow(env, db, session, kind)
     time.sleep(1.0)  # the last log batch and events reach the proxy after the process exits
+    start = outcome["started_at"] + mark
+    outcome["timeline"] = [
+        (round(t - start, 3), route) for t, route, _ in proxy.history() if "/logs" not in route
+    ]
     counts = proxy.reset_counts()
     outcome.update(
         requests=counts["requests"] - counts["routes"].get("POST /logs", 0),
@@ -236,18 +262,25 @@ def main() -> None:
                         continue
                     row = results["sizes"][str(size)] = {}
                     rounds = args.rounds if size == args.sizes[1] else 1
-                    for identity, session in (("session", "bench-session"), ("service", None)):
-                        for n in range(rounds):
+                    # Interleaved: each round runs an empty flow, then each identity's sync, at
+                    # no added latency and then at the latency, so a slow spell of the machine
+                    # touches both sides of each comparison.
+                    kinds = (("empty", None, "empty"), ("session", "bench-session", "sync"))
+                    kinds += (("service", None, "sync"),)
+                    for n in range(rounds):
+                        for identity, session, kind in kinds:
+                            if kind == "empty" and size != args.sizes[1]:
+                                continue
                             for ms, seconds in (
                                 ("0ms", 0.0),
                                 (f"{args.latency_ms:.0f}ms", latency),
                             ):
                                 proxy.latency = seconds
                                 key = f"{identity}_{ms}"
-                                outcome = measured(proxy, env, fresh_db(), session)
+                                outcome = measured(proxy, env, fresh_db(), session, kind)
                                 row.setdefault(key, []).append(outcome)
                                 print(f"{size} {key} round {n + 1}: {_short(outcome)}", flush=True)
-                        proxy.latency = 0.0
+                    proxy.latency = 0.0
                     if size == args.sizes[1]:
                         results["outage"] = outage_run(
                             env, url, fresh_db(), proxy, args.outage_seconds
@@ -264,8 +297,34 @@ def main() -> None:
     small, large = (results["sizes"][str(s)] for s in args.sizes)
     slow_key = f"{args.latency_ms:.0f}ms"
     summary: dict = {"latency_ms": args.latency_ms, "sizes": args.sizes, "rounds": args.rounds}
+    empty_fast, empty_slow = large["empty_0ms"], large[f"empty_{slow_key}"]
+    summary["empty"] = {
+        "run_cost_rounds": [
+            round(slow["run_seconds"] - fast["run_seconds"], 2)
+            for fast, slow in zip(empty_fast, empty_slow, strict=True)
+        ],
+        "wall_cost_rounds": [
+            round(slow["seconds"] - fast["seconds"], 2)
+            for fast, slow in zip(empty_fast, empty_slow, strict=True)
+        ],
+        "requests": empty_fast[0]["requests"],
+    }
     for identity in ("session", "service"):
         a, b = small[f"{identity}_0ms"][0], large[f"{identity}_0ms"][0]
+        fast_runs, slow_runs = large[f"{identity}_0ms"], large[f"{identity}_{slow_key}"]
+        # What the latency costs this sync beyond what it costs an empty flow, round by round.
+        beyond_empty = [
+            round((slow["run_seconds"] - fast["run_seconds"]) - empty, 2)
+            for fast, slow, empty in zip(
+                fast_runs, slow_runs, summary["empty"]["run_cost_rounds"], strict=True
+            )
+        ]
+        wall_beyond_empty = [
+            round((slow["seconds"] - fast["seconds"]) - empty, 2)
+            for fast, slow, empty in zip(
+                fast_runs, slow_runs, summary["empty"]["wall_cost_rounds"], strict=True
+            )
+        ]
         ratios = sorted(
             slow["seconds"] / fast["seconds"]
             for fast, slow in zip(
@@ -283,6 +342,12 @@ def main() -> None:
             "seconds_slow": [round(r["seconds"], 1) for r in large[f"{identity}_{slow_key}"]],
             "latency_cost_rounds": [round(r, 2) for r in ratios],
             "latency_cost": round(ratios[len(ratios) // 2], 2),
+            "beyond_empty_rounds": beyond_empty,
+            "wall_beyond_empty_rounds": wall_beyond_empty,
+            # The integration's requests, in order, in the first round at the latency.
+            "timeline": [
+                step for step in slow_runs[0]["timeline"] if step[1] not in _PREFECTS_OWN
+            ],
             "routes": b["routes"],
         }
     lim = results["limited"]
@@ -292,8 +357,20 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
+    e = summary["empty"]
+    print(
+        f"empty flow: {e['requests']} Prefect requests; {args.latency_ms:.0f} ms per request "
+        f"costs its run (as Prefect records it) {e['run_cost_rounds']} s, the caller "
+        f"{e['wall_cost_rounds']} s, round by round"
+    )
     for identity in ("session", "service"):
         s = summary[identity]
+        print(
+            f"{identity}: beyond the empty flow's, the latency costs the run "
+            f"{s['beyond_empty_rounds']} s and the caller {s['wall_beyond_empty_rounds']} s, "
+            "round by round; the integration's requests at the latency (seconds from the "
+            f"call, route): {s['timeline']}"
+        )
         print(
             f"{identity}: Prefect requests {s['requests'][0]} at {args.sizes[0]:,} / "
             f"{s['requests'][1]} at {args.sizes[1]:,} transactions ({s['growth_per_page']} more "
@@ -316,8 +393,24 @@ def main() -> None:
     print("RESULT " + json.dumps(summary))
 
 
+#: Requests an empty flow run makes too: the flow, its run and states, version and CSRF checks,
+#: result storage (the timeline leaves them out).
+_PREFECTS_OWN = frozenset(
+    {
+        "GET /admin/version",
+        "GET /csrf-token",
+        "POST /flows",
+        "POST /flow_runs",
+        "POST /flow_runs/{id}/set_state",
+        "GET /flow_runs/{id}",
+        "GET /admin/storage",
+        "GET /flows/{id}",
+    }
+)
+
+
 def _short(outcome: dict) -> str:
-    return json.dumps({k: v for k, v in outcome.items() if k != "routes"})
+    return json.dumps({k: v for k, v in outcome.items() if k not in ("routes", "timeline")})
 
 
 if __name__ == "__main__":

@@ -310,7 +310,9 @@ def _sync(
         )
     finally:
         if held is not None:
-            held.release()  # once: the end of a run frees it beside its artifacts
+            # Beside the run's end, not waited for (a second release does nothing): a run that
+            # failed early frees it the same way.
+            _beside(side, held.release)
 
 
 def _run_streams(
@@ -361,16 +363,28 @@ def _run_streams(
         ): name
         for name in request.streams
     }
-    # Made while the streams run: it is shown, never needed.
-    progress_id = _best_effort(
+    # Made beside the streams: it is shown, never needed. Each update follows the one before
+    # (updates in flight at once could land out of order).
+    progress: Future = _beside(
+        side,
+        _best_effort,
         "create the progress artifact",
         lambda: create_progress_artifact(
             0.0, description=f"Streams synced for Dintero account {account_id}"
         ),
     )
+    made = progress
+
+    def update_progress(before: Future, done: int) -> None:
+        before.result()
+        if (progress_id := made.result()) is not None:
+            _best_effort(
+                "update the progress artifact",
+                lambda: update_progress_artifact(progress_id, 100.0 * done / len(futures)),
+            )
+
     summaries: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
-    progress: Future | None = None
     try:
         for done, future in enumerate(
             as_completed(list(futures), timeout=max(0.0, run_deadline - time.monotonic())),
@@ -382,15 +396,7 @@ def _run_streams(
             except Exception as exc:  # the others go on; the run fails below, naming this one
                 failures[name] = f"{type(exc).__name__}: {redact(str(exc))}"
                 logger.error("stream %s failed: %s", name, failures[name])
-            if progress_id is not None:
-                progress = _beside(
-                    side,
-                    _best_effort,
-                    "update the progress artifact",
-                    lambda done=done: update_progress_artifact(
-                        progress_id, 100.0 * done / len(futures)
-                    ),
-                )
+            progress = _beside(side, update_progress, progress, done)
     except TimeoutError:
         for name in futures.values():
             if name not in summaries and name not in failures:
@@ -423,7 +429,10 @@ def _run_streams(
                 "error": failures.get(name, "") or (s.get("skipped", "") if s else ""),
             }
         )
-    # Nothing writes now: the slot is freed beside the table artifact and the last progress.
+    # Nothing writes now. The slot is freed when this returns (by ``_sync``), beside the table
+    # artifact and the last progress, and not waited for: two writes to Prefect's database,
+    # which took up to 1.5 s here under load; a run that follows at once meets a taken slot
+    # for that long, and asks again.
     ending = [
         _beside(
             side,
@@ -438,10 +447,8 @@ def _run_streams(
             ),
         )
     ]
-    if held is not None:
-        ending.append(_beside(side, held.release))
     events.emit_sync_result(account_id, credentials_block, session_block, summaries, failures)
-    for pending in [*ending, *([progress] if progress is not None else [])]:
+    for pending in [*ending, progress]:
         try:
             pending.result(timeout=ENDING_WAIT_SECONDS)
         except FutureTimeout:
