@@ -14,7 +14,12 @@ and 50,000 by default):
 - the Prefect API requests of a run, and their growth per Dintero page between the sizes;
 - the log lines and events a run sends (Prefect Cloud's second budget);
 - the run's time with ``--latency-ms`` (80) added to every Prefect request, against none, in
-  ``--rounds`` (3) pairs at the larger size; the median pair's ratio is reported with every one.
+  ``--rounds`` (3) interleaved rounds at the smaller size, each with an empty flow's pair too:
+  the latency's cost beyond the empty flow's, round by round, both as Prefect records the run
+  (Running to its final state) and as the caller waits for it; and the integration's own
+  Prefect requests in order, with when each was sent. (Prefect's engine joins its heartbeat
+  thread at every flow run's end, a thread that sleeps in 1 s steps: the caller's figure
+  carries 0 to 1 s of that, in any flow longer than a trivial one.)
 
 Then, for the session: a ``--limited-size`` (100,000) run under a ``--limit`` (625, Hobby's)
 requests-a-minute limit (429s met, time), and a run during which the Prefect API refuses
@@ -261,7 +266,10 @@ def main() -> None:
                         print(f"limited: {_short(results['limited'])}", flush=True)
                         continue
                     row = results["sizes"][str(size)] = {}
-                    rounds = args.rounds if size == args.sizes[1] else 1
+                    # The rounds at the smaller size: the latency's cost does not grow with the
+                    # data (no Prefect request per page), while a larger sync's own time varies
+                    # by seconds on a busy machine and would hide it.
+                    rounds = args.rounds if size == args.sizes[0] else 1
                     # Interleaved: each round runs an empty flow, then each identity's sync, at
                     # no added latency and then at the latency, so a slow spell of the machine
                     # touches both sides of each comparison.
@@ -269,7 +277,7 @@ def main() -> None:
                     kinds += (("service", None, "sync"),)
                     for n in range(rounds):
                         for identity, session, kind in kinds:
-                            if kind == "empty" and size != args.sizes[1]:
+                            if kind == "empty" and size != args.sizes[0]:
                                 continue
                             for ms, seconds in (
                                 ("0ms", 0.0),
@@ -297,7 +305,7 @@ def main() -> None:
     small, large = (results["sizes"][str(s)] for s in args.sizes)
     slow_key = f"{args.latency_ms:.0f}ms"
     summary: dict = {"latency_ms": args.latency_ms, "sizes": args.sizes, "rounds": args.rounds}
-    empty_fast, empty_slow = large["empty_0ms"], large[f"empty_{slow_key}"]
+    empty_fast, empty_slow = small["empty_0ms"], small[f"empty_{slow_key}"]
     summary["empty"] = {
         "run_cost_rounds": [
             round(slow["run_seconds"] - fast["run_seconds"], 2)
@@ -311,7 +319,7 @@ def main() -> None:
     }
     for identity in ("session", "service"):
         a, b = small[f"{identity}_0ms"][0], large[f"{identity}_0ms"][0]
-        fast_runs, slow_runs = large[f"{identity}_0ms"], large[f"{identity}_{slow_key}"]
+        fast_runs, slow_runs = small[f"{identity}_0ms"], small[f"{identity}_{slow_key}"]
         # What the latency costs this sync beyond what it costs an empty flow, round by round.
         beyond_empty = [
             round((slow["run_seconds"] - fast["run_seconds"]) - empty, 2)
@@ -327,9 +335,7 @@ def main() -> None:
         ]
         ratios = sorted(
             slow["seconds"] / fast["seconds"]
-            for fast, slow in zip(
-                large[f"{identity}_0ms"], large[f"{identity}_{slow_key}"], strict=True
-            )
+            for fast, slow in zip(fast_runs, slow_runs, strict=True)
         )
         summary[identity] = {
             "requests": [a["requests"], b["requests"]],
@@ -338,16 +344,14 @@ def main() -> None:
                 (b["requests"] - a["requests"]) / max(1, b["pages"] - a["pages"]), 4
             ),
             "logs_events": [a["log_lines"] + a["events"], b["log_lines"] + b["events"]],
-            "seconds_0ms": [round(r["seconds"], 1) for r in large[f"{identity}_0ms"]],
-            "seconds_slow": [round(r["seconds"], 1) for r in large[f"{identity}_{slow_key}"]],
+            "seconds_0ms": [round(r["seconds"], 1) for r in fast_runs],
+            "seconds_slow": [round(r["seconds"], 1) for r in slow_runs],
             "latency_cost_rounds": [round(r, 2) for r in ratios],
             "latency_cost": round(ratios[len(ratios) // 2], 2),
             "beyond_empty_rounds": beyond_empty,
             "wall_beyond_empty_rounds": wall_beyond_empty,
             # The integration's requests, in order, in the first round at the latency.
-            "timeline": [
-                step for step in slow_runs[0]["timeline"] if step[1] not in _PREFECTS_OWN
-            ],
+            "timeline": [step for step in slow_runs[0]["timeline"] if step[1] not in _PREFECTS_OWN],
             "routes": b["routes"],
         }
     lim = results["limited"]
@@ -375,7 +379,7 @@ def main() -> None:
             f"{identity}: Prefect requests {s['requests'][0]} at {args.sizes[0]:,} / "
             f"{s['requests'][1]} at {args.sizes[1]:,} transactions ({s['growth_per_page']} more "
             f"per page); logs + events {s['logs_events'][0]} / {s['logs_events'][1]}; "
-            f"{args.sizes[1]:,} rows: {s['seconds_0ms']} s, with {args.latency_ms:.0f} ms per "
+            f"{args.sizes[0]:,} rows: {s['seconds_0ms']} s, with {args.latency_ms:.0f} ms per "
             f"Prefect request {s['seconds_slow']} s: {s['latency_cost']}x at the median round "
             f"(rounds {s['latency_cost_rounds']})"
         )

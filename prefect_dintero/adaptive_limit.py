@@ -4,8 +4,11 @@ Dintero documents 429 with ``Retry-After`` and publishes no rate limit, so the l
 asking: additive increase, multiplicative decrease, as TCP finds a link's capacity.
 
 - It starts at 2 requests in flight (1 when the credentials allow only 1).
-- After as many answers in a row without 429 or 5xx as requests are allowed in flight (one
-  "round" of them), it allows one more, up to ``maximum`` (``max_concurrent_requests``).
+- Until it first meets a 429, a 5xx or a slow answer, each round without one doubles it
+  ("slow start", as TCP's): 2, 4, 8 in two rounds, where one more a round took six rounds of
+  a backfill's first second at 150 ms a page. After that, each round without one allows one
+  more. A "round" is as many answers in a row as requests are allowed in flight; the limit
+  never passes ``maximum`` (``max_concurrent_requests``).
   Near the level that last met a 429, it waits ``PROBE_ROUNDS`` rounds before trying one more:
   a limit found is probed now and then, not every round.
 - On a 429 it halves (at least 1), and nobody sends for the ``Retry-After`` the server asked,
@@ -61,10 +64,10 @@ class AdaptiveLimit:
         for _ in range(2):
             with limit.slot() as answer:
                 answer(200, 0.15)
-        assert limit.limit == 3  # a round without 429: one more
+        assert limit.limit == 4  # a round without 429: doubled, until the first decrease
         with limit.slot() as answer:
             answer(429, 0.15, retry_after=0.0)
-        assert limit.limit == 1  # halved
+        assert limit.limit == 2  # halved
         ```
     """
 
@@ -78,6 +81,8 @@ class AdaptiveLimit:
         self._quickest: float | None = None
         #: The level that last met a 429 (None: none met yet, or passed since).
         self._ceiling: int | None = None
+        #: Doubling per round until the first decrease (slow start).
+        self._slow_start = True
         self._cond = threading.Condition()
         #: For benchmarks and tests: the highest limit reached, and the decreases made.
         self.peak = self.limit
@@ -157,7 +162,8 @@ class AdaptiveLimit:
                     near = self._ceiling is not None and self.limit + 1 >= self._ceiling
                     rounds = PROBE_ROUNDS if near else 1
                     if self._successes >= rounds * self.limit and self.limit < self.maximum:
-                        self.limit += 1
+                        step = self.limit if self._slow_start else 1
+                        self.limit = min(self.maximum, self.limit + step)
                         self.peak = max(self.peak, self.limit)
                         self._successes = 0
                         if self._ceiling is not None and self.limit > self._ceiling:
@@ -166,6 +172,7 @@ class AdaptiveLimit:
 
     def _decrease(self, *, halve: bool) -> None:
         self._successes = 0
+        self._slow_start = False
         if self._calm_after > 0:
             self._calm_after -= 1
             return  # the same burst: one decrease per round

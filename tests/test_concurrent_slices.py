@@ -206,32 +206,37 @@ def test_sigkill_mid_slices_then_every_slice_resumes(dintero_emulator_factory, d
 
 
 def test_the_limit_grows_by_rounds_halves_on_429_and_pauses_for_retry_after():
-    limit = AdaptiveLimit(maximum=6)
+    limit = AdaptiveLimit(maximum=12)
     assert limit.limit == 2
-    for _ in range(2 + 3 + 4):  # a round at 2, then 3, then 4
+    for _ in range(2 + 4):  # slow start: a round at 2 doubles it, a round at 4 too
         with limit.slot() as answered:
             answered(200, 0.1)
-    assert limit.limit == 5
+    assert limit.limit == 8
     with limit.slot() as answered:
         answered(429, 0.1, 0.3)
-    assert limit.limit == 2
+    assert limit.limit == 4
     started = time.monotonic()
     with limit.slot() as answered:  # waits the Retry-After
         answered(200, 0.1)
     assert time.monotonic() - started >= 0.25
-    # Near the level that met the 429 (5), more waits 16 rounds, not one.
-    for _ in range(2 + 3):
+    # After a decrease, one more a round: 4 to 5, 5 to 6.
+    for _ in range(3 + 5):
         with limit.slot() as answered:
             answered(200, 0.1)
-    assert limit.limit == 4
-    for _ in range(4 * 15):
+    assert limit.limit == 6
+    # Near the level that met the 429 (8), more waits 16 rounds, not one.
+    for _ in range(6):
         with limit.slot() as answered:
             answered(200, 0.1)
-    assert limit.limit == 4
-    for _ in range(4):
+    assert limit.limit == 7
+    for _ in range(7 * 15):
         with limit.slot() as answered:
             answered(200, 0.1)
-    assert limit.limit == 5
+    assert limit.limit == 7
+    for _ in range(7):
+        with limit.slot() as answered:
+            answered(200, 0.1)
+    assert limit.limit == 8
 
 
 def test_a_burst_of_429s_halves_once_and_5xx_and_slow_answers_decrease():
