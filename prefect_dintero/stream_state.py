@@ -22,6 +22,8 @@ class StreamState:
     #: The personal-data policy the stream's rows were written with (``keep``, ``drop``, or
     #: ``hash:`` and a check of the key); None before this was recorded.
     personal_data: str | None = None
+    #: A late-change read Dintero refused (its filter): not tried again before this.
+    paused_until: datetime | None = None
 
     @property
     def in_progress(self) -> bool:

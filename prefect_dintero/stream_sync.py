@@ -19,8 +19,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import SecretStr
@@ -29,7 +29,7 @@ from . import times
 from .adaptive_limit import limit_for
 from .client import DinteroClient
 from .discovery import payout_destination_ids
-from .errors import DinteroAPIError
+from .errors import DinteroAPIError, DinteroError
 from .paginators import (
     Page,
     SinceDatetimePaginator,
@@ -42,7 +42,7 @@ from .redact import get_logger
 from .request import SyncRequest
 from .sink import Sink
 from .stream_state import PageWrite, StreamState, with_state
-from .streams import Stream
+from .streams import LateChangeFilter, Stream
 from .times import CLOCK_SKEW, iso, parse_datetime
 from .window_slices import SlicedWindow, saved_slices
 
@@ -72,6 +72,9 @@ class StreamResult:
     retries: int = 0
     rate_limited: int = 0
     seconds: float = 0.0
+    #: The late-change reads made after this one (``captured_at``, ``refunded_at``), each with
+    #: its own counts (not in this result's).
+    late_reads: list[StreamResult] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,7 +127,11 @@ class StreamSync:
         self.on_page = on_page
         self.personal_data = personal_data
         self.page_size = max(1, min(request.page_size, stream.max_page_size))
-        self.lookback = request.lookback if request.lookback is not None else stream.lookback
+        self.lookback = (
+            request.lookback
+            if request.lookback is not None and stream.changed_by_event is None
+            else stream.lookback
+        )
         self.label = f"{account_id}/{stream.name}" + (f"/{partition}" if partition else "")
 
     # -- the run ---------------------------------------------------------------------------------
@@ -183,7 +190,9 @@ class StreamSync:
         )
 
     def _fetch(self, params: dict[str, Any]) -> Any:
-        path = self.stream.url_path(self.account_id, self.partition or None)
+        path = self.stream.url_path(
+            self.account_id, self.partition if self.stream.per_destination else None
+        )
         return self.client.get_json(path, host=self.stream.host, params=params)
 
     def _trusted_cursor(self, state: StreamState) -> datetime | None:
@@ -203,6 +212,13 @@ class StreamSync:
 
     def _lower_bound(self, state: StreamState) -> datetime | None:
         cursor = self._trusted_cursor(state)
+        if self.stream.changed_by_event is not None:
+            # A late-change read starts where it stopped, or (first, or after a full refresh)
+            # at this run: what changed before is what the read by created_at and the
+            # reconcile are for. It never reads the whole history of captures.
+            if cursor is None or self.request.full_refresh:
+                return self.run_started_at - self.lookback
+            return cursor - self.lookback
         if self.request.full_refresh or cursor is None:
             lower = self.request.start_date
         else:
@@ -349,6 +365,7 @@ class StreamSync:
         as it always did: it makes no more requests than before."""
         return (
             self.stream.filtered_by_api
+            and self.stream.changed_by_event is None
             and self.stream.cursor_field == "created_at"
             and self.client.credentials.max_concurrent_requests > 1
             and (
@@ -383,6 +400,13 @@ class StreamSync:
         ):
             page = self._protected(page)
             newest = self._newest_in_window(page.rows, *asked, result)
+            if self.stream.changed_by_event is not None and (
+                result.outside_window
+                or any(self.stream.changed_at(row) is None for row in page.rows)
+            ):
+                # Rows with no such event in the window: the filter was ignored, and the read
+                # would page through the whole history every run. Nothing of it is written.
+                raise FilterIgnored(self.stream.lower_param or "")
             last = page.next_params is None
             clear_cursor = reset and first and resume is None
             first = False
@@ -400,6 +424,10 @@ class StreamSync:
                 cursor = None if clear_cursor else state.cursor
                 seen = _later(state.max_seen if state.in_progress else None, newest)
                 if last:
+                    if self.stream.changed_by_event is not None:
+                        # The API filtered exactly this window on the event's time: all of
+                        # it is in, whatever the rows' dates, so the next read starts here.
+                        seen = _later(seen, upper)
                     return self.window_closed(state, write, cursor, seen)
                 return with_state(
                     state,
@@ -561,7 +589,7 @@ def sync_stream(
         # Given, or discovered (StreamSkipped when the credentials may not list them).
         partitions = list(request.payout_destinations) or payout_destination_ids(client, account_id)
     run_started_at = run_started_at or times.now()
-    return [
+    results = [
         StreamSync(
             client,
             sink,
@@ -575,3 +603,73 @@ def sync_stream(
         ).run()
         for partition in partitions
     ]
+    for late in stream.late_filters:
+        read = _read_late_changes(
+            client, sink, stream, late, account_id, request, run_started_at, on_page, policy
+        )
+        if read is not None:
+            results[0].late_reads.append(read)
+    return results
+
+
+class FilterIgnored(DinteroError):
+    """A late-change read got rows the filter it asked for would not have let through."""
+
+
+#: How long a late-change filter Dintero refused is left alone before it is tried again.
+REFUSED_FILTER_PAUSE = timedelta(days=1)
+
+
+def _read_late_changes(
+    client: DinteroClient,
+    sink: Sink,
+    stream: Stream,
+    late: LateChangeFilter,
+    account_id: str,
+    request: SyncRequest,
+    run_started_at: datetime,
+    on_page: ProgressCallback | None,
+    policy: PersonalDataPolicy,
+) -> StreamResult | None:
+    """Read what changed since the last run by a later event (a capture, a refund), of any
+    age: a window on the filter's own cursor, committed and upserted like any other.
+
+    The filters are documented as "subject to change". A 4xx to the read (400, 404, 422) is
+    taken for a refusal of the filter: said once, remembered in the read's state, and tried
+    again a day later; until then the nightly reconcile is what takes late changes in. None:
+    the read was not made (refused within the last day).
+    """
+    label = f"{account_id}/{stream.name} {late.partition}"
+    state = sink.read_state(account_id, stream.name, late.partition)
+    if state.paused_until is not None and state.paused_until > run_started_at:
+        logger.debug("%s: refused by Dintero until %s; not read", label, iso(state.paused_until))
+        return None
+    read = StreamSync(
+        client,
+        sink,
+        stream.late_change_read(late),
+        account_id,
+        request,
+        partition=late.partition,
+        run_started_at=run_started_at,
+        on_page=on_page,
+        personal_data=policy,
+    )
+    try:
+        return read.run()
+    except (DinteroAPIError, FilterIgnored) as exc:
+        if isinstance(exc, DinteroAPIError) and exc.status_code not in (400, 404, 422):
+            raise
+        how = "ignored" if isinstance(exc, FilterIgnored) else f"refused ({exc.status_code})"
+        until = run_started_at + REFUSED_FILTER_PAUSE
+        sink.pause(account_id, stream.name, late.partition, until)
+        logger.warning(
+            "%s: Dintero %s the %s filter; late %s are left to the nightly reconcile "
+            "(reconcile_days) until it is tried again, after %s",
+            label,
+            how,
+            late.name,
+            "captures" if late.event == "CAPTURE" else f"{late.event.lower()}s",
+            iso(until),
+        )
+        return None

@@ -8,7 +8,7 @@ whole as JSON).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import quote
@@ -22,6 +22,7 @@ from .paginators import (
     SinceDatetimePaginator,
     StartingAfterPaginator,
 )
+from .times import parse_datetime
 from .validation import validate_account_id, validate_payout_destination
 
 ColumnType = Literal["text", "int", "datetime", "bool"]
@@ -61,6 +62,34 @@ class Column:
 
 
 @dataclass(frozen=True)
+class LateChangeFilter:
+    """A filter Dintero offers on when a later event of an object happened: transactions'
+    ``captured_at`` and ``refunded_at`` (documented on ``GET /v1/transactions``, "subject to
+    change": https://docs.dintero.com/api-reference/payments). A refund made months after its
+    payment is found by it, where a read by ``created_at`` never looks that far back.
+
+    Each has its own cursor (its state is the stream's, partition ``by <name>``) and a short
+    lookback: an hourly run with nothing new costs one request each.
+
+    Attributes:
+        name: the filter's name (``captured_at``): ``<name>.gte`` and ``<name>.lte``.
+        event: the transaction event it is on (``CAPTURE``): a row's cursor value is the
+            newest event of that kind.
+        lookback: re-read this much before the filter's cursor (clock skew, an event recorded
+            a moment after its time).
+    """
+
+    name: str
+    event: str
+    lookback: timedelta = timedelta(minutes=15)
+
+    @property
+    def partition(self) -> str:
+        """Where its state is kept: the stream's state, under this partition."""
+        return f"by {self.name}"
+
+
+@dataclass(frozen=True)
 class Stream:
     """How to read one Dintero resource incrementally.
 
@@ -86,6 +115,10 @@ class Stream:
             row is overwritten with what Dintero keeps of it (ids and dates, nothing personal).
         personal: the personal fields, as dotted paths (into lists too): what
             ``personal_data="hash"`` hashes and ``"drop"`` removes, before anything is written.
+        late_filters: the filters on later events the API offers (see
+            :class:`LateChangeFilter`): each incremental run reads them too.
+        changed_by_event: set on a late-change read (:meth:`late_change_read`): a row's cursor
+            value is its newest event of this kind, not ``cursor_field``.
     """
 
     name: str
@@ -106,9 +139,25 @@ class Stream:
     extra_params: dict[str, Any] = field(default_factory=dict)
     personal: tuple[str, ...] = ()
     deleted_field: str | None = None
+    late_filters: tuple[LateChangeFilter, ...] = ()
+    changed_by_event: str | None = None
+
+    def late_change_read(self, late: LateChangeFilter) -> Stream:
+        """This stream read by a late-change filter: the same endpoint, table and rows, the
+        window on ``<filter>.gte``/``.lte`` instead of ``created_at``."""
+        return replace(
+            self,
+            lower_param=f"{late.name}.gte",
+            upper_param=f"{late.name}.lte",
+            lookback=late.lookback,
+            changed_by_event=late.event,
+            late_filters=(),
+        )
 
     def changed_at(self, obj: dict) -> Any:
         """The object's cursor value, or for a deleted object without one, its deletion."""
+        if self.changed_by_event is not None:
+            return newest_event(obj, self.changed_by_event)
         value = obj.get(self.cursor_field)
         if value is None and self.deleted_field is not None:
             value = obj.get(self.deleted_field)
@@ -144,6 +193,20 @@ class Stream:
         )
 
 
+def newest_event(obj: dict, kind: str) -> datetime | None:
+    """When the object's newest event of ``kind`` happened (``events[]``), failed or not: a
+    filter on it may match either."""
+    newest = None
+    events = obj.get("events")
+    for event in events if isinstance(events, list) else ():
+        if not isinstance(event, dict) or event.get("event") != kind:
+            continue
+        when = parse_datetime(event.get("created_at"))
+        if when is not None and (newest is None or when > newest):
+            newest = when
+    return newest
+
+
 #: The buyer's personal fields on transactions and sessions (the customer's contact details,
 #: the addresses, the IP address and the browser). ``customer.customer_id`` stays: it is a
 #: Dintero id, the key that joins a transaction to its customer.
@@ -172,9 +235,14 @@ CATALOG: dict[str, Stream] = {
             incremental="window",
             lower_param="created_at.gte",
             upper_param="created_at.lte",
-            # Transactions are captured, refunded and settled days after they are created, and
-            # the API filters only on created_at: re-read the last few days on every run.
+            # Transactions are captured, refunded and settled days after they are created: the
+            # last few days are re-read by created_at on every run, and captures and refunds of
+            # any age are read by their own filters (each with its own cursor).
             lookback=timedelta(days=3),
+            late_filters=(
+                LateChangeFilter("captured_at", "CAPTURE"),
+                LateChangeFilter("refunded_at", "REFUND"),
+            ),
             columns=(
                 Column("id"),
                 Column("created_at", "datetime"),

@@ -138,6 +138,8 @@ def sync_stream(
 
 
 def _summarise(stream: str, account_id: str, results: list[StreamResult]) -> dict[str, Any]:
+    # The late-change reads (captures and refunds by their own filters) count with the rest.
+    results = [*results, *(late for r in results for late in r.late_reads)]
     totals: dict[str, Any] = {"stream": stream, "account_id": account_id}
     for name in (
         "pages",

@@ -193,6 +193,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "only without since_datetime)",
     )
     silent.add_argument(
+        "--refuse-filter",
+        dest="refused_transaction_filters",
+        action="append",
+        default=[],
+        choices=("captured_at", "refunded_at"),
+        help="answer GET /v1/transactions with 400 when this filter (.gte/.lte) is used "
+        "(documented, but subject to change); repeat for both",
+    )
+    silent.add_argument(
+        "--refunded-at-first-refund-only",
+        action="store_true",
+        help="refunded_at matches a transaction by its first refund only",
+    )
+    silent.add_argument(
         "--since-exclusive",
         action="store_true",
         help="customers' since_datetime returns rows updated after it, not at or after it",
@@ -270,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
         omit_optional_keys=args.omit_optional_keys,
         since_exclusive=args.since_exclusive,
         deletions_in_since=args.deletions_in_since,
+        refused_transaction_filters=tuple(args.refused_transaction_filters),
+        refunded_at_first_refund_only=args.refunded_at_first_refund_only,
         page_latency=args.latency_ms / 1000,
         rate_limit=args.rate_limit,
         short_pages=args.short_pages,

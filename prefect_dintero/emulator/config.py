@@ -95,6 +95,15 @@ class EmulatorConfig:
     #: last change; False returns deleted customers only in a list read without
     #: ``since_datetime``.
     deletions_in_since: bool = True
+    #: Filters of ``GET /v1/transactions`` answered 400 naming them (``captured_at``,
+    #: ``refunded_at``): documented, but "subject to change", so a client must survive their
+    #: refusal.
+    refused_transaction_filters: tuple[str, ...] = ()
+    #: ``refunded_at`` matches a transaction by its first refund only, so a later refund of an
+    #: already refunded payment is not found by it. The reference says "Transaction refunded
+    #: after date", not which refund: True is the least convenient reading, False (any refund
+    #: in the range) the most.
+    refunded_at_first_refund_only: bool = False
     #: ``since_datetime`` (customers) returns rows updated strictly after it, not at or after.
     since_exclusive: bool = False
     #: Pages hold fewer rows than asked for even when more follow (no page-size rule is

@@ -81,7 +81,8 @@ class ControlRoutes:
         counts = {
             k: int(v)
             for k, v in body.items()
-            if k.startswith(("new_", "update_", "delete_")) or k == "same_updated_at"
+            if k.startswith(("new_", "update_", "delete_"))
+            or k in ("same_updated_at", "refund_any_age", "older_than_days")
         }
         recent = body.get("recent_days")
         now = self.state.clock.now()

@@ -386,7 +386,10 @@ class AccountData:
         }[status]
         for event, st in path:
             t = min(now_ms, t + rng.randrange(1_000, 6 * 3_600_000))
-            events.append(self._event(event, st, amount, t))
+            # A partial refund gives back part of the amount: 20 to 80 %, from the payment's
+            # time (not the generator, whose sequence the rest of the data set follows).
+            part = amount * (2 + created_ms % 7) // 10 if st == "PARTIALLY_REFUNDED" else amount
+            events.append(self._event(event, st, part, t))
         txn_id = self._object_id()
         txn = {
             "id": txn_id,
@@ -599,7 +602,8 @@ class AccountData:
     ) -> dict:
         """Create and change objects at ``now``; return what changed, by stream.
 
-        ``counts`` keys: ``new_transactions``, ``update_transactions``, ``new_sessions``,
+        ``counts`` keys: ``new_transactions``, ``update_transactions``, ``refund_any_age``
+        (with ``older_than_days``), ``new_sessions``,
         ``new_settlements``, ``new_customers``, ``update_customers``, ``delete_customers``,
         ``new_transfers``.
         Updated transactions change the way real ones do, days to months after creation:
@@ -627,6 +631,14 @@ class AccountData:
             for txn, options in self.rng.sample(candidates, min(n_update, len(candidates))):
                 status, event = self.rng.choice(options)
                 now_ms += 1
+                if event == "REFUND":  # part of what is left, or the rest
+                    events = txn["events"]
+                    left = sum(e["amount"] for e in events if e["event"] == "CAPTURE") - sum(
+                        e["amount"] for e in events if e["event"] == "REFUND"
+                    )
+                    self.refund(txn, now_ms, left if status == "REFUNDED" else max(1, left // 2))
+                    changed.setdefault("transactions", []).append(txn["id"])
+                    continue
                 txn["updated_at"] = iso(now_ms)
                 if status is None:
                     txn["settlement_status"] = "SETTLED"
@@ -634,6 +646,21 @@ class AccountData:
                 else:
                     txn["status"] = status
                 txn["events"].append(self._event(event, status, txn["amount"], now_ms))
+                changed.setdefault("transactions", []).append(txn["id"])
+        n_refund = counts.get("refund_any_age", 0)
+        if n_refund:
+            # Refunds of payments of any age (Dintero allows them long after the payment),
+            # older than ``older_than_days``: part of what is left, or all of it.
+            older = float(counts.get("older_than_days", 0))
+            candidates = [
+                t
+                for t in self.transactions
+                if t["status"] in ("CAPTURED", "PARTIALLY_REFUNDED")
+                and (now_ms - to_ms(datetime.fromisoformat(t["created_at"]))) / 86_400_000 >= older
+            ]
+            for txn in self.rng.sample(candidates, min(n_refund, len(candidates))):
+                now_ms += 1
+                self.refund(txn, now_ms)
                 changed.setdefault("transactions", []).append(txn["id"])
         for _ in range(counts.get("new_sessions", 0)):
             now_ms += 1
@@ -675,6 +702,24 @@ class AccountData:
         for stream, keys in changed.items():
             self.change_log.extend((stream, key, self._changed_at(stream, key)) for key in keys)
         return {k: len(v) for k, v in changed.items()}
+
+    def refund(self, txn: dict, when_ms: int, amount: int | None = None) -> int:
+        """Refund part of what is left of a captured payment (or all of it): a REFUND event,
+        the status it leaves, ``updated_at``. Returns the amount refunded."""
+        events = txn["events"]
+        captured = sum(e["amount"] for e in events if e["event"] == "CAPTURE" and e["success"])
+        refunded = sum(e["amount"] for e in events if e["event"] == "REFUND" and e["success"])
+        left = max(0, (captured or txn["amount"]) - refunded)
+        if left == 0:
+            return 0
+        if amount is None:
+            amount = left if self.rng.random() < 0.4 or left < 2 else self.rng.randrange(1, left)
+        amount = min(amount, left)
+        status = "REFUNDED" if amount == left else "PARTIALLY_REFUNDED"
+        events.append(self._event("REFUND", status, amount, when_ms))
+        txn["status"] = status
+        txn["updated_at"] = iso(when_ms)
+        return amount
 
     def _changed_at(self, stream: str, key: str) -> int:
         obj = self.find(stream, key)

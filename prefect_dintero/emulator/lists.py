@@ -63,7 +63,42 @@ class ListRoutes:
         unknown = set(statuses) - TRANSACTION_STATUSES
         if unknown:
             raise ApiError(400, "BAD_REQUEST", f"unknown status: {', '.join(sorted(unknown))}")
-        return self._list_checkout(request, data.transactions, set(statuses))
+        return self._list_checkout(
+            request, data.transactions, set(statuses), self._late_event_filter(request)
+        )
+
+    #: The filters on later events of ``GET /v1/transactions`` (documented, "subject to
+    #: change"): a transaction matches when an event of that kind lies in the range.
+    LATE_EVENT_FILTERS = {"captured_at": "CAPTURE", "refunded_at": "REFUND"}
+
+    def _late_event_filter(self, request: Request) -> Callable[[dict], bool] | None:
+        config = self.state.config
+        ranges: dict[str, tuple[int | None, int | None]] = {}
+        for name, event in self.LATE_EVENT_FILTERS.items():
+            gte, lte = parse_time(request, f"{name}.gte"), parse_time(request, f"{name}.lte")
+            if gte is None and lte is None:
+                continue
+            if name in config.refused_transaction_filters:
+                raise ApiError(400, "BAD_REQUEST", f"unsupported query parameter: {name}")
+            ranges[event] = (gte, lte)
+        if not ranges:
+            return None
+        first_only = config.refunded_at_first_refund_only
+
+        def matches(txn: dict) -> bool:
+            for event, (gte, lte) in ranges.items():
+                times = [
+                    to_ms(datetime.fromisoformat(e["created_at"]))
+                    for e in txn.get("events", ())
+                    if e.get("event") == event and e.get("success", True)
+                ]
+                if event == "REFUND" and first_only:
+                    times = sorted(times)[:1]
+                if not any((gte is None or t >= gte) and (lte is None or t <= lte) for t in times):
+                    return False
+            return True
+
+        return matches
 
     async def sessions(self, request: Request) -> Response:
         return await self._serve("sessions", request, self._sessions)
@@ -102,7 +137,11 @@ class ListRoutes:
     # -- data routes ------------------------------------------------------------------------------
 
     def _list_checkout(
-        self, request: Request, collection: SortedCollection, statuses: set[str] | None = None
+        self,
+        request: Request,
+        collection: SortedCollection,
+        statuses: set[str] | None = None,
+        matches: Callable[[dict], bool] | None = None,
     ) -> Response:
         """A bare array paged by ``starting_after=<id of the last object>``. Dintero documents
         neither the order nor when a page is the last (``list_order``, ``short_pages``)."""
@@ -110,7 +149,7 @@ class ListRoutes:
         gte, lte = parse_time(request, "created_at.gte"), parse_time(request, "created_at.lte")
         after = request.query_params.get("starting_after")
         window = dict(order=self._order, gte_ms=gte, lte_ms=lte)
-        if not statuses:
+        if not statuses and matches is None:
             page = self._page(collection, limit=limit, after_id=after, **window)
         else:
             page = []
@@ -118,7 +157,11 @@ class ListRoutes:
                 chunk = self._page(collection, limit=limit * 4, after_id=after, **window)
                 if not chunk:
                     break
-                page.extend(o for o in chunk if o["status"] in statuses)
+                page.extend(
+                    o
+                    for o in chunk
+                    if (not statuses or o["status"] in statuses) and (matches is None or matches(o))
+                )
                 after = chunk[-1]["id"]
             page = page[:limit]
         return JSONResponse(page)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from .. import times
 from ..errors import ConfigurationError, PageRefused
-from ..stream_state import PageWrite, StreamState
+from ..stream_state import PageWrite, StreamState, with_state
 from ..streams import Stream
 from ..times import CLOCK_SKEW
 from .destination_urls import DestinationError, redact_url, resolve_destination
@@ -125,6 +125,15 @@ class Sink:
             state = self.states.read(conn, account_id, stream, partition)
             conn.rollback()
         return state
+
+    def pause(self, account_id: str, stream: str, partition: str, until: datetime) -> None:
+        """Remember that a read is not to be tried before ``until`` (a filter Dintero
+        refused), in the read's state."""
+        with self.dialect.begin(self.engine) as conn:
+            state = self.states.lock(conn, account_id, stream, partition)
+            self.states.save(
+                conn, account_id, stream, partition, with_state(state, paused_until=until)
+            )
 
     def personal_data_policies(self, stream: Stream) -> set[str]:
         """The personal-data policies the stream's table was filled under, whatever the

@@ -35,6 +35,7 @@ class Schema:
             Column("last_run_at", UTCDateTime()),
             Column("last_run_id", String(64)),
             Column("personal_data", String(64)),
+            Column("paused_until", UTCDateTime()),
         )
         self._tables: dict[str, Table] = {}
         self._lock = threading.Lock()

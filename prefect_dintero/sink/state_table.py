@@ -30,6 +30,7 @@ class StateStore:
         "last_run_at",
         "last_run_id",
         "personal_data",
+        "paused_until",
     )
 
     #: What a full refresh resets (the last run is kept: it still happened).
@@ -98,4 +99,5 @@ class StateStore:
             last_run_id=row["last_run_id"],
             max_seen=row["max_seen"],
             personal_data=row["personal_data"],
+            paused_until=row.get("paused_until"),
         )

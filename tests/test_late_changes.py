@@ -1,0 +1,176 @@
+"""Captures and refunds of any age reach the destination within the next hourly run, read by
+Dintero's ``captured_at``/``refunded_at`` filters, each with its own cursor; a refused or
+ignored filter is said once, remembered, and left to the reconcile for a day."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from prefect_dintero.client import DinteroClient
+from prefect_dintero.request import SyncRequest
+from prefect_dintero.sink import Sink
+from prefect_dintero.stream_sync import sync_stream
+from prefect_dintero.streams import CATALOG
+from prefect_dintero.times import use_clock
+
+from .helpers import AID, FAST, assert_equals_source, creds_for
+
+SPEC = CATALOG["transactions"]
+#: A year and more of payments, so that refunds can come 100 to 400 days late.
+DATA = dict(transactions=800, sessions=0, settlements=0, customers=0, history_days=400)
+
+
+def _hourly(emu, sink, transport=None, **request):
+    """A run on the emulator's clock, an hour after the last (as the hourly deployment)."""
+    emu.advance_clock(3600)
+    with (
+        use_clock(emu.state.clock.now),
+        DinteroClient(creds_for(emu), retry_policy=FAST, transport=transport) as client,
+    ):
+        if transport is not None:
+            client.token_provider.use_transport(httpx.HTTPTransport())
+        [result] = sync_stream(client, sink, SPEC, AID, SyncRequest(page_size=50, **request))
+    return result
+
+
+def _requests(emu) -> int:
+    return sum(emu.stats()["requests"].get("transactions", {}).values())
+
+
+def _old_refunds(emu, n: int) -> set[str]:
+    """Refund ``n`` payments more than 100 days old; their ids."""
+    before = {t["id"]: t["status"] for t in emu.dump("transactions")}
+    emu.mutate(refund_any_age=n, older_than_days=100)
+    after = {t["id"]: t for t in emu.dump("transactions")}
+    changed = {i for i, t in after.items() if len(t["events"]) and t["status"] != before[i]}
+    changed |= {i for i, t in after.items() if sum(e["event"] == "REFUND" for e in t["events"]) > 1}
+    return changed
+
+
+@pytest.mark.parametrize("first_refund_only", [False, True])
+def test_refunds_months_late_arrive_with_the_next_hourly_run(
+    dintero_emulator_factory, destination, first_refund_only
+):
+    emu = dintero_emulator_factory(**DATA, refunded_at_first_refund_only=first_refund_only)
+    sink = Sink(destination)
+    sink.prepare([SPEC])
+    _hourly(emu, sink)  # the first sync
+    assert_equals_source(emu, sink, [SPEC])
+    emu.reset_stats()
+    quiet = _hourly(emu, sink)  # nothing changed: the filters cost one request each
+    assert [r.requests for r in quiet.late_reads] == [1, 1]
+    assert _requests(emu) == quiet.pages + 2
+    refunded = _old_refunds(emu, 8)
+    assert len(refunded) >= 6
+    ages = [
+        (emu.now() - _created(emu, i)).days for i in refunded
+    ]  # 100 to 400 days: far behind the 3-day lookback and the 92-day reconcile
+    assert min(ages) >= 100
+    run = _hourly(emu, sink)
+    by = {r.partition: r for r in run.late_reads}
+    assert by["by refunded_at"].updated >= len(refunded) - 1
+    if not first_refund_only:
+        assert_equals_source(emu, sink, [SPEC])
+    # A second refund of a payment already refunded once, months late.
+    twice = _refund_again(emu)
+    _hourly(emu, sink)
+    stored = {r["id"]: r for r in sink.rows(SPEC, AID)}
+    if first_refund_only:
+        # Dintero matching the first refund only: the second is not found by the filter,
+        # and no read by created_at looks that far back (the README says so).
+        assert stored[twice["id"]]["raw"] != twice
+    else:
+        assert stored[twice["id"]]["raw"] == twice
+        assert stored[twice["id"]]["status"] == twice["status"]
+    sink.dispose()
+
+
+def _created(emu, txn_id):
+    from prefect_dintero.times import parse_datetime
+
+    [t] = [t for t in emu.dump("transactions") if t["id"] == txn_id]
+    return parse_datetime(t["created_at"])
+
+
+def _refund_again(emu) -> dict:
+    """A second refund, now, of a payment over 100 days old that was partly refunded."""
+    data = emu.state.accounts[AID]
+    now = emu.state.clock.now()
+    candidates = [
+        t
+        for t in data.transactions
+        if t["status"] == "PARTIALLY_REFUNDED"
+        and (now - _created(emu, t["id"])) > timedelta(days=100)
+    ]
+    txn = candidates[0]
+    from prefect_dintero.emulator.data import to_ms
+
+    data.refund(txn, to_ms(now), 1)
+    return next(t for t in emu.dump("transactions") if t["id"] == txn["id"])
+
+
+def test_a_refused_filter_is_said_once_and_left_to_the_reconcile_for_a_day(
+    dintero_emulator_factory, tmp_path, caplog
+):
+    emu = dintero_emulator_factory(
+        **DATA, refused_transaction_filters=("captured_at", "refunded_at")
+    )
+    sink = Sink(tmp_path / "refused.db")
+    sink.prepare([SPEC])
+    with caplog.at_level(logging.WARNING, logger="prefect_dintero"):
+        first = _hourly(emu, sink)
+    assert first.late_reads == []
+    said = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(said) == 2 and "reconcile" in said[0].getMessage()
+    state = sink.read_state(AID, "transactions", "by refunded_at")
+    assert state.paused_until is not None
+    caplog.clear()
+    emu.reset_stats()
+    with caplog.at_level(logging.WARNING, logger="prefect_dintero"):
+        again = _hourly(emu, sink)
+    assert _requests(emu) == again.pages  # no filter asked for within the day
+    assert not [r for r in caplog.records if "refused" in r.getMessage()]  # said once
+    # Within the reconcile's window, a late refund still arrives, with the nightly run.
+    recent = emu.mutate(update_transactions=5, recent_days=60)
+    assert recent["changed"][AID].get("transactions")
+    _hourly(emu, sink, reconcile=timedelta(days=92))
+    assert_equals_source(emu, sink, [SPEC])
+    # A day later the filters are asked for again (and refused again, said again).
+    emu.advance_clock(86_400)
+    emu.reset_stats()
+    _hourly(emu, sink)
+    assert _requests(emu) > again.pages
+    sink.dispose()
+
+
+class IgnoresFilters(httpx.HTTPTransport):
+    """A Dintero that drops ``captured_at``/``refunded_at``: every transaction comes back."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        params = [
+            (k, v)
+            for k, v in request.url.params.multi_items()
+            if not k.startswith(("captured_at.", "refunded_at."))
+        ]
+        request.url = request.url.copy_with(params=params)
+        return super().handle_request(request)
+
+
+def test_an_ignored_filter_reads_no_history_and_is_paused(dintero_emulator_factory, tmp_path):
+    emu = dintero_emulator_factory(**DATA)
+    sink = Sink(tmp_path / "ignored.db")
+    sink.prepare([SPEC])
+    _hourly(emu, sink)
+    emu.reset_stats()
+    run = _hourly(emu, sink, transport=IgnoresFilters())
+    # One page each (and the next, fetched ahead while it is checked), seen to hold rows the
+    # filter would not have let through: nothing of it is written, and the read stops there
+    # rather than page through the whole history.
+    assert run.late_reads == []
+    assert _requests(emu) <= run.pages + 2 * 2
+    assert sink.read_state(AID, "transactions", "by captured_at").paused_until is not None
+    sink.dispose()
