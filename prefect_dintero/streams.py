@@ -7,7 +7,7 @@ whole as JSON).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -59,6 +59,63 @@ class Column:
             if value is None:
                 return None
         return value
+
+
+@dataclass(frozen=True)
+class ChildTable:
+    """A list inside each object kept as rows of its own table (a transaction's events, and
+    each event's settlement entries): a plain SQL join where the list would need JSON
+    functions that differ by database.
+
+    Its rows are replaced whenever their parent's row is written (in the same transaction),
+    and left alone when the parent's copy is older than the stored one. Keyed by the
+    account, the parent's key (``parent_key``) and ``key``: the item's place in its list
+    (lists of events only grow; Dintero marks an event's ``id`` optional).
+
+    Attributes:
+        name: the table is ``dintero_<name>``.
+        items: the parent object's items as flat dicts, each with the ``key`` fields.
+        key: the item fields that tell its rows apart within one parent.
+        columns: the typed columns, taken from each item.
+    """
+
+    name: str
+    description: str
+    items: Callable[[dict], Iterable[dict]]
+    key: tuple[str, ...]
+    columns: tuple[Column, ...]
+    parent_key: str = "transaction_id"
+
+    @property
+    def table_name(self) -> str:
+        return f"dintero_{self.name}"
+
+
+def _events(txn: dict) -> Iterator[dict]:
+    """A transaction's events, each with its place in the list and the payment's currency."""
+    events = txn.get("events")
+    for position, event in enumerate(events if isinstance(events, list) else ()):
+        if isinstance(event, dict):
+            yield {**event, "position": position, "currency": txn.get("currency")}
+
+
+def _settlement_entries(txn: dict) -> Iterator[dict]:
+    """Each event's settlement entries (``settlements.events[]``,
+    ``TransactionSettlementsRead`` in Dintero's payments spec): which settlement, with which
+    provider reference, paid out how much of it."""
+    for event in _events(txn):
+        settled = event.get("settlements")
+        entries = settled.get("events") if isinstance(settled, dict) else None
+        for position, entry in enumerate(entries if isinstance(entries, list) else ()):
+            if isinstance(entry, dict):
+                yield {
+                    **entry,
+                    "event_position": event["position"],
+                    "position": position,
+                    "event_id": event.get("id"),
+                    "event": event.get("event"),
+                    "currency": event["currency"],
+                }
 
 
 @dataclass(frozen=True)
@@ -119,6 +176,7 @@ class Stream:
             :class:`LateChangeFilter`): each incremental run reads them too.
         changed_by_event: set on a late-change read (:meth:`late_change_read`): a row's cursor
             value is its newest event of this kind, not ``cursor_field``.
+        children: lists inside each object kept as tables of their own (:class:`ChildTable`).
     """
 
     name: str
@@ -141,6 +199,7 @@ class Stream:
     deleted_field: str | None = None
     late_filters: tuple[LateChangeFilter, ...] = ()
     changed_by_event: str | None = None
+    children: tuple[ChildTable, ...] = ()
 
     def late_change_read(self, late: LateChangeFilter) -> Stream:
         """This stream read by a late-change filter: the same endpoint, table and rows, the
@@ -242,6 +301,51 @@ CATALOG: dict[str, Stream] = {
             late_filters=(
                 LateChangeFilter("captured_at", "CAPTURE"),
                 LateChangeFilter("refunded_at", "REFUND"),
+            ),
+            # Every money movement a row: captures, refunds and voids, and what each settled.
+            children=(
+                ChildTable(
+                    name="transaction_events",
+                    description="Each transaction's events: authorisations, captures, refunds, "
+                    "voids, with the status each left and the amount it moved.",
+                    items=_events,
+                    key=("position",),
+                    columns=(
+                        Column("position", "int"),
+                        Column("event_id", path="id"),
+                        Column("event"),
+                        Column("transaction_status"),
+                        Column("success", "bool"),
+                        Column("amount", "int"),
+                        Column("currency"),
+                        Column("created_at", "datetime"),
+                        Column("event_reference"),
+                        Column("request_id"),
+                        Column("correlation_request_id"),
+                    ),
+                ),
+                ChildTable(
+                    name="transaction_settlements",
+                    description="Each event's settlement entries: the settlement and the "
+                    "provider reference that paid it out, and how much of it was capture, "
+                    "refund and fee.",
+                    items=_settlement_entries,
+                    key=("event_position", "position"),
+                    columns=(
+                        Column("event_position", "int"),
+                        Column("position", "int"),
+                        Column("event_id"),
+                        Column("event"),
+                        Column("settlement_id"),
+                        Column("provider_reference"),
+                        Column("event_correlation_id"),
+                        Column("amount", "int"),
+                        Column("capture", "int"),
+                        Column("refund", "int"),
+                        Column("fee", "int"),
+                        Column("currency"),
+                    ),
+                ),
             ),
             columns=(
                 Column("id"),

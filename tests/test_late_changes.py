@@ -174,3 +174,60 @@ def test_an_ignored_filter_reads_no_history_and_is_paused(dintero_emulator_facto
     assert _requests(emu) <= run.pages + 2 * 2
     assert sink.read_state(AID, "transactions", "by captured_at").paused_until is not None
     sink.dispose()
+
+
+# -- every money movement a row ----------------------------------------------------------------
+
+
+def _events_by_transaction(sink, child):
+    rows = {}
+    for row in sink.child_table_rows(child, AID):
+        rows.setdefault(row["transaction_id"], []).append(row)
+    return {k: sorted(v, key=lambda r: r["position"]) for k, v in rows.items()}
+
+
+def test_every_money_movement_is_a_row_replaced_with_its_payment(
+    dintero_emulator_factory, destination
+):
+    events_table, _ = SPEC.children
+    emu = dintero_emulator_factory(**DATA)
+    sink = Sink(destination)
+    sink.prepare([SPEC])
+    _hourly(emu, sink)
+    stored = _events_by_transaction(sink, events_table)
+    source = {t["id"]: t for t in emu.dump("transactions")}
+    assert stored.keys() == {i for i, t in source.items() if t["events"]}
+    for txn_id, rows in stored.items():
+        events = source[txn_id]["events"]
+        assert [(r["event"], r["amount"], r["event_id"]) for r in rows] == [
+            (e["event"], e["amount"], e["id"]) for e in events
+        ]
+        assert all(r["currency"] == source[txn_id]["currency"] for r in rows)
+    # A late refund: the payment is re-read, its events replaced in the same transaction.
+    refunded = _old_refunds(emu, 3)
+    _hourly(emu, sink)
+    stored = _events_by_transaction(sink, events_table)
+    source = {t["id"]: t for t in emu.dump("transactions")}
+    for txn_id in refunded:
+        assert len(stored[txn_id]) == len(source[txn_id]["events"])
+        assert stored[txn_id][-1]["event"] == "REFUND"
+        assert stored[txn_id][-1]["transaction_status"] == source[txn_id]["status"]
+    # An older copy of a payment (a replayed page) leaves its newer events alone.
+    txn_id = next(iter(refunded))
+    older = {**source[txn_id], "events": source[txn_id]["events"][:-1]}
+    older["updated_at"] = "2000-01-01T00:00:00Z"
+    sink.write_page(SPEC, AID, "", [older], lambda state, page: state)
+    assert len(_events_by_transaction(sink, events_table)[txn_id]) == len(source[txn_id]["events"])
+    # "Refunded today" is a plain query, the same on every database.
+    from sqlalchemy import text
+
+    with sink.engine.connect() as conn:
+        refunds = conn.execute(
+            text(
+                "SELECT count(*) FROM dintero_transaction_events "
+                "WHERE event = 'REFUND' AND success AND created_at >= :since"
+            ),
+            {"since": emu.now() - timedelta(hours=3)},
+        ).scalar_one()
+    assert refunds >= len(refunded)
+    sink.dispose()

@@ -21,11 +21,11 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from .. import times
 from ..errors import ConfigurationError, PageRefused
 from ..stream_state import PageWrite, StreamState, with_state
-from ..streams import Stream
+from ..streams import ChildTable, Stream
 from ..times import CLOCK_SKEW
 from .destination_urls import DestinationError, redact_url, resolve_destination
 from .dialect import Dialect, dialect_names, load_dialect
-from .rows import RowBuilder, Versioning, newest_per_key
+from .rows import RowBuilder, Versioning, child_rows, newest_per_key
 from .schema import Schema
 from .state_table import StateStore
 
@@ -165,6 +165,8 @@ class Sink:
         with self.dialect.begin(self.engine) as conn:
             self.states.lock(conn, account_id, stream.name, partition)  # created if new
             conn.execute(delete(table))
+            for child in stream.children:
+                conn.execute(delete(self.schema.table_for_child(child)))
             fresh = StreamState(personal_data=personal_data)
             conn.execute(
                 states.update()
@@ -201,13 +203,16 @@ class Sink:
             with self.dialect.begin(self.engine) as conn:
                 state = self.states.lock(conn, account_id, stream.name, partition)
                 if rows:
-                    self._classify(
+                    older = self._classify(
                         conn, table, stream, account_id, rows, versioning, trusted_until, result
                     )
                     if version:  # the upsert's guard compares with it, row by row
                         for row in rows:
                             row["trusted_until"] = trusted_until
                     self.dialect.write(conn, self._upsert(stream, table, versioning), rows)
+                    # The children of every row written (not of an older copy kept out).
+                    written = [row["raw"] for row in rows if row[stream.primary_key] not in older]
+                    self._write_children(conn, stream, account_id, written)
                 new_state = update_state(state, result)
                 self.states.save(conn, account_id, stream.name, partition, new_state)
         except OperationalError as exc:
@@ -216,6 +221,39 @@ class Sink:
             # Never the database's text, and never chained to it: either can quote the row.
             raise self._refused(stream, table, versioning, rows, exc) from None
         return result, new_state
+
+    def _write_children(
+        self, conn: Connection, stream: Stream, account_id: str, parents: list[dict]
+    ) -> None:
+        """Replace the child tables' rows of these parents, in the page's transaction."""
+        if not stream.children or not parents:
+            return
+        keys = [parent[stream.primary_key] for parent in parents]
+        for child in stream.children:
+            table = self.schema.table_for_child(child)
+            conn.execute(
+                delete(table).where(
+                    table.c.account_id == account_id, table.c[child.parent_key].in_(keys)
+                )
+            )
+            rows = child_rows(child, account_id, parents)
+            if rows:
+                self.dialect.write(conn, self._child_insert(table), rows)
+
+    def _child_insert(self, table: Table) -> Any:
+        statement = self._upserts.get(table.name)
+        if statement is None:
+            statement = self._upserts[table.name] = self.dialect.insert(table)
+        return statement
+
+    def child_table_rows(self, child: ChildTable, account_id: str | None = None) -> list[dict]:
+        """A child table's rows (for summaries and checks)."""
+        table = self.schema.table_for_child(child)
+        query = select(table)
+        if account_id:
+            query = query.where(table.c.account_id == account_id)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
 
     @staticmethod
     def _versioning(stream: Stream, table: Table) -> Versioning:
@@ -276,9 +314,11 @@ class Sink:
         versioning: Versioning,
         trusted_until: datetime,
         result: PageWrite,
-    ) -> None:
-        """Count the page's rows as inserted, updated or unchanged, before the upsert."""
+    ) -> set[str]:
+        """Count the page's rows as inserted, updated or unchanged, before the upsert; return
+        the keys of the rows whose stored copy is newer (the upsert keeps those out)."""
         pk = stream.primary_key
+        older: set[str] = set()
         version = versioning.version
         query = self._existing.get(stream.name)
         if query is None:  # built once: building it per page cost more than running it
@@ -304,10 +344,12 @@ class Sink:
                     result.updated += 1
                 else:
                     result.unchanged += 1  # an older copy: kept out by the upsert's guard
+                    older.add(row[pk])
             elif existing[row[pk]][0] != row["raw"]:
                 result.updated += 1
             else:
                 result.unchanged += 1
+        return older
 
     def _upsert(self, stream: Stream, table: Table, versioning: Versioning) -> Any:
         statement = self._upserts.get(stream.name)

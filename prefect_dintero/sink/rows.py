@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ..redact import get_logger
-from ..streams import Stream
+from ..streams import ChildTable, Stream
 from .values import COERCERS, ESCAPED, Unfit, escape_odd, replace_odd, storable
 
 #: Text columns keep a string as it is (no call); anything else goes through this.
@@ -121,6 +121,29 @@ class RowBuilder:
                 len(unfit) - WARN_UNFIT,
             )
         return rows
+
+
+def child_rows(child: ChildTable, account_id: str, parents: list[dict]) -> list[dict]:
+    """The child table's rows for these parent objects: each item's typed columns. A value
+    that does not fit its column is NULL there (the parent's ``raw`` keeps it); a text with
+    a character no database here stores is stored cleaned."""
+    rows = []
+    for parent in parents:
+        parent_key = parent.get("id")
+        for item in child.items(parent):
+            row: dict[str, Any] = {"account_id": account_id, child.parent_key: parent_key}
+            for col in child.columns:
+                value = col.extract(item)
+                if value is not None:
+                    try:
+                        value = COERCERS[col.type](value)
+                    except (Unfit, TypeError, ValueError):
+                        value = None
+                    if type(value) is str:
+                        value = replace_odd(value)
+                row[col.name] = value
+            rows.append(row)
+    return rows
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import threading
 from sqlalchemy import BigInteger, Column, MetaData, String, Table
 from sqlalchemy.engine import Connection
 
-from ..streams import Stream
+from ..streams import ChildTable, Stream
 from .dialect import Dialect
 from .values import COLUMN_TYPES, JSON_TYPE, UTCDateTime
 
@@ -62,10 +62,35 @@ class Schema:
                 self._tables[stream.name] = table
             return table
 
+    def table_for_child(self, child: ChildTable) -> Table:
+        """A child table: ``account_id``, the parent's key and the item's key, then its typed
+        columns (no JSON: the parent's ``raw`` holds the items whole)."""
+        with self._lock:
+            table = self._tables.get(child.table_name)
+            if table is None:
+                columns = [
+                    Column("account_id", String(32), primary_key=True, nullable=False),
+                    Column(child.parent_key, String(255), primary_key=True, nullable=False),
+                ]
+                for col in child.columns:
+                    is_key = col.name in child.key
+                    columns.append(
+                        Column(
+                            col.name,
+                            COLUMN_TYPES[col.type](),
+                            primary_key=is_key,
+                            nullable=not is_key,
+                        )
+                    )
+                table = Table(child.table_name, self.metadata, *columns)
+                self._tables[child.table_name] = table
+            return table
+
     def create(self, conn: Connection, dialect: Dialect, streams: list[Stream]) -> None:
         """Create missing tables; add (nullable) the columns the catalog declares that a table
         lacks. Runs inside the caller's transaction, under the dialect's schema lock."""
         tables = [self.table_for(s) for s in streams]
+        tables += [self.table_for_child(c) for s in streams for c in s.children]
         dialect.lock_schema(conn)
         self.metadata.create_all(conn, tables=[self.state_table, *tables])
         for table in [self.state_table, *tables]:
