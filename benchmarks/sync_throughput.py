@@ -75,6 +75,33 @@ SYNC = textwrap.dedent(
     creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
         client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url)
     spec = CATALOG["transactions"]
+    # Where the time goes (with a profile argument): the writer's busy time, the limit's
+    # course, the requests in flight sampled every 10 ms.
+    profile = len(sys.argv) > 3
+    writing, course, flight = [0.0], [], []
+    if profile:
+        import threading
+        from prefect_dintero import adaptive_limit
+        write_page = Sink.write_page
+        def timed_write(self, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return write_page(self, *args, **kwargs)
+            finally:
+                writing[0] += time.perf_counter() - started
+        Sink.write_page = timed_write
+        release = adaptive_limit.AdaptiveLimit._release
+        def traced_release(self, *args):
+            release(self, *args)
+            if not course or course[-1][1] != self.limit:
+                course.append((time.perf_counter(), self.limit))
+        adaptive_limit.AdaptiveLimit._release = traced_release
+        sampling = threading.Event()
+        def sample():
+            while not sampling.wait(0.01):
+                limits = list(adaptive_limit._LIMITS.values())
+                flight.append(sum(limit.in_flight for limit in limits))
+        threading.Thread(target=sample, daemon=True).start()
     t0 = time.perf_counter()  # opening and closing the database timed, as in the flow's task
     sink = Sink(db)
     sink.prepare([spec])
@@ -82,9 +109,20 @@ SYNC = textwrap.dedent(
         [result] = sync_stream(client, sink, spec, "T12345678", SyncRequest(page_size=100))
     sink.dispose()  # closing copies the write-ahead log into the file
     seconds = time.perf_counter() - t0
-    print(json.dumps({"rows": result.fetched, "inserted": result.inserted, "requests": result.requests,
-                      "pages": result.pages, "seconds": seconds, "table_rows": sink.count(spec),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    out = {"rows": result.fetched, "inserted": result.inserted, "requests": result.requests,
+           "pages": result.pages, "seconds": seconds, "table_rows": sink.count(spec),
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if profile:
+        sampling.set()
+        peak = max((limit for _, limit in course), default=0)
+        out.update(
+            writer_seconds=round(writing[0], 2),
+            limit_peak=peak,
+            seconds_to_peak=round(next(t for t, limit in course if limit == peak) - t0, 2)
+            if course else None,
+            mean_in_flight=round(sum(flight) / max(1, len(flight)), 2),
+        )
+    print(json.dumps(out))
     """
 )
 
@@ -198,7 +236,7 @@ def at_latency(size: int, latency_ms: float, rate_limit: float, env: dict) -> tu
             bare = child(BARE, url)
             bare_requests = emulator_stats(url)["requests_total"] - before
             before = emulator_stats(url)["requests_total"]
-            core = child(SYNC, url, os.path.join(tmp, "core.db"))
+            core = child(SYNC, url, os.path.join(tmp, "core.db"), "profile")
             core_requests = emulator_stats(url)["requests_total"] - before
             name = f"latency-{size}"
             child(SAVE_CREDENTIALS + "\nprint('{}')", url, name, env=env)
@@ -233,6 +271,14 @@ def at_latency(size: int, latency_ms: float, rate_limit: float, env: dict) -> tu
         "limited_429_share": round(stats["rate_limited"] / max(1, limited_requests), 4),
         "limited_share_of_limit": round(answered / limited["seconds"] / rate_limit, 2),
         "limited_rows_per_s": round(size / limited["seconds"]),
+        # Where the core sync's time goes: the ideal is every page at 150 ms, 8 at a time.
+        "core_seconds": round(core["seconds"], 2),
+        "ideal_seconds": round(core_requests * latency_ms / 1000 / 8, 2),
+        "writer_seconds": core["writer_seconds"],
+        "limit_peak": core["limit_peak"],
+        "seconds_to_peak": core["seconds_to_peak"],
+        "mean_in_flight": core["mean_in_flight"],
+        "extra_requests": core_requests - bare_requests,
     }
     line = (
         f"{size:>7,} rows, {latency_ms:g} ms a page | bare loop {result['bare_rows_per_s']:,} "
@@ -242,7 +288,13 @@ def at_latency(size: int, latency_ms: float, rate_limit: float, env: dict) -> tu
         f"{rate_limit:g} requests/s: core {result['limited_rows_per_s']:,} rows/s, "
         f"{limited_requests} requests, {stats['rate_limited']} answered 429 "
         f"({100 * result['limited_429_share']:.1f} %), {100 * result['limited_share_of_limit']:.0f} % "
-        "of the limit"
+        "of the limit\n"
+        f"  where the core's {result['core_seconds']} s go (8 pages at a time would take "
+        f"{result['ideal_seconds']} s): {result['mean_in_flight']} requests in flight on average; "
+        f"the limit reached {result['limit_peak']} after {result['seconds_to_peak']} s; the "
+        f"writer (one thread: upsert, events, state) busy {result['writer_seconds']} s; "
+        f"{result['extra_requests']} requests more than the bare loop's (slice cuts re-read a "
+        "page, each slice ends with its own last page)"
     )
     return line, result
 
