@@ -652,16 +652,16 @@ class AccountData:
             # Refunds of payments of any age (Dintero allows them long after the payment),
             # older than ``older_than_days``: part of what is left, or all of it.
             older = float(counts.get("older_than_days", 0))
-            candidates = [
+            refundable = [
                 t
                 for t in self.transactions
                 if t["status"] in ("CAPTURED", "PARTIALLY_REFUNDED")
                 and (now_ms - to_ms(datetime.fromisoformat(t["created_at"]))) / 86_400_000 >= older
             ]
-            for txn in self.rng.sample(candidates, min(n_refund, len(candidates))):
+            for payment in self.rng.sample(refundable, min(n_refund, len(refundable))):
                 now_ms += 1
-                self.refund(txn, now_ms)
-                changed.setdefault("transactions", []).append(txn["id"])
+                self.refund(payment, now_ms)
+                changed.setdefault("transactions", []).append(payment["id"])
         for _ in range(counts.get("new_sessions", 0)):
             now_ms += 1
             changed.setdefault("sessions", []).append(self._new_session(now_ms)["id"])

@@ -83,22 +83,35 @@ class Dialect:
         updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
         where = None
         if versioning.version:
-            new, old = stmt.excluded[versioning.version], table.c[versioning.version]
             limit = bindparam("trusted_until", type_=UTCDateTime())
             if versioning.deleted is None:
+                new, old = stmt.excluded[versioning.version], table.c[versioning.version]
                 where = or_(new.is_(None), old.is_(None), new > limit, old > limit, new >= old)
             else:
                 gone = table.c[versioning.deleted]
-                new = func.coalesce(stmt.excluded[versioning.deleted], new)
-                old = func.coalesce(gone, old)
+                # A tombstone is dated by its deletion: the version of either copy is its
+                # deletion when it has one, else its version column.
+                new_at = func.coalesce(
+                    stmt.excluded[versioning.deleted], stmt.excluded[versioning.version]
+                )
+                old_at = func.coalesce(gone, table.c[versioning.version])
                 where = or_(
                     and_(
                         gone.is_(None),
-                        or_(new.is_(None), old.is_(None), new > limit, old > limit, new >= old),
+                        or_(
+                            new_at.is_(None),
+                            old_at.is_(None),
+                            new_at > limit,
+                            old_at > limit,
+                            new_at >= old_at,
+                        ),
                     ),
                     and_(
                         gone.is_not(None),
-                        or_(old > limit, and_(new.is_not(None), new <= limit, new >= old)),
+                        or_(
+                            old_at > limit,
+                            and_(new_at.is_not(None), new_at <= limit, new_at >= old_at),
+                        ),
                     ),
                 )
         return stmt.on_conflict_do_update(
