@@ -55,7 +55,7 @@ ACCOUNT_SLOT_LEASE = 300.0
 #: How often a running sync renews its account slot's lease (one Prefect API request).
 ACCOUNT_SLOT_RENEW_SECONDS = 30.0
 
-#: How long the end of a run waits for its last Prefect calls (artifact, slot), at most.
+#: How long the end of a run waits for its last Prefect calls (the artifacts), at most.
 ENDING_WAIT_SECONDS = 10.0
 
 #: How many syncs of one account may run at once, across every worker.
@@ -454,7 +454,7 @@ def _run_streams(
         except FutureTimeout:
             logger.warning(
                 "the Prefect API did not answer the run's last calls within %.0f s (the table "
-                "artifact, freeing the account's slot); the run ends without waiting for them",
+                "and progress artifacts); the run ends without waiting for them",
                 ENDING_WAIT_SECONDS,
             )
             break
