@@ -25,6 +25,11 @@ another's attempts:
    errors (``retryable`` false: bad credentials, a used code, a malformed page) are never
    resumed. The other tasks have no retries: their requests already had (1).
 
+A run with a budget (the sync flow's ``timeout_minutes``) bounds them all: no wait of (1) lasts
+past the run's end and no attempt starts after it (``deadline.run_budget``, which every task
+and thread of the run sees), and (5) does not resume a stream whose resume could not start
+within it.
+
 Nothing else in the package holds a retry number. The Prefect API's own calls (blocks, slots,
 artifacts) retry apart from these, in ``prefect_dintero.blocks.prefect_api``.
 """

@@ -6,7 +6,9 @@ it. Each page is committed with the place to resume from; the cursor moves only 
 window is in, so it is never ahead of the data, and a crashed run's successor resumes the same
 window from its last committed page. A read from the beginning or far back may go in concurrent
 slices (:mod:`prefect_dintero.window_slices`). Customers are walked by ``since_datetime`` and
-their cursor moves with each page.
+their cursor moves with each page. A stream with late-change filters (transactions'
+``captured_at`` and ``refunded_at``) is also read by each of them, from its own cursor, after
+its window (:func:`_read_late_changes`).
 
 The cursor is guarded against what an API could send: it never moves past the run's start plus
 ``CLOCK_SKEW``, never because of a row outside the window that was asked for (such a row is
