@@ -20,6 +20,8 @@ from prefect_dintero.flows.sync import SyncFailed
 from prefect_dintero.sink import Sink, redact_url, resolve_destination
 from prefect_dintero.streams import CATALOG
 
+from .helpers import save_credentials
+
 pytestmark = pytest.mark.usefixtures("prefect_server")
 AID = "T12345678"
 
@@ -435,15 +437,7 @@ def test_two_overlapping_runs_of_one_account_never_sync_at_once(emu, creds, tmp_
     from prefect_dintero.flows.sync import account_limit_name
 
     # The same account under another block name: the slot was once keyed by the block's name.
-    other_name = f"{creds}-copy"
-    DinteroCredentials(
-        account_id=AID,
-        client_id=emu.config.client_id,
-        client_secret=SecretStr(emu.config.client_secret),
-        api_url=emu.url,
-        checkout_url=emu.url,
-    ).save(other_name, overwrite=True, _sync=True)
-    names = {"first": creds, "second": other_name}
+    names = {"first": creds, "second": save_credentials(emu, f"{creds}-copy")}
 
     destination = str(tmp_path / "overlap.db")
     # Slow pages: the first run is still syncing when the second one starts.
