@@ -231,3 +231,20 @@ def test_every_money_movement_is_a_row_replaced_with_its_payment(
         ).scalar_one()
     assert refunds >= len(refunded)
     sink.dispose()
+
+
+def test_captures_weeks_late_arrive_with_the_next_hourly_run(dintero_emulator_factory, tmp_path):
+    emu = dintero_emulator_factory(**DATA)
+    sink = Sink(tmp_path / "captures.db")
+    sink.prepare([SPEC])
+    _hourly(emu, sink)
+    changed = emu.mutate(capture_late=6, older_than_days=10)["changed"][AID]["transactions"]
+    assert changed >= 3
+    run = _hourly(emu, sink)
+    by = {r.partition: r for r in run.late_reads}
+    assert by["by captured_at"].updated >= changed  # 10 to 30 days old: past the lookback
+    assert run.updated == 0  # the read by created_at did not see them
+    assert_equals_source(emu, sink, [SPEC])
+    statuses = {r["status"] for r in sink.rows(SPEC, AID)}
+    assert "PARTIALLY_CAPTURED" in statuses or "CAPTURED" in statuses
+    sink.dispose()

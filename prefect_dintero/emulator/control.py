@@ -82,7 +82,7 @@ class ControlRoutes:
             k: int(v)
             for k, v in body.items()
             if k.startswith(("new_", "update_", "delete_"))
-            or k in ("same_updated_at", "refund_any_age", "older_than_days")
+            or k in ("same_updated_at", "capture_late", "refund_any_age", "older_than_days")
         }
         recent = body.get("recent_days")
         now = self.state.clock.now()

@@ -45,10 +45,11 @@ BANKS = (("DNBANOKKXXX", "1503"), ("NDEANOKKXXX", "6011"), ("SPRONO22XXX", "3201
 
 #: Statuses a transaction can still move on from, where to, and for how many days after its
 #: creation (None: up to the emulator's ``late_changes_days``). Authorizations happen within a
-#: day, captures within a week, refunds for months.
+#: day, captures within 30 days, refunds for months.
 TRANSITIONS: dict[str, tuple[tuple[str, str, float | None], ...]] = {
     "INITIATED": (("AUTHORIZED", "AUTHORIZE", 1), ("FAILED", "AUTHORIZE", 1)),
-    "AUTHORIZED": (("CAPTURED", "CAPTURE", 7), ("AUTHORIZATION_VOIDED", "VOID", 7)),
+    # Dintero allows a capture as long as the authorisation holds (up to 30 days here).
+    "AUTHORIZED": (("CAPTURED", "CAPTURE", 30), ("AUTHORIZATION_VOIDED", "VOID", 7)),
     "CAPTURED": (("PARTIALLY_REFUNDED", "REFUND", None), ("REFUNDED", "REFUND", None)),
     "PARTIALLY_REFUNDED": (("REFUNDED", "REFUND", None),),
 }
@@ -602,12 +603,12 @@ class AccountData:
     ) -> dict:
         """Create and change objects at ``now``; return what changed, by stream.
 
-        ``counts`` keys: ``new_transactions``, ``update_transactions``, ``refund_any_age``
-        (with ``older_than_days``), ``new_sessions``,
+        ``counts`` keys: ``new_transactions``, ``update_transactions``, ``capture_late`` and
+        ``refund_any_age`` (with ``older_than_days``), ``new_sessions``,
         ``new_settlements``, ``new_customers``, ``update_customers``, ``delete_customers``,
         ``new_transfers``.
         Updated transactions change the way real ones do, days to months after creation:
-        authorized within a day, captured within a week, settled within two weeks, refunded up
+        authorized within a day, captured within 30 days, settled within two weeks, refunded up
         to ``late_changes_days`` (or ``recent_days``, when given, for every kind of change).
         Dintero filters transactions only on ``created_at``, so these late changes are what a
         sync's lookback and reconcile windows must catch.
@@ -647,6 +648,27 @@ class AccountData:
                     txn["status"] = status
                 txn["events"].append(self._event(event, status, txn["amount"], now_ms))
                 changed.setdefault("transactions", []).append(txn["id"])
+        n_capture = counts.get("capture_late", 0)
+        if n_capture:
+            # Captures of payments authorised up to 30 days ago (older than
+            # ``older_than_days``): all of the amount, or part of it.
+            older = float(counts.get("older_than_days", 0))
+            capturable = [
+                t
+                for t in self.transactions
+                if t["status"] == "AUTHORIZED"
+                and older
+                <= (now_ms - to_ms(datetime.fromisoformat(t["created_at"]))) / 86_400_000
+                <= 30
+            ]
+            for payment in self.rng.sample(capturable, min(n_capture, len(capturable))):
+                now_ms += 1
+                part = payment["amount"] if self.rng.random() < 0.6 else payment["amount"] // 2
+                status = "CAPTURED" if part == payment["amount"] else "PARTIALLY_CAPTURED"
+                payment["events"].append(self._event("CAPTURE", status, part, now_ms))
+                payment["status"] = status
+                payment["updated_at"] = iso(now_ms)
+                changed.setdefault("transactions", []).append(payment["id"])
         n_refund = counts.get("refund_any_age", 0)
         if n_refund:
             # Refunds of payments of any age (Dintero allows them long after the payment),
