@@ -222,7 +222,6 @@ class HeldSlot:
                 continue
             self.renewals += 1
             self._valid_until = sent + self.lease
-            self._beat()
             if self.failed_renewals:
                 logger.info(
                     "renewed the lease on a slot of the %r concurrency limit after %d failed tries",
@@ -232,6 +231,7 @@ class HeldSlot:
                 self.failed_renewals = 0
             backoff = Backoff()
             wait = self.renew_every
+            self._beat()
 
     def release(self) -> None:
         """Stop renewing and free the slot. A release that fails is logged, not raised: the

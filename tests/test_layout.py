@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ast
+import json
 import re
 import subprocess
 import sys
@@ -104,6 +104,35 @@ def test_the_core_imports_with_prefect_absent():
 DISTRIBUTIONS = {"yaml": "pyyaml"}
 
 
+_IMPORTS = """
+import ast, json, sys
+found = {}
+for path in sys.argv[1:]:
+    names = found[path] = []
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+print(json.dumps(found))
+"""
+
+
+def _imports(paths: list[Path]) -> dict[str, list[str]]:
+    """The absolute imports of each file, parsed in a fresh interpreter: CPython 3.11.7's
+    ``ast.parse`` can fail with "AST constructor recursion depth mismatch" in a process where
+    an earlier test hit a RecursionError (the deeply nested JSON page of test_bad_input, when
+    xdist hands both files to one worker)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORTS, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout)
+
+
 def test_what_the_package_imports_is_declared():
     # Every third-party module the installed package (the core, blocks, tasks, flows and the
     # CLI) imports at module level or in a function is a declared dependency, so a fresh install
@@ -129,18 +158,11 @@ def test_what_the_package_imports_is_declared():
         for folder in ("prefect_dintero", "blocks", "tasks", "flows", "cli")
         for path in (ROOT / folder).rglob("*.py")
     ]
-    for path in paths:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in allowed:
-                    imported.setdefault(top.lower(), str(path.relative_to(ROOT)))
+    for path, names in _imports(paths).items():
+        for name in names:
+            top = name.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in allowed:
+                imported.setdefault(top.lower(), str(Path(path).relative_to(ROOT)))
     missing = {
         module: where
         for module, where in imported.items()
