@@ -268,6 +268,8 @@ class StreamSync:
                 newest = value
         if outside:
             result.outside_window += len(outside)
+            if self.stream.changed_by_event is not None:
+                return newest  # a late-change read: its caller refuses the page, and says so
             named = ", ".join(
                 f"{row.get(self.stream.primary_key)!s:.80} ({field_name} {iso(value)})"
                 for row, value in outside[:WARN_ROWS]
