@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -653,14 +654,7 @@ class AccountData:
             # Captures of payments authorised up to 30 days ago (older than
             # ``older_than_days``): all of the amount, or part of it.
             older = float(counts.get("older_than_days", 0))
-            capturable = [
-                t
-                for t in self.transactions
-                if t["status"] == "AUTHORIZED"
-                and older
-                <= (now_ms - to_ms(datetime.fromisoformat(t["created_at"]))) / 86_400_000
-                <= 30
-            ]
+            capturable = self._payments(("AUTHORIZED",), now_ms, older, 30)
             for payment in self.rng.sample(capturable, min(n_capture, len(capturable))):
                 now_ms += 1
                 part = payment["amount"] if self.rng.random() < 0.6 else payment["amount"] // 2
@@ -674,12 +668,7 @@ class AccountData:
             # Refunds of payments of any age (Dintero allows them long after the payment),
             # older than ``older_than_days``: part of what is left, or all of it.
             older = float(counts.get("older_than_days", 0))
-            refundable = [
-                t
-                for t in self.transactions
-                if t["status"] in ("CAPTURED", "PARTIALLY_REFUNDED")
-                and (now_ms - to_ms(datetime.fromisoformat(t["created_at"]))) / 86_400_000 >= older
-            ]
+            refundable = self._payments(("CAPTURED", "PARTIALLY_REFUNDED"), now_ms, older)
             for payment in self.rng.sample(refundable, min(n_refund, len(refundable))):
                 now_ms += 1
                 self.refund(payment, now_ms)
@@ -724,6 +713,20 @@ class AccountData:
         for stream, keys in changed.items():
             self.change_log.extend((stream, key, self._changed_at(stream, key)) for key in keys)
         return {k: len(v) for k, v in changed.items()}
+
+    def _payments(
+        self, statuses: tuple[str, ...], now_ms: int, older: float, newer: float = math.inf
+    ) -> list[dict]:
+        """The transactions in these statuses created between ``older`` and ``newer`` days
+        before ``now_ms``."""
+        return [
+            t
+            for t in self.transactions
+            if t["status"] in statuses
+            and older
+            <= (now_ms - to_ms(datetime.fromisoformat(t["created_at"]))) / 86_400_000
+            <= newer
+        ]
 
     def refund(self, txn: dict, when_ms: int, amount: int | None = None) -> int:
         """Refund part of what is left of a captured payment (or all of it): a REFUND event,
