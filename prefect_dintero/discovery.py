@@ -17,7 +17,9 @@ def list_path(account_id: str) -> str:
     return f"/v1/accounts/{account_id}/payout-destinations"
 
 
-def payout_destination_ids(client: DinteroClient, account_id: str) -> list[str]:
+def payout_destination_ids(
+    client: DinteroClient, account_id: str, stream: str = "payout_transfers"
+) -> list[str]:
     """The account's payout destination ids, from ``GET /v1/accounts/{oid}/payout-destinations``
     (Account Management API, scope ``read:accounts``).
 
@@ -32,8 +34,8 @@ def payout_destination_ids(client: DinteroClient, account_id: str) -> list[str]:
     try:
         body = client.get_json(path, host="api")
     except (PermissionDeniedError, NotFoundError) as exc:
-        raise skipped(exc, path) from None
-    return ids_from(body, path, account_id)
+        raise skipped(exc, path, stream) from None
+    return ids_from(body, path, account_id, stream)
 
 
 async def apayout_destination_ids(client: AsyncDinteroClient, account_id: str) -> list[str]:
@@ -46,20 +48,23 @@ async def apayout_destination_ids(client: AsyncDinteroClient, account_id: str) -
     return ids_from(body, path, account_id)
 
 
-def skipped(exc: PermissionDeniedError | NotFoundError, path: str) -> StreamSkipped:
+def skipped(
+    exc: PermissionDeniedError | NotFoundError, path: str, stream: str = "payout_transfers"
+) -> StreamSkipped:
+    """Why ``stream`` is skipped when the payout destinations list is refused."""
     if isinstance(exc, PermissionDeniedError):
         return StreamSkipped(
-            "payout_transfers skipped: the API client may not list the account's payout "
+            f"{stream} skipped: the API client may not list the account's payout "
             "destinations (403; it needs the scope read:accounts). Add the scope to the API "
             "client in Backoffice, or pass payout_destinations=[...]"
         )
     return StreamSkipped(
-        "payout_transfers skipped: the account's payout destinations cannot be listed "
+        f"{stream} skipped: the account's payout destinations cannot be listed "
         f"(404 from {path}); pass payout_destinations=[...]"
     )
 
 
-def ids_from(body: Any, path: str, account_id: str) -> list[str]:
+def ids_from(body: Any, path: str, account_id: str, stream: str = "payout_transfers") -> list[str]:
     """The ids in the list's body, whichever envelope it came in."""
     items = body.get("payout_destinations", body.get("items")) if isinstance(body, dict) else body
     if items is None:
@@ -75,6 +80,6 @@ def ids_from(body: Any, path: str, account_id: str) -> list[str]:
         for pd in dict.fromkeys(i["payout_destination_id"] for i in items)
     ]
     if not ids:
-        raise StreamSkipped("payout_transfers skipped: the account has no payout destinations")
+        raise StreamSkipped(f"{stream} skipped: the account has no payout destinations")
     logger.info("%s: payout destinations found: %s", account_id, ", ".join(ids))
     return ids

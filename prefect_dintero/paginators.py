@@ -144,6 +144,27 @@ class NextPageTokenPaginator(Paginator):
         return {"limit": self.limit, "page": token}
 
 
+class WholeListPaginator(Paginator):
+    """A short list answered whole (payout destinations, balances): no ``limit``, one page.
+    The envelope is not always documented, so ``{key: [...]}`` and a bare array are both
+    read (a missing key is an empty list, as for the other envelopes)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(0)
+        self.key = key
+
+    def first_params(self) -> dict[str, Any]:
+        return {}
+
+    def rows(self, body: Any) -> list[dict]:
+        if isinstance(body, list):
+            return self._require_rows(body, "the response")
+        return self._envelope_rows(body, self.key)
+
+    def next_params(self, body: Any, rows: list[dict]) -> dict[str, Any] | None:
+        return None
+
+
 class SinceDatetimePaginator(Paginator):
     """Customers, by ``since_datetime``, as Dintero documents: "retrieve next page by updating
     since_datetime to the latest updated_at value found in the result".

@@ -56,6 +56,11 @@ class RecordQuery:
         self.personal_data = PersonalDataPolicy(personal_data, personal_data_key)
         self.created_from = _utc(created_from, "created_from")
         self.created_to = _utc(created_to, "created_to")
+        if self.spec.incremental == "snapshot" and (created_from or created_to):
+            raise ConfigurationError(
+                f"{self.spec.name} is read as it is now and its objects carry no creation "
+                "time: read it without created_from and created_to"
+            )
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise ConfigurationError(f"page_size must be a positive integer, got {page_size!r}")
         self.page_size = min(page_size, self.spec.max_page_size)

@@ -8,7 +8,8 @@ window from its last committed page. A read from the beginning or far back may g
 slices (:mod:`prefect_dintero.window_slices`). Customers are walked by ``since_datetime`` and
 their cursor moves with each page. A stream with late-change filters (transactions'
 ``captured_at`` and ``refunded_at``) is also read by each of them, from its own cursor, after
-its window (:func:`_read_late_changes`).
+its window (:func:`_read_late_changes`). Snapshots (payout destinations and balances) are
+short lists read whole on every run.
 
 The cursor is guarded against what an API could send: it never moves past the run's start plus
 ``CLOCK_SKEW``, never because of a row outside the window that was asked for (such a row is
@@ -30,8 +31,10 @@ from pydantic import SecretStr
 from . import times
 from .adaptive_limit import limit_for
 from .client import DinteroClient
+from .discovery import list_path as payout_destinations_path
 from .discovery import payout_destination_ids
-from .errors import DinteroAPIError, DinteroError
+from .discovery import skipped as discovery_skipped
+from .errors import DinteroAPIError, DinteroError, NotFoundError, PermissionDeniedError
 from .paginators import (
     Page,
     SinceDatetimePaginator,
@@ -152,8 +155,10 @@ class StreamSync:
         )
         if self.stream.incremental == "window":
             self._run_window(state, result)
-        else:
+        elif self.stream.incremental == "since":
             self._run_since(state, result)
+        else:
+            self._run_snapshot(result)
         after = self.client.stats.snapshot()
         result.requests = after["requests"] - before["requests"]
         result.retries = after["retries"] - before["retries"]
@@ -512,6 +517,30 @@ class StreamSync:
                     self.stream.cursor_field,
                 )
 
+    # -- snapshots ---------------------------------------------------------------------------------
+
+    def _run_snapshot(self, result: StreamResult) -> None:
+        """A short list read whole (payout destinations, balances): its rows stamped with the
+        run's start and written with the state, whose cursor says how fresh they are."""
+        for page in pages(
+            self._fetch,
+            self.stream.paginator(self.page_size, None, self.until),
+            base_params=dict(self.stream.extra_params),
+            max_pages=self.request.max_pages,
+            check_rows=self.stream.check_keys,
+        ):
+            page = self._protected(page)
+            page = replace(page, rows=self.stream.stamped(page.rows, self.run_started_at))
+
+            def update(state: StreamState, write: PageWrite) -> StreamState:
+                return with_state(state, cursor=self.run_started_at, **self.written(state, write))
+
+            self.client.check_run()
+            write, new_state = self.sink.write_page(
+                self.stream, self.account_id, self.partition, page.rows, update
+            )
+            self._count_page(page, write, new_state, result)
+
     # -- bookkeeping -------------------------------------------------------------------------------
 
     def _count_page(
@@ -591,22 +620,32 @@ def sync_stream(
     partitions = [""]
     if stream.per_destination:
         # Given, or discovered (StreamSkipped when the credentials may not list them).
-        partitions = list(request.payout_destinations) or payout_destination_ids(client, account_id)
+        partitions = list(request.payout_destinations) or payout_destination_ids(
+            client, account_id, stream.name
+        )
     run_started_at = run_started_at or times.now()
-    results = [
-        StreamSync(
-            client,
-            sink,
-            stream,
-            account_id,
-            request,
-            partition=partition,
-            run_started_at=run_started_at,
-            on_page=on_page,
-            personal_data=policy,
-        ).run()
-        for partition in partitions
-    ]
+    try:
+        results = [
+            StreamSync(
+                client,
+                sink,
+                stream,
+                account_id,
+                request,
+                partition=partition,
+                run_started_at=run_started_at,
+                on_page=on_page,
+                personal_data=policy,
+            ).run()
+            for partition in partitions
+        ]
+    except (PermissionDeniedError, NotFoundError) as exc:
+        path = stream.url_path(account_id)
+        if path != payout_destinations_path(account_id):
+            raise
+        # The payout destinations list itself: the Account Management API, which an API
+        # client may not be granted (as for discovering them).
+        raise discovery_skipped(exc, path, stream.name) from None
     for late in stream.late_filters:
         read = _read_late_changes(
             client, sink, stream, late, account_id, request, run_started_at, on_page, policy

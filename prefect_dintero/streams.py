@@ -21,8 +21,9 @@ from .paginators import (
     Paginator,
     SinceDatetimePaginator,
     StartingAfterPaginator,
+    WholeListPaginator,
 )
-from .times import parse_datetime
+from .times import iso, parse_datetime
 from .validation import validate_account_id, validate_payout_destination
 
 ColumnType = Literal["text", "int", "datetime", "bool"]
@@ -160,7 +161,8 @@ class Stream:
         incremental: ``"window"``: a window ``[cursor - lookback, run start]`` is fixed and
             paged in whatever order the API returns, and the cursor moves when the whole window
             is in; ``"since"``: the paginator walks ``cursor_field`` upwards and the cursor
-            moves with each page.
+            moves with each page; ``"snapshot"``: a short list read whole on every run, each
+            row stamped with the run's start (``taken_at``).
         lower_param / upper_param: the API's filter on ``cursor_field``; None when the API has
             none (then every page is read, and only the cursor looks at the window).
         version_field: a row is never replaced by one with an older value of this field.
@@ -177,6 +179,8 @@ class Stream:
         changed_by_event: set on a late-change read (:meth:`late_change_read`): a row's cursor
             value is its newest event of this kind, not ``cursor_field``.
         children: lists inside each object kept as tables of their own (:class:`ChildTable`).
+        history_of: a snapshot kept as history (payout balances): every run's rows stay,
+            each keyed (``primary_key``) by these fields and ``taken_at``.
     """
 
     name: str
@@ -185,7 +189,7 @@ class Stream:
     paginator: PaginatorFactory
     primary_key: str
     cursor_field: str
-    incremental: Literal["window", "since"]
+    incremental: Literal["window", "since", "snapshot"]
     columns: tuple[Column, ...]
     lower_param: str | None = None
     upper_param: str | None = None
@@ -200,6 +204,21 @@ class Stream:
     late_filters: tuple[LateChangeFilter, ...] = ()
     changed_by_event: str | None = None
     children: tuple[ChildTable, ...] = ()
+    history_of: tuple[str, ...] = ()
+
+    def stamped(self, objects: list[dict], taken_at: datetime) -> list[dict]:
+        """A snapshot's objects as stored: with the run's start (``taken_at``), and for a
+        history, their key (``<fields>@<taken_at>``). Other streams' objects as they are."""
+        if self.incremental != "snapshot":
+            return objects
+        stamp = iso(taken_at)
+        rows = []
+        for obj in objects:
+            row = {**obj, "taken_at": stamp}
+            if self.history_of:
+                row[self.primary_key] = "/".join(obj[f] for f in self.history_of) + "@" + stamp
+            rows.append(row)
+        return rows
 
     def late_change_read(self, late: LateChangeFilter) -> Stream:
         """This stream read by a late-change filter: the same endpoint, table and rows, the
@@ -235,12 +254,13 @@ class Stream:
         """MalformedPageError unless every object has a usable primary key: checked as a page
         arrives, before the next page is asked for, so a bad page stops the stream there."""
         for position, obj in enumerate(objects):
-            key = obj.get(self.primary_key) if isinstance(obj, dict) else None
-            if not isinstance(key, str) or not key or len(key) > 255:
-                raise MalformedPageError(
-                    f"object {position} of a {self.name} page has no usable "
-                    f"{self.primary_key!r} (a string of at most 255 characters)"
-                )
+            for name in self.history_of or (self.primary_key,):
+                key = obj.get(name) if isinstance(obj, dict) else None
+                if not isinstance(key, str) or not key or len(key) > 200:
+                    raise MalformedPageError(
+                        f"object {position} of a {self.name} page has no usable "
+                        f"{name!r} (a string of at most 200 characters)"
+                    )
 
     def url_path(self, account_id: str, destination: str | None = None) -> str:
         """The endpoint's path, each id validated and encoded as one path segment."""
@@ -361,6 +381,8 @@ CATALOG: dict[str, Stream] = {
                 Column("settlement_status"),
                 Column("channel"),
                 Column("customer_id", path="customer.customer_id"),
+                Column("payout_destination_id"),
+                Column("payout_correlation_id", path="metadata.payout_correlation_id"),
             ),
             personal=BUYER,
         ),
@@ -411,7 +433,11 @@ CATALOG: dict[str, Stream] = {
                 Column("provider_reference"),
                 Column("payment_status"),
                 Column("payout_destination_id"),
+                # amount = capture - refund - fee (the first currency's; the rest is in raw).
                 Column("amount", "int", "amounts.0.amount"),
+                Column("capture", "int", "amounts.0.capture"),
+                Column("refund", "int", "amounts.0.refund"),
+                Column("fee", "int", "amounts.0.fee"),
                 Column("currency", path="amounts.0.currency"),
             ),
         ),
@@ -481,11 +507,58 @@ CATALOG: dict[str, Stream] = {
                 Column("type"),
                 Column("amount", "int"),
                 Column("currency"),
+                Column("inbound_payment_provider"),
+                # An inbound entry's settlement (payment_match_report_data): the join from a
+                # payout to the payments it pays, by provider_reference.
+                Column("provider_reference", path="payment_match_report_data.provider_reference"),
+                Column("settled_at", "datetime", "payment_match_report_data.settled_at"),
+                Column("settled_capture", "int", "payment_match_report_data.amounts.0.capture"),
+                Column("settled_refund", "int", "payment_match_report_data.amounts.0.refund"),
+                Column("settled_fee", "int", "payment_match_report_data.amounts.0.fee"),
+                Column("transfer_reference"),
             ),
             personal=(
                 "outbound_receiver_bank_account_number",
                 "outbound_receiver_bank_account_bic",
                 "outbound_message",
+            ),
+        ),
+        Stream(
+            name="payout_destinations",
+            description="The account's payout destinations (sellers), as they are now.",
+            host="api",
+            # The Account Management API (scope read:accounts); no paging documented.
+            path="/v1/accounts/{account_id}/payout-destinations",
+            paginator=lambda limit, lower, until: WholeListPaginator("payout_destinations"),
+            primary_key="payout_destination_id",
+            cursor_field="taken_at",
+            incremental="snapshot",
+            version_field=None,
+            columns=(
+                Column("payout_destination_id"),
+                Column("payout_destination_name"),
+                Column("taken_at", "datetime"),
+            ),
+        ),
+        Stream(
+            name="payout_balances",
+            description="Each payout destination's balance per currency, one snapshot a run.",
+            host="api",
+            path="/v2/accounts/{account_id}/payout/payout-destinations/{destination}/balances",
+            paginator=lambda limit, lower, until: WholeListPaginator("payout_destination_balances"),
+            primary_key="balance_id",
+            cursor_field="taken_at",
+            incremental="snapshot",
+            version_field=None,
+            per_destination=True,
+            # A balance is a point in time: every run's is kept, to follow it over days.
+            history_of=("payout_destination_id", "currency"),
+            columns=(
+                Column("balance_id"),
+                Column("payout_destination_id"),
+                Column("currency"),
+                Column("amount", "int"),
+                Column("taken_at", "datetime"),
             ),
         ),
     )

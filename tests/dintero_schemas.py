@@ -55,6 +55,30 @@ class Buyer(_Open):
     customer_id: str = ""
 
 
+class TransactionSettlementsEvent(_Open):
+    """``TransactionSettlementsEvent``: one settlement's part of a transaction event."""
+
+    settlement_id: str
+    provider_reference: str
+    amount: int
+    event_correlation_id: str = ""
+    capture: int = 0
+    refund: int = 0
+    fee: int = 0
+
+
+class TransactionSettlementsRead(_Open):
+    events: list[TransactionSettlementsEvent]
+    settlement_status: str = ""
+
+
+class TransactionEvent(_Open):
+    event: str
+    amount: int
+    created_at: str
+    settlements: TransactionSettlementsRead | None = None
+
+
 class Transaction(_Open):
     id: str
     amount: int
@@ -68,7 +92,7 @@ class Transaction(_Open):
     session_id: str
     settlement_status: str
     items: list[dict[str, Any]]
-    events: list[dict[str, Any]]
+    events: list[TransactionEvent]
     store: dict[str, Any]
     metadata: dict[str, Any]
     customer: Buyer
@@ -120,6 +144,26 @@ class SettlementsPage(_Open):
     last_evaluated_key: dict[str, Any] = {}  # an object when present, never null
 
 
+class SettlementAmounts(_Open):
+    amount: int = 0
+    capture: int = 0
+    refund: int = 0
+    fee: int = 0
+    currency: str = ""
+
+
+class PaymentMatchReportData(_Open):
+    """``PaymentMatchReportDataV2``: every key optional."""
+
+    settled_at: str = ""
+    created_at: str = ""
+    provider: str = ""
+    provider_reference: str = ""
+    amounts: list[SettlementAmounts] = []
+    payment_status: str = ""
+    payout_destination_id: str = ""
+
+
 class TransferEntry(_Open):
     # Required on every entry, each nullable.
     account_id: str | None
@@ -140,7 +184,7 @@ class TransferEntry(_Open):
     outbound_receiver_bank_account_number: str | None
     outbound_receiver_bank_account_type: str | None
     outbound_receiver_country: str | None
-    payment_match_report_data: dict[str, Any] = {}
+    payment_match_report_data: PaymentMatchReportData | None = None
 
 
 class TransfersPage(_Open):
@@ -154,6 +198,20 @@ class PayoutDestination(_Open):
 
 class PayoutDestinationList(_Open):
     payout_destinations: list[PayoutDestination]
+
+
+class PayoutDestinationBalance(_Open):
+    """``PayoutDestinationBalanceV2``."""
+
+    account_id: str
+    payout_destination_config_id: str
+    payout_destination_id: str
+    currency: str
+    amount: int
+
+
+class PayoutDestinationBalances(_Open):
+    payout_destination_balances: list[PayoutDestinationBalance] = []
 
 
 class Customer(_Open):

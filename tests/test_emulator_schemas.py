@@ -108,13 +108,35 @@ def test_every_page_of_every_list_matches_the_schemas(switch):
                     if entry.type == "outbound":
                         assert entry.outbound_receiver_bank_account_number
                         assert entry.outbound_receiver_bank_account_bic
+                    if entry.payment_match_report_data is not None:
+                        checked["PaymentMatch"] = checked.get("PaymentMatch", 0) + 1
+            balances = HTTP.get(
+                f"{emu.url}/v2/accounts/{AID}/payout/payout-destinations/{pd}/balances",
+                headers=bearer(token),
+            ).json()
+            parsed_balances = schema.check(schema.PayoutDestinationBalances, balances)
+            checked["Balance"] = checked.get("Balance", 0) + len(
+                parsed_balances.payout_destination_balances
+            )
+        transfers = emu.dump("payout_transfers")
+        settlements = emu.dump("settlements")
+        settled_events = [
+            e for t in emu.dump("transactions") for e in t["events"] if "settlements" in e
+        ]
+        balances = emu.dump("payout_balances")
 
+    # The generated ones, and those the providers' daily runs made of the payments: a
+    # settlement each, one inbound entry (with its match report) per settlement, one
+    # outbound per destination, currency and day.
+    assert len(settlements) > 30 and settled_events
     assert checked == {
         "Transaction": 60,
         "Session": 60,
-        "Settlement": 30,
+        "Settlement": len(settlements),
         "Customer": 30,
-        "TransferEntry": 80,
+        "TransferEntry": len(transfers),
+        "PaymentMatch": len(settlements) - 30,
+        "Balance": len(balances),
     }
 
 

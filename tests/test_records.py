@@ -39,13 +39,19 @@ def source(emu, stream: str) -> dict[str, dict]:
         ]
     else:
         rows = emu.dump(stream)
-    return {r[spec.primary_key]: r for r in rows}
+    return {key_of(stream, r): r for r in rows}
+
+
+def key_of(stream: str, record: dict) -> str:
+    """A record's key as Dintero sends it (a balance's is its destination and currency)."""
+    spec = CATALOG[stream]
+    return "/".join(record[f] for f in spec.history_of or (spec.primary_key,))
 
 
 def keyed(stream: str, records: list[dict]) -> dict[str, dict]:
-    key = CATALOG[stream].primary_key
-    assert len({r[key] for r in records}) == len(records), f"{stream}: a record came twice"
-    return {r[key]: r for r in records}
+    by_key = {key_of(stream, r): r for r in records}
+    assert len(by_key) == len(records), f"{stream}: a record came twice"
+    return by_key
 
 
 @pytest.mark.parametrize("choice", list(CHOICES))
@@ -64,7 +70,9 @@ def test_every_stream_reads_exactly_the_source_sync_and_async(dintero_emulator_f
             assert keyed(stream, asyncio.run(read_async(stream))) == source(emu, stream), stream
 
 
-@pytest.mark.parametrize("stream", list(CATALOG))
+@pytest.mark.parametrize(
+    "stream", [s.name for s in CATALOG.values() if s.incremental != "snapshot"]
+)
 def test_created_bounds_filter_every_stream(dintero_emulator_factory, stream):
     emu = dintero_emulator_factory(**DATA, list_order="shuffled")
     now = emu.now()
@@ -90,6 +98,8 @@ def test_mistakes_are_clear_and_a_bad_page_stops_the_reading(dintero_emulator_fa
             list(client.iter_records("refunds"))
         with pytest.raises(ConfigurationError, match="created_from must be a datetime"):
             list(client.iter_records("transactions", created_from="yesterday"))
+        with pytest.raises(ConfigurationError, match="payout_balances is read as it is now"):
+            list(client.iter_records("payout_balances", created_to=emu.now()))
         emu.set_faults({"route": "sessions", "probability": 1.0, "extra_rows": [{"no": "id"}]})
         before = sum(emu.stats()["requests"].get("sessions", {}).values())
         with pytest.raises(MalformedPageError, match="no usable 'id'"):

@@ -153,7 +153,11 @@ class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
         if isinstance(body, list):
             body = [*extra, *body]
         elif isinstance(body, dict):
-            key = "entries" if route == "payout_transfers" else "items"
+            key = {
+                "payout_transfers": "entries",
+                "payout_destinations": "payout_destinations",
+                "payout_balances": "payout_destination_balances",
+            }.get(route, "items")
             body[key] = [*extra, *(body.get(key) or [])]
         return JSONResponse(body, response.status_code)
 

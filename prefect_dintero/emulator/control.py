@@ -83,6 +83,7 @@ class ControlRoutes:
             for k, v in body.items()
             if k.startswith(("new_", "update_", "delete_"))
             or k in ("same_updated_at", "capture_late", "refund_any_age", "older_than_days")
+            or k == "settle"
         }
         recent = body.get("recent_days")
         now = self.state.clock.now()

@@ -13,6 +13,7 @@ import bisect
 import hashlib
 import math
 import random
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -43,6 +44,18 @@ BROWSERS = (
     "Version/17.4 Safari/605.1.15",
 )
 BANKS = (("DNBANOKKXXX", "1503"), ("NDEANOKKXXX", "6011"), ("SPRONO22XXX", "3201"))
+#: A ledger entry's keys that only a transfer or a payout to the bank fills (null otherwise).
+TRANSFER_DETAILS = (
+    "transfer_id",
+    "transfer_reference",
+    "transfer_source_payout_destination_id",
+    "transfer_destination_payout_destination_id",
+    "outbound_message",
+    "outbound_receiver_bank_account_bic",
+    "outbound_receiver_bank_account_number",
+    "outbound_receiver_bank_account_type",
+    "outbound_receiver_country",
+)
 
 #: Statuses a transaction can still move on from, where to, and for how many days after its
 #: creation (None: up to the emulator's ``late_changes_days``). Authorizations happen within a
@@ -54,8 +67,18 @@ TRANSITIONS: dict[str, tuple[tuple[str, str, float | None], ...]] = {
     "CAPTURED": (("PARTIALLY_REFUNDED", "REFUND", None), ("REFUNDED", "REFUND", None)),
     "PARTIALLY_REFUNDED": (("REFUNDED", "REFUND", None),),
 }
-#: Captured transactions are settled by their provider within two weeks.
-SETTLE_WITHIN_DAYS = 14
+#: What each provider keeps of a capture (permille) and how many days after a capture or
+#: refund it settles it: emulator figures (Dintero publishes neither; fees are per agreement).
+PROVIDER_TERMS = {
+    "dintero_psp": (12, 1),
+    "vipps": (15, 2),
+    "klarna": (25, 3),
+    "swish": (8, 1),
+    "collector": (20, 3),
+}
+#: The providers settle once a day, at this hour (UTC).
+SETTLEMENT_HOUR = 6
+DAY_MS = 86_400_000
 INITIAL_STATUSES = (
     ("CAPTURED", 50),
     ("AUTHORIZED", 20),
@@ -232,6 +255,14 @@ class AccountData:
             pd: SortedCollection(f"{salt}:transfers:{pd}") for pd in config.payout_destinations
         }
         self._serial = 0
+        #: Settlement ids and references come from a generator of their own: settling never
+        #: shifts the rest of the seeded data set.
+        self.settle_rng = FastRandom(f"{config.seed}:{account_id}:settle")
+        #: Captures and refunds not settled yet: (due in epoch ms, transaction id, event index).
+        self._unsettled: list[tuple[int, str, int]] = []
+        self._settled_through_ms = to_ms(start - timedelta(days=config.history_days))
+        #: What each payout destination holds of its settlements, by currency, between runs.
+        self._held: dict[tuple[str, str], int] = {}
         self.last_change_ms = 0
         #: Every change made by ``mutate``: (stream, key, when in epoch ms), oldest first, so a
         #: simulation can tell how long each took to reach a destination.
@@ -249,6 +280,7 @@ class AccountData:
         for pd in config.payout_destinations:
             for ms in self._spread(config.transfers_per_destination, begin_ms, end_ms):
                 self._new_transfer(pd, ms)
+        self.settle(end_ms)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -393,6 +425,7 @@ class AccountData:
             part = amount * (2 + created_ms % 7) // 10 if st == "PARTIALLY_REFUNDED" else amount
             events.append(self._event(event, st, part, t))
         txn_id = self._object_id()
+        destinations = self.config.payout_destinations or ["PD-main"]
         txn = {
             "id": txn_id,
             "session_id": self._object_id(),
@@ -404,9 +437,9 @@ class AccountData:
             "currency": rng.choice(CURRENCIES),
             "status": status,
             "merchant_reference": f"ORDER-{rng.randrange(10_000, 999_999)}",
-            "settlement_status": "SETTLED"
-            if status == "CAPTURED" and rng.random() < 0.6
-            else "NOT_SETTLED",
+            # Settled by the providers' daily runs (``settle``).
+            "settlement_status": "NOT_SETTLED",
+            "payout_destination_id": destinations[zlib.crc32(txn_id.encode()) % len(destinations)],
             "channel": rng.choice(("ecommerce", "ecommerce", "in_app", "in_store")),
             "store": {"id": f"store-{rng.randrange(1, 4)}", "name": "Bakeriet"},
             "items": items,
@@ -424,7 +457,17 @@ class AccountData:
             "country": "NO",
         }
         self.transactions.add(txn, created_ms)
+        for index in range(len(events)):
+            self._to_settle(txn, index)
         return txn
+
+    def _to_settle(self, txn: dict, index: int) -> None:
+        """Queue a successful capture or refund for its provider's settlement."""
+        event = txn["events"][index]
+        if event["event"] in ("CAPTURE", "REFUND") and event["success"]:
+            lag_days = PROVIDER_TERMS[txn["payment_product"]][1]
+            due = to_ms(datetime.fromisoformat(event["created_at"])) + lag_days * DAY_MS
+            self._unsettled.append((due, txn["id"], index))
 
     def _new_session(self, created_ms: int) -> dict:
         rng = self.rng
@@ -538,66 +581,248 @@ class AccountData:
         return customer
 
     def _new_transfer(self, destination: str, created_ms: int) -> dict:
+        """A ledger entry of a kind drawn at random (money in from a provider, a transfer to
+        another destination, a payout to the bank), for data sets that need many."""
         rng = self.rng
         kind = rng.choice(("inbound", "inbound", "transfer", "outbound"))
+        entry_id = self._uuid()
+        amount = rng.randrange(1_000, 5_000_000)
+        provider = rng.choice(PROVIDERS) if kind == "inbound" else None
+        return self._transfer(destination, created_ms, kind, entry_id, amount, "NOK", provider)
+
+    def _transfer(
+        self,
+        destination: str,
+        created_ms: int,
+        kind: str,
+        entry_id: str,
+        amount: int,
+        currency: str,
+        provider: str | None = None,
+        match: dict | None = None,
+    ) -> dict:
+        """A ledger entry of a payout destination (``PayoutDestinationTransferEntryV2``), with
+        the settlement it pays out (``payment_match_report_data``) when ``match`` is given."""
         entry = {
-            "ledger_entry_id": self._uuid(),
+            "ledger_entry_id": entry_id,
             "account_id": self.account_id,
             "payout_destination_config_id": f"{destination}-config",
             "payout_destination_id": destination,
             "created_at": iso(created_ms),
-            "currency": "NOK",
-            "amount": rng.randrange(1_000, 5_000_000),
+            "currency": currency,
+            "amount": amount,
             "type": kind,
-            "inbound_payment_provider": rng.choice(PROVIDERS) if kind == "inbound" else None,
+            "inbound_payment_provider": provider,
         }
         # Required (nullable) on every entry by the payout schema; filled where they apply:
         # a transfer between destinations, or a payout to the receiver's bank account.
-        details = random.Random(entry["ledger_entry_id"])
-        outbound = kind == "outbound"
-        bic, bank = details.choice(BANKS)
-        _, first, last, _, _ = self._person(entry["ledger_entry_id"])
-        entry.update(
-            {
-                "transfer_id": f"{details.getrandbits(128):032x}" if kind != "inbound" else None,
-                "transfer_reference": f"PAYOUT-{details.randrange(10**6, 10**7)}"
-                if kind != "inbound"
-                else None,
-                "transfer_source_payout_destination_id": destination
-                if kind == "transfer"
-                else None,
-                "transfer_destination_payout_destination_id": "PD-reserve"
-                if kind == "transfer"
-                else None,
-                "outbound_message": f"Utbetaling {first} {last}" if outbound else None,
-                "outbound_receiver_bank_account_bic": bic if outbound else None,
-                "outbound_receiver_bank_account_number": f"{bank}{details.randrange(10**6, 10**7)}"
-                if outbound
-                else None,
-                "outbound_receiver_bank_account_type": "bban" if outbound else None,
-                "outbound_receiver_country": "NO" if outbound else None,
-            }
-        )
-        self.transfers[destination].add(entry, created_ms, entry["ledger_entry_id"])
+        entry.update(dict.fromkeys(TRANSFER_DETAILS))
+        if kind != "inbound":
+            details = random.Random(entry_id)
+            entry["transfer_id"] = f"{details.getrandbits(128):032x}"
+            entry["transfer_reference"] = f"PAYOUT-{details.randrange(10**6, 10**7)}"
+        if kind == "transfer":
+            entry["transfer_source_payout_destination_id"] = destination
+            entry["transfer_destination_payout_destination_id"] = "PD-reserve"
+        if kind == "outbound":
+            bic, bank = details.choice(BANKS)
+            _, first, last, _, _ = self._person(entry_id)
+            entry.update(
+                outbound_message=f"Utbetaling {first} {last}",
+                outbound_receiver_bank_account_bic=bic,
+                outbound_receiver_bank_account_number=f"{bank}{details.randrange(10**6, 10**7)}",
+                outbound_receiver_bank_account_type="bban",
+                outbound_receiver_country="NO",
+            )
+        if match is not None:
+            entry["payment_match_report_data"] = match
+        self.transfers[destination].add(entry, created_ms, entry_id)
         return entry
+
+    # -- settlements of the payments -------------------------------------------------------------
+
+    def settle(self, until_ms: int) -> dict[str, list[str]]:
+        """The providers' daily settlement runs up to ``until_ms``, as Dintero's schemas
+        describe what they leave behind:
+
+        - each run pays out every capture and refund its provider's lag has passed, one
+          settlement per provider, payout destination and currency (``amounts``: capture,
+          refund, fee, and ``amount = capture - refund - fee``);
+        - each event settled carries its entry (``settlements.events[]``: the settlement's id
+          and provider reference, the event's id as ``event_correlation_id``, and what of it
+          was capture, refund and fee), and its payment's ``settlement_status`` follows;
+        - the money reaches the payout destination as an ``inbound`` ledger entry with the
+          settlement's ``payment_match_report_data``, and leaves for the bank the same day
+          (one ``outbound`` entry per destination and currency).
+
+        Returns the keys changed, by stream.
+        """
+        changed: dict[str, list[str]] = {}
+        first_run = self._settled_through_ms // DAY_MS * DAY_MS + SETTLEMENT_HOUR * 3_600_000
+        if first_run <= self._settled_through_ms:
+            first_run += DAY_MS
+        # Each run's entries are dated a millisecond or two after it: never after until_ms.
+        runs = range(first_run, until_ms - 2, DAY_MS)
+        self._unsettled.sort()
+        taken = 0
+        for run_ms in runs:
+            groups: dict[tuple[str, str, str], list[tuple[dict, int]]] = {}
+            while taken < len(self._unsettled) and self._unsettled[taken][0] <= run_ms:
+                _, txn_id, index = self._unsettled[taken]
+                taken += 1
+                txn = self.transactions.by_id[txn_id]
+                key = (txn["payment_product"], txn["payout_destination_id"], txn["currency"])
+                groups.setdefault(key, []).append((txn, index))
+            paid: dict[tuple[str, str], int] = {}
+            for key, events in groups.items():
+                settlement = self._payment_settlement(run_ms, *key, events)
+                changed.setdefault("settlements", []).append(settlement["id"])
+                changed.setdefault("transactions", []).extend(t["id"] for t, _ in events)
+                _, destination, currency = key
+                paid[(destination, currency)] = (
+                    paid.get((destination, currency), 0) + settlement["amounts"][0]["amount"]
+                )
+            for (destination, currency), amount in paid.items():
+                # What the destination holds is paid to the bank; a refund-heavy day's
+                # negative balance is carried to the next.
+                held = self._held.get((destination, currency), 0) + amount
+                if destination in self.transfers and held > 0:
+                    entry = self._transfer(
+                        destination, run_ms + 2, "outbound", self._settle_uuid(), held, currency
+                    )
+                    changed.setdefault("payout_transfers", []).append(entry["ledger_entry_id"])
+                    held = 0
+                self._held[(destination, currency)] = held
+            if runs:
+                self._settled_through_ms = run_ms
+        del self._unsettled[:taken]
+        for stream, keys in changed.items():
+            changed[stream] = list(dict.fromkeys(keys))
+        return changed
+
+    def _settle_uuid(self) -> str:
+        h = f"{self.settle_rng.getrandbits(128):032x}"
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}"
+
+    def _payment_settlement(
+        self,
+        run_ms: int,
+        provider: str,
+        destination: str,
+        currency: str,
+        events: list[tuple[dict, int]],
+    ) -> dict:
+        """One settlement of these payment events (see :meth:`settle`)."""
+        settlement_id = self._settle_uuid()
+        reference = f"{provider.upper()}-{self.settle_rng.randrange(10**7, 10**8)}"
+        fee_permille = PROVIDER_TERMS[provider][0]
+        totals = {"capture": 0, "refund": 0, "fee": 0}
+        times = []
+        for txn, index in events:
+            event = txn["events"][index]
+            times.append(event["created_at"])
+            capture = event["amount"] if event["event"] == "CAPTURE" else 0
+            refund = event["amount"] if event["event"] == "REFUND" else 0
+            fee = capture * fee_permille // 1000
+            event["settlements"] = {
+                "events": [
+                    {
+                        "settlement_id": settlement_id,
+                        "provider_reference": reference,
+                        "event_correlation_id": event["id"],
+                        "amount": capture - refund - fee,
+                        "capture": capture,
+                        "refund": refund,
+                        "fee": fee,
+                    }
+                ],
+                "settlement_status": "SETTLED",
+            }
+            totals["capture"] += capture
+            totals["refund"] += refund
+            totals["fee"] += fee
+            money = [
+                e for e in txn["events"] if e["event"] in ("CAPTURE", "REFUND") and e["success"]
+            ]
+            settled = sum(1 for e in money if "settlements" in e)
+            txn["settlement_status"] = "SETTLED" if settled == len(money) else "PARTIALLY_SETTLED"
+            txn["updated_at"] = max(txn["updated_at"], iso(run_ms))
+        amounts = {
+            "amount": totals["capture"] - totals["refund"] - totals["fee"],
+            **totals,
+            "currency": currency,
+        }
+        settlement = {
+            "id": settlement_id,
+            "start_at": min(times),
+            "end_at": max(times),
+            "created_at": iso(run_ms),
+            "updated_at": iso(run_ms),
+            "settled_at": iso(run_ms),
+            "provider": provider,
+            "provider_reference": reference,
+            "amounts": [amounts],
+            "payment_status": "paid",
+            "payout_destination_id": destination,
+            "attachments": [],
+        }
+        self.settlements_by_settled.add(settlement, run_ms)
+        self.settlements_by_created.add(settlement, run_ms)
+        if destination in self.transfers:
+            match = {
+                key: settlement[key]
+                for key in ("start_at", "end_at", "settled_at", "created_at", "provider")
+            }
+            match.update(
+                provider_reference=reference,
+                amounts=[dict(amounts)],
+                payment_status="payment-match",
+                payout_destination_id=destination,
+            )
+            self._transfer(
+                destination,
+                run_ms + 1,
+                "inbound",
+                self._settle_uuid(),
+                amounts["amount"],
+                currency,
+                provider,
+                match,
+            )
+        return settlement
+
+    def balances(self, destination: str) -> list[dict]:
+        """A payout destination's balance per currency, from its ledger: what came in, less
+        what went to the bank or another destination."""
+        totals: dict[str, int] = {}
+        for entry in self.transfers[destination]:
+            sign = 1 if entry["type"] == "inbound" else -1
+            if entry["type"] == "transfer" and entry["transfer_source_payout_destination_id"] != (
+                destination
+            ):
+                sign = 1
+            totals[entry["currency"]] = totals.get(entry["currency"], 0) + sign * entry["amount"]
+        return [
+            {
+                "account_id": self.account_id,
+                "payout_destination_config_id": f"{destination}-config",
+                "payout_destination_id": destination,
+                "currency": currency,
+                "amount": amount,
+            }
+            for currency, amount in sorted(totals.items())
+        ]
 
     # -- mutations ---------------------------------------------------------------------------------
 
     def _late_changes(self, txn: dict, age_days: float, late_days: float) -> list[tuple]:
-        """The changes still possible for a transaction of this age: (status, event) pairs,
-        with ``(None, "SETTLEMENT")`` for a settlement that leaves the status as it is."""
-        changes: list[tuple] = [
+        """The changes still possible for a transaction of this age: (status, event) pairs.
+        Settlements are the providers' daily runs (:meth:`settle`)."""
+        return [
             (status, event)
             for status, event, within in TRANSITIONS.get(txn["status"], ())
             if age_days <= (late_days if within is None else min(within, late_days))
         ]
-        if (
-            txn["status"] in ("CAPTURED", "PARTIALLY_REFUNDED")
-            and txn["settlement_status"] == "NOT_SETTLED"
-            and age_days <= min(SETTLE_WITHIN_DAYS, late_days)
-        ):
-            changes.append((None, "SETTLEMENT"))
-        return changes
 
     def mutate(
         self, now: datetime, counts: dict[str, int], recent_days: float | None = None
@@ -607,12 +832,12 @@ class AccountData:
         ``counts`` keys: ``new_transactions``, ``update_transactions``, ``capture_late`` and
         ``refund_any_age`` (with ``older_than_days``), ``new_sessions``,
         ``new_settlements``, ``new_customers``, ``update_customers``, ``delete_customers``,
-        ``new_transfers``.
+        ``new_transfers``, and ``settle`` (the providers' settlement runs due by ``now``).
         Updated transactions change the way real ones do, days to months after creation:
         authorized within a day, captured within 30 days, settled within two weeks, refunded up
         to ``late_changes_days`` (or ``recent_days``, when given, for every kind of change).
-        Dintero filters transactions only on ``created_at``, so these late changes are what a
-        sync's lookback and reconcile windows must catch.
+        A read by ``created_at`` misses the late ones: the ``captured_at`` and ``refunded_at``
+        filters, or the reconcile, catch them.
         """
         now_ms = to_ms(now)
         changed: dict[str, list[str]] = {}
@@ -642,12 +867,9 @@ class AccountData:
                     changed.setdefault("transactions", []).append(txn["id"])
                     continue
                 txn["updated_at"] = iso(now_ms)
-                if status is None:
-                    txn["settlement_status"] = "SETTLED"
-                    status = txn["status"]
-                else:
-                    txn["status"] = status
+                txn["status"] = status
                 txn["events"].append(self._event(event, status, txn["amount"], now_ms))
+                self._to_settle(txn, len(txn["events"]) - 1)
                 changed.setdefault("transactions", []).append(txn["id"])
         n_capture = counts.get("capture_late", 0)
         if n_capture:
@@ -660,6 +882,7 @@ class AccountData:
                 part = payment["amount"] if self.rng.random() < 0.6 else payment["amount"] // 2
                 status = "CAPTURED" if part == payment["amount"] else "PARTIALLY_CAPTURED"
                 payment["events"].append(self._event("CAPTURE", status, part, now_ms))
+                self._to_settle(payment, len(payment["events"]) - 1)
                 payment["status"] = status
                 payment["updated_at"] = iso(now_ms)
                 changed.setdefault("transactions", []).append(payment["id"])
@@ -708,6 +931,11 @@ class AccountData:
                 now_ms += 1
                 entry = self._new_transfer(pd, now_ms)
                 changed.setdefault("payout_transfers", []).append(entry["ledger_entry_id"])
+        if counts.get("settle"):
+            # The providers' daily runs due since the last: payments, their settlements and
+            # the payout destinations' ledger entries change together.
+            for stream, keys in self.settle(now_ms).items():
+                changed.setdefault(stream, []).extend(keys)
         #: The latest time given to a change: one millisecond apart, they may run ahead of now.
         self.last_change_ms = now_ms
         for stream, keys in changed.items():
@@ -742,6 +970,7 @@ class AccountData:
         amount = min(amount, left)
         status = "REFUNDED" if amount == left else "PARTIALLY_REFUNDED"
         events.append(self._event("REFUND", status, amount, when_ms))
+        self._to_settle(txn, len(events) - 1)
         txn["status"] = status
         txn["updated_at"] = iso(when_ms)
         return amount
@@ -802,7 +1031,19 @@ class AccountData:
             return list(self.settlements_by_created)
         if stream == "customers":  # as include_deleted=true lists them
             return list(self.customers_all)
+        dests = [destination] if destination else list(self.transfers)
         if stream == "payout_transfers":
-            dests = [destination] if destination else list(self.transfers)
             return [e for d in dests for e in self.transfers.get(d, SortedCollection())]
+        if stream == "payout_destinations":
+            return [self.destination(d) for d in dests if d in self.transfers]
+        if stream == "payout_balances":
+            return [b for d in dests if d in self.transfers for b in self.balances(d)]
         raise KeyError(stream)
+
+    def destination(self, destination: str) -> dict:
+        """A payout destination as the Account Management API lists it."""
+        return {
+            "payout_destination_id": destination,
+            "account_id": self.account_id,
+            "payout_destination_name": destination,
+        }

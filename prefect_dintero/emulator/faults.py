@@ -39,6 +39,7 @@ ROUTES = (
     "customers",
     "payout_destinations",
     "payout_transfers",
+    "payout_balances",
 )
 
 #: The routes that serve data pages (what ``page_latency`` and ``rate_limit`` apply to).

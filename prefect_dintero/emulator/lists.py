@@ -51,6 +51,11 @@ class ListRoutes:
                 self.payout_transfers,
                 methods=["GET"],
             ),
+            Route(
+                "/v2/accounts/{aid}/payout/payout-destinations/{pd}/balances",
+                self.payout_balances,
+                methods=["GET"],
+            ),
         ]
 
     async def transactions(self, request: Request) -> Response:
@@ -266,10 +271,7 @@ class ListRoutes:
             raise ApiError(403, "forbidden", "the API client lacks the scope read:accounts")
         if self.state.config.payout_destination_list == "missing":
             raise ApiError(404, "not_found", "no payout destinations resource for this account")
-        rows = [
-            {"payout_destination_id": pd, "account_id": aid, "payout_destination_name": pd}
-            for pd in data.transfers
-        ]
+        rows = data.dump("payout_destinations")
         if self.state.config.payout_destination_list == "array":
             return JSONResponse(rows)
         return JSONResponse({"payout_destinations": rows})
@@ -305,5 +307,17 @@ class ListRoutes:
             next_token = base64.urlsafe_b64encode(raw.encode()).decode()
         self._optional(body, "next_page_token", next_token)
         return JSONResponse(body)
+
+    async def payout_balances(self, request: Request) -> Response:
+        return await self._serve("payout_balances", request, self._payout_balances)
+
+    async def _payout_balances(self, request: Request) -> Response:
+        """``{"payout_destination_balances": [...]}``: one balance per currency, from the
+        destination's ledger (Dintero's payouts spec, "Get seller balances"); no paging."""
+        _, data = self._account(request)
+        pd = request.path_params["pd"]
+        if pd not in data.transfers:
+            raise ApiError(404, "NOT_FOUND", f"payout destination {pd} not found")
+        return JSONResponse({"payout_destination_balances": data.balances(pd)})
 
     # -- control (not Dintero's API) ------------------------------------------------------------

@@ -25,6 +25,7 @@ from ..streams import ChildTable, Stream
 from ..times import CLOCK_SKEW
 from .destination_urls import DestinationError, redact_url, resolve_destination
 from .dialect import Dialect, dialect_names, load_dialect
+from .money_trail import ensure_view
 from .rows import RowBuilder, Versioning, child_rows, newest_per_key
 from .schema import Schema
 from .state_table import StateStore
@@ -111,10 +112,12 @@ class Sink:
         return self.schema.table_for(stream)
 
     def prepare(self, streams: Sequence[Stream]) -> None:
-        """Create missing tables; add columns the code declares that a table lacks (nullable)."""
+        """Create missing tables; add columns the code declares that a table lacks (nullable);
+        create the money trail's view once its tables exist (:mod:`.money_trail`)."""
         try:
             with self.dialect.begin(self.engine) as conn:
                 self.schema.create(conn, self.dialect, list(streams))
+                ensure_view(conn, self.dialect)
         except OperationalError as exc:
             raise self._failed("cannot use the destination database {url}", exc) from None
 

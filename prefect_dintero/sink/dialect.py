@@ -62,6 +62,19 @@ class Dialect:
         """The names of a table's columns, as the database has them."""
         return {c["name"] for c in inspect(conn).get_columns(table)}
 
+    def has_table(self, conn: Connection, table: str) -> bool:
+        return inspect(conn).has_table(table)
+
+    def day(self, column: str) -> str:
+        """SQL for the UTC day (``YYYY-MM-DD``) of a timestamp column."""
+        raise NotImplementedError
+
+    def replace_view(self, conn: Connection, name: str, select: str) -> None:
+        """Create the view ``name`` as ``select``, replacing an older definition (dropped
+        first: PostgreSQL cannot replace a view whose columns changed)."""
+        conn.exec_driver_sql(f'DROP VIEW IF EXISTS "{name}"')
+        conn.exec_driver_sql(f'CREATE VIEW "{name}" AS {select}')
+
     def lock_row(self, query: Select) -> Select:
         """The state row's query, locking the row until the transaction ends."""
         return query
@@ -120,7 +133,18 @@ class Dialect:
 
 
 #: Modules of this package that are not dialects.
-_NOT_DIALECTS = frozenset({"core", "destinations", "dialect", "rows", "schema", "state", "values"})
+_NOT_DIALECTS = frozenset(
+    {
+        "core",
+        "destination_urls",
+        "dialect",
+        "money_trail",
+        "rows",
+        "schema",
+        "state_table",
+        "values",
+    }
+)
 
 
 def load_dialect(name: str) -> Dialect | None:

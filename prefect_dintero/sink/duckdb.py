@@ -254,6 +254,14 @@ class DuckDBDialect(Dialect):
         values = [{k: v for k, v in row.items() if k != "trusted_until"} for row in rows]
         conn.execute(statement.values(values), trusted)
 
+    def day(self, column: str) -> str:
+        # The session's time zone is UTC (``_tune``).
+        return f"strftime({column}, '%Y-%m-%d')"
+
+    def has_table(self, conn: Connection, table: str) -> bool:
+        query = text("SELECT 1 FROM information_schema.tables WHERE table_name = :table")
+        return conn.execute(query, {"table": table}).first() is not None
+
     def existing_columns(self, conn: Connection, table: str) -> set[str]:
         # duckdb-engine's reflection queries PostgreSQL catalogs DuckDB lacks.
         query = text("SELECT column_name FROM information_schema.columns WHERE table_name = :table")

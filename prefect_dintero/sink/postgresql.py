@@ -24,6 +24,9 @@ class PostgreSQLDialect(Dialect):
     def create_engine(self, url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
+    def day(self, column: str) -> str:
+        return f"to_char(({column}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
     def insert(self, table: Table) -> Any:
         return insert(table)
 

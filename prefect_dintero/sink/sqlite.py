@@ -88,6 +88,10 @@ class SQLiteDialect(Dialect):
         #: The upsert statement compiled to SQL, by statement (one per table of the sink).
         self._statements: dict[int, tuple] = {}
 
+    def day(self, column: str) -> str:
+        # Stored as text, 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
+        return f"substr({column}, 1, 10)"
+
     def insert(self, table: Table) -> Any:
         return insert(table)
 
