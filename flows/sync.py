@@ -148,9 +148,10 @@ def _dintero_sync(
             skipped, and the log and the table artifact say why).
         start_date: the oldest data a first sync reads; None reads all history.
         reconcile_days: re-read at least the last N days of every stream, whatever the
-            cursor. Transactions are refunded and settled for months after they are created,
-            and Dintero filters them only on ``created_at``: the daily ``reconcile`` deployment
-            sets 92 to catch what left the hourly lookback (refunds come up to 90 days late).
+            cursor. Captures and refunds of any age come with every run, by Dintero's
+            ``captured_at`` and ``refunded_at`` filters; the daily ``reconcile`` deployment
+            sets 35 for what no filter covers (voids, and settlements of captures up to 30
+            days late). While Dintero refuses a filter, transactions' reconcile reads 92 days.
         max_pages: a hard cap of pages per window, a safety net against a server whose list
             never ends; a stream that reaches it fails, its committed pages kept.
         personal_data: what happens to the personal fields (customers' names, e-mails and

@@ -224,8 +224,13 @@ class StreamSync:
             # at this run: what changed before is what the read by created_at and the
             # reconcile are for. It never reads the whole history of captures.
             if cursor is None or self.request.full_refresh:
-                return self.run_started_at - self.lookback
-            return cursor - self.lookback
+                lower = self.run_started_at - self.lookback
+            else:
+                lower = cursor - self.lookback
+            if self.request.reconcile is not None and self.stream.reconcile_reach is not None:
+                # The settlements of the last days' captures and refunds, of any age.
+                lower = min(lower, self.run_started_at - self.stream.reconcile_reach)
+            return lower
         if self.request.full_refresh or cursor is None:
             lower = self.request.start_date
         else:
@@ -624,6 +629,7 @@ def sync_stream(
             client, account_id, stream.name
         )
     run_started_at = run_started_at or times.now()
+    request = _reconcile_for(sink, stream, account_id, request, run_started_at)
     try:
         results = [
             StreamSync(
@@ -653,6 +659,40 @@ def sync_stream(
         if read is not None:
             results[0].late_reads.append(read)
     return results
+
+
+#: How far back the reconcile reads a stream whose late-change filters Dintero refuses (or
+#: ignores): refunds come months late, and only the reconcile finds them then (90 days, with
+#: a missed night to spare).
+RECONCILE_WITHOUT_FILTERS = timedelta(days=92)
+
+
+def _reconcile_for(
+    sink: Sink, stream: Stream, account_id: str, request: SyncRequest, run_started_at: datetime
+) -> SyncRequest:
+    """The request, its reconcile reaching :data:`RECONCILE_WITHOUT_FILTERS` back when one of
+    the stream's late-change filters is paused (refused): the reconcile is then what takes
+    late refunds in. Where the filters work, it only needs to cover what no filter does."""
+    if request.reconcile is None or request.reconcile >= RECONCILE_WITHOUT_FILTERS:
+        return request
+    refused = [
+        late.name
+        for late in stream.late_filters
+        if (until := sink.read_state(account_id, stream.name, late.partition).paused_until)
+        and until > run_started_at
+    ]
+    if not refused:
+        return request
+    logger.warning(
+        "%s/%s: Dintero refused the %s filter(s): this reconcile reads %d days back instead of "
+        "%g, for the late changes no filter brings",
+        account_id,
+        stream.name,
+        " and ".join(refused),
+        RECONCILE_WITHOUT_FILTERS.days,
+        request.reconcile / timedelta(days=1),
+    )
+    return request.model_copy(update={"reconcile": RECONCILE_WITHOUT_FILTERS})
 
 
 class FilterIgnored(DinteroError):

@@ -135,11 +135,15 @@ class LateChangeFilter:
             newest event of that kind.
         lookback: re-read this much before the filter's cursor (clock skew, an event recorded
             a moment after its time).
+        reconcile_reach: how far back a reconcile run reads by the filter: a capture or
+            refund is settled days after it (its settlement entries arrive on the payment),
+            which no filter finds, whatever the payment's age.
     """
 
     name: str
     event: str
     lookback: timedelta = timedelta(minutes=15)
+    reconcile_reach: timedelta = timedelta(days=7)
 
     @property
     def partition(self) -> str:
@@ -178,6 +182,8 @@ class Stream:
             :class:`LateChangeFilter`): each incremental run reads them too.
         changed_by_event: set on a late-change read (:meth:`late_change_read`): a row's cursor
             value is its newest event of this kind, not ``cursor_field``.
+        reconcile_reach: a late-change read's reach in a reconcile run (see
+            :class:`LateChangeFilter`).
         children: lists inside each object kept as tables of their own (:class:`ChildTable`).
         history_of: a snapshot kept as history (payout balances): every run's rows stay,
             each keyed (``primary_key``) by these fields and ``taken_at``.
@@ -205,6 +211,7 @@ class Stream:
     changed_by_event: str | None = None
     children: tuple[ChildTable, ...] = ()
     history_of: tuple[str, ...] = ()
+    reconcile_reach: timedelta | None = None
 
     def stamped(self, objects: list[dict], taken_at: datetime) -> list[dict]:
         """A snapshot's objects as stored: with the run's start (``taken_at``), and for a
@@ -228,6 +235,7 @@ class Stream:
             lower_param=f"{late.name}.gte",
             upper_param=f"{late.name}.lte",
             lookback=late.lookback,
+            reconcile_reach=late.reconcile_reach,
             changed_by_event=late.event,
             late_filters=(),
         )

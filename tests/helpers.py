@@ -43,12 +43,33 @@ def sync_all(emu, sink, opts=None, policy=FAST, streams=None):
     return results
 
 
+def source_key(spec, obj: dict) -> str:
+    """An object's key as Dintero sends it (a balance's: its destination and currency)."""
+    return "/".join(obj[f] for f in spec.history_of or (spec.primary_key,))
+
+
+def table_as_sent(spec, rows: list[dict]) -> dict[str, dict]:
+    """A table's objects by their source key, as Dintero sent them: a snapshot's rows without
+    the run's time (and a history's key) the sync adds, and of a history only the last run's."""
+    if spec.incremental != "snapshot":
+        return {r[spec.primary_key]: r["raw"] for r in rows}
+    if spec.history_of and rows:
+        newest = max(r["taken_at"] for r in rows)
+        rows = [r for r in rows if r["taken_at"] == newest]
+    added = {"taken_at", spec.primary_key} if spec.history_of else {"taken_at"}
+    return {
+        source_key(spec, r["raw"]): {k: v for k, v in r["raw"].items() if k not in added}
+        for r in rows
+    }
+
+
 def assert_equals_source(emu, sink, streams=None):
     for spec in streams or CATALOG.values():
-        source = {o[spec.primary_key]: o for o in emu.dump(spec.name)}
+        source = {source_key(spec, o): o for o in emu.dump(spec.name)}
         rows = sink.rows(spec, AID)
-        table = {r[spec.primary_key]: r["raw"] for r in rows}
-        assert len(rows) == len(table), f"{spec.name}: duplicate keys"
+        table = table_as_sent(spec, rows)
+        if not spec.history_of:
+            assert len(rows) == len(table), f"{spec.name}: duplicate keys"
         assert table.keys() == source.keys(), (
             f"{spec.name}: {len(table)} rows, source has {len(source)}"
         )
@@ -58,6 +79,8 @@ def assert_equals_source(emu, sink, streams=None):
 def check_cursor_not_ahead_of_data(emu, sink):
     """Every source object at or before a committed cursor is in the table."""
     for spec in CATALOG.values():
+        if spec.incremental == "snapshot":  # read whole every run: no cursor to be ahead
+            continue
         for partition in emu.config.payout_destinations if spec.per_destination else [""]:
             state = sink.read_state(AID, spec.name, partition)
             if state.cursor is None:

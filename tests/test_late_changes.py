@@ -134,10 +134,13 @@ def test_a_refused_filter_is_said_once_and_left_to_the_reconcile_for_a_day(
         again = _hourly(emu, sink)
     assert _requests(emu) == again.pages  # no filter asked for within the day
     assert not [r for r in caplog.records if "refused" in r.getMessage()]  # said once
-    # Within the reconcile's window, a late refund still arrives, with the nightly run.
+    # Within the reconcile's window, a late refund still arrives, with the nightly run: the
+    # deployment's 35 days reach 92 while a filter is refused.
     recent = emu.mutate(update_transactions=5, recent_days=60)
     assert recent["changed"][AID].get("transactions")
-    _hourly(emu, sink, reconcile=timedelta(days=92))
+    with caplog.at_level(logging.WARNING, logger="prefect_dintero"):
+        _hourly(emu, sink, reconcile=timedelta(days=35))
+    assert any("reads 92 days back instead of 35" in r.getMessage() for r in caplog.records)
     assert_equals_source(emu, sink, [SPEC])
     # A day later the filters are asked for again (and refused again, said again).
     emu.advance_clock(86_400)
@@ -145,6 +148,34 @@ def test_a_refused_filter_is_said_once_and_left_to_the_reconcile_for_a_day(
     _hourly(emu, sink)
     assert _requests(emu) > again.pages
     sink.dispose()
+
+
+def test_the_settlement_of_a_refund_months_late_arrives_with_the_reconcile(
+    dintero_emulator_factory, tmp_path
+):
+    """A refund is settled days after it, on a payment of any age: no filter finds that, the
+    reconcile's late-change reads (a week back by each filter) do, in 35 days' reconcile."""
+    emu = dintero_emulator_factory(**DATA)
+    sink = Sink(tmp_path / "settled.db")
+    sink.prepare([SPEC])
+    _hourly(emu, sink)
+    refunded = _old_refunds(emu, 4)
+    _hourly(emu, sink)
+    assert_equals_source(emu, sink, [SPEC])
+    emu.advance_clock(4 * 86_400)
+    settled = emu.mutate(settle=1)["changed"][AID]["transactions"]
+    assert settled
+    _hourly(emu, sink)  # an hourly run does not see a settlement
+    stale = {r["id"] for r in sink.rows(SPEC) if r["raw"] != _source(emu)[r["id"]]}
+    assert stale & refunded
+    run = _hourly(emu, sink, reconcile=timedelta(days=35))
+    assert_equals_source(emu, sink, [SPEC])
+    assert sum(r.updated for r in run.late_reads) >= len(stale & refunded)
+    sink.dispose()
+
+
+def _source(emu) -> dict[str, dict]:
+    return {t["id"]: t for t in emu.dump("transactions")}
 
 
 class IgnoresFilters(httpx.HTTPTransport):

@@ -73,6 +73,8 @@ def assert_cursors_consistent(emu, sink: Sink) -> None:
     """Every window finished (no resume point left) and every cursor sits exactly on the newest
     cursor value of the source: neither behind (data would be refetched forever) nor ahead."""
     for spec in CATALOG.values():
+        if spec.incremental == "snapshot":  # read whole: its cursor is the run's start
+            continue
         for partition in emu.config.payout_destinations if spec.per_destination else [""]:
             state = sink.read_state(AID, spec.name, partition)
             source = emu.dump(spec.name, destination=partition or None)
@@ -117,7 +119,7 @@ def test_fault_soak_over_every_stream_loses_and_duplicates_nothing(
     rows = sum(len(emu.dump(spec.name)) for spec in CATALOG.values())
     dialect = "sqlite" if "://" not in destination else "postgresql"
     evidence.note(
-        f"fault soak ({dialect}): {rows} rows in 5 streams equal the source (0 lost, 0 "
+        f"fault soak ({dialect}): {rows} rows in {len(CATALOG)} streams equal the source (0 lost, 0 "
         f"duplicated, cursors on the newest source value); {stats['requests_total']} requests, "
         f"{data_faults}/{data_requests} data requests faulted; "
         f"injected {dict(sorted(injected.items()))}, Retry-After forms "

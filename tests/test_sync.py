@@ -218,7 +218,12 @@ def test_incremental_sync_fetches_only_the_lookback_window(emu, destination):
     assert results["settlements"][0].inserted == 2
     # A third run with nothing new fetches only the window again, and changes nothing.
     again = sync_all(emu, sink)
-    assert all(r.inserted == 0 and r.updated == 0 for rs in again.values() for r in rs)
+    assert all(
+        r.inserted == 0 and r.updated == 0
+        for name, rs in again.items()
+        if CATALOG[name].incremental != "snapshot"  # a snapshot is taken by every run
+        for r in rs
+    )
 
 
 def test_changed_transactions_inside_the_lookback_are_updated(emu, destination):

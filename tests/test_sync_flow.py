@@ -20,7 +20,7 @@ from prefect_dintero.flows.sync import SyncFailed
 from prefect_dintero.sink import Sink, redact_url, resolve_destination
 from prefect_dintero.streams import CATALOG
 
-from .helpers import save_credentials
+from .helpers import save_credentials, source_key, table_as_sent
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 AID = "T12345678"
@@ -58,8 +58,8 @@ def creds(emu) -> str:
 def equals_source(emu, sink: Sink, names) -> bool:
     for name in names:
         spec = CATALOG[name]
-        table = {r[spec.primary_key]: r["raw"] for r in sink.rows(spec, AID)}
-        if table != {o[spec.primary_key]: o for o in emu.dump(name)}:
+        table = table_as_sent(spec, sink.rows(spec, AID))
+        if table != {source_key(spec, o): o for o in emu.dump(name)}:
             return False
     return True
 
@@ -217,7 +217,7 @@ def test_one_failing_stream_does_not_stop_the_others(emu, creds, tmp_path):
     emu.set_faults({"route": "settlements", "probability": 1.0, "status": 400})
     try:
         with pytest.raises(
-            SyncFailed, match=r"1 of 5 streams failed: settlements \(DinteroAPIError"
+            SyncFailed, match=r"1 of 7 streams failed: settlements \(DinteroAPIError"
         ):
             dintero_sync(creds, destination=destination)
         settlements_requests = sum(emu.stats()["requests"]["settlements"].values())

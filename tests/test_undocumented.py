@@ -35,7 +35,7 @@ from prefect_dintero.streams import CATALOG, Stream
 from prefect_dintero.times import CLOCK_SKEW, parse_datetime, use_clock
 from prefect_dintero.tokens import Token
 
-from .helpers import FAST, creds_for
+from .helpers import FAST, creds_for, source_key, table_as_sent
 
 AID = "T12345678"
 DATA = dict(
@@ -101,32 +101,25 @@ def expected_column(kind: str, value: Any) -> Any:
     return value
 
 
-def key_of(spec: Stream, obj: dict) -> str:
-    """An object's key as Dintero sends it (a balance's: its destination and currency)."""
-    return "/".join(obj[f] for f in spec.history_of or (spec.primary_key,))
-
-
 def assert_tables_equal_source(emu, sink, streams: list[Stream] | None = None) -> None:
     """By key, by the whole object, and by every typed column."""
     for spec in streams or CATALOG.values():
-        source = {key_of(spec, o): o for o in emu.dump(spec.name)}
-        rows = {key_of(spec, r["raw"]): r for r in sink.rows(spec, AID)}
-        if spec.history_of:  # a snapshot a run: the last one
-            newest = max(r["taken_at"] for r in rows.values())
-            rows = {k: r for k, r in rows.items() if r["taken_at"] == newest}
-        missing, extra = source.keys() - rows.keys(), rows.keys() - source.keys()
+        source = {source_key(spec, o): o for o in emu.dump(spec.name)}
+        all_rows = sink.rows(spec, AID)
+        sent = table_as_sent(spec, all_rows)
+        newest = max((r["taken_at"] for r in all_rows), default=None) if spec.history_of else None
+        rows = {
+            source_key(spec, r["raw"]): r
+            for r in all_rows
+            if newest is None or r["taken_at"] == newest
+        }
+        missing, extra = source.keys() - sent.keys(), sent.keys() - source.keys()
         assert not missing and not extra, f"{spec.name}: {len(missing)} missing, {len(extra)} extra"
-        # A snapshot's rows carry the run's time (and a history's, its key) besides the object.
-        added = {"taken_at", spec.primary_key} if spec.history_of else {"taken_at"}
-        stale = [
-            k
-            for k in source
-            if {f: v for f, v in rows[k]["raw"].items() if f not in added} != source[k]
-        ]
+        stale = [k for k in source if sent[k] != source[k]]
         assert not stale, f"{spec.name}: {len(stale)} rows differ from the source, e.g. {stale[0]}"
         for key, obj in source.items():
             for col in spec.columns:
-                if col.name in added and spec.incremental == "snapshot":
+                if col.name in ("taken_at", spec.primary_key) and spec.incremental == "snapshot":
                     continue
                 want = expected_column(col.type, col.extract(obj))
                 assert rows[key][col.name] == want, f"{spec.name} {key} {col.name}"

@@ -122,7 +122,11 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="checkout sessions per account (default: %(default)s)",
     )
     p.add_argument(
-        "--settlements", type=int, default=40, help="settlements per account (default: %(default)s)"
+        "--settlements",
+        type=int,
+        default=40,
+        help="generated settlements per account, besides the daily ones of its payments "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--customers", type=int, default=80, help="customers per account (default: %(default)s)"
@@ -138,7 +142,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--transfers-per-destination",
         type=int,
         default=60,
-        help="payout transfers per destination (default: %(default)s)",
+        help="generated payout ledger entries per destination, besides those of the payments' "
+        "settlements (default: %(default)s)",
+    )
+    p.add_argument(
+        "--history-days",
+        type=int,
+        default=180,
+        metavar="N",
+        help="the generated objects are spread over the N days before the start (default: "
+        "%(default)s)",
     )
     p.add_argument(
         "--seed", type=int, default=42, help="seed of the data generator (default: %(default)s)"
@@ -278,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
         settlements=args.settlements,
         customers=args.customers,
         transfers_per_destination=args.transfers_per_destination,
+        history_days=args.history_days,
         seed=args.seed,
         start_time=args.start_time,
         list_order=args.list_order,
