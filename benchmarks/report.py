@@ -11,6 +11,9 @@ server in their own):
    the same pages (three interleaved rounds, the median round's ratio), and the requests of a
    no-change incremental re-run;
 4. the daily reconcile run (92 days re-read) at 100 000 transactions, after late changes;
+   and the money reads (``money.py``): an hourly run's requests when nothing changed and when
+   1 % of a year's payments changed, and the nightly reconcile's before and after the
+   ``captured_at``/``refunded_at`` reads;
 5. what a run costs a remote Prefect API (``prefect_api_cost.py``): requests per run and per page,
    logs and events, 80 ms per Prefect request, a Hobby-limited 100 000-row run, a 20 s outage;
 6. a simulated month of hourly ``dintero-sync`` runs (``month.py``; 3 days with ``--quick``).
@@ -84,6 +87,7 @@ def main() -> None:
     session_4 = run("token_economy.py", *common, "--processes", "4", "--identity", "session")
     syncs = run("sync_throughput.py", "--sizes", *sizes)
     recon = run("reconcile.py", "--transactions", sizes[-1])
+    money = run("money.py", "--transactions", sizes[-1])
     cloud = run("prefect_api_cost.py", *(["--quick"] if args.quick else []))
     month = run("month.py", "--days", "3" if args.quick else "30")
 
@@ -152,6 +156,34 @@ def main() -> None:
             f"rows differ from the source after it); the hourly run before it: "
             f"{recon['hourly_requests']} requests, {recon['hourly_seconds']} s, "
             f"{recon['hourly_updated']} updated",
+        )
+    )
+    rows.append(
+        (
+            f"Hourly run's transactions requests, {money['transactions']:,} payments over a "
+            "year, nothing changed",
+            f"{money['quiet_requests_now']} (before the late-change reads: "
+            f"{money['quiet_requests_before']})",
+            "the captured_at and refunded_at reads cost one request each",
+        )
+    )
+    rows.append(
+        (
+            f"Hourly run after {money['changed']} payments changed (1 %: refunds of any age, "
+            "captures up to 30 days late)",
+            f"{money['busy_requests_now']} requests, {money['busy_missing_now']} changes missing",
+            f"before: {money['busy_requests_before']} requests, "
+            f"{money['busy_missing_before']} changes missing",
+        )
+    )
+    rows.append(
+        (
+            "Nightly reconcile of transactions, after those changes and their settlements",
+            f"35 days + a week by the filters: {money['nightly_requests_now']} requests, "
+            f"{money['nightly_stale_now']} stale after",
+            f"before (92 days, no filters): {money['nightly_requests_before']} requests, "
+            f"{money['nightly_stale_before']} stale after; "
+            f"{money['nightly_seconds_now']} s vs {money['nightly_seconds_before']} s",
         )
     )
     small, large = cloud["sizes"]
