@@ -5,7 +5,9 @@ The emulator (in its own process, its clock at the real time) holds N transactio
 each scenario then runs on its own copy of that file:
 
 - **hourly, nothing changed**: an hourly run without the ``captured_at``/``refunded_at`` reads
-  (before) and with them (now): the requests each makes;
+  (before) and with them (now): the requests each makes (the token request included). A read
+  whose 15-minute overlap with the last run holds rows costs two requests: the overlap, and
+  the empty page that ends it (a short page is not taken for the last: nothing documents it);
 - **hourly, 1 % changed**: refunds of payments of any age (up to a year) and captures up to
   30 days late, 1 % of the payments in all; the same two runs: requests, and how many changed
   payments the table still lacks afterwards;

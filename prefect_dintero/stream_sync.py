@@ -47,14 +47,16 @@ from .redact import get_logger
 from .request import SyncRequest
 from .sink import Sink
 from .stream_state import PageWrite, StreamState, with_state
-from .streams import LateChangeFilter, Stream
+from .streams import LateChangeFilter, Stream, has_event_within
 from .times import CLOCK_SKEW, iso, parse_datetime
-from .window_slices import SlicedWindow, saved_slices
+from .window_slices import SlicedWindow, even_slices, saved_slices
 
 logger = get_logger(__name__)
 
 #: Rows named in one warning about rows outside the requested window.
 WARN_ROWS = 3
+#: A late-change read further behind than this (after an outage) is read in slices.
+LATE_READ_SLICED_AFTER = timedelta(days=1)
 
 
 @dataclass
@@ -330,9 +332,13 @@ class StreamSync:
                 lower = min(lower, saved_lower)
         saved = saved_slices(resume)
         if upper is not None and (
-            saved is not None or (resume is None and self._worth_slicing(state))
+            saved is not None or (resume is None and self._worth_slicing(state, lower))
         ):
             workers = self.client.credentials.max_concurrent_requests
+            if saved is None and self.stream.changed_by_event is not None and lower is not None:
+                # A late-change read lists payments in no order of the event's time: a first
+                # page tells nothing of the density, so the window is cut evenly.
+                saved = even_slices(lower, upper, workers)
             SlicedWindow(self, lower, upper, saved, reset, result, workers).run()
             return
         try:
@@ -372,23 +378,47 @@ class StreamSync:
             **self.written(state, write),
         )
 
-    def _worth_slicing(self, state: StreamState) -> bool:
+    def _worth_slicing(self, state: StreamState, lower: datetime | None) -> bool:
         """Whether to read this window in concurrent slices: a stream the API filters by date,
         more than one request allowed in flight, and a read from the beginning or far back (a
-        first sync, a full refresh, a reconcile). An incremental run reads its pages in turn,
-        as it always did: it makes no more requests than before."""
-        return (
+        first sync, a full refresh, a reconcile; a late-change read more than a day behind,
+        after an outage). An incremental run reads its pages in turn, as it always did: it
+        makes no more requests than before."""
+        if not (
             self.stream.filtered_by_api
-            and self.stream.changed_by_event is None
             and self.stream.cursor_field == "created_at"
             and self.client.credentials.max_concurrent_requests > 1
-            and (
-                state.cursor is None
-                or state.cursor > self.until  # not trusted: everything is read again
-                or self.request.full_refresh
-                or self.request.reconcile is not None
-            )
+        ):
+            return False
+        if self.stream.changed_by_event is not None:
+            return lower is not None and self.run_started_at - lower > LATE_READ_SLICED_AFTER
+        return (
+            state.cursor is None
+            or state.cursor > self.until  # not trusted: everything is read again
+            or self.request.full_refresh
+            or self.request.reconcile is not None
         )
+
+    def refuse_ignored_filter(
+        self, page: Page, lower: datetime | None, upper: datetime | None
+    ) -> None:
+        """On a late-change read: FilterIgnored when the page holds a row with no such event
+        in the window asked for (the filter was ignored, and the read would page through the
+        whole history every run). Checked before anything of the page is written. A row
+        whose newest such event is later (a second refund during the run) is not one."""
+        kind = self.stream.changed_by_event
+        if kind is not None and not all(
+            has_event_within(row, kind, lower, upper) for row in page.rows
+        ):
+            raise FilterIgnored(self.stream.lower_param or "")
+
+    def closing_seen(self, seen: datetime | None, upper: datetime | None) -> datetime | None:
+        """The newest value a whole window read shows: for a late-change read, the window's
+        upper bound (the API filtered exactly this window on the event's time: all of it is
+        in, whatever the rows' dates, so the next read starts there)."""
+        if self.stream.changed_by_event is not None:
+            return _later(seen, upper)
+        return seen
 
     def _page_window(
         self,
@@ -414,13 +444,7 @@ class StreamSync:
         ):
             page = self._protected(page)
             newest = self._newest_in_window(page.rows, *asked, result)
-            if self.stream.changed_by_event is not None and (
-                result.outside_window
-                or any(self.stream.changed_at(row) is None for row in page.rows)
-            ):
-                # Rows with no such event in the window: the filter was ignored, and the read
-                # would page through the whole history every run. Nothing of it is written.
-                raise FilterIgnored(self.stream.lower_param or "")
+            self.refuse_ignored_filter(page, lower, upper)
             last = page.next_params is None
             clear_cursor = reset and first and resume is None
             first = False
@@ -438,11 +462,7 @@ class StreamSync:
                 cursor = None if clear_cursor else state.cursor
                 seen = _later(state.max_seen if state.in_progress else None, newest)
                 if last:
-                    if self.stream.changed_by_event is not None:
-                        # The API filtered exactly this window on the event's time: all of
-                        # it is in, whatever the rows' dates, so the next read starts here.
-                        seen = _later(seen, upper)
-                    return self.window_closed(state, write, cursor, seen)
+                    return self.window_closed(state, write, cursor, self.closing_seen(seen, upper))
                 return with_state(
                     state,
                     cursor=cursor,

@@ -280,6 +280,21 @@ class Stream:
         )
 
 
+def has_event_within(obj: dict, kind: str, lower: datetime | None, upper: datetime | None) -> bool:
+    """Whether the object has an event of ``kind`` within ``[lower, upper]`` (failed or not:
+    a filter on it may match either)."""
+    events = obj.get("events")
+    for event in events if isinstance(events, list) else ():
+        if not isinstance(event, dict) or event.get("event") != kind:
+            continue
+        when = parse_datetime(event.get("created_at"))
+        if when is None:
+            continue
+        if (lower is None or when >= lower) and (upper is None or when <= upper):
+            return True
+    return False
+
+
 def newest_event(obj: dict, kind: str) -> datetime | None:
     """When the object's newest event of ``kind`` happened (``events[]``), failed or not: a
     filter on it may match either."""

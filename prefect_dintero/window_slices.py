@@ -26,6 +26,7 @@ a small share of the time, do not.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -106,6 +107,17 @@ class Slice:
             done=bool(data.get("done")),
             seen=parse_datetime(data.get("seen")),
         )
+
+
+def even_slices(lower: datetime, upper: datetime, n: int) -> list[Slice]:
+    """``[lower, upper]`` cut in ``n`` slices of equal span (sharing their bounds, as halves
+    do): for a list in no order of the filtered time (a late-change read), where a first
+    page tells nothing of the density."""
+    n = max(1, min(n, int((upper - lower) / MIN_SPAN)))
+    step = (upper - lower) / n
+    bounds = [lower + step * i for i in range(n)] + [upper]
+    bounds = [b - timedelta(microseconds=b.microsecond % 1000) for b in bounds[:-1]] + [upper]
+    return [Slice(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi > lo]
 
 
 def saved_slices(resume: Any) -> list[Slice] | None:
@@ -267,6 +279,7 @@ class SlicedWindow:
             page = sync._protected(page)
             with self._lock:
                 newest = sync._newest_in_window(page.rows, s.lo, s.hi, self.result)
+                sync.refuse_ignored_filter(page, self.lower, self.upper)
             last = page.next_params is None
             s = replace(
                 s,
@@ -327,7 +340,7 @@ class SlicedWindow:
                 seen = None
                 for x in slices:
                     seen = _later(seen, x.seen)
-                return sync.window_closed(state, write, cursor, seen)
+                return sync.window_closed(state, write, cursor, sync.closing_seen(seen, self.upper))
             return with_state(
                 state,
                 cursor=cursor,

@@ -174,6 +174,30 @@ def test_the_settlement_of_a_refund_months_late_arrives_with_the_reconcile(
     sink.dispose()
 
 
+def test_a_late_change_read_days_behind_is_read_in_slices(dintero_emulator_factory, tmp_path):
+    """After days without a run, each filter's window is cut evenly (its list comes in no
+    order of the event's time) and read concurrently; it ends with everything in."""
+    emu = dintero_emulator_factory(**DATA, page_latency=0.03)
+    sink = Sink(tmp_path / "behind.db")
+    sink.prepare([SPEC])
+    _hourly(emu, sink)
+    for _ in range(4):  # four days without a run, refunds every day
+        emu.advance_clock(86_400, refund_any_age=25, older_than_days=5)
+    emu.reset_stats()
+    with (
+        use_clock(emu.state.clock.now),
+        DinteroClient(creds_for(emu, max_concurrent_requests=4), retry_policy=FAST) as client,
+    ):
+        [run] = sync_stream(client, sink, SPEC, AID, SyncRequest(page_size=20))
+    by = {r.partition: r for r in run.late_reads}
+    assert by["by refunded_at"].updated >= 90
+    assert emu.stats()["peak_in_flight"]["transactions"] >= 2
+    assert_equals_source(emu, sink, [SPEC])
+    state = sink.read_state(AID, "transactions", "by refunded_at")
+    assert state.resume is None and state.cursor is not None
+    sink.dispose()
+
+
 def _source(emu) -> dict[str, dict]:
     return {t["id"]: t for t in emu.dump("transactions")}
 
