@@ -225,14 +225,12 @@ class StreamSync:
             # A late-change read starts where it stopped, or (first, or after a full refresh)
             # at this run: what changed before is what the read by created_at and the
             # reconcile are for. It never reads the whole history of captures.
-            if cursor is None or self.request.full_refresh:
-                lower = self.run_started_at - self.lookback
-            else:
-                lower = cursor - self.lookback
+            since = self.run_started_at if cursor is None or self.request.full_refresh else cursor
+            late_lower = since - self.lookback
             if self.request.reconcile is not None and self.stream.reconcile_reach is not None:
                 # The settlements of the last days' captures and refunds, of any age.
-                lower = min(lower, self.run_started_at - self.stream.reconcile_reach)
-            return lower
+                late_lower = min(late_lower, self.run_started_at - self.stream.reconcile_reach)
+            return late_lower
         if self.request.full_refresh or cursor is None:
             lower = self.request.start_date
         else:

@@ -218,7 +218,7 @@ class Stream:
         history, their key (``<fields>@<taken_at>``). Other streams' objects as they are."""
         if self.incremental != "snapshot":
             return objects
-        stamp = iso(taken_at)
+        stamp = str(iso(taken_at))
         rows = []
         for obj in objects:
             row = {**obj, "taken_at": stamp}

@@ -747,11 +747,8 @@ class AccountData:
             settled = sum(1 for e in money if "settlements" in e)
             txn["settlement_status"] = "SETTLED" if settled == len(money) else "PARTIALLY_SETTLED"
             txn["updated_at"] = max(txn["updated_at"], iso(run_ms))
-        amounts = {
-            "amount": totals["capture"] - totals["refund"] - totals["fee"],
-            **totals,
-            "currency": currency,
-        }
+        net = totals["capture"] - totals["refund"] - totals["fee"]
+        amounts = {"amount": net, **totals, "currency": currency}
         settlement = {
             "id": settlement_id,
             "start_at": min(times),
@@ -784,7 +781,7 @@ class AccountData:
                 run_ms + 1,
                 "inbound",
                 self._settle_uuid(),
-                amounts["amount"],
+                net,
                 currency,
                 provider,
                 match,
