@@ -29,8 +29,15 @@ def _login_parser(sub: argparse._SubParsersAction) -> None:
             "dintero-login flow, and save a Dintero OIDC Session block."
         ),
     )
-    p.add_argument("--credentials-block", required=True, help="Dintero Credentials block name")
-    p.add_argument("--session-block", required=True, help="name to save the session block under")
+    p.add_argument("--credentials-block", help="Dintero Credentials block name")
+    p.add_argument("--session-block", help="name to save the session block under")
+    p.add_argument(
+        "--resume",
+        metavar="FLOW_RUN_ID",
+        help="finish a login paused in the Prefect UI (a dintero-login run waiting for the "
+        "redirect URL) from this terminal: prints its login link, reads the URL you were "
+        "redirected to, and resumes the run with it",
+    )
     p.add_argument(
         "--code-stdin",
         action="store_true",
@@ -59,6 +66,10 @@ def _run_login(args: argparse.Namespace) -> int:
             "--code puts the code in your shell history and process list: pipe it instead, "
             "e.g. `prefect-dintero login ... --code-stdin < code.txt`, or answer the prompt"
         )
+    if args.resume:
+        return _resume_login(args.resume, args.code_stdin)
+    if not args.credentials_block or not args.session_block:
+        raise CliError("login needs --credentials-block and --session-block (or --resume RUN_ID)")
     creds = load_block(DinteroCredentials, args.credentials_block)
     if args.code_stdin:
         code = parse_authorization_response(sys.stdin.readline())
@@ -77,6 +88,54 @@ def _run_login(args: argparse.Namespace) -> int:
         f"Logged in {facts['user_name'] or facts['user_sub']}; session saved as block "
         f"{args.session_block!r}, valid until {facts['expires_at']}"
     )
+    return 0
+
+
+def _resume_login(run_id: str, from_stdin: bool, wait_seconds: float = 120.0) -> int:
+    """Finish a ``dintero-login`` run paused for its redirect URL, from the terminal."""
+    import re
+    import time
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.flow_runs import resume_flow_run
+
+    try:
+        flow_run_id = uuid.UUID(run_id)
+    except ValueError:
+        raise CliError(f"--resume takes a flow run id (a UUID), not {run_id!r}") from None
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        if run.state is None or not run.state.is_paused():
+            state = run.state.name if run.state else "no state"
+            raise CliError(f"flow run {run_id} is not waiting for a login ({state})")
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    links = [
+        m.group(1) for a in artifacts if (m := re.search(r"\((https?://[^)]+)\)", str(a.data)))
+    ]
+    if not from_stdin:
+        if links:
+            print("Open this link, log in, and paste the URL you are redirected to:")
+            print(f"\n  {links[0]}\n")
+        pasted = input("Redirect URL: ")
+    else:
+        pasted = sys.stdin.readline()
+    resume_flow_run(flow_run_id, run_input={"authorization_response": pasted.strip()})
+    print(f"Resumed flow run {run_id}; it exchanges the code now.")
+    deadline = time.monotonic() + wait_seconds
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            state = client.read_flow_run(flow_run_id).state
+            if state is not None and state.is_final():
+                if not state.is_completed():
+                    raise CliError(f"the login run ended {state.name}: {state.message or ''}")
+                print("Logged in: the session block is saved.")
+                return 0
+            time.sleep(1)
+    print("The run has not finished yet: follow it in the Prefect UI.")
     return 0
 
 

@@ -70,8 +70,13 @@ def emit_sync_result(
     summaries: dict[str, dict[str, Any]],
     failures: dict[str, str],
     error: str | None = None,
+    destination: dict[str, str] | None = None,
 ) -> None:
-    """``dintero.sync.completed`` or ``dintero.sync.failed`` for one account's run."""
+    """``dintero.sync.completed`` or ``dintero.sync.failed`` for one account's run.
+
+    ``destination`` (``destination`` and ``destination_block``: where the run wrote, never with
+    a secret: the run refuses those in its parameters) goes into the payload with the run's
+    id, so a deployment it triggers (``after-sync``) reads what this run wrote."""
     streams = {
         name: {k: s.get(k, 0) for k in ("fetched", "inserted", "updated", "pages")}
         for name, s in summaries.items()
@@ -83,6 +88,10 @@ def emit_sync_result(
         "fetched": sum(s["fetched"] for s in streams.values()),
         "inserted": sum(s["inserted"] for s in streams.values()),
         "updated": sum(s["updated"] for s in streams.values()),
+        "destination": "",
+        "destination_block": "",
+        **(destination or {}),
+        "flow_run_id": _flow_run_id(),
     }
     failed = bool(failures or error)
     if failed:
@@ -101,6 +110,13 @@ def emit_sync_result(
         payload,
         related,
     )
+
+
+def _flow_run_id() -> str:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    return str(context.flow_run.id) if context and context.flow_run else ""
 
 
 def _login_url() -> str | None:

@@ -25,19 +25,29 @@ def dintero_sync_summary(
     account_id: str,
     destination: str = "dintero.db",
     destination_block: str | None = None,
+    sync_run_id: str = "",
+    fetched: int = 0,
+    inserted: int = 0,
+    updated: int = 0,
 ) -> list[dict[str, Any]]:
     """A markdown artifact ``dintero-summary-<account>`` with one row per stream.
+
+    ``prefect.yaml``'s ``after-sync`` deployment fills every parameter from the
+    ``dintero.sync.completed`` event of the run that triggered it: the destination that run
+    wrote to, its id and its counts.
 
     Args:
         account_id: the Dintero account, as the event names it.
         destination: the sync's destination (a SQLite path or a URL without a password).
-        destination_block: a ``SqlAlchemyConnector`` block name instead.
+        destination_block: a ``SqlAlchemyConnector`` block name instead (empty: none).
+        sync_run_id: the flow run that triggered this one (shown in the summary).
+        fetched, inserted, updated: that run's counts, over its streams.
 
     Returns:
         Per stream: its table's rows for the account and its cursor.
     """
     install_log_filter()
-    sink = open_sink(destination, destination_block)
+    sink = open_sink(destination, destination_block or None)
     try:
         sink.prepare(list(CATALOG.values()))
         rows = []
@@ -64,13 +74,22 @@ def dintero_sync_summary(
     finally:
         sink.dispose()
     table = "\n".join(f"| {r['stream']} | {r['rows']} | {r['cursor'] or ''} |" for r in rows)
+    run = (
+        f"The sync run {sync_run_id} fetched {fetched} rows: {inserted} new, {updated} "
+        "updated (a row read twice, at a page boundary, is fetched twice and stored once).\n\n"
+        if sync_run_id
+        else ""
+    )
     create_markdown_artifact(
-        markdown=f"## Dintero account {account_id}\n\n| Stream | Rows | Cursor |\n|---|---|---|\n"
-        + table,
+        markdown=f"## Dintero account {account_id}\n\n{run}| Stream | Rows | Cursor |\n"
+        "|---|---|---|\n" + table,
         key=f"dintero-summary-{account_id.lower()}",
         description=f"What the destination holds for Dintero account {account_id}.",
     )
     get_run_logger().info(
-        "%s: %s", account_id, ", ".join(f"{r['stream']} {r['rows']}" for r in rows)
+        "%s%s: %s",
+        account_id,
+        f" after run {sync_run_id} ({inserted} new, {updated} updated)" if sync_run_id else "",
+        ", ".join(f"{r['stream']} {r['rows']}" for r in rows),
     )
     return rows

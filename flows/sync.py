@@ -22,6 +22,7 @@ from prefect.artifacts import (
 from prefect.blocks.system import Secret
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
@@ -31,14 +32,23 @@ from prefect_dintero.blocks import DinteroCredentials
 from prefect_dintero.blocks.prefect_api import describe, load_block
 from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
 from prefect_dintero.client_credentials import DEFAULT_API_URL
-from prefect_dintero.errors import ConfigurationError, DinteroError, ReauthorizationRequired
+from prefect_dintero.errors import (
+    USER_ERRORS,
+    ConfigurationError,
+    DinteroError,
+    ReauthorizationRequired,
+)
 from prefect_dintero.flows import events
 from prefect_dintero.flows.parameters import MaskedFlow
 from prefect_dintero.paginators import DEFAULT_MAX_PAGES
 from prefect_dintero.personal_data import PersonalDataPolicy
 from prefect_dintero.redact import install_log_filter, redact
 from prefect_dintero.request import SYNC_PARAMETERS, SyncRequest, run_budget
-from prefect_dintero.sink.destination_urls import anchor_destination, in_temporary_working_folder
+from prefect_dintero.sink.destination_urls import (
+    anchor_destination,
+    in_temporary_working_folder,
+    resolve_destination,
+)
 from prefect_dintero.tasks import get_bearer_token
 from prefect_dintero.tasks.sync import sync_stream
 
@@ -219,6 +229,13 @@ def _dintero_sync(
             return _sync(
                 credentials_block, session_block, request, key, run_deadline, take_slot, side
             )
+    except USER_ERRORS as exc:
+        # Said once, in the run's final state, with the block's name and what to do; no
+        # traceback for an error only its user can mend.
+        message = str(exc)
+        if credentials_block not in message:
+            message = f"credentials block {credentials_block!r}: {message}"
+        return Failed(message=message, data=exc)  # type: ignore[return-value]
     finally:
         # Not joined: a Prefect call still hanging there (the end's artifact, say) must not
         # hold the run past its end; it finishes, or fails, on its own.
@@ -270,6 +287,14 @@ def _personal_data_key(request: SyncRequest) -> SecretStr | None:
     return key
 
 
+def _written_to(request: SyncRequest) -> dict[str, str]:
+    """Where the run writes, as a downstream run takes it: the destination (absolute, no
+    secret: the request refuses them) or the connector block's name."""
+    if request.destination_block:
+        return {"destination": "", "destination_block": request.destination_block}
+    return {"destination": resolve_destination(request.destination), "destination_block": ""}
+
+
 def _sync(
     credentials_block: str,
     session_block: str | None,
@@ -283,7 +308,13 @@ def _sync(
     cancel = threading.Event()
     slot_wait = _beside(side, take_slot, cancel) if take_slot is not None else None
     try:
-        bearer = get_bearer_token(credentials_block, session_block)
+        bearer = get_bearer_token(credentials_block, session_block, check_token=False)
+        # Asked for here, not in the task: a wrong secret fails the run with its error said
+        # once (the run's final state), where a failed task would log it with a traceback.
+        bearer.token()
+        get_run_logger().info(
+            "Bearer ready for account %s as %s", bearer.account_id, bearer.identity
+        )
     except Exception as exc:
         if slot_wait is not None:
             cancel.set()
@@ -295,7 +326,13 @@ def _sync(
         if session_block and isinstance(exc, ReauthorizationRequired):
             events.emit_session_expired(session_block, account_id, exc.expires_at)
         events.emit_sync_result(
-            account_id, credentials_block, session_block, {}, {}, f"{type(exc).__name__}: {exc}"
+            account_id,
+            credentials_block,
+            session_block,
+            {},
+            {},
+            f"{type(exc).__name__}: {exc}",
+            destination=_written_to(request),
         )
         raise
     held = slot_wait.result() if slot_wait is not None else None
@@ -448,7 +485,14 @@ def _run_streams(
             ),
         )
     ]
-    events.emit_sync_result(account_id, credentials_block, session_block, summaries, failures)
+    events.emit_sync_result(
+        account_id,
+        credentials_block,
+        session_block,
+        summaries,
+        failures,
+        destination=_written_to(request),
+    )
     for pending in [*ending, progress]:
         try:
             pending.result(timeout=ENDING_WAIT_SECONDS)

@@ -36,6 +36,13 @@ class DinteroBearer:
         return isinstance(self._provider, OIDCSessionProvider)
 
     @property
+    def identity(self) -> str:
+        """Who the requests speak for, for logs: the API client, or the logged-in user."""
+        if self.is_user_session and self.user_info is not None:
+            return f"user {self.user_info.name or self.user_info.sub}"
+        return "service client"
+
+    @property
     def user_info(self) -> UserInfo | None:
         return self._provider.get_token().user_info if self.is_user_session else None
 

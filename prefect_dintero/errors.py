@@ -265,3 +265,15 @@ def error_from_response(
     if status == 404:
         return NotFoundError(message, **kwargs)
     return DinteroAPIError(message, **kwargs)
+
+
+#: Errors only their user can mend (a wrong secret, a missing scope, an expired login, a
+#: bad parameter): said once, with what to do, and never with a traceback.
+USER_ERRORS: tuple[type[DinteroError], ...] = (
+    ConfigurationError,
+    AuthenticationError,
+    PermissionDeniedError,
+    InvalidGrantError,
+    ReauthorizationRequired,
+    LoginError,
+)

@@ -7,6 +7,7 @@ whole as JSON).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -596,8 +597,14 @@ def resolve_streams(names: list[str] | None) -> list[Stream]:
         names = [names]
     unknown = [n for n in names if n not in CATALOG]
     if unknown:
+        guesses = [
+            f"{name!r} (did you mean {close[0]!r}?)"
+            if (close := difflib.get_close_matches(str(name), CATALOG, n=1, cutoff=0.6))
+            else repr(name)
+            for name in unknown
+        ]
         raise ConfigurationError(
-            f"unknown stream{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+            f"unknown stream{'s' if len(unknown) > 1 else ''} {', '.join(guesses)}; "
             f"valid streams: {', '.join(CATALOG)}"
         )
     if not names:

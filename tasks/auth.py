@@ -95,7 +95,9 @@ def exchange_authorization_code(
     persist_result=False,
     cache_policy=NO_CACHE,
 )
-def get_bearer_token(credentials_block: str, session_block: str | None = None) -> DinteroBearer:
+def get_bearer_token(
+    credentials_block: str, session_block: str | None = None, check_token: bool = True
+) -> DinteroBearer:
     """The bearer that downstream tasks call Dintero with.
 
     With ``session_block`` it speaks for the logged-in user (renewed with the refresh token; an
@@ -106,6 +108,9 @@ def get_bearer_token(credentials_block: str, session_block: str | None = None) -
     Args:
         credentials_block: name of the saved ``DinteroCredentials`` block.
         session_block: name of a saved ``DinteroOIDCSession`` block, for user sessions.
+        check_token: obtain the token here (bad credentials fail this task). False leaves it
+            to the first use: the sync flow asks for it itself, to fail the run with the
+            error said once, without a task's traceback.
 
     Returns:
         A :class:`~prefect_dintero.bearer.DinteroBearer`; its repr shows no secret and it
@@ -134,9 +139,7 @@ def get_bearer_token(credentials_block: str, session_block: str | None = None) -
     else:
         credentials = load_block(DinteroCredentials, credentials_block)
         bearer = DinteroBearer(credentials.service_token_provider())
-    bearer.token()  # fail here, clearly, rather than in every downstream task
-    identity = "service client"
-    if bearer.is_user_session and bearer.user_info is not None:
-        identity = f"user {bearer.user_info.name or bearer.user_info.sub}"
-    logger.info("Bearer ready for account %s as %s", bearer.account_id, identity)
+    if check_token:
+        bearer.token()  # fail here, clearly, rather than in every downstream task
+        logger.info("Bearer ready for account %s as %s", bearer.account_id, bearer.identity)
     return bearer

@@ -258,6 +258,11 @@ CASES: dict[str, Case] = {
         ConfigurationError,
         "unknown stream 'refunds'; valid streams: transactions",
     ),
+    "misspelt stream": Case(
+        lambda emu, d: sync(emu, d, streams=("transaction",)),
+        ConfigurationError,
+        r"unknown stream 'transaction' \(did you mean 'transactions'\?\); valid streams",
+    ),
     "malformed JSON page": Case(
         malformed_json_page,
         MalformedResponseError,
@@ -426,3 +431,19 @@ def test_a_destination_url_without_secrets_passes_and_stays_readable(url):
 
     check_destination(url)
     assert "***" not in redact_url(url) and redact(url) == url
+
+
+def test_a_destination_in_a_missing_folder_is_created_and_said(tmp_path, caplog):
+    """A folder that does not exist yet is made for the database, with a warning naming it (a
+    misspelt folder would otherwise start a new database silently)."""
+    import logging
+
+    from prefect_dintero.sink import Sink
+
+    target = tmp_path / "new" / "folder" / "dintero.db"
+    with caplog.at_level(logging.WARNING, logger="prefect_dintero"):
+        sink = Sink(str(target))
+        sink.prepare([])
+    assert target.parent.is_dir()
+    assert f"created the folder {target.parent} for the destination database" in caplog.text
+    sink.dispose()

@@ -92,6 +92,10 @@ def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
                     by_deployment["after-sync"] = [r]
         [triggered] = by_deployment["after-sync"]
         assert triggered["parameters"]["account_id"] == "T12345678"
+        # It reads what the triggering run wrote: its file, its id, its counts.
+        assert triggered["parameters"]["destination"] == str(database)
+        assert triggered["parameters"]["sync_run_id"] == by_deployment["backfill"][0]["id"]
+        assert int(triggered["parameters"]["inserted"]) > 0
         with sqlite3.connect(database) as conn:
             counts = {
                 t: conn.execute(f"select count(*) from dintero_{t}").fetchone()[0]

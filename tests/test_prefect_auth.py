@@ -836,3 +836,28 @@ def test_no_secret_in_what_this_module_left(emu, prefect_home):
         where: [s[:12] + "…" for s in secrets if s in text] for where, text in haystacks.items()
     }
     assert all(not hits for hits in found.values()), found
+
+
+def test_a_login_paused_in_the_ui_is_finished_from_the_terminal(emu, monkeypatch, capsys):
+    """``prefect-dintero login --resume <run>``: the paused run's link, the redirect URL read
+    from standard input, the run resumed with it and followed to its end."""
+    import io
+
+    from prefect_dintero.cli import main as cli_main
+
+    creds_name = save_credentials(emu)
+    session = unique("terminal")
+    thread, box = run_in_thread(
+        dintero_login, creds_name, session, timeout_seconds=120, poll_interval_seconds=1
+    )
+    run_id, authorize_url = wait_for_paused_login()
+    redirect = emu.open_authorize_url(authorize_url)
+    monkeypatch.setattr("sys.stdin", io.StringIO(redirect + "\n"))
+    assert cli_main(["login", "--resume", str(run_id), "--code-stdin"]) == 0
+    thread.join(timeout=90)
+    assert "error" not in box, box.get("error")
+    assert "Logged in" in capsys.readouterr().out
+    assert DinteroOIDCSession.load(session).access_token is not None
+    # A run that is not paused is refused, in one line.
+    assert cli_main(["login", "--resume", str(run_id)]) == 2
+    assert "is not waiting for a login" in capsys.readouterr().err

@@ -87,7 +87,8 @@ def test_created_bounds_filter_every_stream(dintero_emulator_factory, stream):
         got = list(client.iter_records(stream, created_from=start, created_to=end))
     assert keyed(stream, got) == expected
     if CATALOG[stream].filtered_by_api:  # the API filtered: fewer requests than reading all
-        reads = sum(emu.stats()["requests"][stream].values())
+        # Pages answered (a retried request, on a loaded machine, is not another page).
+        reads = emu.stats()["requests"][stream].get("200", 0)
         assert reads <= len(expected) // 100 + 2
 
 

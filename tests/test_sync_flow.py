@@ -517,6 +517,8 @@ def test_a_destination_inside_a_temporary_working_folder_is_warned_about(
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         dintero_sync(creds, streams=["settlements"], destination=str(tmp_path / "elsewhere.db"))
+        # An absolute path inside the temporary folder is where its user said: no warning.
+        dintero_sync(creds, streams=["settlements"], destination=f"{folder}/absolute.db")
     assert "temporary working folder" not in caplog.text
 
 
@@ -563,3 +565,20 @@ def test_sync_flow_hashes_personal_data_with_a_secret_blocks_key(emu, creds, tmp
     with pytest.raises(SyncFailed, match="must not mix"):
         dintero_sync(creds, destination=destination, streams=["customers"])
     sink.dispose()
+
+
+def test_a_wrong_secret_is_said_once_with_the_block_and_no_traceback(emu, tmp_path, caplog):
+    import logging
+
+    from prefect_dintero.errors import AuthenticationError
+
+    name = save_credentials(emu, client_secret=SecretStr("not-the-secret"))
+    with caplog.at_level(logging.INFO), pytest.raises(AuthenticationError):
+        dintero_sync(name, destination=str(tmp_path / "never.db"))
+    said = [
+        r.getMessage() for r in caplog.records if "Invalid client credentials" in r.getMessage()
+    ]
+    assert len(said) == 1, said
+    assert f"credentials block {name!r}" in said[0] and "Check the API client's id" in said[0]
+    assert not [r for r in caplog.records if r.exc_info and r.exc_info[0] is not None]
+    assert "Traceback" not in caplog.text

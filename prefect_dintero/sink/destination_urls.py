@@ -9,7 +9,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ..errors import ConfigurationError
-from ..redact import is_secret_name
+from ..redact import get_logger, is_secret_name
+
+logger = get_logger(__name__)
 
 
 class DestinationError(ConfigurationError):
@@ -91,9 +93,12 @@ def anchor_destination(destination: str, folder: str | Path) -> str:
 def in_temporary_working_folder(destination: str) -> Path | None:
     """The working folder, if it is a temporary one (inside the system's temporary folder, as a
     Prefect process worker makes for a deployment run and deletes after it) and the
-    destination's file lies in it; else None."""
+    destination is a file named relative to it; else None. An absolute path is where its
+    user said, even under the system's temporary folder."""
     import tempfile
 
+    if relative_file(destination) is None:
+        return None
     try:
         url = make_url(resolve_destination(destination))
     except (ArgumentError, ConfigurationError):
@@ -117,6 +122,8 @@ def make_parent(path: str) -> None:
             parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise DestinationError(f"cannot create the folder {parent}: {exc.strerror}") from None
+        # Said, so that a misspelt folder is seen starting a new database.
+        logger.warning("created the folder %s for the destination database", parent)
 
 
 def sqlite_file(database: str | None) -> str | None:
