@@ -93,7 +93,7 @@ def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
         [triggered] = by_deployment["after-sync"]
         assert triggered["parameters"]["account_id"] == "T12345678"
         # It reads what the triggering run wrote: its file, its id, its counts.
-        assert triggered["parameters"]["destination"] == str(database)
+        assert triggered["parameters"]["destination"] == f"sqlite:///{database}"
         assert triggered["parameters"]["sync_run_id"] == by_deployment["backfill"][0]["id"]
         assert int(triggered["parameters"]["inserted"]) > 0
         with sqlite3.connect(database) as conn:
@@ -119,6 +119,8 @@ def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
         deployments = httpx.post(f"{env['PREFECT_API_URL']}/deployments/filter", json={}).json()
         hourly = next(d for d in deployments if d["name"] == "hourly")
         assert hourly["entrypoint"] == "prefect_dintero.flows.sync.dintero_sync"
+        # No pull step: not even one into the folder it was deployed from.
+        assert all(not d["pull_steps"] for d in deployments), [d["pull_steps"] for d in deployments]
         assert hourly["schedules"][0]["schedule"]["timezone"] == "Europe/Oslo"
         assert hourly["global_concurrency_limit"]["limit"] == 1
         assert hourly["parameters"] == {
