@@ -41,7 +41,7 @@ lint: $(STAMP) typecheck
 # prefect_dintero.blocks (and so on) there, so a folder of links puts them in place first.
 typecheck: $(STAMP)
 	@tree=$$(mktemp -d) && mkdir $$tree/prefect_dintero \
-	  && cp -rs $(CURDIR)/prefect_dintero/. $$tree/prefect_dintero/ \
+	  && cp -rs $(CURDIR)/src/prefect_dintero/. $$tree/prefect_dintero/ \
 	  && for d in blocks tasks flows cli; do ln -s $(CURDIR)/$$d $$tree/prefect_dintero/$$d; done \
 	  && cd $$tree && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
 	    --cache-dir $(CURDIR)/.mypy_cache -p prefect_dintero; \

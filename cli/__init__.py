@@ -203,6 +203,38 @@ def _run_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "init",
+        help="write the package's deployments (prefect.yaml) into this folder",
+        description=(
+            "Write prefect.yaml (the scheduled syncs, the nightly reconcile, the UI login, the "
+            "backfill, the fan-out to many accounts) into the current folder, for "
+            "`prefect --no-prompt deploy --all`: the flows come from the installed package, "
+            "so no source is needed."
+        ),
+    )
+    p.add_argument("--force", action="store_true", help="overwrite a prefect.yaml already here")
+    p.set_defaults(handler=_run_init)
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    from importlib.resources import files
+    from pathlib import Path
+
+    target = Path("prefect.yaml")
+    if target.exists() and not args.force:
+        raise CliError(f"{target.resolve()} exists; pass --force to overwrite it")
+    target.write_text(files("prefect_dintero").joinpath("prefect.yaml").read_text())
+    print(
+        f"Wrote {target.resolve()}. Next:\n"
+        "  prefect work-pool create dintero-process --type process\n"
+        "  prefect --no-prompt deploy --all\n"
+        "  prefect worker start --pool dintero-process"
+    )
+    return 0
+
+
 def _register_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "register",
@@ -274,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     emulator_cli.add_parser(sub)
     demo.add_parser(sub)
+    _init_parser(sub)
     _login_parser(sub)
     _sync_parser(sub)
     _register_parser(sub)

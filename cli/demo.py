@@ -81,14 +81,21 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     print(f"\nLogged in as {who['user_name']}; synced account {config.account_ids[0]}:\n")
     print(
-        f"{'stream':<18}{'rows':>8}{'new':>8}{'updated':>9}{'unchanged':>11}{'pages':>7}"
+        f"{'stream':<20}{'read':>8}{'new':>8}{'updated':>9}{'unchanged':>11}{'pages':>7}"
         f"{'seconds':>9}"
     )
     for r in results:
         print(
-            f"{r['stream']:<18}{r['fetched']:>8}{r['inserted']:>8}{r['updated']:>9}"
+            f"{r['stream']:<20}{r['fetched']:>8}{r['inserted']:>8}{r['updated']:>9}"
             f"{r['unchanged']:>11}{r['pages']:>7}{r['seconds']:>9.1f}"
         )
+    print(
+        "\nread: rows Dintero sent; new, updated and unchanged: what they did to the tables. "
+        "A row can be read twice (customers are paged by updated_at, each page starting at the "
+        "last one's newest time, and a window's edge is read again): it is stored once, and "
+        "counts as unchanged the second time. The emulator's clock runs 30 days behind today "
+        f"(its 'now' is {config.resolved_start_time():%Y-%m-%d}); times are stored in UTC."
+    )
     from prefect_dintero.sink import resolve_destination
 
     incremental = any(r["cursor_before"] for r in results)

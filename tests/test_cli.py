@@ -128,3 +128,20 @@ def test_register_login_and_sync(server_env, tmp_path):
         ), synced.stderr[-2000:]
     with sqlite3.connect(database) as conn:
         assert conn.execute("select count(*) from dintero_transactions").fetchone()[0] == 25
+
+
+def test_init_writes_the_deployments_for_a_pip_user(tmp_path, monkeypatch, capsys):
+    """`prefect-dintero init` writes the package's prefect.yaml (the one the clone's root links
+    to), and never over one already there unless told."""
+    from pathlib import Path
+
+    from prefect_dintero.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    assert main(["init"]) == 0
+    assert (tmp_path / "prefect.yaml").read_text() == (root / "prefect.yaml").read_text()
+    assert "prefect --no-prompt deploy --all" in capsys.readouterr().out
+    assert main(["init"]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert main(["init", "--force"]) == 0

@@ -27,6 +27,36 @@ def prefect_server(tmp_path):
         yield env
 
 
+@pytest.fixture(scope="module")
+def installed_python(tmp_path_factory) -> str:
+    """A Python with prefect-dintero installed as a user installs it (a wheel, not the editable
+    source tree), its dependencies borrowed from .venv (a path line: .venv's editable finder
+    is not loaded): what `prefect deploy` and a worker started in the clone must import."""
+    import sysconfig
+
+    where = tmp_path_factory.mktemp("installed")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "-w", str(where / "dist"), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    [wheel] = (where / "dist").glob("prefect_dintero-*.whl")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps",
+         str(wheel)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    Path(site, "zz-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
 def fast_worker(env: dict[str, str]) -> dict[str, str]:
     """A worker that asks for runs every 2 s instead of Prefect's 10 (CI's time budget)."""
     return {**env, "PREFECT_WORKER_QUERY_SECONDS": "2"}
@@ -37,8 +67,12 @@ def run(cmd, env, timeout=180, cwd=ROOT) -> str:
 
 
 @pytest.mark.slow
-def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
+def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, installed_python, tmp_path):
+    """From the clone's root, with the package installed from its wheel (not editable): the
+    root holds no prefect_dintero/ folder to hide the installed package."""
     env = prefect_server
+    prefect_cli = [installed_python, "-m", "prefect"]
+    assert not (ROOT / "prefect_dintero").exists()
     with running_emulator(
         EmulatorConfig(
             transactions=60, sessions=20, settlements=10, customers=15, transfers_per_destination=5
@@ -53,8 +87,8 @@ def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
             f"checkout_url='{emu.url}').save('dintero', overwrite=True)\n"
         )
         run([sys.executable, "-c", save], env)
-        run([*PREFECT, "work-pool", "create", "dintero-process", "--type", "process"], env)
-        out = run([*PREFECT, "--no-prompt", "deploy", "--all"], env)
+        run([*prefect_cli, "work-pool", "create", "dintero-process", "--type", "process"], env)
+        out = run([*prefect_cli, "--no-prompt", "deploy", "--all"], env)
         for name in (
             "dintero-sync/hourly",
             "dintero-sync/reconcile",
@@ -65,9 +99,11 @@ def test_deploy_all_and_a_worker_runs_the_backfill(prefect_server, tmp_path):
             assert name in out, out
         database = tmp_path / "backfill.db"
         params = json.dumps({"destination": str(database), "payout_destinations": ["PD-main"]})
-        out = run([*PREFECT, "deployment", "run", "dintero-sync/backfill", "--params", params], env)
+        out = run(
+            [*prefect_cli, "deployment", "run", "dintero-sync/backfill", "--params", params], env
+        )
         worker = run(
-            [*PREFECT, "worker", "start", "--pool", "dintero-process", "--run-once"],
+            [*prefect_cli, "worker", "start", "--pool", "dintero-process", "--run-once"],
             env,
             timeout=300,
             cwd=tmp_path,

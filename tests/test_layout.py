@@ -155,7 +155,7 @@ def test_what_the_package_imports_is_declared():
     imported: dict[str, str] = {}
     paths = [
         path
-        for folder in ("prefect_dintero", "blocks", "tasks", "flows", "cli")
+        for folder in ("src/prefect_dintero", "blocks", "tasks", "flows", "cli")
         for path in (ROOT / folder).rglob("*.py")
     ]
     for path, names in _imports(paths).items():
