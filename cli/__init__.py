@@ -108,8 +108,8 @@ def _resume_login(run_id: str, from_stdin: bool, wait_seconds: float = 120.0) ->
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
         if run.state is None or not run.state.is_paused():
-            state = run.state.name if run.state else "no state"
-            raise CliError(f"flow run {run_id} is not waiting for a login ({state})")
+            now = run.state.name if run.state else "no state"
+            raise CliError(f"flow run {run_id} is not waiting for a login ({now})")
         artifacts = client.read_artifacts(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
@@ -128,10 +128,10 @@ def _resume_login(run_id: str, from_stdin: bool, wait_seconds: float = 120.0) ->
     deadline = time.monotonic() + wait_seconds
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            state = client.read_flow_run(flow_run_id).state
-            if state is not None and state.is_final():
-                if not state.is_completed():
-                    raise CliError(f"the login run ended {state.name}: {state.message or ''}")
+            final = client.read_flow_run(flow_run_id).state
+            if final is not None and final.is_final():
+                if not final.is_completed():
+                    raise CliError(f"the login run ended {final.name}: {final.message or ''}")
                 print("Logged in: the session block is saved.")
                 return 0
             time.sleep(1)
