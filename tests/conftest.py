@@ -13,6 +13,10 @@ os.environ["PREFECT_TEST_MODE"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
+# The emulator's fixtures, opted in as a user's conftest would (the package loads no pytest
+# plugin by itself).
+pytest_plugins = ["prefect_dintero.emulator.testing"]
+
 import base64  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402

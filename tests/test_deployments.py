@@ -36,8 +36,7 @@ def installed_python(tmp_path_factory) -> str:
 
     where = tmp_path_factory.mktemp("installed")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "-w", str(where / "dist"), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(where / "dist"), str(ROOT)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     venv = where / "venv"

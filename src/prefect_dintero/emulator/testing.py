@@ -1,6 +1,11 @@
 """pytest fixtures for testing your own flows against the emulator.
 
-Installed as a pytest plugin, so in any project with prefect-dintero installed::
+Opt in from your ``conftest.py`` (it is not loaded into every pytest run of every project that
+installs the package)::
+
+    pytest_plugins = ["prefect_dintero.emulator.testing"]
+
+then::
 
     def test_my_flow(dintero_emulator):
         creds = DinteroCredentials(
