@@ -122,8 +122,8 @@ def sync_stream(
         sink.dispose()
     summary = _summarise(stream, bearer.account_id, results)
     logger.info(
-        "%s: %d pages, %d fetched: %d new, %d updated, %d unchanged, in %.1f s (%d retries, "
-        "%d rate limited)",
+        "%s: %d pages, %d rows read: %d new, %d updated, %d unchanged (a row read twice, at a "
+        "page or window edge, is stored once), in %.1f s (%d retries, %d rate limited)",
         stream,
         summary["pages"],
         summary["fetched"],
