@@ -150,12 +150,14 @@ def test_a_refused_filter_is_said_once_and_left_to_the_reconcile_for_a_day(
     sink.dispose()
 
 
+@pytest.mark.parametrize("touches_updated_at", [True, False])
 def test_the_settlement_of_a_refund_months_late_arrives_with_the_reconcile(
-    dintero_emulator_factory, tmp_path
+    dintero_emulator_factory, tmp_path, touches_updated_at
 ):
     """A refund is settled days after it, on a payment of any age: no filter finds that, the
-    reconcile's late-change reads (a week back by each filter) do, in 35 days' reconcile."""
-    emu = dintero_emulator_factory(**DATA)
+    reconcile's late-change reads (a week back by each filter) do, in 35 days' reconcile;
+    whether the settlement moved the payment's updated_at or not (undocumented)."""
+    emu = dintero_emulator_factory(**DATA, settlement_touches_updated_at=touches_updated_at)
     sink = Sink(tmp_path / "settled.db")
     sink.prepare([SPEC])
     _hourly(emu, sink)
@@ -170,7 +172,10 @@ def test_the_settlement_of_a_refund_months_late_arrives_with_the_reconcile(
     assert stale & refunded
     run = _hourly(emu, sink, reconcile=timedelta(days=35))
     assert_equals_source(emu, sink, [SPEC])
-    assert sum(r.updated for r in run.late_reads) >= len(stale & refunded)
+    if touches_updated_at:
+        # (A copy under the same updated_at is written too, but counted unchanged: the counts
+        # compare versions, not whole objects.)
+        assert sum(r.updated for r in run.late_reads) >= len(stale & refunded)
     sink.dispose()
 
 

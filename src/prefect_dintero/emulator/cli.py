@@ -230,6 +230,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="pages may hold fewer rows than asked for even when more follow",
     )
     silent.add_argument(
+        "--settlement-keeps-updated-at",
+        action="store_true",
+        help="a settlement adds its entries to a payment's events without moving the payment's "
+        "updated_at (default: it moves it)",
+    )
+    silent.add_argument(
         "--late-changes-days",
         type=int,
         default=90,
@@ -304,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         short_pages=args.short_pages,
         late_changes_days=args.late_changes_days,
+        settlement_touches_updated_at=not args.settlement_keeps_updated_at,
         error_codes=args.error_codes,
         payout_destination_list=args.payout_destination_list,
         read_accounts_scope=args.read_accounts_scope,

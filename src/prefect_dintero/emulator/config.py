@@ -104,6 +104,10 @@ class EmulatorConfig:
     #: after date", not which refund: True is the least convenient reading, False (any refund
     #: in the range) the most.
     refunded_at_first_refund_only: bool = False
+    #: Whether a settlement moves a payment's ``updated_at`` (its events gain their
+    #: ``settlements`` entries). Dintero's reference says neither: False leaves the payment
+    #: changed under the same ``updated_at``, which a sync must still take in.
+    settlement_touches_updated_at: bool = True
     #: ``since_datetime`` (customers) returns rows updated strictly after it, not at or after.
     since_exclusive: bool = False
     #: Pages hold fewer rows than asked for even when more follow (no page-size rule is

@@ -746,7 +746,8 @@ class AccountData:
             ]
             settled = sum(1 for e in money if "settlements" in e)
             txn["settlement_status"] = "SETTLED" if settled == len(money) else "PARTIALLY_SETTLED"
-            txn["updated_at"] = max(txn["updated_at"], iso(run_ms))
+            if self.config.settlement_touches_updated_at:  # undocumented: both are offered
+                txn["updated_at"] = max(txn["updated_at"], iso(run_ms))
         net = totals["capture"] - totals["refund"] - totals["fee"]
         amounts = {"amount": net, **totals, "currency": currency}
         settlement = {
