@@ -168,7 +168,8 @@ def test_the_settlement_of_a_refund_months_late_arrives_with_the_reconcile(
     settled = emu.mutate(settle=1)["changed"][AID]["transactions"]
     assert settled
     _hourly(emu, sink)  # an hourly run does not see a settlement
-    stale = {r["id"] for r in sink.rows(SPEC) if r["raw"] != _source(emu)[r["id"]]}
+    source = _source(emu)
+    stale = {r["id"] for r in sink.rows(SPEC) if r["raw"] != source[r["id"]]}
     assert stale & refunded
     run = _hourly(emu, sink, reconcile=timedelta(days=35))
     assert_equals_source(emu, sink, [SPEC])
