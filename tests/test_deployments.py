@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,13 +29,25 @@ def prefect_server(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def installed_python(tmp_path_factory) -> str:
+def installed_python() -> Iterator[str]:
     """A Python with prefect-dintero installed as a user installs it (a wheel, not the editable
     source tree), its dependencies borrowed from .venv (a path line: .venv's editable finder
-    is not loaded): what `prefect deploy` and a worker started in the clone must import."""
-    import sysconfig
+    is not loaded): what `prefect deploy` and a worker started in the clone must import.
 
-    where = tmp_path_factory.mktemp("installed")
+    Outside pytest's temporary folders, which the secret scan reads: the installed package is
+    the source itself, and holds the emulator's published default secret."""
+    import shutil
+    import sysconfig
+    import tempfile
+
+    where = Path(tempfile.mkdtemp(prefix="prefect-dintero-installed-"))
+    try:
+        yield _install_wheel(where, sysconfig.get_paths()["purelib"])
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def _install_wheel(where: Path, dependencies: str) -> str:
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--outdir", str(where / "dist"), str(ROOT)],
         check=True, capture_output=True, timeout=300,
@@ -52,7 +65,7 @@ def installed_python(tmp_path_factory) -> str:
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    Path(site, "zz-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    Path(site, "zz-dependencies.pth").write_text(dependencies + "\n")
     return python
 
 
