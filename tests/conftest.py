@@ -191,13 +191,15 @@ def _postgres_url() -> str | None:
     """The test database: one per xdist worker (created on demand), so workers never drop each
     other's tables."""
     url = os.environ.get("DINTERO_TEST_POSTGRES_URL")
-    if not url or not _WORKER:
+    # Or one per run named by DINTERO_TEST_DB_SUFFIX: CI runs two Pythons' suites at once.
+    suffix = _WORKER or os.environ.get("DINTERO_TEST_DB_SUFFIX")
+    if not url or not suffix:
         return url
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     base = make_url(url)
-    name = f"{base.database}_{_WORKER}"
+    name = f"{base.database}_{suffix}"
     engine = create_engine(base, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
