@@ -13,6 +13,19 @@ from pathlib import Path
 import httpx
 
 
+def run_script(code: str, *args: str) -> dict:
+    """Run ``code`` in a fresh Python with ``args``; its last line of output, as JSON (a
+    failure ends the benchmark with the script's error)."""
+    import json
+
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=False
+    )
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

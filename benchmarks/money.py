@@ -25,14 +25,12 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import textwrap
 from datetime import UTC, datetime
 
 import httpx
-from _emulator import start_emulator
+from _emulator import run_script, start_emulator
 
 SYNC = textwrap.dedent(
     """
@@ -73,15 +71,7 @@ SYNC = textwrap.dedent(
 
 
 def child(url: str, db: str, filters: str, reconcile: str = "none") -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", SYNC, url, db, filters, reconcile],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode:
-        raise SystemExit(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_script(SYNC, url, db, filters, reconcile)
 
 
 def copy(base: str, name: str) -> str:

@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import textwrap
 from datetime import UTC, datetime
 
 import httpx
-from _emulator import start_emulator
+from _emulator import run_script, start_emulator
 
 SYNC = textwrap.dedent(
     """
@@ -65,12 +63,7 @@ SYNC = textwrap.dedent(
 
 
 def child(*args: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", SYNC, *args], capture_output=True, text=True, check=False
-    )
-    if out.returncode:
-        raise SystemExit(out.stderr[-3000:])
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_script(SYNC, *args)
 
 
 def main() -> None:
