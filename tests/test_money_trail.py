@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from prefect_dintero.client import DinteroClient
 from prefect_dintero.sink import Sink
+from prefect_dintero.sink.money_trail import COLUMNS, VIEW, ensure_view
 from prefect_dintero.stream_sync import sync_stream
 from prefect_dintero.streams import CATALOG
 from prefect_dintero.times import use_clock
@@ -76,6 +77,11 @@ def test_the_money_trail_adds_up(dintero_emulator_factory, destination):
     sink = Sink(destination)
     _sync(emu, sink)
     trail = _trail(sink)
+    # Once in place, the view is left alone by every later preparation (never dropped under
+    # a reader), and says it is there.
+    with sink.dialect.begin(sink.engine) as conn:
+        assert ensure_view(conn, sink.dialect)
+        assert sink.dialect.existing_columns(conn, VIEW) == set(COLUMNS)
 
     # The view's figures are the emulator's, day by day.
     want = _expected(emu)

@@ -136,10 +136,27 @@ def view_sql(dialect: Dialect) -> str:
     )
 
 
+#: The view's columns: a view that has exactly these is left as it is.
+COLUMNS = (
+    "account_id",
+    "payout_destination_id",
+    "day",
+    "currency",
+    *MEASURES,
+    "settlement_difference",
+    "transfer_difference",
+)
+
+
 def ensure_view(conn: Connection, dialect: Dialect) -> bool:
-    """Create the view, or replace it when its definition changed, once its tables exist.
-    Runs in the caller's transaction, under the schema lock. True when the view exists."""
+    """Create the view once its tables exist, or replace it when its columns changed (a newer
+    version of the package). Runs in the caller's transaction, under the schema lock. A view
+    already in place is never dropped again: on PostgreSQL a dashboard reading it would hold
+    every sync's preparation behind its lock, and queue every later reader behind that. True
+    when the view exists."""
     if not all(dialect.has_table(conn, table) for table in TABLES):
         return False
+    if dialect.has_table(conn, VIEW) and dialect.existing_columns(conn, VIEW) == set(COLUMNS):
+        return True
     dialect.replace_view(conn, VIEW, view_sql(dialect))
     return True
