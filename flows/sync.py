@@ -246,8 +246,9 @@ dintero_sync = MaskedFlow(
     _dintero_sync,
     name="dintero-sync",
     description=(
-        "Sync Dintero transactions, checkout sessions, settlements, customers and payout "
-        "transfers into SQLite, PostgreSQL or DuckDB, incrementally: each page is committed "
+        "Sync Dintero transactions (and their money movements), checkout sessions, "
+        "settlements, customers, payout destinations, transfers and balances into SQLite, "
+        "PostgreSQL or DuckDB, incrementally: each page is committed "
         "together with the stream's cursor, so a crashed or retried run resumes without gaps or "
         "duplicates."
     ),
