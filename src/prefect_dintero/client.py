@@ -13,11 +13,13 @@ from pydantic import SecretStr
 from . import deadline
 from .adaptive_limit import AdaptiveLimit
 from .client_credentials import ClientCredentials
+from .discovery import apayout_destination_ids, payout_destination_ids
 from .errors import MalformedResponseError, RunBudgetExceeded, RunInterrupted
 from .httpx_auth import DinteroAuth
 from .paginators import apages, pages
 from .personal_data import PersonalData
 from .provider import ClientCredentialsProvider, OIDCSessionProvider, TokenProvider
+from .reader import RecordQuery
 from .retry import RetryPolicy, parse_retry_after
 from .store import TokenStore
 from .tokens import Token
@@ -275,9 +277,6 @@ class DinteroClient(_ClientBase):
                 assert {t["payout_destination_id"] for t in transfers} == {"PD-main", "PD-store-2"}
             ```
         """
-        from .discovery import payout_destination_ids
-        from .reader import RecordQuery
-
         query = RecordQuery(
             stream,
             created_from=created_from,
@@ -420,9 +419,6 @@ class AsyncDinteroClient(_ClientBase):
                 assert asyncio.run(count_customers(creds)) == len(emulator.dump("customers"))
             ```
         """
-        from .discovery import apayout_destination_ids
-        from .reader import RecordQuery
-
         query = RecordQuery(
             stream,
             created_from=created_from,

@@ -3,9 +3,8 @@ destinations."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from .client import AsyncDinteroClient, DinteroClient
 from .errors import MalformedResponseError, NotFoundError, PermissionDeniedError, StreamSkipped
 from .redact import get_logger
 from .validation import validate_payout_destination
@@ -13,12 +12,25 @@ from .validation import validate_payout_destination
 logger = get_logger(__name__)
 
 
+class JsonReader(Protocol):
+    """What discovery reads with (a :class:`~prefect_dintero.client.DinteroClient`): it never
+    imports the client, which imports it."""
+
+    def get_json(self, path: str, *, host: Any = ..., params: Any = ...) -> Any: ...
+
+
+class AsyncJsonReader(Protocol):
+    """:class:`JsonReader`, async (an ``AsyncDinteroClient``)."""
+
+    async def get_json(self, path: str, *, host: Any = ..., params: Any = ...) -> Any: ...
+
+
 def list_path(account_id: str) -> str:
     return f"/v1/accounts/{account_id}/payout-destinations"
 
 
 def payout_destination_ids(
-    client: DinteroClient, account_id: str, stream: str = "payout_transfers"
+    client: JsonReader, account_id: str, stream: str = "payout_transfers"
 ) -> list[str]:
     """The account's payout destination ids, from ``GET /v1/accounts/{oid}/payout-destinations``
     (Account Management API, scope ``read:accounts``).
@@ -38,7 +50,7 @@ def payout_destination_ids(
     return ids_from(body, path, account_id, stream)
 
 
-async def apayout_destination_ids(client: AsyncDinteroClient, account_id: str) -> list[str]:
+async def apayout_destination_ids(client: AsyncJsonReader, account_id: str) -> list[str]:
     """:func:`payout_destination_ids` with an async client."""
     path = list_path(account_id)
     try:
