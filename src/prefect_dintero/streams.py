@@ -281,33 +281,28 @@ class Stream:
         )
 
 
-def has_event_within(obj: dict, kind: str, lower: datetime | None, upper: datetime | None) -> bool:
-    """Whether the object has an event of ``kind`` within ``[lower, upper]`` (failed or not:
-    a filter on it may match either)."""
+def event_times(obj: dict, kind: str) -> Iterator[datetime]:
+    """When each of the object's events of ``kind`` happened (``events[]``), failed or not: a
+    filter on them may match either. Events without a usable time are left out."""
     events = obj.get("events")
     for event in events if isinstance(events, list) else ():
-        if not isinstance(event, dict) or event.get("event") != kind:
-            continue
-        when = parse_datetime(event.get("created_at"))
-        if when is None:
-            continue
-        if (lower is None or when >= lower) and (upper is None or when <= upper):
-            return True
-    return False
+        if isinstance(event, dict) and event.get("event") == kind:
+            when = parse_datetime(event.get("created_at"))
+            if when is not None:
+                yield when
+
+
+def has_event_within(obj: dict, kind: str, lower: datetime | None, upper: datetime | None) -> bool:
+    """Whether the object has an event of ``kind`` within ``[lower, upper]``."""
+    return any(
+        (lower is None or when >= lower) and (upper is None or when <= upper)
+        for when in event_times(obj, kind)
+    )
 
 
 def newest_event(obj: dict, kind: str) -> datetime | None:
-    """When the object's newest event of ``kind`` happened (``events[]``), failed or not: a
-    filter on it may match either."""
-    newest = None
-    events = obj.get("events")
-    for event in events if isinstance(events, list) else ():
-        if not isinstance(event, dict) or event.get("event") != kind:
-            continue
-        when = parse_datetime(event.get("created_at"))
-        if when is not None and (newest is None or when > newest):
-            newest = when
-    return newest
+    """When the object's newest event of ``kind`` happened."""
+    return max(event_times(obj, kind), default=None)
 
 
 #: The buyer's personal fields on transactions and sessions (the customer's contact details,
