@@ -39,11 +39,11 @@ SYNC = textwrap.dedent(
     import httpx
     from pydantic import SecretStr
     from prefect_dintero.client import DinteroClient
-    from prefect_dintero.client_credentials import ClientCredentials
+    from prefect_dintero.auth.client_credentials import ClientCredentials
     from prefect_dintero.sink import Sink
-    from prefect_dintero.streams import CATALOG
-    from prefect_dintero.request import SyncRequest
-    from prefect_dintero.stream_sync import sync_stream
+    from prefect_dintero.streams.catalog import CATALOG
+    from prefect_dintero.sync.options import SyncRequest
+    from prefect_dintero.sync.stream_sync import sync_account_stream
     url, db, filters, reconcile_days = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
         client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url,
@@ -56,7 +56,7 @@ SYNC = textwrap.dedent(
     reconcile = timedelta(days=float(reconcile_days)) if reconcile_days != "none" else None
     t0 = time.perf_counter()
     with DinteroClient(creds) as client:
-        [r] = sync_stream(client, sink, spec, "T12345678",
+        [r] = sync_account_stream(client, sink, spec, "T12345678",
                           SyncRequest(page_size=100, reconcile=reconcile))
     seconds = time.perf_counter() - t0
     source = httpx.get(url + "/_emulator/dump/transactions", timeout=300).json()

@@ -146,7 +146,7 @@ class Pending:
     """Changes the destination does not hold yet, and how long each took once it does."""
 
     def __init__(self, sink: Any) -> None:
-        from prefect_dintero.streams import CATALOG
+        from prefect_dintero.streams.catalog import CATALOG
 
         self.sink = sink
         self.catalog = CATALOG
@@ -349,7 +349,7 @@ def _age_days(data: Any, stream: str, key: str, now: datetime) -> float | None:
 
 def _stale_rows(emu: Any, sink: Any) -> dict[str, list[str]]:
     """Per stream, the keys whose row differs from the source (or is missing)."""
-    from prefect_dintero.streams import CATALOG
+    from prefect_dintero.streams.catalog import CATALOG
 
     stale: dict[str, list[str]] = {}
     for spec in CATALOG.values():

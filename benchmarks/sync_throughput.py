@@ -66,11 +66,11 @@ SYNC = textwrap.dedent(
     import json, resource, sys, time
     from pydantic import SecretStr
     from prefect_dintero.client import DinteroClient
-    from prefect_dintero.client_credentials import ClientCredentials
+    from prefect_dintero.auth.client_credentials import ClientCredentials
     from prefect_dintero.sink import Sink
-    from prefect_dintero.streams import CATALOG
-    from prefect_dintero.request import SyncRequest
-    from prefect_dintero.stream_sync import sync_stream
+    from prefect_dintero.streams.catalog import CATALOG
+    from prefect_dintero.sync.options import SyncRequest
+    from prefect_dintero.sync.stream_sync import sync_account_stream
     url, db = sys.argv[1], sys.argv[2]
     creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
         client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url)
@@ -81,7 +81,7 @@ SYNC = textwrap.dedent(
     writing, course, flight = [0.0], [], []
     if profile:
         import threading
-        from prefect_dintero import adaptive_limit
+        from prefect_dintero.http import adaptive_limit
         write_page = Sink.write_page
         def timed_write(self, *args, **kwargs):
             started = time.perf_counter()
@@ -106,7 +106,7 @@ SYNC = textwrap.dedent(
     sink = Sink(db)
     sink.prepare([spec])
     with DinteroClient(creds) as client:
-        [result] = sync_stream(client, sink, spec, "T12345678", SyncRequest(page_size=100))
+        [result] = sync_account_stream(client, sink, spec, "T12345678", SyncRequest(page_size=100))
     sink.dispose()  # closing copies the write-ahead log into the file
     seconds = time.perf_counter() - t0
     out = {"rows": result.fetched, "inserted": result.inserted, "requests": result.requests,

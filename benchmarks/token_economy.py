@@ -55,8 +55,8 @@ def worker(args: argparse.Namespace) -> None:
     else:
         from pydantic import SecretStr
 
+        from prefect_dintero.auth.client_credentials import ClientCredentials
         from prefect_dintero.client import AsyncDinteroClient, DinteroClient
-        from prefect_dintero.client_credentials import ClientCredentials
         from prefect_dintero.emulator.config import EmulatorConfig
 
         config = EmulatorConfig()

@@ -8,16 +8,16 @@ from typing import Literal
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, field_validator
 
+from prefect_dintero.auth.client_credentials import ClientCredentials, ClientFields
+from prefect_dintero.auth.grants import exchange_authorization_code
+from prefect_dintero.auth.provider import ClientCredentialsProvider
+from prefect_dintero.auth.tokens import Token
 from prefect_dintero.blocks.service_token import (
     AUTHENTICATION_DOCS,
     LOGO_URL,
     BlockServiceTokenStore,
 )
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
-from prefect_dintero.client_credentials import ClientCredentials, ClientFields
-from prefect_dintero.grants import exchange_authorization_code
-from prefect_dintero.provider import ClientCredentialsProvider
-from prefect_dintero.tokens import Token
 from prefect_dintero.validation import validate_base_url
 
 

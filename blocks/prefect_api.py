@@ -27,7 +27,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES
 
 from prefect_dintero.errors import StoreUnavailable
-from prefect_dintero.retry import parse_retry_after
+from prefect_dintero.http.retry import parse_retry_after
 
 T = TypeVar("T")
 B = TypeVar("B", bound=Block)

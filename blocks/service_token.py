@@ -11,6 +11,8 @@ from prefect.client.schemas.actions import BlockDocumentUpdate
 from prefect.exceptions import ObjectNotFound
 from pydantic import Field, HttpUrl, SecretStr
 
+from prefect_dintero.auth.client_credentials import ClientCredentials
+from prefect_dintero.auth.tokens import Token
 from prefect_dintero.blocks.prefect_api import (
     describe,
     is_transient,
@@ -19,9 +21,7 @@ from prefect_dintero.blocks.prefect_api import (
     save_block,
 )
 from prefect_dintero.blocks.token_store import BlockTokenStore
-from prefect_dintero.client_credentials import ClientCredentials
 from prefect_dintero.redact import get_logger
-from prefect_dintero.tokens import Token
 
 logger = get_logger(__name__)
 

@@ -13,6 +13,8 @@ from prefect.client.schemas.actions import BlockDocumentUpdate
 from prefect.exceptions import ObjectNotFound
 from pydantic import Field, HttpUrl, SecretStr
 
+from prefect_dintero.auth.provider import OIDCSessionProvider
+from prefect_dintero.auth.tokens import Token, UserInfo
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks.credentials import DinteroCredentials
 from prefect_dintero.blocks.prefect_api import (
@@ -29,9 +31,7 @@ from prefect_dintero.blocks.slots import wait_for_slot
 from prefect_dintero.blocks.token_store import RENEWAL_SLOT_LEASE, BlockTokenStore
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
 from prefect_dintero.errors import ReauthorizationRequired
-from prefect_dintero.provider import OIDCSessionProvider
 from prefect_dintero.redact import get_logger
-from prefect_dintero.tokens import Token, UserInfo
 
 logger = get_logger(__name__)
 

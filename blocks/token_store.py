@@ -29,6 +29,9 @@ from typing import Any
 
 from prefect.settings import PREFECT_API_URL
 
+from prefect_dintero.auth.provider import finish_renewals
+from prefect_dintero.auth.store import Renewal, TokenStore, same_token
+from prefect_dintero.auth.tokens import Token
 from prefect_dintero.blocks.prefect_api import (
     Backoff,
     PrefectUnavailable,
@@ -40,11 +43,8 @@ from prefect_dintero.blocks.prefect_api import (
     retry_after_of,
 )
 from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
-from prefect_dintero.deadline import run_time_left
-from prefect_dintero.provider import finish_renewals
+from prefect_dintero.http.deadline import run_time_left
 from prefect_dintero.redact import get_logger
-from prefect_dintero.store import Renewal, TokenStore, same_token
-from prefect_dintero.tokens import Token
 
 logger = get_logger(__name__)
 

@@ -1,5 +1,5 @@
 """The ``prefect-dintero`` command line: the Prefect side of the package (it saves blocks and runs
-flows); the emulator's own command is core (``prefect_dintero.emulator.cli``)."""
+flows); the emulator's own command is core (``prefect_dintero.emulator.command``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 from prefect_dintero._version import __version__
 from prefect_dintero.cli import demo
-from prefect_dintero.emulator import cli as emulator_cli
-from prefect_dintero.request import SYNC_PARAMETERS, Parameter, SyncRequest
+from prefect_dintero.emulator import command as emulator_cli
+from prefect_dintero.sync.options import SYNC_PARAMETERS, Parameter, SyncRequest
 
 
 class CliError(Exception):
@@ -52,14 +52,14 @@ def _login_parser(sub: argparse._SubParsersAction) -> None:
 def _run_login(args: argparse.Namespace) -> int:
     from pydantic import SecretStr
 
-    from prefect_dintero.blocks import DinteroCredentials
-    from prefect_dintero.blocks.prefect_api import load_block
-    from prefect_dintero.flows import dintero_login
-    from prefect_dintero.oidc_login import (
+    from prefect_dintero.auth.oidc_login import (
         build_authorize_url,
         new_state,
         parse_authorization_response,
     )
+    from prefect_dintero.blocks import DinteroCredentials
+    from prefect_dintero.blocks.prefect_api import load_block
+    from prefect_dintero.flows import dintero_login
 
     if args.code is not None:
         raise CliError(

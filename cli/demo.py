@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from pydantic import SecretStr
 
+    from prefect_dintero.auth.oidc_login import new_state, parse_authorization_response
     from prefect_dintero.emulator import EmulatorConfig, running_emulator
-    from prefect_dintero.oidc_login import new_state, parse_authorization_response
 
     started = time.monotonic()
     # Anchored to today, so two demo runs on a day see the same history (and the second one is

@@ -17,7 +17,7 @@ from prefect_dintero.blocks.prefect_api import Backoff, describe, is_transient, 
 from prefect_dintero.errors import ConfigurationError, DinteroError
 from prefect_dintero.flows.parameters import MaskedFlow
 from prefect_dintero.flows.sync import DEFAULT_TIMEOUT_MINUTES, dintero_sync
-from prefect_dintero.request import SYNC_PARAMETERS, SyncRequest, run_budget
+from prefect_dintero.sync.options import SYNC_PARAMETERS, SyncRequest, run_budget
 
 #: How long the fan-out waits for queued runs while none of its runs starts or ends: then no
 #: worker is taking them, and it stops waiting (they stay queued; none is cancelled).

@@ -29,6 +29,7 @@ from prefect.variables import Variable
 
 from prefect_dintero import times
 from prefect_dintero.redact import get_logger, redact
+from prefect_dintero.sync.stream_summary import StreamSummary
 
 logger = get_logger(__name__)
 
@@ -67,7 +68,7 @@ def emit_sync_result(
     account_id: str,
     credentials_block: str,
     session_block: str | None,
-    summaries: dict[str, dict[str, Any]],
+    summaries: dict[str, StreamSummary],
     failures: dict[str, str],
     error: str | None = None,
     destination: dict[str, str] | None = None,
@@ -78,7 +79,7 @@ def emit_sync_result(
     a secret: the run refuses those in its parameters) goes into the payload with the run's
     id, so a deployment it triggers (``after-sync``) reads what this run wrote."""
     streams = {
-        name: {k: s.get(k, 0) for k in ("fetched", "inserted", "updated", "pages")}
+        name: {"fetched": s.fetched, "inserted": s.inserted, "updated": s.updated, "pages": s.pages}
         for name, s in summaries.items()
     }
     payload: dict[str, Any] = {

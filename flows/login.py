@@ -11,11 +11,15 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput, delete_flow_run_input, keyset_from_base_key
 from pydantic import Field, SecretStr
 
+from prefect_dintero.auth.oidc_login import (
+    build_authorize_url,
+    new_state,
+    parse_authorization_response,
+)
 from prefect_dintero.blocks import DinteroCredentials
 from prefect_dintero.blocks.prefect_api import load_block
 from prefect_dintero.errors import LoginError
 from prefect_dintero.flows.parameters import MaskedFlow
-from prefect_dintero.oidc_login import build_authorize_url, new_state, parse_authorization_response
 from prefect_dintero.redact import MASK, install_log_filter, register_secret
 from prefect_dintero.tasks import exchange_authorization_code
 

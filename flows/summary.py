@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from sqlalchemy import select
 
 from prefect_dintero.redact import install_log_filter
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
 from prefect_dintero.tasks.destinations import open_sink
 
 

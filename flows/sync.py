@@ -9,6 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import copy_context
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -26,12 +27,11 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
-from prefect_dintero import deadline
+from prefect_dintero.auth.client_credentials import DEFAULT_API_URL
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks import DinteroCredentials
 from prefect_dintero.blocks.prefect_api import describe, load_block
 from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
-from prefect_dintero.client_credentials import DEFAULT_API_URL
 from prefect_dintero.errors import (
     USER_ERRORS,
     ConfigurationError,
@@ -40,17 +40,19 @@ from prefect_dintero.errors import (
 )
 from prefect_dintero.flows import events
 from prefect_dintero.flows.parameters import MaskedFlow
-from prefect_dintero.paginators import DEFAULT_MAX_PAGES
-from prefect_dintero.personal_data import PersonalDataPolicy
+from prefect_dintero.http import deadline
 from prefect_dintero.redact import install_log_filter, redact
-from prefect_dintero.request import SYNC_PARAMETERS, SyncRequest, run_budget
 from prefect_dintero.sink.destination_urls import (
     anchor_destination,
     in_temporary_working_folder,
     resolve_destination,
 )
+from prefect_dintero.streams.paginators import DEFAULT_MAX_PAGES
+from prefect_dintero.streams.personal_data import PersonalDataPolicy
+from prefect_dintero.sync.options import SyncRequest, run_budget
+from prefect_dintero.sync.stream_summary import StreamSummary
 from prefect_dintero.tasks import get_bearer_token
-from prefect_dintero.tasks.sync import sync_stream
+from prefect_dintero.tasks.syncing import sync_stream
 
 #: Streams run concurrently, bounded: each holds a database connection and an HTTP client.
 MAX_CONCURRENT_STREAMS = 4
@@ -190,15 +192,35 @@ def _dintero_sync(
         after, requests, retries, rate-limited responses, and ``skipped`` (why, when it was).
     """
     install_log_filter()
-    destination = stable_destination(destination)
     # Checked here, once, before any block is loaded or request sent: a negative lookback, say,
     # would silently skip data.
-    given = locals()  # the parameters as called, destination anchored
-    request = SyncRequest.build(**{p.name: given[p.name] for p in SYNC_PARAMETERS})
-    # The key is read once, before any request: a missing or short key fails the run here.
-    key = _personal_data_key(request)
+    request = SyncRequest.build(
+        streams=streams,
+        destination=stable_destination(destination),
+        destination_block=destination_block,
+        lookback_hours=lookback_hours,
+        page_size=page_size,
+        full_refresh=full_refresh,
+        payout_destinations=payout_destinations,
+        start_date=start_date,
+        reconcile_days=reconcile_days,
+        max_pages=max_pages,
+        personal_data=personal_data,
+        personal_data_key_block=personal_data_key_block,
+    )
     budget = run_budget(timeout_minutes)
-    run_deadline = time.monotonic() + budget.total_seconds()
+    # Prefect API calls beside the run's own path (the slot, the artifacts): each is a round
+    # trip to a server that may be tens of milliseconds away, so they overlap where they can.
+    side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="dintero-prefect")
+    run = SyncRun(
+        credentials_block,
+        session_block,
+        request,
+        # Read once, before any request: a missing or short key fails the run here.
+        personal_data_key=_personal_data_key(request),
+        deadline=time.monotonic() + budget.total_seconds(),
+        side=side,
+    )
 
     # One sync of an account at a time, across every worker and deployment (the hourly run
     # and the nightly reconcile included): a run waits for the one before it, within its budget.
@@ -213,22 +235,17 @@ def _dintero_sync(
             credentials = load_block(DinteroCredentials, credentials_block)
             return wait_for_slot(
                 account_limit_name(credentials.account_id, credentials.api_url),
-                timeout=max(0.0, run_deadline - time.monotonic()),
+                timeout=run.seconds_left(),
                 lease=ACCOUNT_SLOT_LEASE,
                 renew_every=ACCOUNT_SLOT_RENEW_SECONDS,
                 create_missing=SYNCS_PER_ACCOUNT,  # made by the account's first run
                 cancel=cancel,
             )
 
-    # Prefect API calls beside the run's own path (the slot, the artifacts): each is a round
-    # trip to a server that may be tens of milliseconds away, so they overlap where they can.
-    side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="dintero-prefect")
     try:
         # Every wait of the run, the token's included, ends with its budget.
         with deadline.run_budget(time.time() + budget.total_seconds()):
-            return _sync(
-                credentials_block, session_block, request, key, run_deadline, take_slot, side
-            )
+            return [summary.as_dict() for summary in _sync(run, take_slot)]
     except USER_ERRORS as exc:
         # Said once, in the run's final state, with the block's name and what to do; no
         # traceback for an error only its user can mend.
@@ -266,9 +283,34 @@ def _best_effort(what: str, call_prefect: Callable[[], Any]) -> Any:
         return None
 
 
-def _beside(side: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future:
-    """``fn(*args)`` in a side thread, in this run's context (its logger, its API URL)."""
-    return side.submit(copy_context().run, fn, *args)
+@dataclass(frozen=True)
+class SyncRun:
+    """One ``dintero-sync`` run: what its steps share."""
+
+    credentials_block: str
+    session_block: str | None
+    request: SyncRequest
+    #: The HMAC key for ``personal_data="hash"``, read from its Secret block.
+    personal_data_key: SecretStr | None
+    #: When the run's budget ends (``time.monotonic()``).
+    deadline: float
+    #: Where Prefect API calls the run does not wait for go (the slot, the artifacts).
+    side: ThreadPoolExecutor
+
+    def seconds_left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def beside(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """``fn(*args)`` in a side thread, in this run's context (its logger, its API URL)."""
+        return self.side.submit(copy_context().run, fn, *args)
+
+    def written_to(self) -> dict[str, str]:
+        """Where the run writes, as a downstream run takes it: the destination (absolute, no
+        secret: the request refuses them) or the connector block's name."""
+        if self.request.destination_block:
+            return {"destination": "", "destination_block": self.request.destination_block}
+        destination = resolve_destination(self.request.destination)
+        return {"destination": destination, "destination_block": ""}
 
 
 def _personal_data_key(request: SyncRequest) -> SecretStr | None:
@@ -288,26 +330,13 @@ def _personal_data_key(request: SyncRequest) -> SecretStr | None:
     return key
 
 
-def _written_to(request: SyncRequest) -> dict[str, str]:
-    """Where the run writes, as a downstream run takes it: the destination (absolute, no
-    secret: the request refuses them) or the connector block's name."""
-    if request.destination_block:
-        return {"destination": "", "destination_block": request.destination_block}
-    return {"destination": resolve_destination(request.destination), "destination_block": ""}
-
-
 def _sync(
-    credentials_block: str,
-    session_block: str | None,
-    request: SyncRequest,
-    key: SecretStr | None,
-    run_deadline: float,
-    take_slot: Callable[[threading.Event], HeldSlot | None] | None,
-    side: ThreadPoolExecutor,
-) -> list[dict[str, Any]]:
+    run: SyncRun, take_slot: Callable[[threading.Event], HeldSlot | None] | None
+) -> list[StreamSummary]:
     # The slot is asked for while the bearer is made: neither writes anything.
     cancel = threading.Event()
-    slot_wait = _beside(side, take_slot, cancel) if take_slot is not None else None
+    slot_wait = run.beside(take_slot, cancel) if take_slot is not None else None
+    credentials_block, session_block = run.credentials_block, run.session_block
     try:
         bearer = get_bearer_token(credentials_block, session_block, check_token=False)
         # Asked for here, not in the task: a wrong secret fails the run with its error said
@@ -333,7 +362,7 @@ def _sync(
             {},
             {},
             f"{type(exc).__name__}: {exc}",
-            destination=_written_to(request),
+            destination=run.written_to(),
         )
         raise
     held = slot_wait.result() if slot_wait is not None else None
@@ -344,27 +373,17 @@ def _sync(
             "for this run's whole budget (timeout_minutes)"
         )
     try:
-        return _run_streams(
-            credentials_block, session_block, request, key, run_deadline, bearer, held, side
-        )
+        return _run_streams(run, bearer, held)
     finally:
         if held is not None:
             # Beside the run's end, not waited for (a second release does nothing): a run that
             # failed early frees it the same way.
-            _beside(side, held.release)
+            run.beside(held.release)
 
 
-def _run_streams(
-    credentials_block: str,
-    session_block: str | None,
-    request: SyncRequest,
-    key: SecretStr | None,
-    run_deadline: float,
-    bearer: DinteroBearer,
-    held: HeldSlot | None,
-    side: ThreadPoolExecutor,
-) -> list[dict[str, Any]]:
+def _run_streams(run: SyncRun, bearer: DinteroBearer, held: HeldSlot | None) -> list[StreamSummary]:
     logger = get_run_logger()
+    request, session_block = run.request, run.session_block
     account_id = bearer.account_id
     if session_block and not bearer.renewable:
         _best_effort(
@@ -384,7 +403,7 @@ def _run_streams(
             "deployments in prefect.yaml use ~/prefect-dintero/dintero.db) or a database URL",
             folder,
         )
-    ends_at = time.time() + max(1.0, run_deadline - time.monotonic())
+    ends_at = time.time() + max(1.0, run.seconds_left())
     stop_reason = held.lost_reason if held is not None else None
     # A stream resumes as often as the credentials block's retry settings say.
     policy = bearer.credentials.retry_policy
@@ -398,14 +417,13 @@ def _run_streams(
             request,
             ends_at=ends_at,
             stop_reason=stop_reason,
-            personal_data_key=key,
+            personal_data_key=run.personal_data_key,
         ): name
         for name in request.streams
     }
     # Made beside the streams: it is shown, never needed. Each update follows the one before
     # (updates in flight at once could land out of order).
-    progress: Future = _beside(
-        side,
+    progress: Future = run.beside(
         _best_effort,
         "create the progress artifact",
         lambda: create_progress_artifact(
@@ -422,11 +440,11 @@ def _run_streams(
                 lambda: update_progress_artifact(progress_id, 100.0 * done / len(futures)),
             )
 
-    summaries: dict[str, dict[str, Any]] = {}
+    summaries: dict[str, StreamSummary] = {}
     failures: dict[str, str] = {}
     try:
         for done, future in enumerate(
-            as_completed(list(futures), timeout=max(0.0, run_deadline - time.monotonic())),
+            as_completed(list(futures), timeout=run.seconds_left()),
             start=1,
         ):
             name = futures[future]
@@ -435,7 +453,7 @@ def _run_streams(
             except Exception as exc:  # the others go on; the run fails below, naming this one
                 failures[name] = f"{type(exc).__name__}: {redact(str(exc))}"
                 logger.error("stream %s failed: %s", name, failures[name])
-            progress = _beside(side, update_progress, progress, done)
+            progress = run.beside(update_progress, progress, done)
     except TimeoutError:
         for name in futures.values():
             if name not in summaries and name not in failures:
@@ -445,36 +463,16 @@ def _run_streams(
                 )
                 logger.error("stream %s failed: %s", name, failures[name])
 
-    rows = []
-    for name in request.streams:
-        s = summaries.get(name)
-        rows.append(
-            {
-                "stream": name,
-                "status": "failed"
-                if name in failures
-                else ("skipped" if s and s.get("skipped") else "ok"),
-                "rows_fetched": s["fetched"] if s else 0,
-                "inserted": s["inserted"] if s else 0,
-                "updated": s["updated"] if s else 0,
-                "unchanged": s["unchanged"] if s else 0,
-                "pages": s["pages"] if s else 0,
-                "requests": s["requests"] if s else 0,
-                "retries": s["retries"] if s else 0,
-                "rate_limited": s["rate_limited"] if s else 0,
-                "outside_window": s["outside_window"] if s else 0,
-                "seconds": s["seconds"] if s else 0,
-                "cursor_after": (s["cursor_after"] or "") if s else "",
-                "error": failures.get(name, "") or (s.get("skipped", "") if s else ""),
-            }
-        )
+    rows = [
+        _artifact_row(summaries.get(name) or StreamSummary(name, account_id), failures.get(name))
+        for name in request.streams
+    ]
     # Nothing writes now. The slot is freed when this returns (by ``_sync``), beside the table
     # artifact and the last progress, and not waited for: two writes to Prefect's database,
     # which took up to 1.5 s here under load; a run that follows at once meets a taken slot
     # for that long, and asks again.
     ending = [
-        _beside(
-            side,
+        run.beside(
             _best_effort,
             "create the table artifact",
             lambda: create_table_artifact(
@@ -488,11 +486,11 @@ def _run_streams(
     ]
     events.emit_sync_result(
         account_id,
-        credentials_block,
+        run.credentials_block,
         session_block,
         summaries,
         failures,
-        destination=_written_to(request),
+        destination=run.written_to(),
     )
     for pending in [*ending, progress]:
         try:
@@ -511,3 +509,23 @@ def _run_streams(
             + ". The other streams were synced and committed; a rerun resumes the failed ones."
         )
     return [summaries[name] for name in request.streams]
+
+
+def _artifact_row(summary: StreamSummary, error: str | None) -> dict[str, Any]:
+    """One stream's row of the run's table artifact."""
+    return {
+        "stream": summary.stream,
+        "status": "failed" if error else summary.status,
+        "rows_fetched": summary.fetched,
+        "inserted": summary.inserted,
+        "updated": summary.updated,
+        "unchanged": summary.unchanged,
+        "pages": summary.pages,
+        "requests": summary.requests,
+        "retries": summary.retries,
+        "rate_limited": summary.rate_limited,
+        "outside_window": summary.outside_window,
+        "seconds": summary.seconds,
+        "cursor_after": summary.cursor_after or "",
+        "error": error or summary.skipped,
+    }

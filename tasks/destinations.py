@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect_dintero.blocks.prefect_api import load_block
 from prefect_dintero.errors import ConfigurationError
-from prefect_dintero.request import check_destination
 from prefect_dintero.sink import Sink
+from prefect_dintero.sync.options import check_destination
 
 
 def open_sink(destination: str = "dintero.db", destination_block: str | None = None) -> Sink:

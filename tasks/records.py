@@ -11,9 +11,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import SecretStr
 
 from prefect_dintero.blocks.prefect_api import load_block
-from prefect_dintero.reader import RecordQuery
 from prefect_dintero.redact import install_log_filter
-from prefect_dintero.tasks.auth import get_bearer_token
+from prefect_dintero.streams.queries import RecordQuery
+from prefect_dintero.tasks.authorization import get_bearer_token
 
 
 @task(
@@ -42,7 +42,7 @@ def read_records(
 
     Args:
         credentials_block: name of the ``DinteroCredentials`` block.
-        stream: a stream of the catalog (``prefect_dintero.streams.CATALOG``).
+        stream: a stream of the catalog (``prefect_dintero.streams.catalog.CATALOG``).
         created_from: only records created at or after this (UTC if naive).
         created_to: only records created at or before this.
         session_block: a ``DinteroOIDCSession`` block name, to read as the logged-in user.

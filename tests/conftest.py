@@ -283,7 +283,7 @@ def _slices_everywhere(monkeypatch):
     network), so every suite (the undocumented choices, the crash loop, the fault soak, cursor
     safety) runs with concurrency on. Tests of one-page-after-another behaviour say
     ``max_concurrent_requests=1``."""
-    from prefect_dintero import window_slices
+    from prefect_dintero.sync import window_reader as window_slices
 
     monkeypatch.setattr(window_slices, "MIN_PAGES_TO_CUT", 2)
     monkeypatch.setattr(window_slices, "MIN_WAIT_TO_CUT", 0.0)

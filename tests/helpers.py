@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
+from prefect_dintero.auth.client_credentials import ClientCredentials
 from prefect_dintero.client import DinteroClient
-from prefect_dintero.client_credentials import ClientCredentials
-from prefect_dintero.request import SyncRequest
-from prefect_dintero.retry import RetryPolicy
-from prefect_dintero.stream_sync import sync_stream
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.http.retry import RetryPolicy
+from prefect_dintero.streams.catalog import CATALOG
+from prefect_dintero.sync.options import SyncRequest
+from prefect_dintero.sync.stream_sync import sync_account_stream
 from prefect_dintero.times import parse_datetime
 
 AID = "T12345678"
@@ -39,7 +39,7 @@ def sync_all(emu, sink, opts=None, policy=FAST, streams=None):
     results = {}
     with DinteroClient(creds_for(emu), retry_policy=policy) as client:
         for spec in streams or CATALOG.values():
-            results[spec.name] = sync_stream(client, sink, spec, AID, opts or options(emu))
+            results[spec.name] = sync_account_stream(client, sink, spec, AID, opts or options(emu))
     return results
 
 

@@ -14,7 +14,7 @@ from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.flows import AccountTarget, dintero_sync_accounts
 from prefect_dintero.flows.sync import account_limit_name
 from prefect_dintero.sink import Sink
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 ACCOUNTS = ["T12345678", "T87654321", "T11223344"]

@@ -19,6 +19,10 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import create_engine, inspect, text
 
+from prefect_dintero.auth.grants import exchange_authorization_code, fetch_client_credentials_token
+from prefect_dintero.auth.oidc_login import parse_authorization_response
+from prefect_dintero.auth.store import DEFAULT_STORE
+from prefect_dintero.auth.tokens import Token
 from prefect_dintero.client import DinteroClient
 from prefect_dintero.errors import (
     AuthenticationError,
@@ -28,16 +32,12 @@ from prefect_dintero.errors import (
     MalformedResponseError,
     ReauthorizationRequired,
 )
-from prefect_dintero.grants import exchange_authorization_code, fetch_client_credentials_token
-from prefect_dintero.oidc_login import parse_authorization_response
-from prefect_dintero.paginators import MalformedPageError
-from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import STATE_TABLE, DestinationError, Sink
-from prefect_dintero.store import DEFAULT_STORE
-from prefect_dintero.stream_sync import sync_stream
-from prefect_dintero.streams import CATALOG, resolve_streams
+from prefect_dintero.streams.catalog import CATALOG, resolve_streams
+from prefect_dintero.streams.paginators import MalformedPageError
+from prefect_dintero.sync.options import SyncRequest
+from prefect_dintero.sync.stream_sync import sync_account_stream
 from prefect_dintero.tasks.destinations import check_destination
-from prefect_dintero.tokens import Token
 
 from .helpers import AID, FAST, creds_for
 
@@ -61,7 +61,7 @@ def sync(emu, destination, creds=None, streams=("transactions",), **client_kwarg
     client = DinteroClient(creds or creds_for(emu), retry_policy=FAST, **client_kwargs)
     with client:
         for spec in specs:
-            sync_stream(client, sink, spec, AID, SyncRequest(page_size=25))
+            sync_account_stream(client, sink, spec, AID, SyncRequest(page_size=25))
 
 
 def exchange(emu, code: str, redirect_uri: str | None = None) -> Token:
@@ -120,7 +120,7 @@ def inflated_page(emu, destination, what: str) -> None:
     sink = Sink(destination)
     sink.prepare(specs)
     with DinteroClient(creds_for(emu), retry_policy=FAST, transport=Inflate(what)) as client:
-        sync_stream(client, sink, specs[0], AID, SyncRequest(page_size=25))
+        sync_account_stream(client, sink, specs[0], AID, SyncRequest(page_size=25))
 
 
 def destination_with_a_query_password(emu, destination) -> None:
@@ -135,7 +135,7 @@ def payout_destination_outside_its_path(emu, destination) -> None:
     sink = Sink(destination)
     sink.prepare(specs)
     with DinteroClient(creds_for(emu), retry_policy=FAST) as client:
-        sync_stream(client, sink, specs[0], AID, options)
+        sync_account_stream(client, sink, specs[0], AID, options)
 
 
 def used_code(emu, destination) -> None:
@@ -176,7 +176,7 @@ def missing_primary_key(emu, destination) -> None:
     sink = Sink(destination)
     sink.prepare(specs)
     with DinteroClient(creds, retry_policy=FAST, transport=StripFirstId()) as client:
-        sync_stream(client, sink, specs[0], AID, SyncRequest(page_size=25))
+        sync_account_stream(client, sink, specs[0], AID, SyncRequest(page_size=25))
 
 
 class DeeplyNested(httpx.HTTPTransport):
@@ -200,7 +200,7 @@ def deeply_nested_page(emu, destination) -> None:
     sink = Sink(destination)
     sink.prepare(specs)
     with DinteroClient(creds_for(emu), retry_policy=FAST, transport=DeeplyNested()) as client:
-        sync_stream(client, sink, specs[0], AID, SyncRequest(page_size=25))
+        sync_account_stream(client, sink, specs[0], AID, SyncRequest(page_size=25))
 
 
 def bare_code_where_a_state_is_expected(emu, destination) -> None:

@@ -63,7 +63,7 @@ def test_credentials_defaults_and_clients():
 
 
 def test_session_block_converts_to_and_from_tokens():
-    from prefect_dintero.tokens import Token
+    from prefect_dintero.auth.tokens import Token
 
     token = Token.from_response(
         {
@@ -88,7 +88,7 @@ def test_core_never_imports_prefect():
     code = (
         "import sys\n"
         "import prefect_dintero, prefect_dintero.client, prefect_dintero.emulator, prefect_dintero.cli\n"
-        "import prefect_dintero.bearer, prefect_dintero.oidc_login, prefect_dintero.grants\n"
+        "import prefect_dintero.bearer, prefect_dintero.auth.oidc_login, prefect_dintero.auth.grants\n"
         "assert 'prefect' not in sys.modules, [m for m in sys.modules if m.startswith('prefect.')][:5]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -9,15 +9,15 @@ import time
 import httpx
 import pytest
 
-from prefect_dintero.adaptive_limit import AdaptiveLimit
+from prefect_dintero.auth.client_credentials import ClientCredentials
 from prefect_dintero.client import DinteroClient
-from prefect_dintero.client_credentials import ClientCredentials
 from prefect_dintero.errors import RunBudgetExceeded, RunInterrupted
-from prefect_dintero.request import SyncRequest
-from prefect_dintero.retry import RetryPolicy, parse_retry_after
+from prefect_dintero.http.adaptive_limit import AdaptiveLimit
+from prefect_dintero.http.retry import RetryPolicy, parse_retry_after
 from prefect_dintero.sink import Sink
-from prefect_dintero.stream_sync import sync_stream
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
+from prefect_dintero.sync.options import SyncRequest
+from prefect_dintero.sync.stream_sync import sync_account_stream
 
 from .helpers import AID, creds_for
 
@@ -106,7 +106,7 @@ def test_a_real_sync_under_a_retry_after_of_an_hour_ends_within_its_budget(
         client.run_ends_at = time.time() + 3
         started = time.monotonic()
         with pytest.raises(RunBudgetExceeded):
-            sync_stream(client, sink, spec, AID, SyncRequest(page_size=50))
+            sync_account_stream(client, sink, spec, AID, SyncRequest(page_size=50))
         assert time.monotonic() - started < 3 + 10
     sink.dispose()
 

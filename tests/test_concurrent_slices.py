@@ -15,13 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from pydantic import SecretStr
 
-from prefect_dintero import window_slices
-from prefect_dintero.adaptive_limit import AdaptiveLimit
 from prefect_dintero.client import DinteroClient
-from prefect_dintero.request import SyncRequest
+from prefect_dintero.http.adaptive_limit import AdaptiveLimit
 from prefect_dintero.sink import Sink
-from prefect_dintero.stream_sync import sync_stream
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
+from prefect_dintero.sync import window_reader as window_slices
+from prefect_dintero.sync.options import SyncRequest
+from prefect_dintero.sync.stream_sync import sync_account_stream
 from prefect_dintero.times import use_clock
 
 from .helpers import AID, FAST, assert_equals_source, check_cursor_not_ahead_of_data, creds_for
@@ -44,7 +44,9 @@ def _sync(emu, sink, streams=SLICED, concurrent=8, **request):
     creds = creds_for(emu, max_concurrent_requests=concurrent)
     with use_clock(emu.state.clock.now), DinteroClient(creds, retry_policy=FAST) as client:
         return {
-            s.name: sync_stream(client, sink, s, AID, SyncRequest(page_size=25, **request))[0]
+            s.name: sync_account_stream(client, sink, s, AID, SyncRequest(page_size=25, **request))[
+                0
+            ]
             for s in streams
         }
 
@@ -96,7 +98,7 @@ def test_429_bursts_halve_the_limit_and_lose_nothing(dintero_emulator_factory, t
     sink.prepare(SLICED)
     creds = creds_for(emu, max_concurrent_requests=8)
     with DinteroClient(creds, retry_policy=FAST) as client:
-        [result] = sync_stream(
+        [result] = sync_account_stream(
             client, sink, CATALOG["transactions"], AID, SyncRequest(page_size=25)
         )
         limit = client.limiter
@@ -137,14 +139,14 @@ CRASHER = textwrap.dedent(
     """
     import sys
     from pydantic import SecretStr
-    from prefect_dintero import window_slices
+    from prefect_dintero.sync import window_reader as window_slices
     from prefect_dintero.client import DinteroClient
-    from prefect_dintero.client_credentials import ClientCredentials
-    from prefect_dintero.retry import RetryPolicy
+    from prefect_dintero.auth.client_credentials import ClientCredentials
+    from prefect_dintero.http.retry import RetryPolicy
     from prefect_dintero.sink import Sink
-    from prefect_dintero.streams import CATALOG
-    from prefect_dintero.request import SyncRequest
-    from prefect_dintero.stream_sync import sync_stream
+    from prefect_dintero.streams.catalog import CATALOG
+    from prefect_dintero.sync.options import SyncRequest
+    from prefect_dintero.sync.stream_sync import sync_account_stream
     window_slices.MIN_PAGES_TO_CUT = 2
     window_slices.MIN_WAIT_TO_CUT = 0.0
     url, destination = sys.argv[1], sys.argv[2]
@@ -155,7 +157,7 @@ CRASHER = textwrap.dedent(
     policy = RetryPolicy(max_attempts=8, backoff_base=0.01, backoff_cap=0.05, retry_after_cap=0.2)
     with DinteroClient(creds, retry_policy=policy) as client:
         for name in ("transactions", "sessions", "settlements"):
-            sync_stream(client, sink, CATALOG[name], "T12345678", SyncRequest(page_size=10))
+            sync_account_stream(client, sink, CATALOG[name], "T12345678", SyncRequest(page_size=10))
     print("DONE", flush=True)
     """
 )

@@ -23,19 +23,19 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from prefect_dintero.auth.client_credentials import ClientCredentials
+from prefect_dintero.auth.grants import fetch_client_credentials_token
+from prefect_dintero.auth.store import DEFAULT_STORE, InMemoryTokenStore
+from prefect_dintero.auth.tokens import MissingExpiryWarning, Token
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
-from prefect_dintero.client_credentials import ClientCredentials
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
 from prefect_dintero.errors import DeadlineExceeded, DinteroError
-from prefect_dintero.grants import fetch_client_credentials_token
+from prefect_dintero.http.retry import RetryPolicy
 from prefect_dintero.redact import MASK
-from prefect_dintero.request import SyncRequest
-from prefect_dintero.retry import RetryPolicy
 from prefect_dintero.sink import Sink
-from prefect_dintero.store import DEFAULT_STORE, InMemoryTokenStore
-from prefect_dintero.stream_sync import sync_stream
-from prefect_dintero.streams import CATALOG
-from prefect_dintero.tokens import MissingExpiryWarning, Token
+from prefect_dintero.streams.catalog import CATALOG
+from prefect_dintero.sync.options import SyncRequest
+from prefect_dintero.sync.stream_sync import sync_account_stream
 
 from .helpers import creds_for
 
@@ -101,8 +101,8 @@ def test_two_sessions_never_share_a_token_whatever_their_names(with_session_ids)
 
 
 def test_a_refreshed_token_keeps_its_login_and_a_new_login_gets_its_own(dintero_emulator_factory):
-    from prefect_dintero.grants import exchange_authorization_code
-    from prefect_dintero.provider import OIDCSessionProvider
+    from prefect_dintero.auth.grants import exchange_authorization_code
+    from prefect_dintero.auth.provider import OIDCSessionProvider
 
     emu = dintero_emulator_factory(refresh_tokens=True, **SMALL)
     creds = creds_for(emu)
@@ -164,7 +164,7 @@ async def test_the_async_client_has_the_same_deadline(dintero_emulator_factory):
 def test_waiting_for_a_token_does_not_count_against_the_request_deadline(
     dintero_emulator_factory,
 ):
-    from prefect_dintero.provider import ClientCredentialsProvider
+    from prefect_dintero.auth.provider import ClientCredentialsProvider
 
     emu = dintero_emulator_factory(**SMALL)
     creds = _quick(emu, 1.0)
@@ -361,7 +361,7 @@ def test_non_finite_numbers_from_the_api_are_kept_as_text(destination, dintero_e
     sink = Sink(destination)
     sink.prepare([spec])
     with DinteroClient(creds_for(emu), retry_policy=FAST, transport=NonFinite()) as client:
-        [result] = sync_stream(client, sink, spec, AID, SyncRequest(page_size=100))
+        [result] = sync_account_stream(client, sink, spec, AID, SyncRequest(page_size=100))
     assert result.inserted == 40
     raws = json.dumps([r["raw"] for r in sink.rows(spec, AID)])
     assert '"NaN"' in raws and '"1e400"' in raws
@@ -376,7 +376,7 @@ def test_a_bad_expires_in_falls_back_like_a_missing_one(expires_in):
 
 
 def test_a_page_with_more_rows_than_asked_for_is_refused(dintero_emulator_factory, tmp_path):
-    from prefect_dintero.paginators import MalformedPageError
+    from prefect_dintero.streams.paginators import MalformedPageError
 
     emu = dintero_emulator_factory(**SMALL)
     big = [{"id": f"{AID}.x{i}", "created_at": "2026-01-01T00:00:00Z"} for i in range(30_000)]
@@ -392,7 +392,7 @@ def test_a_page_with_more_rows_than_asked_for_is_refused(dintero_emulator_factor
     with DinteroClient(creds, transport=httpx.MockTransport(handler)) as client:
         client.token_provider.use_transport(httpx.HTTPTransport())
         with pytest.raises(MalformedPageError, match="30000 rows, more than the 100 asked for"):
-            sync_stream(client, sink, spec, AID, SyncRequest(page_size=100))
+            sync_account_stream(client, sink, spec, AID, SyncRequest(page_size=100))
     assert sink.count(spec) == 0
 
 
@@ -643,8 +643,8 @@ def test_the_exit_save_never_runs_outside_its_slot(monkeypatch, caplog, slot):
 def test_a_renewal_whose_lease_was_lost_reads_the_block_again_before_refreshing(monkeypatch):
     """The defect: a renewal never asked whether its slot still held, so after a read that
     outlasted its lease it refreshed with a token another process was refreshing too."""
+    from prefect_dintero.auth.provider import ClientCredentialsProvider
     from prefect_dintero.blocks import token_store as module
-    from prefect_dintero.provider import ClientCredentialsProvider
 
     expired, theirs = _token("expired", -1), _token("theirs", 3600)
     store = _memory_block_store(expired)

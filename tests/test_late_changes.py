@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from prefect_dintero.client import DinteroClient
-from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import Sink
-from prefect_dintero.stream_sync import sync_stream
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
+from prefect_dintero.sync.options import SyncRequest
+from prefect_dintero.sync.stream_sync import sync_account_stream
 from prefect_dintero.times import use_clock
 
 from .helpers import AID, FAST, assert_equals_source, creds_for
@@ -33,7 +33,9 @@ def _hourly(emu, sink, transport=None, **request):
     ):
         if transport is not None:
             client.token_provider.use_transport(httpx.HTTPTransport())
-        [result] = sync_stream(client, sink, SPEC, AID, SyncRequest(page_size=50, **request))
+        [result] = sync_account_stream(
+            client, sink, SPEC, AID, SyncRequest(page_size=50, **request)
+        )
     return result
 
 
@@ -194,7 +196,7 @@ def test_a_late_change_read_days_behind_is_read_in_slices(dintero_emulator_facto
         use_clock(emu.state.clock.now),
         DinteroClient(creds_for(emu, max_concurrent_requests=4), retry_policy=FAST) as client,
     ):
-        [run] = sync_stream(client, sink, SPEC, AID, SyncRequest(page_size=20))
+        [run] = sync_account_stream(client, sink, SPEC, AID, SyncRequest(page_size=20))
     by = {r.partition: r for r in run.late_reads}
     assert by["by refunded_at"].updated >= 90
     assert emu.stats()["peak_in_flight"]["transactions"] >= 2

@@ -90,11 +90,11 @@ def test_the_core_imports_with_prefect_absent():
     )
     count, modules = out.split(" ", 1)
     for core in (
-        "prefect_dintero.stream_sync",
+        "prefect_dintero.sync.stream_sync",
         "prefect_dintero.sink",
         "prefect_dintero.client",
         "prefect_dintero.emulator.app",
-        "prefect_dintero.streams",
+        "prefect_dintero.streams.catalog",
     ):
         assert core in modules.split(), (core, modules)
     assert int(count) >= 25

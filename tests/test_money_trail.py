@@ -12,8 +12,8 @@ from sqlalchemy import text
 from prefect_dintero.client import DinteroClient
 from prefect_dintero.sink import Sink
 from prefect_dintero.sink.money_trail import COLUMNS, VIEW, ensure_view
-from prefect_dintero.stream_sync import sync_stream
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
+from prefect_dintero.sync.stream_sync import sync_account_stream
 from prefect_dintero.times import use_clock
 
 from .helpers import AID, FAST, creds_for
@@ -34,7 +34,7 @@ def _sync(emu, sink: Sink) -> None:
     sink.prepare(streams)
     with use_clock(emu.state.clock.now), DinteroClient(creds_for(emu), retry_policy=FAST) as c:
         for stream in streams:
-            sync_stream(c, sink, stream, AID)
+            sync_account_stream(c, sink, stream, AID)
 
 
 def _trail(sink: Sink) -> dict[tuple, dict]:

@@ -16,11 +16,11 @@ import pytest
 
 from prefect_dintero.client import DinteroClient
 from prefect_dintero.errors import PageRefused
-from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import Sink
 from prefect_dintero.sink.values import ESCAPED, unescape_text
-from prefect_dintero.stream_sync import sync_stream
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
+from prefect_dintero.sync.options import SyncRequest
+from prefect_dintero.sync.stream_sync import sync_account_stream
 
 from .helpers import AID, FAST, creds_for, refuse_rows
 
@@ -57,7 +57,7 @@ def test_odd_characters_are_stored_cleaned_with_a_warning(dintero_emulator, dest
     sink.prepare([spec])
     client = DinteroClient(creds_for(dintero_emulator), transport=OddValues(), retry_policy=FAST)
     with caplog.at_level(logging.WARNING, logger="prefect_dintero"), client:
-        [result] = sync_stream(client, sink, spec, AID, SyncRequest(page_size=25))
+        [result] = sync_account_stream(client, sink, spec, AID, SyncRequest(page_size=25))
     assert result.fetched and sink.count(spec, AID) == len(dintero_emulator.dump("customers"))
     odd = [r for r in sink.rows(spec, AID) if ESCAPED in json.dumps(r["raw"])]
     assert odd, "no odd row was stored"
@@ -76,7 +76,9 @@ def test_odd_characters_are_stored_cleaned_with_a_warning(dintero_emulator, dest
     with DinteroClient(
         creds_for(dintero_emulator), transport=OddValues(), retry_policy=FAST
     ) as client:
-        [again] = sync_stream(client, sink, spec, AID, SyncRequest(page_size=25, full_refresh=True))
+        [again] = sync_account_stream(
+            client, sink, spec, AID, SyncRequest(page_size=25, full_refresh=True)
+        )
     assert again.updated == 0
 
 
@@ -95,7 +97,7 @@ def test_a_refused_row_is_named_by_its_id_never_by_its_values(dintero_emulator, 
     refuse_rows(sink, destination)
     client = DinteroClient(creds_for(dintero_emulator), retry_policy=FAST)
     with client, pytest.raises(PageRefused) as refused:
-        sync_stream(client, sink, spec, AID, SyncRequest(page_size=25))
+        sync_account_stream(client, sink, spec, AID, SyncRequest(page_size=25))
     message = str(refused.value)
     customers = dintero_emulator.dump("customers")
     assert "customers" in message and "dintero_customers" in message
@@ -116,7 +118,7 @@ def test_every_policy_survives_what_keep_survives(dintero_emulator, destination,
     run, where ``keep`` stored the value cleaned."""
     from pydantic import SecretStr
 
-    from prefect_dintero.personal_data import PersonalDataPolicy
+    from prefect_dintero.streams.personal_data import PersonalDataPolicy
 
     key = SecretStr("k" * 32)
     spec = CATALOG["customers"]
@@ -126,7 +128,7 @@ def test_every_policy_survives_what_keep_survives(dintero_emulator, destination,
     with DinteroClient(
         creds_for(dintero_emulator), transport=OddValues(), retry_policy=FAST
     ) as client:
-        [result] = sync_stream(
+        [result] = sync_account_stream(
             client, sink, spec, AID, request, personal_data_key=key if mode == "hash" else None
         )
     assert result.fetched and sink.count(spec, AID) == len(dintero_emulator.dump("customers"))

@@ -11,7 +11,7 @@ import pytest
 from prefect_dintero.cli import build_parser
 from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.flows import dintero_sync, dintero_sync_accounts
-from prefect_dintero.request import SYNC_PARAMETERS, SyncRequest
+from prefect_dintero.sync.options import SYNC_PARAMETERS, SyncRequest
 
 NAMES = [p.name for p in SYNC_PARAMETERS]
 

@@ -14,11 +14,11 @@ from sqlalchemy import text
 from prefect_dintero import times
 from prefect_dintero.client import DinteroClient
 from prefect_dintero.errors import ConfigurationError
-from prefect_dintero.personal_data import PersonalDataPolicy
-from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import Sink
-from prefect_dintero.stream_sync import sync_stream
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
+from prefect_dintero.streams.personal_data import PersonalDataPolicy
+from prefect_dintero.sync.options import SyncRequest
+from prefect_dintero.sync.stream_sync import sync_account_stream
 
 from .helpers import AID, FAST, creds_for
 
@@ -83,7 +83,7 @@ def _sync(emu, sink, mode, key=KEY, full_refresh=False):
     )
     with DinteroClient(creds_for(emu), retry_policy=FAST) as client:
         for spec in CATALOG.values():
-            sync_stream(client, sink, spec, AID, request, personal_data_key=key)
+            sync_account_stream(client, sink, spec, AID, request, personal_data_key=key)
 
 
 @pytest.fixture
@@ -254,12 +254,12 @@ def test_a_deletion_since_datetime_does_not_return_arrives_with_the_reconcile(
     sink.prepare(list(CATALOG.values()))
     request = SyncRequest(page_size=13)
     with DinteroClient(creds_for(emu), retry_policy=FAST) as client:
-        sync_stream(client, sink, CATALOG["customers"], AID, request)
+        sync_account_stream(client, sink, CATALOG["customers"], AID, request)
         customer, _ = _deleted_customer(emu)
-        sync_stream(client, sink, CATALOG["customers"], AID, request)
+        sync_account_stream(client, sink, CATALOG["customers"], AID, request)
         assert _traces(sink, customer)  # the hourly run did not see it
         reconcile = SyncRequest(page_size=13, reconcile=timedelta(days=92))
-        sync_stream(client, sink, CATALOG["customers"], AID, reconcile)
+        sync_account_stream(client, sink, CATALOG["customers"], AID, reconcile)
     assert not _traces(sink, customer)
     assert sink.count(CATALOG["customers"], AID) == 30
     sink.dispose()
@@ -320,7 +320,9 @@ def test_one_policy_per_table_whatever_the_account_or_partition(
         )
         key = KEY if mode == "hash" else None
         with DinteroClient(creds_for(emu, account_id=account), retry_policy=FAST) as client:
-            return sync_stream(client, sink, stream, account, request, personal_data_key=key)
+            return sync_account_stream(
+                client, sink, stream, account, request, personal_data_key=key
+            )
 
     run(AID, "hash")
     with pytest.raises(ConfigurationError, match="must not mix"):

@@ -36,7 +36,7 @@ from prefect_dintero.errors import DinteroAPIError, ReauthorizationRequired, Sto
 from prefect_dintero.flows import dintero_login, dintero_sync
 from prefect_dintero.flows.accounts import AccountsFailed, AccountTarget, dintero_sync_accounts
 from prefect_dintero.sink import Sink
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
 
 from .helpers import save_credentials, unique
 

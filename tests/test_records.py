@@ -10,8 +10,8 @@ import pytest
 
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
 from prefect_dintero.errors import ConfigurationError
-from prefect_dintero.paginators import MalformedPageError
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
+from prefect_dintero.streams.paginators import MalformedPageError
 from prefect_dintero.times import parse_datetime
 
 from .helpers import FAST, creds_for

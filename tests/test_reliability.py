@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from prefect_dintero.auth.store import DEFAULT_STORE
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
-from prefect_dintero.retry import RetryPolicy
+from prefect_dintero.http.retry import RetryPolicy
 from prefect_dintero.sink import STATE_TABLE, Sink, parse_datetime
-from prefect_dintero.store import DEFAULT_STORE
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
 
 from ._servers import prefect_server_process, run
 from .helpers import (

@@ -18,9 +18,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import create_engine, text
 
+from prefect_dintero.auth.store import DEFAULT_STORE
 from prefect_dintero.client import DinteroClient
 from prefect_dintero.errors import ConfigurationError, MalformedResponseError, StreamSkipped
-from prefect_dintero.paginators import (
+from prefect_dintero.sink import DestinationError, Sink, StreamState, parse_datetime
+from prefect_dintero.streams.catalog import CATALOG, resolve_streams
+from prefect_dintero.streams.paginators import (
     LastEvaluatedKeyPaginator,
     MalformedPageError,
     NextPageTokenPaginator,
@@ -29,11 +32,8 @@ from prefect_dintero.paginators import (
     StartingAfterPaginator,
     pages,
 )
-from prefect_dintero.request import SyncRequest
-from prefect_dintero.sink import DestinationError, Sink, StreamState, parse_datetime
-from prefect_dintero.store import DEFAULT_STORE
-from prefect_dintero.stream_sync import sync_stream
-from prefect_dintero.streams import CATALOG, resolve_streams
+from prefect_dintero.sync.options import SyncRequest
+from prefect_dintero.sync.stream_sync import sync_account_stream
 
 from .helpers import (
     AID,
@@ -174,7 +174,7 @@ def test_since_datetime_grows_the_page_then_reads_the_whole_list_past_a_cluster(
 
 
 def test_full_sync_equals_the_source_for_every_stream(emu, destination, monkeypatch):
-    from prefect_dintero import window_slices
+    from prefect_dintero.sync import window_reader as window_slices
 
     # The page count below is that of one read in turn (test_concurrent_slices.py has slices).
     monkeypatch.setattr(window_slices, "MIN_PAGES_TO_CUT", 10**9)
@@ -261,7 +261,7 @@ def test_a_state_row_deleted_mid_run_is_recreated_and_nothing_is_lost(emu, desti
                 conn.execute(text("DELETE FROM dintero_sync_state"))
 
     with DinteroClient(creds_for(emu), retry_policy=FAST) as client:
-        [result] = sync_stream(
+        [result] = sync_account_stream(
             client, sink, spec, AID, options(emu), on_page=delete_state_after_page_three
         )
     engine.dispose()
@@ -314,7 +314,7 @@ def test_a_malformed_page_is_a_clear_error_and_nothing_of_it_is_written(emu, des
         pytest.raises(MalformedResponseError, match="not valid JSON"),
         DinteroClient(creds_for(emu, max_concurrent_requests=1), retry_policy=FAST) as client,
     ):
-        sync_stream(client, sink, spec, AID, options(emu))
+        sync_account_stream(client, sink, spec, AID, options(emu))
     assert sink.count(spec) == 17  # the first page only
     state = sink.read_state(AID, "transactions")
     assert state.cursor is None and state.resume is not None  # not advanced; resumes at page 2
@@ -455,7 +455,7 @@ EXIT_AS_THE_IDLE_CONNECTIONS_CLOSE = textwrap.dedent(
     import sys, time
     from prefect_dintero.sink import Sink
     from prefect_dintero.sink.duckdb import IDLE_RELEASE_SECONDS
-    from prefect_dintero.streams import CATALOG
+    from prefect_dintero.streams.catalog import CATALOG
     sink = Sink("duckdb:///" + sys.argv[1])
     sink.prepare([CATALOG["transactions"]])  # connections checked in: the idle timer starts
     time.sleep(IDLE_RELEASE_SECONDS + float(sys.argv[2]))  # exit as it closes them
@@ -597,7 +597,7 @@ def test_payout_destinations_are_discovered_whatever_the_list_looks_like(
     spec = CATALOG["payout_transfers"]
     sink.prepare([spec])
     with DinteroClient(creds_for(emu)) as client:
-        results = sync_stream(client, sink, spec, AID, SyncRequest())
+        results = sync_account_stream(client, sink, spec, AID, SyncRequest())
     assert [r.partition for r in results] == emu.config.payout_destinations
     assert_equals_source(emu, sink, [spec])
 
@@ -621,7 +621,7 @@ def test_payout_transfers_are_skipped_when_destinations_cannot_be_listed(
         DinteroClient(creds_for(emu), retry_policy=FAST) as client,
         pytest.raises(StreamSkipped, match=says) as info,
     ):
-        sync_stream(client, sink, spec, AID, SyncRequest())
+        sync_account_stream(client, sink, spec, AID, SyncRequest())
     assert "payout_destinations=[...]" in str(info.value)
     assert not info.value.retryable
     assert emu.stats()["requests"]["payout_destinations"] == {status: 1}  # never retried
@@ -635,12 +635,12 @@ CRASHER = textwrap.dedent(
     import sys
     from pydantic import SecretStr
     from prefect_dintero.client import DinteroClient
-    from prefect_dintero.client_credentials import ClientCredentials
-    from prefect_dintero.retry import RetryPolicy
+    from prefect_dintero.auth.client_credentials import ClientCredentials
+    from prefect_dintero.http.retry import RetryPolicy
     from prefect_dintero.sink import Sink
-    from prefect_dintero.streams import CATALOG
-    from prefect_dintero.request import SyncRequest
-    from prefect_dintero.stream_sync import sync_stream
+    from prefect_dintero.streams.catalog import CATALOG
+    from prefect_dintero.sync.options import SyncRequest
+    from prefect_dintero.sync.stream_sync import sync_account_stream
     url, destination = sys.argv[1], sys.argv[2]
     creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
         client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url)
@@ -650,7 +650,7 @@ CRASHER = textwrap.dedent(
     policy = RetryPolicy(max_attempts=8, backoff_base=0.01, backoff_cap=0.05, retry_after_cap=0.2)
     with DinteroClient(creds, retry_policy=policy) as client:
         for spec in CATALOG.values():
-            sync_stream(client, sink, spec, "T12345678", opts)
+            sync_account_stream(client, sink, spec, "T12345678", opts)
     print("DONE", flush=True)
     """
 )

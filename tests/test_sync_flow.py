@@ -18,7 +18,7 @@ from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.flows import dintero_login, dintero_sync
 from prefect_dintero.flows.sync import SyncFailed
 from prefect_dintero.sink import Sink, redact_url, resolve_destination
-from prefect_dintero.streams import CATALOG
+from prefect_dintero.streams.catalog import CATALOG
 
 from .helpers import save_credentials, source_key, table_as_sent
 
@@ -355,7 +355,7 @@ def quick_creds(emu) -> str:
 def test_a_trickling_server_fails_the_run_naming_it_and_the_next_run_proceeds(
     emu, quick_creds, tmp_path, monkeypatch
 ):
-    from prefect_dintero.retry import RetryPolicy
+    from prefect_dintero.http.retry import RetryPolicy
 
     # Stream resumes are tested elsewhere; here one attempt shows the request's own deadline.
     # The flow takes them from the credentials' policy, so that is where they are switched off.
@@ -533,7 +533,7 @@ def test_sync_flow_hashes_personal_data_with_a_secret_blocks_key(emu, creds, tmp
     does not exist fails the run before any Dintero request; hashed values join."""
     from prefect.blocks.system import Secret
 
-    from prefect_dintero.personal_data import PersonalDataPolicy
+    from prefect_dintero.streams.personal_data import PersonalDataPolicy
 
     emu.clear_faults()
     key_block = f"dintero-hmac-{uuid.uuid4().hex[:8]}"

@@ -15,8 +15,15 @@ import pytest
 import respx
 from pydantic import SecretStr
 
+from prefect_dintero.auth.client_credentials import ClientCredentials
+from prefect_dintero.auth.grants import (
+    exchange_authorization_code,
+    fetch_client_credentials_token,
+)
+from prefect_dintero.auth.provider import ClientCredentialsProvider, OIDCSessionProvider
+from prefect_dintero.auth.store import DEFAULT_STORE, InMemoryTokenStore
+from prefect_dintero.auth.tokens import MissingExpiryWarning, Token
 from prefect_dintero.client import AsyncDinteroClient, DinteroClient
-from prefect_dintero.client_credentials import ClientCredentials
 from prefect_dintero.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -29,15 +36,8 @@ from prefect_dintero.errors import (
     ReauthorizationRequired,
     TransientError,
 )
-from prefect_dintero.grants import (
-    exchange_authorization_code,
-    fetch_client_credentials_token,
-)
-from prefect_dintero.provider import ClientCredentialsProvider, OIDCSessionProvider
+from prefect_dintero.http.retry import RetryPolicy, parse_retry_after
 from prefect_dintero.redact import MASK, get_logger, redact
-from prefect_dintero.retry import RetryPolicy, parse_retry_after
-from prefect_dintero.store import DEFAULT_STORE, InMemoryTokenStore
-from prefect_dintero.tokens import MissingExpiryWarning, Token
 
 from .helpers import AID, creds_for
 

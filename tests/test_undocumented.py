@@ -17,23 +17,23 @@ import pytest
 import respx
 from pydantic import SecretStr
 
+from prefect_dintero.auth.client_credentials import ClientCredentials
+from prefect_dintero.auth.grants import exchange_authorization_code, fetch_client_credentials_token
+from prefect_dintero.auth.provider import ClientCredentialsProvider, OIDCSessionProvider
+from prefect_dintero.auth.store import DEFAULT_STORE, InMemoryTokenStore
+from prefect_dintero.auth.tokens import Token
 from prefect_dintero.client import DinteroClient
-from prefect_dintero.client_credentials import ClientCredentials
 from prefect_dintero.errors import (
     AuthenticationError,
     ConfigurationError,
     InvalidGrantError,
     ReauthorizationRequired,
 )
-from prefect_dintero.grants import exchange_authorization_code, fetch_client_credentials_token
-from prefect_dintero.provider import ClientCredentialsProvider, OIDCSessionProvider
-from prefect_dintero.request import SyncRequest
 from prefect_dintero.sink import Sink, with_state
-from prefect_dintero.store import DEFAULT_STORE, InMemoryTokenStore
-from prefect_dintero.stream_sync import sync_stream
-from prefect_dintero.streams import CATALOG, Stream
+from prefect_dintero.streams.catalog import CATALOG, Stream
+from prefect_dintero.sync.options import SyncRequest
+from prefect_dintero.sync.stream_sync import sync_account_stream
 from prefect_dintero.times import CLOCK_SKEW, parse_datetime, use_clock
-from prefect_dintero.tokens import Token
 
 from .helpers import FAST, creds_for, source_key, table_as_sent
 
@@ -85,7 +85,7 @@ def sync_all(emu, sink, opts=None, streams=None) -> dict[str, list]:
         DinteroClient(creds_for(emu), retry_policy=FAST) as client,
     ):
         return {
-            spec.name: sync_stream(client, sink, spec, AID, opts or options(emu))
+            spec.name: sync_account_stream(client, sink, spec, AID, opts or options(emu))
             for spec in streams or CATALOG.values()
         }
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from .auth.client_credentials import ClientCredentials
+from .auth.provider import OIDCSessionProvider, TokenProvider
+from .auth.tokens import UserInfo
 from .client import AsyncDinteroClient, DinteroClient
-from .client_credentials import ClientCredentials
-from .provider import OIDCSessionProvider, TokenProvider
-from .tokens import UserInfo
 
 
 class DinteroBearer:

@@ -10,20 +10,16 @@ from typing import Any, Literal
 import httpx
 from pydantic import SecretStr
 
-from . import deadline
-from .adaptive_limit import AdaptiveLimit
-from .client_credentials import ClientCredentials
-from .discovery import apayout_destination_ids, payout_destination_ids
+from .auth.client_credentials import ClientCredentials
+from .auth.httpx_auth import DinteroAuth
+from .auth.provider import ClientCredentialsProvider, OIDCSessionProvider, TokenProvider
+from .auth.store import TokenStore
+from .auth.tokens import Token
 from .errors import MalformedResponseError, RunBudgetExceeded, RunInterrupted
-from .httpx_auth import DinteroAuth
-from .paginators import apages, pages
-from .personal_data import PersonalData
-from .provider import ClientCredentialsProvider, OIDCSessionProvider, TokenProvider
-from .reader import RecordQuery
-from .retry import RetryPolicy, parse_retry_after
-from .store import TokenStore
-from .tokens import Token
-from .transport import (
+from .http import deadline
+from .http.adaptive_limit import AdaptiveLimit, limit_for
+from .http.retry import RetryPolicy, parse_retry_after
+from .http.transport import (
     DEFAULT_TIMEOUT,
     ClientStats,
     check_response,
@@ -34,6 +30,10 @@ from .transport import (
     send_sync,
     ssl_context,
 )
+from .streams.discovery import apayout_destination_ids, payout_destination_ids
+from .streams.paginators import apages, pages
+from .streams.personal_data import PersonalData
+from .streams.queries import RecordQuery
 
 Host = Literal["api", "checkout"]
 
@@ -52,6 +52,9 @@ class _ClientBase:
         leeway: float | None = None,
         timeout: httpx.Timeout | float | None = None,
         retry_policy: RetryPolicy | None = None,
+        run_ends_at: float | None = None,
+        stop_reason: Callable[[], str | None] | None = None,
+        limiter: AdaptiveLimit | Literal["account"] | None = "account",
     ) -> None:
         self.credentials = credentials
         self.stats = ClientStats()
@@ -75,13 +78,19 @@ class _ClientBase:
         self._deadline = credentials.request_deadline_seconds
         #: When the run using this client must be over (``time.time()``), if it has a budget:
         #: no request then lasts past it.
-        self.run_ends_at: float | None = None
+        self.run_ends_at = run_ends_at
         #: Asked before every request and before each page is committed: why the run must stop
         #: now (it may no longer hold its account, say), or None to go on.
-        self.stop_reason: Callable[[], str | None] | None = None
-        #: The account's adaptive limit on requests in flight (``adaptive_limit.limit_for``),
-        #: set by the sync; None: requests are not paced.
-        self.limiter: AdaptiveLimit | None = None
+        self.stop_reason = stop_reason
+        #: The limit on requests in flight: by default the account's adaptive limit, one per
+        #: account in the process (``adaptive_limit.limit_for``); None: requests are not paced.
+        self.limiter = (
+            limit_for(
+                credentials.account_id, credentials.api_url, credentials.max_concurrent_requests
+            )
+            if limiter == "account"
+            else limiter
+        )
         self._headers = default_headers(credentials.system_name)
 
     def check_run(self) -> None:
@@ -100,6 +109,18 @@ class _ClientBase:
             raise RunInterrupted(
                 f"the run stopped: {reason}; the committed pages are kept and the next run resumes"
             )
+
+    def _answered(
+        self, answered: Callable[..., None], response: httpx.Response, started: float
+    ) -> None:
+        """Tell the limit how a request went; a server's Retry-After pauses the account no
+        longer than this client would wait it."""
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        answered(
+            response.status_code,
+            time.monotonic() - started,
+            self.retry_policy.capped_retry_after(retry_after),
+        )
 
     def _request_deadline(self) -> float:
         """The request's deadline: the credentials', or what the run's budget has left."""
@@ -148,7 +169,7 @@ class DinteroClient(_ClientBase):
         ```python
         from pydantic import SecretStr
         from prefect_dintero.client import DinteroClient
-        from prefect_dintero.client_credentials import ClientCredentials
+        from prefect_dintero.auth.client_credentials import ClientCredentials
         from prefect_dintero.emulator import running_emulator
 
         with running_emulator() as emulator:
@@ -204,18 +225,11 @@ class DinteroClient(_ClientBase):
                 response = send_sync(self._http, request, deadline=self._request_deadline())
             else:
                 # Each attempt holds one of the account's slots, and tells the limit how it went.
-                # The wait for a slot ends with the run (check_run); a server's Retry-After
-                # pauses the account no longer than this client would wait it.
+                # The wait for a slot ends with the run (check_run).
                 with self.limiter.slot(self.check_run) as answered:
                     started = time.monotonic()
                     response = send_sync(self._http, request, deadline=self._request_deadline())
-                    answered(
-                        response.status_code,
-                        time.monotonic() - started,
-                        self.retry_policy.capped_retry_after(
-                            parse_retry_after(response.headers.get("retry-after"))
-                        ),
-                    )
+                    self._answered(answered, response, started)
             return check_response(response, self.stats)
 
         return self.retry_policy.call(attempt, on_retry_counter(self.stats), self.run_ends_at)
@@ -243,14 +257,14 @@ class DinteroClient(_ClientBase):
         (transactions, sessions, settlements), here otherwise.
 
         Args:
-            stream: a stream of the catalog (``prefect_dintero.streams.CATALOG``).
+            stream: a stream of the catalog (``prefect_dintero.streams.catalog.CATALOG``).
             created_from: only records created at or after this (UTC if naive).
             created_to: only records created at or before this.
             payout_destinations: for ``payout_transfers``; None reads the account's list.
             page_size: records per request (capped at the endpoint's maximum).
             account_id: another account the credentials may read; default theirs.
             personal_data: ``keep``, ``hash`` or ``drop`` the stream's personal fields (see
-                :mod:`prefect_dintero.personal_data`).
+                :mod:`prefect_dintero.streams.personal_data`).
             personal_data_key: the HMAC key ``hash`` needs (at least 32 bytes).
 
         Examples:
@@ -258,7 +272,7 @@ class DinteroClient(_ClientBase):
             from datetime import datetime, timedelta, UTC
             from pydantic import SecretStr
             from prefect_dintero.client import DinteroClient
-            from prefect_dintero.client_credentials import ClientCredentials
+            from prefect_dintero.auth.client_credentials import ClientCredentials
             from prefect_dintero.emulator import running_emulator
 
             with running_emulator() as emulator:
@@ -322,7 +336,7 @@ class AsyncDinteroClient(_ClientBase):
         import asyncio
         from pydantic import SecretStr
         from prefect_dintero.client import AsyncDinteroClient
-        from prefect_dintero.client_credentials import ClientCredentials
+        from prefect_dintero.auth.client_credentials import ClientCredentials
         from prefect_dintero.emulator import running_emulator
 
         async def first_page(creds):
@@ -372,7 +386,15 @@ class AsyncDinteroClient(_ClientBase):
 
         async def attempt() -> httpx.Response:
             request = self._http.build_request(method, url, params=params, json=json)
-            response = await send_async(self._http, request, deadline=self._request_deadline())
+            if self.limiter is None:
+                response = await send_async(self._http, request, deadline=self._request_deadline())
+            else:
+                async with self.limiter.aslot(self.check_run) as answered:
+                    started = time.monotonic()
+                    response = await send_async(
+                        self._http, request, deadline=self._request_deadline()
+                    )
+                    self._answered(answered, response, started)
             return check_response(response, self.stats)
 
         return await self.retry_policy.acall(
@@ -401,7 +423,7 @@ class AsyncDinteroClient(_ClientBase):
             import asyncio
             from pydantic import SecretStr
             from prefect_dintero.client import AsyncDinteroClient
-            from prefect_dintero.client_credentials import ClientCredentials
+            from prefect_dintero.auth.client_credentials import ClientCredentials
             from prefect_dintero.emulator import running_emulator
 
             async def count_customers(creds) -> int:

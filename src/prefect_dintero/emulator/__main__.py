@@ -2,6 +2,6 @@
 
 import sys
 
-from prefect_dintero.emulator.cli import main
+from prefect_dintero.emulator.command import main
 
 sys.exit(main())

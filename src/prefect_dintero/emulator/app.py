@@ -24,7 +24,8 @@ from .auth_server import AuthRoutes
 from .control import ControlRoutes
 from .data import iso
 from .faults import DATA_ROUTES, FaultAction
-from .http import (
+from .lists import ListRoutes
+from .responses import (
     GENERIC_ERROR_STATUSES,
     ApiError,
     DroppedConnection,
@@ -33,7 +34,6 @@ from .http import (
     error_response,
     trickling,
 )
-from .lists import ListRoutes
 from .world import EmulatorState
 
 #: Where the emulator's control routes live.

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from .http import (
+from .pages import callback_page, login_page
+from .responses import (
     AID_RE,
     OID_RE,
     ApiError,
@@ -21,7 +22,6 @@ from .http import (
     bearer_token,
     json_body,
 )
-from .pages import callback_page, login_page
 from .signed_tokens import CodeRecord, RefreshRecord
 from .world import EmulatorState
 

@@ -9,7 +9,7 @@ from starlette.routing import Route
 
 from .data import to_ms
 from .faults import FaultConfigError
-from .http import (
+from .responses import (
     ApiError,
     error_response,
     json_body,

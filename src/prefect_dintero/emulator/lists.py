@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .data import SortedCollection, to_ms
-from .http import (
+from .responses import (
     TRANSACTION_STATUSES,
     ApiError,
     Handler,

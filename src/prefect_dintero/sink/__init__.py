@@ -6,7 +6,7 @@ columns, ``destinations`` the URLs and files, and one module per database (``sql
 ``postgresql``, ``duckdb``) what differs between them, behind ``dialect.Dialect``.
 """
 
-from ..stream_state import PageWrite, StreamState, with_state
+from ..streams.state import PageWrite, StreamState, with_state
 from ..times import iso, parse_datetime
 from .core import Sink
 from .destination_urls import (

@@ -20,8 +20,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from .. import times
 from ..errors import ConfigurationError, PageRefused
-from ..stream_state import PageWrite, StreamState, with_state
-from ..streams import ChildTable, Stream
+from ..streams.catalog import ChildTable, Stream
+from ..streams.state import PageWrite, StreamState, with_state
 from ..times import CLOCK_SKEW
 from .destination_urls import DestinationError, redact_url, resolve_destination
 from .dialect import Dialect, dialect_names, load_dialect

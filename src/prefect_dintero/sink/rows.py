@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ..redact import get_logger
-from ..streams import ChildTable, Stream
+from ..streams.catalog import ChildTable, Stream
 from .values import COERCERS, ESCAPED, Unfit, escape_odd, replace_odd, storable
 
 #: Text columns keep a string as it is (no call); anything else goes through this.

@@ -7,7 +7,7 @@ import threading
 from sqlalchemy import BigInteger, Column, MetaData, String, Table
 from sqlalchemy.engine import Connection
 
-from ..streams import ChildTable, Stream
+from ..streams.catalog import ChildTable, Stream
 from .dialect import Dialect
 from .values import COLUMN_TYPES, JSON_TYPE, UTCDateTime
 

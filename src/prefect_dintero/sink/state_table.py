@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.engine import Connection
 
-from ..stream_state import StreamState
+from ..streams.state import StreamState
 from .dialect import Dialect
 
 

@@ -14,15 +14,8 @@ from typing import Any
 import httpx
 import orjson
 
-from ._version import __version__
-from .deadline import (
-    DEFAULT_REQUEST_DEADLINE,
-    ResponseTooLarge,
-    aread_within,
-    read_within,
-    request_deadline,
-)
-from .errors import (
+from .._version import __version__
+from ..errors import (
     DeadlineExceeded,
     DinteroAPIError,
     DinteroError,
@@ -30,6 +23,13 @@ from .errors import (
     MalformedResponseError,
     TransientError,
     error_from_response,
+)
+from .deadline import (
+    DEFAULT_REQUEST_DEADLINE,
+    ResponseTooLarge,
+    aread_within,
+    read_within,
+    request_deadline,
 )
 from .retry import parse_retry_after
 

@@ -15,11 +15,11 @@ from pydantic import (
     model_validator,
 )
 
-from .deadline import DEFAULT_REQUEST_DEADLINE
-from .errors import ConfigurationError
-from .redact import register_secret
-from .retry import RetryPolicy
-from .validation import validate_base_url, validate_owner_id
+from ..errors import ConfigurationError
+from ..http.deadline import DEFAULT_REQUEST_DEADLINE
+from ..http.retry import RetryPolicy
+from ..redact import register_secret
+from ..validation import validate_base_url, validate_owner_id
 
 DEFAULT_API_URL = "https://api.dintero.com"
 DEFAULT_CHECKOUT_URL = "https://checkout.dintero.com"

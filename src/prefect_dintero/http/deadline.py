@@ -26,7 +26,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from .errors import DeadlineExceeded
+from ..errors import DeadlineExceeded
 
 __all__ = [
     "DeadlineExceeded",

@@ -47,8 +47,8 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
+from ..errors import DeadlineExceeded, DinteroError
 from .deadline import run_ends_at
-from .errors import DeadlineExceeded, DinteroError
 
 T = TypeVar("T")
 

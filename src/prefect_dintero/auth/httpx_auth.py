@@ -8,10 +8,10 @@ from collections.abc import AsyncGenerator, Generator
 
 import httpx
 
-from . import deadline
+from ..http import deadline
+from ..http.transport import ClientStats
 from .provider import TokenProvider
 from .tokens import Token
-from .transport import ClientStats
 
 
 def is_replayable(request: httpx.Request) -> bool:

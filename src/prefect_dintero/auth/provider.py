@@ -27,22 +27,22 @@ from typing import TypeVar
 
 import httpx
 
-from . import deadline
-from .client_credentials import ClientCredentials
-from .errors import (
+from ..errors import (
     DinteroAPIError,
     InvalidGrantError,
     ReauthorizationRequired,
     StoreUnavailable,
 )
+from ..http import deadline
+from ..http.transport import DEFAULT_TIMEOUT, ClientStats
+from ..redact import get_logger
+from .client_credentials import ClientCredentials
 from .grants import (
     fetch_client_credentials_token,
     refresh_session_token,
 )
-from .redact import get_logger
 from .store import DEFAULT_STORE, TokenStore
 from .tokens import Token
-from .transport import DEFAULT_TIMEOUT, ClientStats
 
 logger = get_logger(__name__)
 T = TypeVar("T")

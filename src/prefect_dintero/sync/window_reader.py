@@ -1,8 +1,10 @@
-"""Reading one window in slices, concurrently: a backfill at the speed of the API's latency.
+"""Reading one window ``[lower, upper]`` of a stream: one slice, or concurrent slices.
 
-A list API answers one page per round trip; read one after another, a backfill of 10 million
-transactions at 150 ms a page takes hours. A window the API filters on ``created_at``
-(transactions, sessions, settlements) can be cut into slices read at the same time:
+An incremental run reads its window as one slice, page after page (the next page fetched while
+this one is written). A window read from the beginning or far back (a first sync, a full
+refresh, a reconcile, a late-change read after an outage) may be cut into slices read at the
+same time: a list API answers one page per round trip, and a backfill of 10 million
+transactions at 150 ms a page takes hours one page after another.
 
 - **Slices follow the data, by bisection.** The window starts as one slice. A slice asks for
   its first page; when that page is the last, the slice is done in one request. When more
@@ -11,13 +13,13 @@ transactions at 150 ms a page takes hours. A window the API filters on ``created
   ``max_slices``), and each half starts over: so a dense stretch is cut until every worker has
   a slice, and a sparse one is read in turn. The page that showed the density is not written
   (each half reads it again). A list in no date order gives no such estimate: it is read in one
-  slice, as before. Nor is a slice cut when its first page came in less than 50 ms: on a fast
-  network, concurrency costs more CPU than the round trips it saves.
+  slice. Nor is a slice cut when its first page came in less than 50 ms: on a fast network,
+  concurrency costs more CPU than the round trips it saves.
 - **Each slice commits its own resume point**, in the same transaction as its page (the
   state's ``resume`` holds every slice: its bounds, its next page, whether it is done, and the
   newest value it read). The stream's cursor moves only with the commit of the last slice: a
   crashed run resumes every slice where it stopped, and never skips a row.
-- **Requests go through the account's adaptive limit** (``prefect_dintero.adaptive_limit``):
+- **Requests go through the account's adaptive limit** (``prefect_dintero.http.adaptive_limit``):
   the slices are workers, the limit says how many may have a request in flight.
 
 Pages are written one at a time (one writer per stream): the round trips overlap, the writes,
@@ -32,17 +34,17 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from queue import Queue
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import DinteroAPIError
-from .paginators import Page, pages
-from .redact import get_logger
-from .request import EARLIEST_START
-from .stream_state import PageWrite, StreamState, with_state
-from .times import iso, parse_datetime
-
-if TYPE_CHECKING:
-    from .stream_sync import StreamResult, StreamSync
+from ..errors import DinteroAPIError
+from ..redact import get_logger
+from ..streams.paginators import Page
+from ..streams.state import PageWrite, StreamState, with_state
+from ..times import iso, parse_datetime
+from .cursor import later
+from .options import EARLIEST_START
+from .stream_run import StreamRun
+from .stream_summary import StreamSummary
 
 logger = get_logger(__name__)
 
@@ -61,10 +63,11 @@ HORIZON = timedelta(days=30)
 
 @dataclass(frozen=True)
 class Slice:
-    """Part of a window: ``[lo, hi]`` (``lo`` None: from the beginning), where it stands."""
+    """Part of a window: ``[lo, hi]`` (None: from the beginning, or to no bound), where it
+    stands."""
 
     lo: datetime | None
-    hi: datetime
+    hi: datetime | None
     resume: dict[str, Any] | None = None
     done: bool = False
     seen: datetime | None = None
@@ -74,7 +77,9 @@ class Slice:
         return f"{iso(self.lo) or ''}|{iso(self.hi)}"
 
     def halves(self) -> tuple[Slice, Slice] | None:
-        """The slice cut at its middle, or None when it is too short to cut."""
+        """The slice cut at its middle, or None when it is too short (or open) to cut."""
+        if self.hi is None:
+            return None
         base = self.lo if self.lo is not None else min(EARLIEST_START, self.hi - MIN_SPAN)
         if self.hi - base < 2 * MIN_SPAN:
             return None
@@ -97,12 +102,9 @@ class Slice:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Slice:
-        hi = parse_datetime(data.get("hi"))
-        if hi is None:
-            raise ValueError("a slice without its upper bound")
         return cls(
             lo=parse_datetime(data.get("lo")),
-            hi=hi,
+            hi=parse_datetime(data.get("hi")),
             resume=data.get("resume"),
             done=bool(data.get("done")),
             seen=parse_datetime(data.get("seen")),
@@ -127,48 +129,60 @@ def saved_slices(resume: Any) -> list[Slice] | None:
     return None
 
 
-class SlicedWindow:
-    """Reads the window ``[lower, upper]`` of ``sync``'s stream in concurrent slices.
+def resumed_slices(state: StreamState) -> list[Slice]:
+    """Where an unfinished window stands: its slices, or (a state written by an older version,
+    which saved one page cursor) the window as one slice resuming at that page."""
+    return saved_slices(state.resume) or [
+        Slice(state.window_lower, state.window_upper, state.resume, seen=state.max_seen)
+    ]
+
+
+class WindowReader:
+    """Reads the window ``[lower, upper]`` of a stream's run, in slices, and commits each page
+    with where every slice stands.
 
     Args:
-        sync: the stream's sync (its client, sink, stream and request).
+        run: the stream's run (its pages, its commits, its cursor).
         lower, upper: the window.
-        slices: the slices of an unfinished run to resume; None starts one slice.
+        slices: where an unfinished window stands; None starts with one slice.
         reset: a full refresh: the old cursor is forgotten with the first commit.
-        result: the stream's result, counted into.
+        summary: counted into.
         workers: how many slices are read at once (the adaptive limit bounds the requests).
+        max_slices: how many slices the window may be cut into (1: never cut).
     """
 
     def __init__(
         self,
-        sync: StreamSync,
+        run: StreamRun,
         lower: datetime | None,
-        upper: datetime,
+        upper: datetime | None,
+        *,
         slices: list[Slice] | None,
         reset: bool,
-        result: StreamResult,
-        workers: int,
+        summary: StreamSummary,
+        workers: int = 1,
+        max_slices: int = 1,
     ) -> None:
-        self.sync = sync
+        self.run = run
         self.lower, self.upper = lower, upper
         self.slices: dict[str, Slice] = {
             s.key: s for s in (slices if slices is not None else [Slice(lower, upper)])
         }
         self.reset = reset and slices is None
-        self.result = result
+        self.summary = summary
         self.workers = max(1, workers)
-        self.max_slices = 2 * self.workers
-        self._lock = threading.Lock()  # the slices and the result
+        self.max_slices = max(1, max_slices)
+        self._lock = threading.Lock()  # the slices and the summary's outside_window
         self._failure: BaseException | None = None
         self._stop = threading.Event()
         self._todo: Queue[Slice | None] = Queue()
         self._open = 0
         #: Pages read, in each slice's order, for the one writer: the thread that called
-        #: :meth:`run` (a database connection stays in its thread). Two wait at most, and one
-        #: in each worker's hands: memory stays flat, as with one page fetched ahead.
-        self._read_pages: Queue[tuple[Page, Slice] | None] = Queue(maxsize=2)
+        #: :meth:`read` (a database connection stays in its thread). At most two wait, and one
+        #: in each worker's hands: memory stays flat.
+        self._read_pages: Queue[tuple[Page, Slice] | None] = Queue(maxsize=min(2, self.workers))
 
-    def run(self) -> None:
+    def read(self) -> None:
         pending = [s for s in self.slices.values() if not s.done]
         if not pending:
             self._commit(None, None)  # every slice was in: only the cursor is left to move
@@ -240,35 +254,36 @@ class SlicedWindow:
             # A resume token the API no longer accepts: the slice starts over (upserts dedupe).
             logger.warning(
                 "%s: a saved page cursor was refused (%s); re-reading its slice",
-                self.sync.label,
+                self.run.label,
                 exc.message,
             )
             fresh = replace(s, resume=None)
             with self._lock:
                 self.slices[s.key] = fresh
+                if len(self.slices) == 1:
+                    self.summary.resumed = False  # the whole window is read again
             self._page(fresh)
 
     def _page(self, s: Slice) -> None:
-        sync = self.sync
-        paginator = sync.stream.paginator(sync.page_size, s.lo, sync.until)
-        walk = pages(
-            sync._fetch,
-            paginator,
-            start_params=s.resume,
-            base_params=sync._base_params(s.lo, s.hi),
-            max_pages=sync.request.max_pages,
-            check_rows=sync.stream.check_keys,
+        run = self.run
+        # The bounds a row is checked against: the API's filter when it has one.
+        asked = (s.lo, s.hi) if run.stream.filtered_by_api else (None, None)
+        walk = run.pages(
+            run.stream.paginator(run.page_size, s.lo, run.cursor.until),
+            lower=s.lo,
+            upper=s.hi,
+            resume=s.resume,
         )
         first = s.resume is None
-        asked = time.monotonic()
+        asked_at = time.monotonic()
         for page in walk:
             if self._stop.is_set():
                 return
-            waited = time.monotonic() - asked
             if (
                 first
+                and self.max_slices > 1
                 and page.next_params is not None
-                and waited >= MIN_WAIT_TO_CUT
+                and time.monotonic() - asked_at >= MIN_WAIT_TO_CUT
                 and (halves := self._cut(s, page))
             ):
                 # Dense: the halves are read instead, each from its start.
@@ -276,16 +291,16 @@ class SlicedWindow:
                     self._put(half)
                 return
             first = False
-            page = sync._protected(page)
+            page = run.protect(page)
             with self._lock:
-                newest = sync._newest_in_window(page.rows, s.lo, s.hi, self.result)
-                sync.refuse_ignored_filter(page, self.lower, self.upper)
+                newest = run.cursor.newest_in_window(page.rows, *asked, self.summary)
+            run.cursor.refuse_ignored_filter(page.rows, self.lower, self.upper)
             last = page.next_params is None
             s = replace(
                 s,
                 resume=None if last else page.next_params,
                 done=last,
-                seen=_later(s.seen, newest),
+                seen=later(s.seen, newest),
             )
             self._read_pages.put((page, s))
             if last:
@@ -311,12 +326,14 @@ class SlicedWindow:
         """How many pages the slice holds, judged from its first (full) page: when the list
         comes in date order, that page covers a short stretch of a dense slice. A page whose
         dates spread over most of the slice (a list in no date order) says nothing: 1."""
-        dates = [d for r in page.rows if (d := parse_datetime(self.sync.stream.changed_at(r)))]
+        dates = [d for r in page.rows if (d := parse_datetime(self.run.stream.changed_at(r)))]
         if len(dates) < 2:
             return 1.0
         # From the beginning (a first sync): how far back the data goes is unknown, so the
         # density is judged over the last HORIZON; only a dense account is cut (and then from
         # the earliest date Dintero data can have, where empty halves cost a request each).
+        if s.hi is None:
+            return 1.0
         span = HORIZON.total_seconds() if s.lo is None else (s.hi - s.lo).total_seconds()
         spread = (max(dates) - min(dates)).total_seconds()
         if span <= 0:
@@ -327,7 +344,7 @@ class SlicedWindow:
 
     def _commit(self, page: Page | None, s: Slice | None) -> None:
         """Write ``page`` and where slice ``s`` now stands, with every slice's state."""
-        sync = self.sync
+        run = self.run
         with self._lock:
             if s is not None:
                 self.slices[s.key] = s
@@ -335,12 +352,16 @@ class SlicedWindow:
             clear_cursor, self.reset = self.reset, False
 
         def update(state: StreamState, write: PageWrite) -> StreamState:
+            # A full refresh forgets the old cursor with its first page, so a crash mid-way
+            # leaves a window whose completion sets the cursor from what it read.
             cursor = None if clear_cursor else state.cursor
             if all(x.done for x in slices):
                 seen = None
                 for x in slices:
-                    seen = _later(seen, x.seen)
-                return sync.window_closed(state, write, cursor, sync.closing_seen(seen, self.upper))
+                    seen = later(seen, x.seen)
+                return run.window_closed(
+                    state, write, cursor, run.cursor.closing_seen(seen, self.upper)
+                )
             return with_state(
                 state,
                 cursor=cursor,
@@ -348,24 +369,7 @@ class SlicedWindow:
                 window_lower=self.lower,
                 window_upper=self.upper,
                 resume={"slices": [x.to_json() for x in slices]},
-                **sync.written(state, write),
+                **run.written(state, write),
             )
 
-        sync.client.check_run()  # nothing is written once the run must stop
-        rows = page.rows if page is not None else []
-        write, new_state = sync.sink.write_page(
-            sync.stream, sync.account_id, sync.partition, rows, update
-        )
-        with self._lock:
-            if page is not None:
-                sync._count_page(page, write, new_state, self.result)
-            else:
-                self.result.cursor_after = iso(new_state.cursor)
-
-
-def _later(a: datetime | None, b: datetime | None) -> datetime | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return max(a, b)
+        run.commit(page, update, self.summary)

@@ -21,8 +21,8 @@ from datetime import datetime, timedelta
 from queue import Full, Queue
 from typing import Any
 
-from .errors import DinteroError, MalformedResponseError
-from .times import EPOCH, iso, parse_datetime
+from ..errors import DinteroError, MalformedResponseError
+from ..times import EPOCH, iso, parse_datetime
 
 DEFAULT_MAX_PAGES = 100_000
 

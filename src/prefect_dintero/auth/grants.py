@@ -15,13 +15,11 @@ from datetime import datetime
 import httpx
 from pydantic import SecretStr
 
-from . import deadline, times
-from .client_credentials import ClientCredentials
-from .errors import Endpoint, InvalidGrantError, MalformedResponseError
-from .redact import register_secret
-from .retry import RetryPolicy
-from .tokens import Token
-from .transport import (
+from .. import times
+from ..errors import Endpoint, InvalidGrantError, MalformedResponseError
+from ..http import deadline
+from ..http.retry import RetryPolicy
+from ..http.transport import (
     DEFAULT_TIMEOUT,
     ClientStats,
     check_response,
@@ -31,6 +29,9 @@ from .transport import (
     send_sync,
     ssl_context,
 )
+from ..redact import register_secret
+from .client_credentials import ClientCredentials
+from .tokens import Token
 
 # -- request builders (pure) ---------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
 
 PersonalData = Literal["keep", "hash", "drop"]
 POLICIES: tuple[str, ...] = ("keep", "hash", "drop")
@@ -72,7 +72,7 @@ class PersonalDataPolicy:
     Examples:
         ```python
         from pydantic import SecretStr
-        from prefect_dintero.personal_data import PersonalDataPolicy
+        from prefect_dintero.streams.personal_data import PersonalDataPolicy
 
         policy = PersonalDataPolicy("hash", SecretStr("k" * 32))
         customer = {"id": "c1", "email": " Ada@Example.com", "first_name": "Ada"}

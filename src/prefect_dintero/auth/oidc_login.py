@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from .errors import ConfigurationError, LoginError
-from .redact import register_secret
+from ..errors import ConfigurationError, LoginError
+from ..redact import register_secret
 
 
 def new_state() -> str:

@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from . import times
-from .errors import MalformedResponseError
-from .redact import register_secret
+from .. import times
+from ..errors import MalformedResponseError
+from ..redact import register_secret
 
 #: Used when a token response has no ``expires_in``: short, so a wrong guess costs one renewal,
 #: never a token treated as eternal (singer-sdk #612, authlib's "never expires").

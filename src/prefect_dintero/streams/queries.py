@@ -9,12 +9,12 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from . import times
-from .errors import ConfigurationError
+from .. import times
+from ..errors import ConfigurationError
+from ..times import CLOCK_SKEW, iso, parse_datetime
+from .catalog import Stream, resolve_streams
 from .paginators import Paginator
 from .personal_data import PersonalData, PersonalDataPolicy
-from .streams import Stream, resolve_streams
-from .times import CLOCK_SKEW, iso, parse_datetime
 
 
 def stream_for(stream: str | Stream) -> Stream:

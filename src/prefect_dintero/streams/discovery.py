@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .errors import MalformedResponseError, NotFoundError, PermissionDeniedError, StreamSkipped
-from .redact import get_logger
-from .validation import validate_payout_destination
+from ..errors import MalformedResponseError, NotFoundError, PermissionDeniedError, StreamSkipped
+from ..redact import get_logger
+from ..validation import validate_payout_destination
 
 logger = get_logger(__name__)
 

@@ -14,7 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import quote
 
-from .errors import ConfigurationError
+from ..errors import ConfigurationError
+from ..times import iso, parse_datetime
+from ..validation import validate_account_id, validate_payout_destination
 from .paginators import (
     LastEvaluatedKeyPaginator,
     MalformedPageError,
@@ -24,8 +26,6 @@ from .paginators import (
     StartingAfterPaginator,
     WholeListPaginator,
 )
-from .times import iso, parse_datetime
-from .validation import validate_account_id, validate_payout_destination
 
 ColumnType = Literal["text", "int", "datetime", "bool"]
 #: Builds a stream's paginator from (page size, lower bound, until): the lower bound of the

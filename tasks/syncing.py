@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -12,13 +11,13 @@ from pydantic import SecretStr
 
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.errors import DinteroError, RunBudgetExceeded, StreamSkipped
+from prefect_dintero.http.retry import RetryPolicy
 from prefect_dintero.redact import install_log_filter
-from prefect_dintero.request import SyncRequest
-from prefect_dintero.retry import RetryPolicy
 from prefect_dintero.sink import Sink
-from prefect_dintero.stream_sync import StreamResult
-from prefect_dintero.stream_sync import sync_stream as sync_stream_core
-from prefect_dintero.streams import resolve_streams
+from prefect_dintero.streams.catalog import resolve_streams
+from prefect_dintero.sync.options import SyncRequest
+from prefect_dintero.sync.stream_summary import StreamSummary
+from prefect_dintero.sync.stream_sync import sync_account_stream
 from prefect_dintero.tasks._retry import retry_if_transient
 from prefect_dintero.tasks.destinations import open_sink
 
@@ -50,7 +49,7 @@ def sync_stream(
     ends_at: float | None = None,
     stop_reason: Callable[[], str | None] | None = None,
     personal_data_key: SecretStr | None = None,
-) -> dict[str, Any]:
+) -> StreamSummary:
     """Sync one stream of the bearer's account, committing each page with the stream's state.
 
     Transient HTTP failures are retried per request by the client (the credentials block's
@@ -60,7 +59,7 @@ def sync_stream(
     Args:
         bearer: from ``get_bearer_token`` (never persisted).
         stream: one of ``request.streams``.
-        request: the run's :class:`~prefect_dintero.request.SyncRequest`: destination,
+        request: the run's :class:`~prefect_dintero.sync.options.SyncRequest`: destination,
             lookback, page size, payout destinations.
         ends_at: when the run must be over (``time.time()``): no request outlasts it. Prefect's
             task timeouts cannot stop a thread waiting on the network; this can.
@@ -71,10 +70,10 @@ def sync_stream(
             neither persists its result nor caches on its inputs).
 
     Returns:
-        Counts: pages, fetched, inserted, updated, unchanged, requests, retries, rate_limited,
-        seconds, cursor_before, cursor_after, resumed, one entry per partition, and
-        ``skipped``: why the stream was skipped (payout destinations the credentials may not
-        list), else empty.
+        The stream's :class:`~prefect_dintero.sync.stream_summary.StreamSummary`: pages,
+        fetched, inserted, updated, unchanged, requests, retries, rate_limited, seconds,
+        cursor_before, cursor_after, resumed, one part per payout destination, and ``skipped``:
+        why the stream was skipped (payout destinations the credentials may not list).
     """
     install_log_filter()
     logger = get_run_logger()
@@ -83,18 +82,16 @@ def sync_stream(
 
     last_said = time.monotonic()
 
-    def progress(result: StreamResult) -> None:
+    def progress(so_far: StreamSummary) -> None:
         nonlocal last_said
         if time.monotonic() - last_said >= PROGRESS_EVERY_SECONDS:
             last_said = time.monotonic()
-            logger.info("%s: %d pages, %d rows so far", stream, result.pages, result.fetched)
+            logger.info("%s: %d pages, %d rows so far", stream, so_far.pages, so_far.fetched)
 
     try:
         sink.prepare([spec])
-        with bearer.client() as client:
-            client.run_ends_at = ends_at
-            client.stop_reason = stop_reason
-            results = sync_stream_core(
+        with bearer.client(run_ends_at=ends_at, stop_reason=stop_reason) as client:
+            results = sync_account_stream(
                 client,
                 sink,
                 spec,
@@ -105,7 +102,7 @@ def sync_stream(
             )
     except StreamSkipped as skipped:
         logger.warning("%s", skipped)
-        return {**_summarise(stream, bearer.account_id, []), "skipped": str(skipped)}
+        return StreamSummary.combined(stream, bearer.account_id, [], skipped=str(skipped))
     except DinteroError as exc:
         # A resume waits its delay first (and Prefect's task runner waits for it at the run's
         # end): one that could not start within the run's budget is not asked for.
@@ -120,49 +117,18 @@ def sync_stream(
         raise
     finally:
         sink.dispose()
-    summary = _summarise(stream, bearer.account_id, results)
+    summary = StreamSummary.combined(stream, bearer.account_id, results)
     logger.info(
         "%s: %d pages, %d rows read: %d new, %d updated, %d unchanged (a row read twice, at a "
         "page or window edge, is stored once), in %.1f s (%d retries, %d rate limited)",
         stream,
-        summary["pages"],
-        summary["fetched"],
-        summary["inserted"],
-        summary["updated"],
-        summary["unchanged"],
-        summary["seconds"],
-        summary["retries"],
-        summary["rate_limited"],
+        summary.pages,
+        summary.fetched,
+        summary.inserted,
+        summary.updated,
+        summary.unchanged,
+        summary.seconds,
+        summary.retries,
+        summary.rate_limited,
     )
     return summary
-
-
-def _summarise(stream: str, account_id: str, results: list[StreamResult]) -> dict[str, Any]:
-    # The late-change reads (captures and refunds by their own filters) count with the rest.
-    results = [*results, *(late for r in results for late in r.late_reads)]
-    totals: dict[str, Any] = {"stream": stream, "account_id": account_id}
-    for name in (
-        "pages",
-        "fetched",
-        "inserted",
-        "updated",
-        "unchanged",
-        "outside_window",
-        "requests",
-        "retries",
-        "rate_limited",
-    ):
-        totals[name] = sum(getattr(r, name) for r in results)
-    totals["seconds"] = round(sum(r.seconds for r in results), 3)
-    totals["resumed"] = any(r.resumed for r in results)
-    totals["cursor_before"] = min(
-        (r.cursor_before for r in results if r.cursor_before), default=None
-    )
-    totals["cursor_after"] = max((r.cursor_after for r in results if r.cursor_after), default=None)
-    totals["partitions"] = (
-        ([r.as_dict() for r in results] if len(results) > 1 or results[0].partition else [])
-        if results
-        else []
-    )
-    totals["skipped"] = ""
-    return totals

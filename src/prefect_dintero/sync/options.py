@@ -24,15 +24,15 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from . import times
-from .client_credentials import validation_message
-from .errors import ConfigurationError
-from .paginators import DEFAULT_MAX_PAGES
-from .personal_data import PersonalData, checked_mode
-from .sink.destination_urls import redact_url, resolve_destination, url_secrets
-from .streams import Stream, resolve_streams
-from .times import CLOCK_SKEW, iso
-from .validation import validate_payout_destination
+from .. import times
+from ..auth.client_credentials import validation_message
+from ..errors import ConfigurationError
+from ..sink.destination_urls import redact_url, resolve_destination, url_secrets
+from ..streams.catalog import Stream, resolve_streams
+from ..streams.paginators import DEFAULT_MAX_PAGES
+from ..streams.personal_data import PersonalData, checked_mode
+from ..times import CLOCK_SKEW, iso
+from ..validation import validate_payout_destination
 
 #: The earliest start_date accepted: no Dintero data is that old.
 EARLIEST_START = datetime(2010, 1, 1, tzinfo=UTC)
@@ -166,7 +166,7 @@ class SyncRequest(BaseModel):
     Examples:
         ```python
         from datetime import timedelta
-        from prefect_dintero.request import SyncRequest
+        from prefect_dintero.sync.options import SyncRequest
 
         request = SyncRequest.build(streams=["transactions"], lookback_hours=6)
         assert request.lookback == timedelta(hours=6)

@@ -31,13 +31,14 @@ cancellation) says nothing about Dintero and leaves the limit as it was.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
-from .errors import TransientError
+from ..errors import TransientError
 
 #: Where the limit starts.
 START = 2
@@ -57,7 +58,7 @@ class AdaptiveLimit:
 
     Examples:
         ```python
-        from prefect_dintero.adaptive_limit import AdaptiveLimit
+        from prefect_dintero.http.adaptive_limit import AdaptiveLimit
 
         limit = AdaptiveLimit(maximum=8)
         assert limit.limit == 2
@@ -98,6 +99,23 @@ class AdaptiveLimit:
         request failed on the network (``TransientError``); otherwise nothing is learnt.
         """
         self._acquire(check)
+        with self._held() as answered:
+            yield answered
+
+    @asynccontextmanager
+    async def aslot(
+        self, check: Callable[[], None] | None = None
+    ) -> AsyncIterator[Callable[..., None]]:
+        """:meth:`slot` for a coroutine: the wait for a slot sleeps without holding a thread
+        (and a cancelled wait holds nothing)."""
+        while not self._try_acquire(check):
+            await asyncio.sleep(min(CHECK_EVERY, max(0.005, self.paused_for())))
+        with self._held() as answered:
+            yield answered
+
+    @contextmanager
+    def _held(self) -> Iterator[Callable[..., None]]:
+        """A slot taken: given back with what its request learnt."""
         answered: list[tuple[int | None, float, float | None]] = []
         failure: BaseException | None = None
         try:
@@ -132,6 +150,15 @@ class AdaptiveLimit:
                 if check is not None:
                     timeout = CHECK_EVERY if timeout is None else min(timeout, CHECK_EVERY)
                 self._cond.wait(timeout=timeout)
+
+    def _try_acquire(self, check: Callable[[], None] | None) -> bool:
+        with self._cond:
+            if check is not None:
+                check()
+            if self._paused_until <= time.monotonic() and self.in_flight < self.limit:
+                self.in_flight += 1
+                return True
+            return False
 
     def _give_back(self) -> None:
         with self._cond:
