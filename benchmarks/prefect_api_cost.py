@@ -2,7 +2,7 @@
 
 Most users run on Prefect Cloud: tens of milliseconds from the worker, a per-minute request
 limit per account, now and then a 429, a 5xx or nothing. Here a ``prefect server start`` of
-its own sits behind :class:`~prefect_dintero.emulator.prefect_proxy.PrefectApiProxy`, which
+its own sits behind :class:`tests.prefect_proxy.PrefectApiProxy`, which
 counts every request by route and can add latency, a rate limit and an outage. Each run is
 the ``dintero-sync`` flow in a new process (as a worker runs a deployment), every stream into
 a new SQLite file, after a first run that created the account's limits and the shared
@@ -48,7 +48,9 @@ from pathlib import Path
 import httpx
 from _emulator import start_emulator, start_prefect_server
 
-from prefect_dintero.emulator.prefect_proxy import PrefectApiProxy
+# The proxy is test support: it lives beside the tests, not in the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.prefect_proxy import PrefectApiProxy
 
 RUN = textwrap.dedent(
     """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Literal
 
 from prefect.blocks.abstract import CredentialsBlock
@@ -151,10 +150,3 @@ class DinteroCredentials(CredentialsBlock, ClientFields):
                 redirect_uri=redirect_uri or self.redirect_uri,
             )
         )
-
-    async def aexchange_authorization_code(
-        self, code: str, redirect_uri: str | None = None
-    ) -> Token:
-        """:meth:`exchange_authorization_code` for coroutines (in a thread: a token request
-        goes the one way every token request goes)."""
-        return await asyncio.to_thread(self.exchange_authorization_code, code, redirect_uri)

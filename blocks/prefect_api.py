@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -27,7 +26,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES
 
 from prefect_dintero.errors import StoreUnavailable
-from prefect_dintero.http.retry import parse_retry_after
+from prefect_dintero.http.retry import RetryPolicy, parse_retry_after
 
 T = TypeVar("T")
 B = TypeVar("B", bound=Block)
@@ -88,20 +87,19 @@ def describe(exc: BaseException) -> str:
 
 
 class Backoff:
-    """Waits between tries: 0.5, 1, 2, 4, 8, then 10 s, each at least what a ``Retry-After``
-    asked (up to ``retry_after_cap``). That is at most 10 tries in any minute."""
+    """Waits between tries of a Prefect API call, on the request policy's backoff
+    (:meth:`RetryPolicy.paced_wait`): 0.5, 1, 2, 4, 8, then 10 s, each at least what a
+    ``Retry-After`` asked (up to ``retry_after_cap``). That is at most 10 tries in any minute."""
 
     def __init__(self, first: float = 0.5, cap: float = 10.0, retry_after_cap: float = 60.0):
-        self.first, self.cap, self.retry_after_cap = first, cap, retry_after_cap
+        self.policy = RetryPolicy(
+            backoff_base=first, backoff_cap=cap, retry_after_cap=retry_after_cap
+        )
         self.tries = 0
 
     def next(self, retry_after: float | None = None) -> float:
-        wait = min(self.cap, self.first * 2**self.tries)
         self.tries += 1
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.retry_after_cap))
-        # Jitter only upwards, so the rate stays within its bound.
-        return wait * random.uniform(1.0, 1.1)
+        return self.policy.paced_wait(self.tries, retry_after)
 
 
 def background(target: Callable[..., Any], name: str, *args: Any) -> threading.Thread:

@@ -235,27 +235,6 @@ def _run_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "register",
-        help="register the block types on the current Prefect API",
-        description=(
-            "Register the Dintero Credentials, Dintero OIDC Session and Dintero Service Token "
-            "block types with the Prefect API in use (PREFECT_API_URL), so they appear in its UI."
-        ),
-    )
-    p.set_defaults(handler=_run_register)
-
-
-def _run_register(args: argparse.Namespace) -> int:
-    from prefect_dintero.blocks import DinteroCredentials, DinteroOIDCSession, DinteroServiceToken
-
-    for block in (DinteroCredentials, DinteroOIDCSession, DinteroServiceToken):
-        block.register_type_and_schema()
-        print(f"registered block type {block.get_block_type_name()!r}")
-    return 0
-
-
 def _automation_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "automation",
@@ -309,7 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
     _init_parser(sub)
     _login_parser(sub)
     _sync_parser(sub)
-    _register_parser(sub)
     _automation_parser(sub)
     return parser
 

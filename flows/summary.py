@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from sqlalchemy import select
 
 from prefect_dintero.redact import install_log_filter
+from prefect_dintero.sink.destination import Destination
 from prefect_dintero.streams.catalog import CATALOG
 from prefect_dintero.tasks.destinations import open_sink
 
@@ -47,7 +48,7 @@ def dintero_sync_summary(
         Per stream: its table's rows for the account and its cursor.
     """
     install_log_filter()
-    sink = open_sink(destination, destination_block or None)
+    sink = open_sink(Destination(destination, destination_block or None))
     try:
         sink.prepare(list(CATALOG.values()))
         rows = []

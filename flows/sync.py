@@ -42,11 +42,7 @@ from prefect_dintero.flows import events
 from prefect_dintero.flows.parameters import MaskedFlow
 from prefect_dintero.http import deadline
 from prefect_dintero.redact import install_log_filter, redact
-from prefect_dintero.sink.destination_urls import (
-    anchor_destination,
-    in_temporary_working_folder,
-    resolve_destination,
-)
+from prefect_dintero.sink.destination import Destination
 from prefect_dintero.streams.paginators import DEFAULT_MAX_PAGES
 from prefect_dintero.streams.personal_data import PersonalDataPolicy
 from prefect_dintero.sync.options import SyncRequest, run_budget
@@ -80,7 +76,7 @@ SYNCS_PER_ACCOUNT = 1
 DEPLOYMENT_DATA_FOLDER = "~/prefect-dintero"
 
 
-def stable_destination(destination: str) -> str:
+def stable_destination(destination: Destination) -> Destination:
     """``destination``, with a relative SQLite or DuckDB file placed in
     ``DEPLOYMENT_DATA_FOLDER`` when a worker runs this flow (said in the log); elsewhere (a
     flow called from your own code) it stays relative to the working folder."""
@@ -90,12 +86,12 @@ def stable_destination(destination: str) -> str:
     # run in that process too); a deployment run started otherwise names its deployment.
     if not (os.environ.get("PREFECT__FLOW_RUN_ID") or (run is not None and run.deployment_id)):
         return destination
-    anchored = anchor_destination(destination, DEPLOYMENT_DATA_FOLDER)
+    anchored = destination.anchored(DEPLOYMENT_DATA_FOLDER)
     if anchored != destination:
         get_run_logger().info(
             "a worker runs this flow in a temporary folder that it deletes afterwards: the "
             "relative destination %r is written to %s instead",
-            destination,
+            destination.target,
             Path(DEPLOYMENT_DATA_FOLDER).expanduser(),
         )
     return anchored
@@ -196,7 +192,7 @@ def _dintero_sync(
     # would silently skip data.
     request = SyncRequest.build(
         streams=streams,
-        destination=stable_destination(destination),
+        destination=stable_destination(Destination(destination, destination_block)).target,
         destination_block=destination_block,
         lookback_hours=lookback_hours,
         page_size=page_size,
@@ -305,12 +301,8 @@ class SyncRun:
         return self.side.submit(copy_context().run, fn, *args)
 
     def written_to(self) -> dict[str, str]:
-        """Where the run writes, as a downstream run takes it: the destination (absolute, no
-        secret: the request refuses them) or the connector block's name."""
-        if self.request.destination_block:
-            return {"destination": "", "destination_block": self.request.destination_block}
-        destination = resolve_destination(self.request.destination)
-        return {"destination": destination, "destination_block": ""}
+        """Where the run writes, as a downstream run takes it."""
+        return self.request.target.for_event()
 
 
 def _personal_data_key(request: SyncRequest) -> SecretStr | None:
@@ -392,11 +384,9 @@ def _run_streams(run: SyncRun, bearer: DinteroBearer, held: HeldSlot | None) -> 
                 session_block, account_id, bearer.login_id, bearer.expires_at
             ),
         )
-    where = request.destination_label()
+    where = request.target.label()
     logger.info("Syncing Dintero account %s into %s", account_id, where)
-    if not request.destination_block and (
-        folder := in_temporary_working_folder(request.destination)
-    ):
+    if folder := request.target.temporary_folder():
         logger.warning(
             "the destination lies inside the temporary working folder %s, which is usually "
             "deleted after the run: the data would go with it. Give an absolute path (the "

@@ -78,7 +78,7 @@ def sync_stream(
     install_log_filter()
     logger = get_run_logger()
     [spec] = resolve_streams([stream])
-    sink: Sink = open_sink(request.destination, request.destination_block)
+    sink: Sink = open_sink(request.target)
 
     last_said = time.monotonic()
 

@@ -181,7 +181,7 @@ def prefect_api_proxy(prefect_server):
     used must outlive them."""
     from prefect.settings import PREFECT_API_URL
 
-    from prefect_dintero.emulator.prefect_proxy import PrefectApiProxy
+    from tests.prefect_proxy import PrefectApiProxy
 
     # Never stopped: the test server's teardown drains Prefect's workers through it.
     yield PrefectApiProxy(PREFECT_API_URL.value()).start()

@@ -33,11 +33,11 @@ from prefect_dintero.errors import (
     ReauthorizationRequired,
 )
 from prefect_dintero.sink import STATE_TABLE, DestinationError, Sink
+from prefect_dintero.sink.destination import Destination
 from prefect_dintero.streams.catalog import CATALOG, resolve_streams
 from prefect_dintero.streams.paginators import MalformedPageError
 from prefect_dintero.sync.options import SyncRequest
 from prefect_dintero.sync.stream_sync import sync_account_stream
-from prefect_dintero.tasks.destinations import check_destination
 
 from .helpers import AID, FAST, creds_for
 
@@ -125,7 +125,7 @@ def inflated_page(emu, destination, what: str) -> None:
 
 def destination_with_a_query_password(emu, destination) -> None:
     url = "postgresql://nobody@127.0.0.1:1/nothing?password=db-password&sslmode=disable"
-    check_destination(url)
+    Destination(url)
     sync(emu, url)
 
 
@@ -412,7 +412,7 @@ def test_a_destination_url_s_secret_query_keys_are_refused_and_masked(url):
     from prefect_dintero.sink import redact_url
 
     with pytest.raises(ConfigurationError, match="carries a secret") as refused:
-        check_destination(url)
+        Destination(url)
     assert "SECRETVALUE1" not in str(refused.value)
     assert "SECRETVALUE1" not in redact_url(url)
     assert "SECRETVALUE1" not in redact(f"Syncing transactions into {url}")
@@ -429,7 +429,7 @@ def test_a_destination_url_without_secrets_passes_and_stays_readable(url):
     from prefect_dintero.redact import redact
     from prefect_dintero.sink import redact_url
 
-    check_destination(url)
+    Destination(url)
     assert "***" not in redact_url(url) and redact(url) == url
 
 

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from prefect_dintero.emulator import EmulatorConfig, running_emulator
 CLI = [sys.executable, "-m", "prefect_dintero.cli"]
 
 
-@pytest.mark.parametrize("command", ["emulator", "demo", "login", "sync", "register"])
+@pytest.mark.parametrize("command", ["emulator", "demo", "login", "sync"])
 def test_every_subcommand_has_complete_help(command):
     out = subprocess.run(
         [*CLI, command, "--help"], capture_output=True, text=True, check=True
@@ -24,7 +25,7 @@ def test_every_subcommand_has_complete_help(command):
 
 def test_top_level_help_lists_the_subcommands():
     out = subprocess.run([*CLI, "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("emulator", "demo", "login", "sync", "register"):
+    for command in ("emulator", "demo", "login", "sync"):
         assert command in out
 
 
@@ -58,8 +59,23 @@ def test_user_mistakes_are_one_line_and_exit_2(server_env, tmp_path):
 
 
 def test_register_login_and_sync(server_env, tmp_path):
-    result = cli(server_env, "register")
-    assert result.returncode == 0 and "Dintero OIDC Session" in result.stdout, result.stderr[-2000:]
+    # The block types are registered with Prefect's own command, from the blocks' module.
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("prefect")),
+            "block",
+            "register",
+            "-m",
+            "prefect_dintero.blocks",
+        ],
+        env=server_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    for name in ("Dintero Credentials", "Dintero OIDC Session", "Dintero Service Token"):
+        assert name in result.stdout, result.stdout[-2000:]
     with running_emulator(
         EmulatorConfig(
             transactions=25, sessions=5, settlements=3, customers=4, transfers_per_destination=2

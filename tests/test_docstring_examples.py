@@ -16,14 +16,14 @@ FENCE = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 def _examples() -> list[tuple[str, str]]:
     found = []
-    for info in pkgutil.walk_packages(prefect_dintero.__path__, "prefect_dintero."):
-        if info.name.endswith(("__main__", ".testing")):
+    names = [i.name for i in pkgutil.walk_packages(prefect_dintero.__path__, "prefect_dintero.")]
+    # The Prefect API proxy is test support beside the tests; its example runs too.
+    for name in [*names, "tests.prefect_proxy"]:
+        if name.endswith(("__main__", ".testing")):
             continue
-        module = importlib.import_module(info.name)
+        module = importlib.import_module(name)
         own = [
-            obj
-            for _, obj in inspect.getmembers(module)
-            if getattr(obj, "__module__", None) == info.name
+            obj for _, obj in inspect.getmembers(module) if getattr(obj, "__module__", None) == name
         ]
         # Methods too (DinteroClient.iter_records), each where its class defines it.
         methods = [
@@ -40,8 +40,8 @@ def _examples() -> list[tuple[str, str]]:
                 # Block examples load saved blocks by name; test_blocks runs those against a server.
                 if ".load(" in code:
                     continue
-                name = getattr(obj, "__qualname__", getattr(obj, "__name__", "module"))
-                found.append((f"{info.name}.{name}[{i}]", inspect.cleandoc(code)))
+                what = getattr(obj, "__qualname__", getattr(obj, "__name__", "module"))
+                found.append((f"{name}.{what}[{i}]", inspect.cleandoc(code)))
     return sorted(set(found))
 
 

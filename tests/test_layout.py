@@ -9,6 +9,7 @@ import sys
 import textwrap
 import tomllib
 from pathlib import Path
+from unittest.mock import ANY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,3 +189,159 @@ def test_nothing_points_outside_the_repository():
         if (ROOT / name).is_file() and outside_folder in (ROOT / name).read_text(errors="replace")
     ]
     assert not outside, outside
+
+
+#: Where each part of the package is installed from, and the layers, lowest first: a module may
+#: import from its own layer and the ones below, never from one above (docs/architecture.md).
+PACKAGE_ROOTS = {
+    "prefect_dintero": "src/prefect_dintero",
+    "prefect_dintero.blocks": "blocks",
+    "prefect_dintero.tasks": "tasks",
+    "prefect_dintero.flows": "flows",
+    "prefect_dintero.cli": "cli",
+}
+LAYERS = (
+    ("_version", "errors", "redact", "times", "validation"),
+    ("http",),
+    ("auth",),
+    ("streams",),
+    ("client", "bearer"),
+    ("sink",),
+    ("sync",),
+    ("emulator",),
+    ("blocks",),
+    ("tasks",),
+    ("flows",),
+    ("cli",),
+)
+
+_GRAPH = """
+import ast, json, sys
+from pathlib import Path
+
+roots = json.loads(sys.argv[1])
+modules = {}
+for package, folder in roots.items():
+    for path in sorted(Path(folder).rglob("*.py")):
+        parts = package.split(".") + list(path.relative_to(folder).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+
+def absolute(name, path, node):
+    if node.level == 0:
+        return node.module
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    package = package[: len(package) - node.level + 1]
+    return ".".join(package + ([node.module] if node.module else []))
+
+def known(target):
+    while target and target not in modules:
+        target = target.rpartition(".")[0]
+    return target
+
+edges = {}
+for name, path in modules.items():
+    found = set()
+    # Every import statement, wherever it is: in a function, under TYPE_CHECKING.
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = absolute(name, path, node)
+            subs = [f"{module}.{a.name}" for a in node.names if f"{module}.{a.name}" in modules]
+            targets = subs + ([module] if len(subs) < len(node.names) else [])
+        else:
+            continue
+        found |= {t for t in map(known, targets) if t and t != name}
+    edges[name] = sorted(found)
+print(json.dumps(edges))
+"""
+
+
+def _import_graph() -> dict[str, list[str]]:
+    """Which of the package's modules each of its modules imports (parsed in a fresh
+    interpreter, as :func:`_imports` explains)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _GRAPH, json.dumps(PACKAGE_ROOTS)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout)
+
+
+def _layer(module: str) -> int | None:
+    part = module.split(".")[1] if "." in module else None
+    return next((n for n, names in enumerate(LAYERS) if part in names), None)
+
+
+def _circles(edges: dict[str, list[str]]) -> list[list[str]]:
+    """The import circles: each strongly connected group of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for other in edges.get(module, []):
+            if other not in index:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in stack:
+                low[module] = min(low[module], index[other])
+        if low[module] == index[module]:
+            group = []
+            while (member := stack.pop()) != module:
+                group.append(member)
+            if group:
+                circles.append(sorted([module, *group]))
+
+    for module in edges:
+        if module not in index:
+            visit(module)
+    return circles
+
+
+def test_no_import_circle_and_no_import_from_a_higher_layer():
+    edges = _import_graph()
+    assert len(edges) > 80, sorted(edges)
+    assert _circles(edges) == []
+    upward = [
+        (module, imported)
+        for module, imports in edges.items()
+        if module != "prefect_dintero"  # the package's face: re-exports the blocks, lazily
+        for imported in imports
+        if _layer(imported) > _layer(module)  # type: ignore[operator]
+    ]
+    assert upward == []
+    assert [m for m in edges if m != "prefect_dintero" and _layer(m) is None] == []
+    # The emulator stands alone: the core's foundation, nothing of the integration it fakes.
+    assert {
+        imported
+        for module, imports in edges.items()
+        if module.startswith("prefect_dintero.emulator")
+        for imported in imports
+        if not imported.startswith("prefect_dintero.emulator")
+    } <= {"prefect_dintero.validation"}
+    # No two modules share a base name. Two exceptions: ``__main__`` (Python's name for what
+    # ``python -m`` runs) and ``flows/sync.py`` beside the ``sync`` package (the flow's file is
+    # the entrypoint of every deployment made from it, ours and our users').
+    base: dict[str, list[str]] = {}
+    for module in edges:
+        base.setdefault(module.rsplit(".", 1)[-1], []).append(module)
+    shared = {name: found for name, found in base.items() if len(found) > 1}
+    assert shared == {
+        "__main__": ANY,
+        "sync": ["prefect_dintero.sync", "prefect_dintero.flows.sync"],
+    }
+
+
+def test_the_circle_check_finds_a_circle():
+    # The check above passes on an empty list: this shows it would not miss one.
+    edges = {"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}
+    assert _circles(edges) == [["a", "b", "c"]]

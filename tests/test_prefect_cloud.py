@@ -31,12 +31,12 @@ from prefect_dintero.blocks.prefect_api import PrefectUnavailable
 from prefect_dintero.blocks.slots import wait_for_slot
 from prefect_dintero.blocks.token_store import save_pending
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
-from prefect_dintero.emulator.prefect_proxy import PrefectApiProxy
 from prefect_dintero.errors import DinteroAPIError, ReauthorizationRequired, StoreUnavailable
 from prefect_dintero.flows import dintero_login, dintero_sync
 from prefect_dintero.flows.accounts import AccountsFailed, AccountTarget, dintero_sync_accounts
 from prefect_dintero.sink import Sink
 from prefect_dintero.streams.catalog import CATALOG
+from tests.prefect_proxy import PrefectApiProxy
 
 from .helpers import save_credentials, unique
 

@@ -8,7 +8,7 @@ from typing import Any
 from .auth.client_credentials import ClientCredentials
 from .auth.provider import OIDCSessionProvider, TokenProvider
 from .auth.tokens import UserInfo
-from .client import AsyncDinteroClient, DinteroClient
+from .client import DinteroClient
 
 
 class DinteroBearer:
@@ -69,15 +69,9 @@ class DinteroBearer:
         """The access token, valid for at least the leeway. Put it only in a header."""
         return self._provider.get_token().access_token.get_secret_value()
 
-    async def atoken(self) -> str:
-        return (await self._provider.aget_token()).access_token.get_secret_value()
-
     def client(self, **kwargs: Any) -> DinteroClient:
         """A client that authenticates with this bearer (sharing its renewals)."""
         return DinteroClient(self.credentials, token_provider=self._provider, **kwargs)
-
-    def async_client(self, **kwargs: Any) -> AsyncDinteroClient:
-        return AsyncDinteroClient(self.credentials, token_provider=self._provider, **kwargs)
 
     def __reduce__(self) -> Any:
         raise TypeError(

@@ -129,12 +129,6 @@ class _ClientBase:
             return self._deadline
         return min(self._deadline, self.run_ends_at - time.time())
 
-    def stats_snapshot(self) -> dict[str, int]:
-        """This client's counters, with renewals of its token provider (which may be shared)."""
-        snapshot = self.stats.snapshot()
-        snapshot["token_renewals"] = self.token_provider.renewals
-        return snapshot
-
     def url(self, path: str, host: Host = "api") -> str:
         """An absolute URL on the api or checkout host; absolute URLs pass through."""
         if path.startswith(("https://", "http://")):

@@ -13,6 +13,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 #: Appended to an option's help: argparse fills in its default.
 DEFAULT = " (default: %(default)s)"
@@ -22,15 +23,160 @@ class UsageError(Exception):
     """A mistake in the command line: printed as one line, exit status 2, no traceback."""
 
 
+#: The options that set an :class:`~.config.EmulatorConfig` field of the same name (the flag's
+#: default is the field's): (flag, field, argparse keywords). The last group: where Dintero's
+#: reference is silent, each undocumented behaviour switchable, so flows can be tested against
+#: every plausible choice.
+CONFIG_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("--client-id", "client_id", dict(help="API client id")),
+    ("--client-secret", "client_secret", dict(help="API client secret")),
+    ("--token-lifetime", "token_lifetime", dict(type=int, help="access token lifetime, s")),
+    (
+        "--session-lifetime",
+        "session_lifetime",
+        dict(type=int, help="lifetime of a user session's tokens, s (default: the token's)"),
+    ),
+    ("--code-lifetime", "code_lifetime", dict(type=int, help="authorization code lifetime, s")),
+    (
+        "--refresh-tokens",
+        "refresh_tokens",
+        dict(action="store_true", help="issue refresh tokens from the OIDC exchange"),
+    ),
+    (
+        "--no-rotate-refresh-tokens",
+        "rotate_refresh_tokens",
+        dict(action="store_false", help="reuse refresh tokens instead of rotating them"),
+    ),
+    (
+        "--refresh-token-reuse-interval",
+        "refresh_token_reuse_interval",
+        dict(
+            type=float,
+            metavar="SECONDS",
+            help="accept a rotated-out refresh token for this long (0: strictly single use)",
+        ),
+    ),
+    ("--transactions", "transactions", dict(type=int, help="transactions per account")),
+    ("--sessions", "sessions", dict(type=int, help="checkout sessions per account")),
+    (
+        "--settlements",
+        "settlements",
+        dict(type=int, help="generated settlements per account, besides the daily ones"),
+    ),
+    ("--customers", "customers", dict(type=int, help="customers per account")),
+    (
+        "--transfers-per-destination",
+        "transfers_per_destination",
+        dict(
+            type=int,
+            help="generated payout ledger entries per destination, besides those "
+            "of the payments' settlements",
+        ),
+    ),
+    (
+        "--history-days",
+        "history_days",
+        dict(type=int, metavar="N", help="the data is spread over the N days before the start"),
+    ),
+    ("--seed", "seed", dict(type=int, help="seed of the data generator")),
+    (
+        "--start-time",
+        "start_time",
+        dict(type=datetime.fromisoformat, help="'now' at start (ISO 8601; default: 30 days ago)"),
+    ),
+    (
+        "--rate-limit",
+        "rate_limit",
+        dict(
+            type=float,
+            metavar="N",
+            help="data requests a second per account; beyond it 429 with Retry-After (0: none)",
+        ),
+    ),
+    (
+        "--no-read-accounts",
+        "read_accounts_scope",
+        dict(
+            action="store_false",
+            help="the API client lacks read:accounts: listing payout destinations answers 403",
+        ),
+    ),
+)
+SILENT_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    (
+        "--list-order",
+        "list_order",
+        dict(
+            choices=("newest", "oldest", "shuffled"),
+            help="order of every list Dintero does "
+            "not document the order of (shuffled: a stable permutation per data set)",
+        ),
+    ),
+    (
+        "--null-optional-keys",
+        "omit_optional_keys",
+        dict(
+            action="store_false",
+            help="send items/entries as [] when empty, and "
+            "last_evaluated_key/next_page_token and a session's transaction_id as null, where "
+            "the schemas leave them out",
+        ),
+    ),
+    (
+        "--deletions-only-in-full-lists",
+        "deletions_in_since",
+        dict(action="store_false", help="since_datetime never returns deleted customers"),
+    ),
+    (
+        "--refunded-at-first-refund-only",
+        "refunded_at_first_refund_only",
+        dict(action="store_true", help="refunded_at matches a transaction by its first refund"),
+    ),
+    (
+        "--since-exclusive",
+        "since_exclusive",
+        dict(
+            action="store_true",
+            help="customers' since_datetime returns rows updated after it, not at or after it",
+        ),
+    ),
+    (
+        "--short-pages",
+        "short_pages",
+        dict(
+            action="store_true", help="pages may hold fewer rows than asked even when more follow"
+        ),
+    ),
+    (
+        "--late-changes-days",
+        "late_changes_days",
+        dict(type=int, metavar="N", help="transactions are refunded up to N days after creation"),
+    ),
+    (
+        "--error-codes",
+        "error_codes",
+        dict(
+            choices=("dintero", "generic"),
+            help="generic: 400/401/403 bodies whose code and message the client cannot know",
+        ),
+    ),
+    (
+        "--payout-destination-list",
+        "payout_destination_list",
+        dict(
+            choices=("object", "array", "missing"),
+            help="the payout destinations list as "
+            '{"payout_destinations": [...]}, a bare array, or not served (404)',
+        ),
+    ),
+)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``emulator`` command to a parent parser's subcommands."""
-    from .config import (
-        DEFAULT_ACCOUNT_ID,
-        DEFAULT_CLIENT_ID,
-        DEFAULT_CLIENT_SECRET,
-        DEFAULT_REDIRECT_URI,
-    )
+    from .config import DEFAULT_ACCOUNT_ID, EmulatorConfig
 
+    defaults = EmulatorConfig()
     p = sub.add_parser(
         "emulator",
         help="run the bundled Dintero emulator on loopback (for tests)",
@@ -54,112 +200,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "issued; only on a network of your own tests",
     )
     p.add_argument("--port", type=int, default=8787, help="port to bind" + DEFAULT)
+    for flag, dest, metavar, what, default in (
+        ("--account-id", "account_ids", "AID", "merchant account to serve", DEFAULT_ACCOUNT_ID),
+        ("--redirect-uri", "redirect_uris", "URI", "registered OIDC redirect URI", None),
+        ("--payout-destination", "payout_destinations", "ID", "payout destination id", None),
+    ):
+        default = default or " and ".join(getattr(defaults, dest))
+        help = f"{what}; repeatable (default: {default})"
+        p.add_argument(flag, action="append", dest=dest, metavar=metavar, help=help)
     p.add_argument(
-        "--account-id",
-        action="append",
-        dest="account_ids",
-        metavar="AID",
-        help=f"merchant account to serve; repeat for several (default: {DEFAULT_ACCOUNT_ID})",
-    )
-    p.add_argument(
-        "--client-id", default=DEFAULT_CLIENT_ID, help="API client id (default: %(default)s)"
-    )
-    p.add_argument(
-        "--client-secret",
-        default=DEFAULT_CLIENT_SECRET,
-        help="API client secret (default: %(default)s)",
-    )
-    p.add_argument(
-        "--redirect-uri",
-        action="append",
-        dest="redirect_uris",
-        metavar="URI",
-        help=f"registered OIDC redirect URI; repeatable (default: {DEFAULT_REDIRECT_URI})",
-    )
-    p.add_argument(
-        "--token-lifetime",
-        type=int,
-        default=3600,
-        help="access token lifetime, s (default: %(default)s)",
-    )
-    p.add_argument(
-        "--session-lifetime",
-        type=int,
-        help="lifetime of a user session's tokens, s (default: the token lifetime)",
-    )
-    p.add_argument(
-        "--code-lifetime",
-        type=int,
-        default=60,
-        help="authorization code lifetime, s (default: %(default)s)",
-    )
-    p.add_argument(
-        "--refresh-tokens", action="store_true", help="issue refresh tokens from the OIDC exchange"
-    )
-    p.add_argument(
-        "--no-rotate-refresh-tokens",
-        dest="rotate_refresh_tokens",
-        action="store_false",
-        help="reuse refresh tokens instead of rotating them on every refresh",
-    )
-    p.add_argument(
-        "--refresh-token-reuse-interval",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="accept a rotated-out refresh token for this long (default 0: strictly single use)",
-    )
-    p.add_argument(
-        "--transactions",
-        type=int,
-        default=250,
-        help="transactions per account (default: %(default)s)",
-    )
-    p.add_argument(
-        "--sessions",
-        type=int,
-        default=120,
-        help="checkout sessions per account (default: %(default)s)",
-    )
-    p.add_argument(
-        "--settlements",
-        type=int,
-        default=40,
-        help="generated settlements per account, besides the daily ones of its payments "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--customers", type=int, default=80, help="customers per account (default: %(default)s)"
-    )
-    p.add_argument(
-        "--payout-destination",
-        action="append",
-        dest="payout_destinations",
-        metavar="ID",
-        help="payout destination id; repeatable (default: PD-main and PD-store-2)",
-    )
-    p.add_argument(
-        "--transfers-per-destination",
-        type=int,
-        default=60,
-        help="generated payout ledger entries per destination, besides those of the payments' "
-        "settlements (default: %(default)s)",
-    )
-    p.add_argument(
-        "--history-days",
-        type=int,
-        default=180,
-        metavar="N",
-        help="the generated objects are spread over the N days before the start (default: "
-        "%(default)s)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=42, help="seed of the data generator (default: %(default)s)"
-    )
-    p.add_argument(
-        "--start-time",
-        type=datetime.fromisoformat,
-        help="the emulator's 'now' at start (ISO 8601; default: 30 days ago)",
+        "--latency-ms", type=float, default=0.0, help="milliseconds added to every data page"
     )
     p.add_argument(
         "--faults",
@@ -171,40 +221,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "Each undocumented behaviour can be switched, so flows can be tested against every "
         "plausible choice.",
     )
-    p.add_argument(
-        "--latency-ms",
-        type=float,
-        default=0.0,
-        help="milliseconds added to every data page (default: none)",
-    )
-    p.add_argument(
-        "--rate-limit",
-        type=float,
-        default=0.0,
-        metavar="N",
-        help="data requests a second per account; beyond it 429 with Retry-After (default: none)",
-    )
-    silent.add_argument(
-        "--list-order",
-        choices=("newest", "oldest", "shuffled"),
-        default="newest",
-        help="order of every list Dintero does not document the order of (default: newest; "
-        "shuffled: a stable random permutation per data set)",
-    )
-    silent.add_argument(
-        "--null-optional-keys",
-        dest="omit_optional_keys",
-        action="store_false",
-        help="send items/entries as [] when empty, and last_evaluated_key/next_page_token and a "
-        "session's transaction_id as null, where the schemas leave them out",
-    )
-    silent.add_argument(
-        "--deletions-only-in-full-lists",
-        dest="deletions_in_since",
-        action="store_false",
-        help="since_datetime never returns deleted customers (include_deleted=true lists them "
-        "only without since_datetime)",
-    )
     silent.add_argument(
         "--refuse-filter",
         dest="refused_transaction_filters",
@@ -215,53 +231,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(documented, but subject to change); repeat for both",
     )
     silent.add_argument(
-        "--refunded-at-first-refund-only",
-        action="store_true",
-        help="refunded_at matches a transaction by its first refund only",
-    )
-    silent.add_argument(
-        "--since-exclusive",
-        action="store_true",
-        help="customers' since_datetime returns rows updated after it, not at or after it",
-    )
-    silent.add_argument(
-        "--short-pages",
-        action="store_true",
-        help="pages may hold fewer rows than asked for even when more follow",
-    )
-    silent.add_argument(
         "--settlement-keeps-updated-at",
         action="store_true",
         help="a settlement adds its entries to a payment's events without moving the payment's "
         "updated_at (default: it moves it)",
     )
-    silent.add_argument(
-        "--late-changes-days",
-        type=int,
-        default=90,
-        metavar="N",
-        help="transactions change up to N days after creation: captured within days, settled "
-        "within two weeks, refunded up to N (default: 90)",
-    )
-    silent.add_argument(
-        "--error-codes",
-        choices=("dintero", "generic"),
-        default="dintero",
-        help="generic: 400/401/403 bodies whose code and message the client cannot know",
-    )
-    silent.add_argument(
-        "--payout-destination-list",
-        choices=("object", "array", "missing"),
-        default="object",
-        help='the payout destinations list as {"payout_destinations": [...]}, a bare array, or '
-        "not served (404)" + DEFAULT,
-    )
-    p.add_argument(
-        "--no-read-accounts",
-        dest="read_accounts_scope",
-        action="store_false",
-        help="the API client lacks read:accounts: listing payout destinations answers 403",
-    )
+    for group, options in ((p, CONFIG_OPTIONS), (silent, SILENT_OPTIONS)):
+        for flag, field_name, kwargs in options:
+            default = getattr(defaults, field_name)
+            said = "" if kwargs.get("action") or default is None else DEFAULT
+            group.add_argument(
+                flag, dest=field_name, default=default, **{**kwargs, "help": kwargs["help"] + said}
+            )
     p.set_defaults(handler=run)
     return p
 
@@ -282,45 +263,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"{args.host}:{args.port} is already in use (another emulator?); stop it or pass --port"
         )
-
     config = EmulatorConfig(
-        client_id=args.client_id,
-        client_secret=args.client_secret,
-        token_lifetime=args.token_lifetime,
-        session_lifetime=args.session_lifetime,
-        code_lifetime=args.code_lifetime,
-        refresh_tokens=args.refresh_tokens,
-        rotate_refresh_tokens=args.rotate_refresh_tokens,
-        refresh_token_reuse_interval=args.refresh_token_reuse_interval,
-        transactions=args.transactions,
-        sessions=args.sessions,
-        settlements=args.settlements,
-        customers=args.customers,
-        transfers_per_destination=args.transfers_per_destination,
-        history_days=args.history_days,
-        seed=args.seed,
-        start_time=args.start_time,
-        list_order=args.list_order,
-        omit_optional_keys=args.omit_optional_keys,
-        since_exclusive=args.since_exclusive,
-        deletions_in_since=args.deletions_in_since,
+        **{field: getattr(args, field) for _, field, _ in CONFIG_OPTIONS + SILENT_OPTIONS},
         refused_transaction_filters=tuple(args.refused_transaction_filters),
-        refunded_at_first_refund_only=args.refunded_at_first_refund_only,
         page_latency=args.latency_ms / 1000,
-        rate_limit=args.rate_limit,
-        short_pages=args.short_pages,
-        late_changes_days=args.late_changes_days,
         settlement_touches_updated_at=not args.settlement_keeps_updated_at,
-        error_codes=args.error_codes,
-        payout_destination_list=args.payout_destination_list,
-        read_accounts_scope=args.read_accounts_scope,
     )
-    if args.account_ids:
-        config.account_ids = args.account_ids
-    if args.redirect_uris:
-        config.redirect_uris = args.redirect_uris
-    if args.payout_destinations:
-        config.payout_destinations = args.payout_destinations
+    for listed in ("account_ids", "redirect_uris", "payout_destinations"):
+        if getattr(args, listed):
+            setattr(config, listed, getattr(args, listed))
     faults = None
     if args.faults:
         try:

@@ -144,6 +144,15 @@ class RetryPolicy:
             return wait + random.uniform(0, self.retry_after_jitter * max(wait, 0.5))
         return random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)))
 
+    def paced_wait(self, attempt: int, retry_after: float | None = None) -> float:
+        """The wait after try ``attempt`` of a caller that paces itself (the Prefect API's
+        calls): the backoff without full jitter (up to 10 % more, never less, so a rate stays
+        within its bound), and at least what a ``Retry-After`` asked (capped)."""
+        wait = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1))
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.retry_after_cap))
+        return wait * random.uniform(1.0, 1.1)
+
     def capped_retry_after(self, seconds: float | None) -> float | None:
         """A server's ``Retry-After`` as this policy would wait it (without jitter)."""
         return None if seconds is None else min(seconds, self.retry_after_cap)

@@ -21,13 +21,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from .. import times
 from ..auth.client_credentials import validation_message
 from ..errors import ConfigurationError
-from ..sink.destination_urls import redact_url, resolve_destination, url_secrets
+from ..sink.destination import Destination
 from ..streams.catalog import Stream, resolve_streams
 from ..streams.paginators import DEFAULT_MAX_PAGES
 from ..streams.personal_data import PersonalData, checked_mode
@@ -80,28 +78,6 @@ def run_budget(timeout_minutes: float) -> timedelta:
     if not budget:
         raise ConfigurationError("timeout_minutes must be more than 0")
     return budget
-
-
-def check_destination(destination: str, destination_block: str | None = None) -> None:
-    """Refuse a destination URL that would put a password into flow parameters (visible in the
-    Prefect UI), never printing it."""
-    if destination_block or "://" not in destination:
-        return
-    try:
-        make_url(destination)
-    except ArgumentError:  # its message quotes the URL, password and all
-        raise ConfigurationError(
-            "destination is not a database URL (expected e.g. postgresql://user@host/database, "
-            "or a path for SQLite)"
-        ) from None
-    where = url_secrets(destination)
-    if where:
-        raise ConfigurationError(
-            f"the destination URL carries a secret ({', '.join(where)}), and flow parameters "
-            "are visible in the Prefect UI: save the connection as a SqlAlchemyConnector block "
-            "and pass destination_block, or leave the secret out and give it to the worker in "
-            "its environment (PGPASSWORD for PostgreSQL, motherduck_token for MotherDuck)"
-        )
 
 
 def _count(value: Any, name: str) -> int:
@@ -272,12 +248,10 @@ class SyncRequest(BaseModel):
             "personal_data_key_block": self.personal_data_key_block,
         }
 
-    def destination_label(self) -> str:
-        """Where the data goes, fit to log and show: a SQLite file as its absolute path (a
-        relative path means the worker's folder), a URL with its password masked."""
-        if self.destination_block:
-            return f"the SqlAlchemyConnector block {self.destination_block!r}"
-        return redact_url(resolve_destination(self.destination))
+    @property
+    def target(self) -> Destination:
+        """Where the data goes, as one object (checked when the request was built)."""
+        return Destination(self.destination, self.destination_block)
 
     @property
     def specs(self) -> list[Stream]:
@@ -341,7 +315,7 @@ class SyncRequest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SyncRequest:
-        check_destination(self.destination, self.destination_block)
+        self.target  # noqa: B018 - refuses a URL with a secret, never quoting it
         return self
 
 

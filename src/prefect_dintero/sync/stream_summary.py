@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 #: The counts summed when partitions (and late-change reads) are combined.
@@ -73,16 +73,5 @@ class StreamSummary:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StreamSummary:
-        """A summary from its :meth:`as_dict` (an event's payload, a flow's result)."""
-        known = {f.name for f in fields(cls)}
-        summary = cls(**{k: v for k, v in data.items() if k in known and k not in _NESTED})
-        for name in _NESTED:
-            setattr(summary, name, [cls.from_dict(d) for d in data.get(name) or []])
-        return summary
-
-
-_NESTED = ("late_reads", "partitions")
 
 ProgressCallback = Callable[[StreamSummary], None]

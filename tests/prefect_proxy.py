@@ -1,5 +1,8 @@
 """A Prefect API as a worker far from Prefect Cloud sees it: slow, rate-limited, failing, counted.
 
+Test support (beside the tests, not in the installed package): the tests and
+``benchmarks/prefect_api_cost.py`` run the Prefect side through it.
+
 Put :class:`PrefectApiProxy` in front of a real Prefect server (the test harness's, or
 ``prefect server start``) and point ``PREFECT_API_URL`` at it. Every request is forwarded, and
 on the way:
@@ -19,7 +22,7 @@ Examples:
     ```python
     import httpx
     from prefect_dintero.emulator import running_emulator
-    from prefect_dintero.emulator.prefect_proxy import running_prefect_proxy
+    from tests.prefect_proxy import running_prefect_proxy
 
     with running_emulator() as upstream, running_prefect_proxy(upstream.url) as proxy:
         proxy.add_fault(route="GET /_emulator/health", status=503, retry_after=1, times=1)
