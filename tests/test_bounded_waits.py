@@ -155,3 +155,67 @@ def test_a_client_past_its_budget_sends_nothing_and_keeps_the_limit():
         with pytest.raises(RunBudgetExceeded):
             client.get_json("/v1/things")
     assert sent == [] and limit.limit == 8
+
+
+def test_a_client_takes_its_deadline_stop_check_and_limit_when_made():
+    creds = ClientCredentials(account_id=AID, client_id="c", client_secret="s" * 10)
+    handler, sent = _always_429("0")
+    limit = AdaptiveLimit(maximum=8)
+    with DinteroClient(
+        creds,
+        transport=httpx.MockTransport(handler),
+        run_ends_at=time.time() + 60,
+        stop_reason=lambda: "the slot was lost",
+        limiter=limit,
+    ) as client:
+        assert client.limiter is limit
+        with pytest.raises(RunInterrupted, match="the slot was lost"):
+            client.get_json("/v1/things")
+    assert sent == []  # asked before the request: nothing was sent
+    # By default a client shares its account's one adaptive limit in the process; None: unpaced.
+    with DinteroClient(creds) as first, DinteroClient(creds) as second:
+        assert first.limiter is second.limiter is not None
+    with DinteroClient(creds, limiter=None) as unpaced:
+        assert unpaced.limiter is None
+
+
+async def test_the_async_client_goes_through_the_account_limit():
+    """The defect: the async client ignored its limiter, so coroutines were never paced."""
+    import asyncio
+
+    from prefect_dintero.client import AsyncDinteroClient
+
+    creds = ClientCredentials(account_id=AID, client_id="c", client_secret="s" * 10)
+    in_flight, most = 0, 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, most
+        if request.url.path.endswith("/auth/token"):
+            return httpx.Response(200, json={"access_token": "tok-" + "x" * 20, "expires_in": 3600})
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        if request.url.params.get("n") == "0":
+            return httpx.Response(429, headers={"retry-after": "0"}, json={})
+        return httpx.Response(200, json=[])
+
+    limit = AdaptiveLimit(maximum=2, start=2)
+    policy = RetryPolicy.from_limits(attempts=2, max_wait_seconds=0.1)
+    client = AsyncDinteroClient(
+        creds, transport=httpx.MockTransport(handler), retry_policy=policy, limiter=limit
+    )
+    # The token comes from the provider's own (sync) transport.
+    client.token_provider.use_transport(
+        httpx.MockTransport(
+            lambda r: httpx.Response(
+                200, json={"access_token": "tok-" + "x" * 20, "expires_in": 60}
+            )
+        )
+    )
+    async with client:
+        await asyncio.gather(*(client.get_json("/v1/things", params={"n": n}) for n in range(1, 9)))
+        assert most <= 2 and limit.in_flight == 0
+        with pytest.raises(Exception, match="429"):
+            await client.get_json("/v1/things", params={"n": 0})
+    assert limit.decreases > 0  # the 429s were reported to the account's limit

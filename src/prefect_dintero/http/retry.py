@@ -16,9 +16,9 @@ another's attempts:
    .call_with_token``): the code exchange and the refresh grant are authorised by the service
    token, so their 401 renews it once and sends the grant again. Dintero documents no code that
    tells a revoked service token from a bad code, and the code is only spent on success.
-4. **A refused resume point** (``stream_sync.StreamSync``): a saved page cursor Dintero answers
-   400 to is dropped and its window read again from the start (the upserts dedupe). Nothing
-   else in a window is retried there.
+4. **A refused resume point** (``sync.window_reader.WindowReader``): a saved page cursor
+   Dintero answers 400 to is dropped and its slice of the window read again from its start
+   (the upserts dedupe). Nothing else in a window is retried there.
 5. **A stream whose request ran out of attempts** (the ``sync_stream`` Prefect task's retries:
    ``RetryPolicy.stream_resumes``, twice, which the flow sets per run from the credentials):
    the stream runs again from its last committed page, so no page is read twice. Permanent
