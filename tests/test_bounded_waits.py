@@ -43,9 +43,8 @@ def test_an_absurd_retry_after_is_a_bounded_wait(header):
     handler, sent = _always_429(header)
     limit = AdaptiveLimit(maximum=8)
     with DinteroClient(
-        creds, transport=httpx.MockTransport(handler), retry_policy=policy
+        creds, transport=httpx.MockTransport(handler), retry_policy=policy, limiter=limit
     ) as client:
-        client.limiter = limit
         started = time.monotonic()
         with pytest.raises(Exception, match="429"):
             client.get_json("/v1/things")
@@ -65,10 +64,12 @@ def test_a_retry_after_of_an_hour_never_outlives_the_run_budget():
     policy = RetryPolicy.from_limits(attempts=6, max_wait_seconds=3600)
     handler, _ = _always_429("3600")
     with DinteroClient(
-        creds, transport=httpx.MockTransport(handler), retry_policy=policy
+        creds,
+        transport=httpx.MockTransport(handler),
+        retry_policy=policy,
+        limiter=AdaptiveLimit(maximum=8),
+        run_ends_at=time.time() + 1.5,
     ) as client:
-        client.limiter = AdaptiveLimit(maximum=8)
-        client.run_ends_at = time.time() + 1.5
         started = time.monotonic()
         with pytest.raises(RunBudgetExceeded):
             client.get_json("/v1/things")
@@ -102,8 +103,7 @@ def test_a_real_sync_under_a_retry_after_of_an_hour_ends_within_its_budget(
     spec = CATALOG["transactions"]
     sink.prepare([spec])
     creds = creds_for(emu, retry_max_wait_seconds=900)
-    with DinteroClient(creds) as client:
-        client.run_ends_at = time.time() + 3
+    with DinteroClient(creds, run_ends_at=time.time() + 3) as client:
         started = time.monotonic()
         with pytest.raises(RunBudgetExceeded):
             sync_account_stream(client, sink, spec, AID, SyncRequest(page_size=50))
@@ -149,11 +149,17 @@ def test_a_local_stop_inside_a_slot_leaves_the_limit_as_it_was():
 def test_a_client_past_its_budget_sends_nothing_and_keeps_the_limit():
     creds = ClientCredentials(account_id=AID, client_id="c", client_secret="s" * 10)
     handler, sent = _always_429("1")
-    with DinteroClient(creds, transport=httpx.MockTransport(handler)) as client:
-        client.limiter = limit = AdaptiveLimit(maximum=8, start=8)
-        client.run_ends_at = time.time() - 1
-        with pytest.raises(RunBudgetExceeded):
-            client.get_json("/v1/things")
+    limit = AdaptiveLimit(maximum=8, start=8)
+    with (
+        DinteroClient(
+            creds,
+            transport=httpx.MockTransport(handler),
+            limiter=limit,
+            run_ends_at=time.time() - 1,
+        ) as client,
+        pytest.raises(RunBudgetExceeded),
+    ):
+        client.get_json("/v1/things")
     assert sent == [] and limit.limit == 8
 
 

@@ -294,22 +294,15 @@ class DinteroClient(_ClientBase):
             personal_data_key=personal_data_key,
         )
         account = account_id or self.credentials.account_id
-        spec = query.spec
-        destinations: list[str | None] = [None]
-        if spec.per_destination:
-            destinations = list(payout_destinations or payout_destination_ids(self, account))
-        for destination in destinations:
-            path = spec.url_path(account, destination)
+        if query.spec.per_destination and not payout_destinations:
+            payout_destinations = payout_destination_ids(self, account)
+        for path in query.paths(account, payout_destinations):
 
             def fetch(params: dict[str, Any], path: str = path) -> Any:
-                return self.get_json(path, host=spec.host, params=params)
+                return self.get_json(path, host=query.spec.host, params=params)
 
-            for page in pages(
-                fetch,
-                query.paginator(),
-                base_params=query.params(),
-                check_rows=spec.check_keys,
-            ):
+            params, rows = query.params(), query.spec.check_keys
+            for page in pages(fetch, query.paginator(), base_params=params, check_rows=rows):
                 yield from query.keep(page.rows)
 
     def close(self) -> None:
@@ -398,19 +391,9 @@ class AsyncDinteroClient(_ClientBase):
     async def get_json(self, path: str, *, host: Host = "api", params: Any = None) -> Any:
         return self._json(await self.request("GET", path, host=host, params=params))
 
-    async def iter_records(
-        self,
-        stream: str,
-        *,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        payout_destinations: list[str] | None = None,
-        page_size: int = 100,
-        account_id: str | None = None,
-        personal_data: PersonalData = "keep",
-        personal_data_key: SecretStr | None = None,
-    ) -> AsyncIterator[dict]:
-        """Every record of a stream: :meth:`DinteroClient.iter_records`, async.
+    async def iter_records(self, stream: str, **options: Any) -> AsyncIterator[dict]:
+        """Every record of a stream: :meth:`DinteroClient.iter_records`, with its arguments,
+        async.
 
         Examples:
             ```python
@@ -435,27 +418,21 @@ class AsyncDinteroClient(_ClientBase):
                 assert asyncio.run(count_customers(creds)) == len(emulator.dump("customers"))
             ```
         """
-        query = RecordQuery(
-            stream,
-            created_from=created_from,
-            created_to=created_to,
-            page_size=page_size,
-            personal_data=personal_data,
-            personal_data_key=personal_data_key,
-        )
-        account = account_id or self.credentials.account_id
-        spec = query.spec
-        destinations: list[str | None] = [None]
-        if spec.per_destination:
-            destinations = list(payout_destinations or await apayout_destination_ids(self, account))
-        for destination in destinations:
-            path = spec.url_path(account, destination)
+        destinations = options.pop("payout_destinations", None)
+        account = options.pop("account_id", None) or self.credentials.account_id
+        query = RecordQuery(stream, **options)
+        if query.spec.per_destination and not destinations:
+            destinations = await apayout_destination_ids(self, account)
+        for path in query.paths(account, destinations):
 
             async def fetch(params: dict[str, Any], path: str = path) -> Any:
-                return await self.get_json(path, host=spec.host, params=params)
+                return await self.get_json(path, host=query.spec.host, params=params)
 
             async for page in apages(
-                fetch, query.paginator(), base_params=query.params(), check_rows=spec.check_keys
+                fetch,
+                query.paginator(),
+                base_params=query.params(),
+                check_rows=query.spec.check_keys,
             ):
                 for record in query.keep(page.rows):
                     yield record

@@ -70,6 +70,12 @@ class RecordQuery:
         #: absorbs them; a reader must not see them twice).
         self._seen: set[str] | None = set() if self.spec.incremental == "since" else None
 
+    def paths(self, account_id: str, payout_destinations: list[str] | None) -> list[str]:
+        """The paths the query reads: the stream's, or one per payout destination."""
+        if not self.spec.per_destination:
+            return [self.spec.url_path(account_id)]
+        return [self.spec.url_path(account_id, d) for d in payout_destinations or ()]
+
     def paginator(self) -> Paginator:
         lower = self.created_from if self.api_filters else None
         # Customers are walked by updated_at up to now (plus the clock skew), as the sync does.
