@@ -345,3 +345,19 @@ def test_the_circle_check_finds_a_circle():
     # The check above passes on an empty list: this shows it would not miss one.
     edges = {"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}
     assert _circles(edges) == [["a", "b", "c"]]
+
+
+def test_the_readme_fits_on_a_page_and_every_local_link_resolves():
+    # The README says what the package is and how to use it; the evidence, the speed tables,
+    # the emulator's reference and the operations notes are in docs/, linked from it.
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append((page.relative_to(ROOT), target))
+    assert broken == []
+    linked = set(re.findall(r"\]\(docs/([^)#]+)\)", readme))
+    assert linked >= {p.name for p in (ROOT / "docs").glob("*.md")}  # no page left unlinked
