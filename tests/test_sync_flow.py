@@ -490,11 +490,18 @@ def test_two_overlapping_runs_of_one_account_never_sync_at_once(emu, creds, tmp_
 
 
 def test_relative_files_are_placed_in_a_stable_folder_and_others_left_alone(tmp_path):
-    from prefect_dintero.sink.destination_urls import anchor_destination, relative_file
+    from prefect_dintero.sink.destination import Destination
+
+    def relative_file(target: str) -> str | None:
+        return Destination(target).relative_file
+
+    def anchor_destination(target: str, folder) -> str:
+        return Destination(target).anchored(folder).target
 
     assert relative_file("dintero.db") == "dintero.db"
     assert relative_file("sqlite:///data/dintero.db") == "data/dintero.db"
     assert relative_file("duckdb:///d.duckdb") == "d.duckdb"
+    assert Destination("dintero.db", block="warehouse").relative_file is None
     for kept in (
         "/srv/dintero.db",
         "~/prefect-dintero/dintero.db",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,13 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from ..errors import ConfigurationError
 from .core import Sink
-from .destination_urls import (
-    anchor_destination,
-    in_temporary_working_folder,
-    redact_url,
-    resolve_destination,
-    url_secrets,
-)
+from .destination_urls import redact_url, resolve_destination, url_secrets
 
 
 @dataclass(frozen=True)
@@ -70,13 +65,47 @@ class Destination:
             raise ConfigurationError(f"the destination is the block {self.block!r}, not a URL")
         return resolve_destination(self.target)
 
+    @property
+    def relative_file(self) -> str | None:
+        """The relative file a SQLite or DuckDB destination names (``dintero.db``,
+        ``sqlite:///dintero.db``, ``duckdb:///data/d.duckdb``), or None: an absolute or ``~``
+        path, another database, memory, a SQLite ``file:`` URI, or a block."""
+        if self.block:
+            return None
+        path = self.target
+        if "://" in path:
+            url = make_url(path)
+            if url.get_backend_name() not in ("sqlite", "duckdb"):
+                return None
+            path = url.database or ""
+        if not path or path == ":memory:" or path.startswith(("file:", "~")):
+            return None
+        return None if Path(path).is_absolute() else path
+
     def anchored(self, folder: str | Path) -> Destination:
-        """This destination with a relative SQLite or DuckDB file placed in ``folder``."""
-        return self if self.block else replace(self, target=anchor_destination(self.target, folder))
+        """This destination with its relative file (:attr:`relative_file`) placed in
+        ``folder`` (``~`` expanded); any other destination as it is."""
+        if (relative := self.relative_file) is None:
+            return self
+        target = str(Path(folder).expanduser() / relative)
+        if "://" in self.target:
+            url = make_url(self.target).set(database=target)
+            target = url.render_as_string(hide_password=False)
+        return replace(self, target=target)
 
     def temporary_folder(self) -> Path | None:
-        """The temporary working folder a relative file would be deleted with, or None."""
-        return None if self.block else in_temporary_working_folder(self.target)
+        """The working folder, if it is a temporary one (inside the system's temporary folder,
+        as a Prefect process worker makes for a deployment run and deletes after it) and this
+        destination a file named relative to it; else None. An absolute path is where its user
+        said, even under the system's temporary folder."""
+        if self.relative_file is None:
+            return None
+        cwd = Path.cwd().resolve()
+        temporary = Path(tempfile.gettempdir()).resolve()
+        file = Path(make_url(self.url).database or "").expanduser().resolve()
+        if cwd != temporary and cwd.is_relative_to(temporary) and file.is_relative_to(cwd):
+            return cwd
+        return None
 
     def label(self) -> str:
         """Where the data goes, fit to log and show: a file as its absolute path, a URL with

@@ -60,59 +60,6 @@ def resolve_destination(destination: str | Path) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def relative_file(destination: str) -> str | None:
-    """The relative file a SQLite or DuckDB destination names (``dintero.db``,
-    ``sqlite:///dintero.db``, ``duckdb:///data/d.duckdb``), or None: an absolute or ``~`` path,
-    another database, memory, or a SQLite ``file:`` URI."""
-    path = destination
-    if "://" in destination:
-        try:
-            url = make_url(destination)
-        except ArgumentError:
-            return None
-        if url.get_backend_name() not in ("sqlite", "duckdb"):
-            return None
-        path = url.database or ""
-    if not path or path == ":memory:" or path.startswith(("file:", "~")):
-        return None
-    return None if Path(path).is_absolute() else path
-
-
-def anchor_destination(destination: str, folder: str | Path) -> str:
-    """``destination`` with a relative file (:func:`relative_file`) placed in ``folder``
-    (``~`` expanded); any other destination as it is."""
-    relative = relative_file(destination)
-    if relative is None:
-        return destination
-    target = str(Path(folder).expanduser() / relative)
-    if "://" not in destination:
-        return target
-    return make_url(destination).set(database=target).render_as_string(hide_password=False)
-
-
-def in_temporary_working_folder(destination: str) -> Path | None:
-    """The working folder, if it is a temporary one (inside the system's temporary folder, as a
-    Prefect process worker makes for a deployment run and deletes after it) and the
-    destination is a file named relative to it; else None. An absolute path is where its
-    user said, even under the system's temporary folder."""
-    import tempfile
-
-    if relative_file(destination) is None:
-        return None
-    try:
-        url = make_url(resolve_destination(destination))
-    except (ArgumentError, ConfigurationError):
-        return None
-    if url.get_backend_name() not in ("sqlite", "duckdb") or not url.database:
-        return None
-    cwd = Path.cwd().resolve()
-    temporary = Path(tempfile.gettempdir()).resolve()
-    file = Path(url.database).expanduser().resolve()
-    if cwd != temporary and cwd.is_relative_to(temporary) and file.is_relative_to(cwd):
-        return cwd
-    return None
-
-
 def make_parent(path: str) -> None:
     """Create the folder a new database file goes in (owner only), so a documented location
     such as ``~/prefect-dintero/dintero.db`` works on a worker's first run."""
