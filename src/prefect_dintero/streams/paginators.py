@@ -14,11 +14,10 @@ missing or empty (the schemas mark ``items``, ``entries``, ``last_evaluated_key`
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from queue import Full, Queue
 from typing import Any
 
 from ..errors import DinteroError, MalformedResponseError
@@ -364,44 +363,19 @@ async def apages(
         yield walk.take(await fetch(params))
 
 
-def fetched_ahead(source: Iterator[Page], depth: int = 1) -> Iterator[Page]:
-    """The same pages, the next ``depth`` fetched in a thread while the caller writes this one.
+def fetched_ahead(source: Iterator[Page]) -> Iterator[Page]:
+    """The same pages, the next one fetched in a thread while the caller writes this one.
 
-    Memory stays flat (at most ``depth`` pages wait), and nothing changes for a crash: a page
-    is only committed by the caller, so a run killed with a page fetched ahead resumes from
-    the last page it committed. An error while fetching reaches the caller at that page.
+    Memory stays flat (one page waits), and nothing changes for a crash: a page is only
+    committed by the caller, so a run killed with a page fetched ahead resumes from the last
+    page it committed. An error while fetching reaches the caller at that page; a caller that
+    stops leaves the page in flight to finish alone, and no further one is asked for.
     """
-    queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                queue.put(item, timeout=0.1)
-                return True
-            except Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for page in source:
-                if not put(("page", page)):
-                    return
-            put(("done", None))
-        except BaseException as exc:  # handed to the caller, raised there
-            put(("error", exc))
-
-    thread = threading.Thread(target=produce, name="dintero-fetch-ahead", daemon=True)
-    thread.start()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="dintero-fetch-ahead")
     try:
-        while True:
-            kind, value = queue.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
+        ahead = pool.submit(next, source, None)
+        while (page := ahead.result()) is not None:
+            ahead = pool.submit(next, source, None)
+            yield page
     finally:
-        # The caller stopped (done, or failed writing): the fetcher stops at its next page.
-        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
