@@ -192,7 +192,7 @@ def _dintero_sync(
     # would silently skip data.
     request = SyncRequest.build(
         streams=streams,
-        destination=stable_destination(Destination(destination, destination_block)).target,
+        destination=destination,
         destination_block=destination_block,
         lookback_hours=lookback_hours,
         page_size=page_size,
@@ -204,6 +204,9 @@ def _dintero_sync(
         personal_data=personal_data,
         personal_data_key_block=personal_data_key_block,
     )
+    # Anchoring a checked destination adds no secret: the copy is not checked again.
+    if (anchored := stable_destination(request.target)) != request.target:
+        request = request.model_copy(update={"destination": anchored.target})
     budget = run_budget(timeout_minutes)
     # Prefect API calls beside the run's own path (the slot, the artifacts): each is a round
     # trip to a server that may be tens of milliseconds away, so they overlap where they can.
