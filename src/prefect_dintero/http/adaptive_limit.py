@@ -108,8 +108,10 @@ class AdaptiveLimit:
     ) -> AsyncIterator[Callable[..., None]]:
         """:meth:`slot` for a coroutine: the wait for a slot sleeps without holding a thread
         (and a cancelled wait holds nothing)."""
+        delay = 0.005  # a freed slot wakes no coroutine: ask again, less often as it waits
         while not self._try_acquire(check):
-            await asyncio.sleep(min(CHECK_EVERY, max(0.005, self.paused_for())))
+            await asyncio.sleep(min(CHECK_EVERY, max(delay, self.paused_for())))
+            delay = min(delay * 2, 0.1)
         with self._held() as answered:
             yield answered
 

@@ -132,9 +132,10 @@ def saved_slices(resume: Any) -> list[Slice] | None:
 def resumed_slices(state: StreamState) -> list[Slice]:
     """Where an unfinished window stands: its slices, or (a state written by an older version,
     which saved one page cursor) the window as one slice resuming at that page."""
-    return saved_slices(state.resume) or [
-        Slice(state.window_lower, state.window_upper, state.resume, seen=state.max_seen)
-    ]
+    saved = saved_slices(state.resume)
+    if saved is not None:
+        return saved
+    return [Slice(state.window_lower, state.window_upper, state.resume, seen=state.max_seen)]
 
 
 class WindowReader:
