@@ -137,42 +137,20 @@ class BlockServiceTokenStore(BlockTokenStore):
             )
         except ObjectNotFound:
             return None, None
-        data = document.data
-        if data.get("credentials_fingerprint") != self.fingerprint:
+        if document.data.get("credentials_fingerprint") != self.fingerprint:
             # Saved for other credentials (a changed secret): never used, replaced on renewal.
             return document, None
-        return document, Token(
-            access_token=SecretStr(data["access_token"]),
-            token_type=data.get("token_type") or "Bearer",
-            issued_at=data["issued_at"],
-            expires_at=data["expires_at"],
-        )
+        return document, Token.from_stored(document.data)
 
     def _write(self, handle: Any, token: Token) -> None:
+        data = {
+            **{k: v for k, v in token.stored().items() if k in DinteroServiceToken.model_fields},
+            "credentials_fingerprint": self.fingerprint,
+        }
         if handle is None:  # the first save: registers the block type too
-            save_block(self._block(token), self.block_name)
-            return
-        kept_client().update_block_document(
-            handle.id,
-            BlockDocumentUpdate(
-                data={
-                    "access_token": token.access_token.get_secret_value(),
-                    "token_type": token.token_type,
-                    "issued_at": token.issued_at.isoformat(),
-                    "expires_at": token.expires_at.isoformat(),
-                    "credentials_fingerprint": self.fingerprint,
-                }
-            ),
-        )
-
-    def _block(self, token: Token) -> DinteroServiceToken:
-        return DinteroServiceToken(
-            access_token=token.access_token,
-            token_type=token.token_type,
-            issued_at=token.issued_at,
-            expires_at=token.expires_at,
-            credentials_fingerprint=self.fingerprint,
-        )
+            save_block(DinteroServiceToken(**data), self.block_name)
+        else:
+            kept_client().update_block_document(handle.id, BlockDocumentUpdate(data=data))
 
     def _slot_timed_out(self) -> None:
         logger.warning(

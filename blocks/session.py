@@ -14,7 +14,7 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import Field, HttpUrl, SecretStr
 
 from prefect_dintero.auth.provider import OIDCSessionProvider
-from prefect_dintero.auth.tokens import Token, UserInfo
+from prefect_dintero.auth.tokens import Token
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks.credentials import DinteroCredentials
 from prefect_dintero.blocks.prefect_api import (
@@ -106,26 +106,11 @@ class DinteroOIDCSession(Block):
 
     def to_token(self) -> Token:
         """The session as the core's token."""
-        return Token(
-            access_token=self.access_token,
-            refresh_token=self.refresh_token,
-            token_type=self.token_type,
-            issued_at=self.issued_at or self.expires_at,
-            expires_at=self.expires_at,
-            user_info=UserInfo.model_validate(self.user_info) if self.user_info else None,
-            session_id=self.session_id,
-        )
+        return Token.from_stored(dict(self))
 
     @classmethod
     def from_token(cls, credentials: DinteroCredentials, token: Token) -> DinteroOIDCSession:
-        return cls(
-            credentials=credentials,
-            **_token_fields(token),
-        )
-
-    def _apply(self, token: Token) -> None:
-        for name, value in _token_fields(token).items():
-            setattr(self, name, value)
+        return cls(credentials=credentials, **token.stored())
 
     # -- clients --------------------------------------------------------------------------------
 
@@ -165,47 +150,6 @@ class DinteroOIDCSession(Block):
     def get_async_client(self) -> AsyncDinteroClient:
         provider = self.token_provider()
         return AsyncDinteroClient(provider.credentials, token_provider=provider)
-
-
-def _token_fields(token: Token) -> dict[str, Any]:
-    return {
-        "access_token": token.access_token,
-        "refresh_token": token.refresh_token,
-        "token_type": token.token_type,
-        "issued_at": token.issued_at,
-        "expires_at": token.expires_at,
-        "user_info": token.user_info.model_dump() if token.user_info else None,
-        "session_id": token.session_id,
-    }
-
-
-def _token_from_data(data: dict[str, Any]) -> Token:
-    """The token a session block document's data holds (read with its secrets)."""
-    user_info = data.get("user_info")
-    expires_at = data["expires_at"]
-    return Token(
-        access_token=SecretStr(data["access_token"]),
-        refresh_token=SecretStr(data["refresh_token"]) if data.get("refresh_token") else None,
-        token_type=data.get("token_type") or "Bearer",
-        issued_at=data.get("issued_at") or expires_at,
-        expires_at=expires_at,
-        user_info=UserInfo.model_validate(user_info) if user_info else None,
-        session_id=data.get("session_id"),
-    )
-
-
-def _token_data(token: Token) -> dict[str, Any]:
-    """A session block document's token fields, as the API takes them (secrets in the clear:
-    the server stores block data encrypted)."""
-    return {
-        "access_token": token.access_token.get_secret_value(),
-        "refresh_token": token.refresh_token.get_secret_value() if token.refresh_token else None,
-        "token_type": token.token_type,
-        "issued_at": token.issued_at.isoformat(),
-        "expires_at": token.expires_at.isoformat(),
-        "user_info": token.user_info.model_dump() if token.user_info else None,
-        "session_id": token.session_id,
-    }
 
 
 def refresh_limit_name(cache_key: str) -> str:
@@ -282,7 +226,7 @@ class BlockSessionStore(BlockTokenStore):
                 f"in again: run the 'dintero_login' flow (or 'prefect-dintero login') to save "
                 f"it anew."
             ) from None
-        return document, _token_from_data(document.data)
+        return document, Token.from_stored(document.data)
 
     def _write(self, handle: Any, token: Token) -> None:
         # Only the token's fields change. Block references (the nested credentials) are not in
@@ -293,7 +237,7 @@ class BlockSessionStore(BlockTokenStore):
         }
         kept_client().update_block_document(
             handle.id,
-            BlockDocumentUpdate(data={**_token_data(token), **references}),
+            BlockDocumentUpdate(data={**token.stored(), **references}),
         )
 
     def _superseded(self, saved: Token | None, mine: Token) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import math
 import re
 import warnings
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -144,6 +145,29 @@ class Token(BaseModel):
             else previous_user_info,
             session_id=previous_session_id,
         )
+
+    # -- as a Prefect block stores it -------------------------------------------------------------
+
+    def stored(self) -> dict[str, Any]:
+        """The token as a block's data holds it: JSON values, secrets in the clear (the server
+        stores block data encrypted); the scope is not kept."""
+        return {
+            "access_token": self.access_token.get_secret_value(),
+            "refresh_token": self.refresh_token.get_secret_value() if self.refresh_token else None,
+            "token_type": self.token_type,
+            "issued_at": self.issued_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "user_info": self.user_info.model_dump() if self.user_info else None,
+            "session_id": self.session_id,
+        }
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> Token:
+        """The token a block holds: its document's data (read with its secrets) or its fields.
+        Empty values count as missing; a token saved without ``issued_at`` is dated by its
+        expiry."""
+        given = {n: data[n] for n in cls.model_fields if n != "scope" and data.get(n)}
+        return cls.model_validate({"issued_at": data["expires_at"], **given})
 
     # -- expiry ---------------------------------------------------------------------------------
 
