@@ -154,6 +154,7 @@ class SyncRequest(BaseModel):
 
     streams: tuple[str, ...] = Field(
         default=(),
+        validate_default=True,
         description="Stream names. Empty means every stream.",
     )
     destination: str = Field(
@@ -215,19 +216,16 @@ class SyncRequest(BaseModel):
                 + ", ".join(_PARAMETER_NAMES)
             )
         given = {p.name: parameters.get(p.name, p.default) for p in SYNC_PARAMETERS}
+        if given["personal_data"] == "hash" and not given["personal_data_key_block"]:
+            raise ConfigurationError(
+                "personal_data='hash' needs personal_data_key_block: the name of a Prefect "
+                "Secret block holding a random key of at least 32 bytes (hashes made with one "
+                "key join across streams and runs; keep it, or the next run is refused)"
+            )
         return cls(
-            streams=_stream_names(given["streams"]),
-            destination=given["destination"],
-            destination_block=given["destination_block"],
+            **{k: v for k, v in given.items() if k not in ("lookback_hours", "reconcile_days")},
             lookback=window(given["lookback_hours"], "lookback_hours"),
             reconcile=window(given["reconcile_days"], "reconcile_days", "days"),
-            page_size=_count(given["page_size"], "page_size"),
-            full_refresh=given["full_refresh"],
-            start_date=given["start_date"],
-            payout_destinations=given["payout_destinations"],
-            max_pages=_count(given["max_pages"], "max_pages"),
-            personal_data=_policy(given["personal_data"], given["personal_data_key_block"]),
-            personal_data_key_block=given["personal_data_key_block"],
         )
 
     def flow_parameters(self) -> dict[str, Any]:
@@ -299,41 +297,23 @@ class SyncRequest(BaseModel):
             )
         return value
 
-    @model_validator(mode="before")
-    @classmethod
-    def _default_streams(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("streams"):
-            data = {**data, "streams": _stream_names(None)}
-        return data
-
     @field_validator("streams", mode="before")
     @classmethod
     def _streams(cls, value: Any) -> tuple[str, ...]:
-        if isinstance(value, str):
+        if isinstance(value, str):  # one name, not its letters
             value = [value]
-        return tuple(s.name for s in resolve_streams(list(value)))
+        # None or empty: every stream.
+        return tuple(s.name for s in resolve_streams(list(value) if value else None))
+
+    @field_validator("personal_data", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> PersonalData:
+        return checked_mode(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> SyncRequest:
         self.target  # noqa: B018 - refuses a URL with a secret, never quoting it
         return self
-
-
-def _stream_names(streams: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
-    if isinstance(streams, str):  # one name, not its letters
-        streams = [streams]
-    return tuple(s.name for s in resolve_streams(list(streams) if streams is not None else None))
-
-
-def _policy(mode: Any, key_block: str | None) -> str:
-    mode = checked_mode(mode)
-    if mode == "hash" and not key_block:
-        raise ConfigurationError(
-            "personal_data='hash' needs personal_data_key_block: the name of a Prefect Secret "
-            "block holding a random key of at least 32 bytes (hashes made with one key join "
-            "across streams and runs; keep it, or the next run is refused)"
-        )
-    return str(mode)
 
 
 def _in(value: timedelta | None, unit: str) -> float | None:
