@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -97,6 +98,14 @@ class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
         if self.state.config.error_codes == "generic" and status in GENERIC_ERROR_STATUSES:
             code, message = f"E{status}", "The request could not be processed"
         return error_response(status, code, message, headers)
+
+    def _served(self, route: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint of a Dintero route: ``handler`` behind the route's faults and counts."""
+
+        async def endpoint(request: Request) -> Response:
+            return await self._serve(route, request, handler)
+
+        return endpoint
 
     async def _serve(self, route: str, request: Request, handler: Handler) -> Response:
         """Apply faults, run the handler, turn ApiError into Dintero's body, count the result."""

@@ -34,13 +34,18 @@ class AuthRoutes:
 
     state: EmulatorState
     # Mixed in beside this class by the app (``EmulatorApp``).
-    _serve: Callable[[str, Request, Handler], Awaitable[Response]]
+    _served: Callable[[str, Handler], Callable[[Request], Awaitable[Response]]]
 
     def auth_routes(self) -> list[Route]:
+        served, post = self._served, ["POST"]
         return [
-            Route("/v1/accounts/{oid}/auth/token", self.token, methods=["POST"]),
-            Route("/v1/accounts/{oid}/auth/oidc/token", self.oidc_token, methods=["POST"]),
-            Route("/oidc/authorize", self.authorize, methods=["GET", "POST"]),
+            Route("/v1/accounts/{oid}/auth/token", served("token", self._token), methods=post),
+            Route(
+                "/v1/accounts/{oid}/auth/oidc/token",
+                served("oidc_token", self._oidc_token),
+                methods=post,
+            ),
+            Route("/oidc/authorize", served("authorize", self._authorize), methods=["GET", "POST"]),
             Route(CALLBACK_PATH, self.callback, methods=["GET"]),
         ]
 
@@ -83,9 +88,6 @@ class AuthRoutes:
         return aid, self.state.accounts[aid]
 
     # -- auth ----------------------------------------------------------------------------------
-
-    async def token(self, request: Request) -> Response:
-        return await self._serve("token", request, self._token)
 
     async def _token(self, request: Request) -> Response:
         oid = request.path_params["oid"]
@@ -195,9 +197,6 @@ class AuthRoutes:
             and self.state.clock.timestamp() - record.rotated_at <= interval
         )
 
-    async def oidc_token(self, request: Request) -> Response:
-        return await self._serve("oidc_token", request, self._oidc_token)
-
     async def _oidc_token(self, request: Request) -> Response:
         state = self.state
         oid = request.path_params["oid"]
@@ -274,9 +273,6 @@ class AuthRoutes:
             )
         state.token_grants["authorization_code"] += 1
         return JSONResponse(payload)
-
-    async def authorize(self, request: Request) -> Response:
-        return await self._serve("authorize", request, self._authorize)
 
     async def _authorize(self, request: Request) -> Response:
         """The simulated identity provider. GET shows its login page (who logs in, one button);

@@ -29,37 +29,32 @@ class ListRoutes:
 
     state: EmulatorState
     # Mixed in beside this class by the app (``EmulatorApp``, ``AuthRoutes``).
-    _serve: Callable[[str, Request, Handler], Awaitable[Response]]
+    _served: Callable[[str, Handler], Callable[[Request], Awaitable[Response]]]
     _authenticate: Callable[..., dict]
     _account: Callable[[Request], tuple[str, Any]]
 
     def list_routes(self) -> list[Route]:
         """One route per list endpoint: a new stream's endpoint is added here, with its
         handler below."""
+        served = self._served
         return [
-            Route("/v1/transactions", self.transactions, methods=["GET"]),
-            Route("/v1/sessions", self.sessions, methods=["GET"]),
-            Route("/v1/accounts/{aid}/settlements", self.settlements, methods=["GET"]),
-            Route("/v1/accounts/{aid}/customers/users", self.customers, methods=["GET"]),
+            Route("/v1/transactions", served("transactions", self._transactions)),
+            Route("/v1/sessions", served("sessions", self._sessions)),
+            Route("/v1/accounts/{aid}/settlements", served("settlements", self._settlements)),
+            Route("/v1/accounts/{aid}/customers/users", served("customers", self._customers)),
             Route(
                 "/v1/accounts/{aid}/payout-destinations",
-                self.payout_destinations,
-                methods=["GET"],
+                served("payout_destinations", self._payout_destinations),
             ),
             Route(
                 "/v2/accounts/{aid}/payout/payout-destinations/{pd}/transfers",
-                self.payout_transfers,
-                methods=["GET"],
+                served("payout_transfers", self._payout_transfers),
             ),
             Route(
                 "/v2/accounts/{aid}/payout/payout-destinations/{pd}/balances",
-                self.payout_balances,
-                methods=["GET"],
+                served("payout_balances", self._payout_balances),
             ),
         ]
-
-    async def transactions(self, request: Request) -> Response:
-        return await self._serve("transactions", request, self._transactions)
 
     async def _transactions(self, request: Request) -> Response:
         claims = self._authenticate(request)
@@ -104,9 +99,6 @@ class ListRoutes:
             return True
 
         return matches
-
-    async def sessions(self, request: Request) -> Response:
-        return await self._serve("sessions", request, self._sessions)
 
     async def _sessions(self, request: Request) -> Response:
         claims = self._authenticate(request)
@@ -171,9 +163,6 @@ class ListRoutes:
             page = page[:limit]
         return JSONResponse(page)
 
-    async def settlements(self, request: Request) -> Response:
-        return await self._serve("settlements", request, self._settlements)
-
     async def _settlements(self, request: Request) -> Response:
         """``{items, last_evaluated_key}``; the order is undocumented (``list_order``)."""
         aid, data = self._account(request)
@@ -218,9 +207,6 @@ class ListRoutes:
         self._optional(body, "last_evaluated_key", key)
         return JSONResponse(body)
 
-    async def customers(self, request: Request) -> Response:
-        return await self._serve("customers", request, self._customers)
-
     async def _customers(self, request: Request) -> Response:
         """A bare array. With ``since_datetime``: the earliest ``limit`` customers updated at or
         after it (after it under ``since_exclusive``), which is what Dintero's documented way of
@@ -257,9 +243,6 @@ class ListRoutes:
         headers = {"total-count": str(len(customers))} if q.get("total") == "true" else None
         return JSONResponse(rows, headers=headers)
 
-    async def payout_destinations(self, request: Request) -> Response:
-        return await self._serve("payout_destinations", request, self._payout_destinations)
-
     async def _payout_destinations(self, request: Request) -> Response:
         """The account's payout destinations (the Account Management API, scope
         ``read:accounts``). Dintero documents only objects with ``payout_destination_id``, not
@@ -275,9 +258,6 @@ class ListRoutes:
         if self.state.config.payout_destination_list == "array":
             return JSONResponse(rows)
         return JSONResponse({"payout_destinations": rows})
-
-    async def payout_transfers(self, request: Request) -> Response:
-        return await self._serve("payout_transfers", request, self._payout_transfers)
 
     async def _payout_transfers(self, request: Request) -> Response:
         """``{entries, next_page_token}``; no date filter and no documented order
@@ -307,9 +287,6 @@ class ListRoutes:
             next_token = base64.urlsafe_b64encode(raw.encode()).decode()
         self._optional(body, "next_page_token", next_token)
         return JSONResponse(body)
-
-    async def payout_balances(self, request: Request) -> Response:
-        return await self._serve("payout_balances", request, self._payout_balances)
 
     async def _payout_balances(self, request: Request) -> Response:
         """``{"payout_destination_balances": [...]}``: one balance per currency, from the
