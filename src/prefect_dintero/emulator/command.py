@@ -12,8 +12,7 @@ import json
 import socket
 import sys
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from dataclasses import Field, fields
 
 #: Appended to an option's help: argparse fills in its default.
 DEFAULT = " (default: %(default)s)"
@@ -23,153 +22,11 @@ class UsageError(Exception):
     """A mistake in the command line: printed as one line, exit status 2, no traceback."""
 
 
-#: The options that set an :class:`~.config.EmulatorConfig` field of the same name (the flag's
-#: default is the field's): (flag, field, argparse keywords). The last group: where Dintero's
-#: reference is silent, each undocumented behaviour switchable, so flows can be tested against
-#: every plausible choice.
-CONFIG_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("--client-id", "client_id", dict(help="API client id")),
-    ("--client-secret", "client_secret", dict(help="API client secret")),
-    ("--token-lifetime", "token_lifetime", dict(type=int, help="access token lifetime, s")),
-    (
-        "--session-lifetime",
-        "session_lifetime",
-        dict(type=int, help="lifetime of a user session's tokens, s (default: the token's)"),
-    ),
-    ("--code-lifetime", "code_lifetime", dict(type=int, help="authorization code lifetime, s")),
-    (
-        "--refresh-tokens",
-        "refresh_tokens",
-        dict(action="store_true", help="issue refresh tokens from the OIDC exchange"),
-    ),
-    (
-        "--no-rotate-refresh-tokens",
-        "rotate_refresh_tokens",
-        dict(action="store_false", help="reuse refresh tokens instead of rotating them"),
-    ),
-    (
-        "--refresh-token-reuse-interval",
-        "refresh_token_reuse_interval",
-        dict(
-            type=float,
-            metavar="SECONDS",
-            help="accept a rotated-out refresh token for this long (0: strictly single use)",
-        ),
-    ),
-    ("--transactions", "transactions", dict(type=int, help="transactions per account")),
-    ("--sessions", "sessions", dict(type=int, help="checkout sessions per account")),
-    (
-        "--settlements",
-        "settlements",
-        dict(type=int, help="generated settlements per account, besides the daily ones"),
-    ),
-    ("--customers", "customers", dict(type=int, help="customers per account")),
-    (
-        "--transfers-per-destination",
-        "transfers_per_destination",
-        dict(
-            type=int,
-            help="generated payout ledger entries per destination, besides those "
-            "of the payments' settlements",
-        ),
-    ),
-    (
-        "--history-days",
-        "history_days",
-        dict(type=int, metavar="N", help="the data is spread over the N days before the start"),
-    ),
-    ("--seed", "seed", dict(type=int, help="seed of the data generator")),
-    (
-        "--start-time",
-        "start_time",
-        dict(type=datetime.fromisoformat, help="'now' at start (ISO 8601; default: 30 days ago)"),
-    ),
-    (
-        "--rate-limit",
-        "rate_limit",
-        dict(
-            type=float,
-            metavar="N",
-            help="data requests a second per account; beyond it 429 with Retry-After (0: none)",
-        ),
-    ),
-    (
-        "--no-read-accounts",
-        "read_accounts_scope",
-        dict(
-            action="store_false",
-            help="the API client lacks read:accounts: listing payout destinations answers 403",
-        ),
-    ),
-)
-SILENT_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    (
-        "--list-order",
-        "list_order",
-        dict(
-            choices=("newest", "oldest", "shuffled"),
-            help="order of every list Dintero does "
-            "not document the order of (shuffled: a stable permutation per data set)",
-        ),
-    ),
-    (
-        "--null-optional-keys",
-        "omit_optional_keys",
-        dict(
-            action="store_false",
-            help="send items/entries as [] when empty, and "
-            "last_evaluated_key/next_page_token and a session's transaction_id as null, where "
-            "the schemas leave them out",
-        ),
-    ),
-    (
-        "--deletions-only-in-full-lists",
-        "deletions_in_since",
-        dict(action="store_false", help="since_datetime never returns deleted customers"),
-    ),
-    (
-        "--refunded-at-first-refund-only",
-        "refunded_at_first_refund_only",
-        dict(action="store_true", help="refunded_at matches a transaction by its first refund"),
-    ),
-    (
-        "--since-exclusive",
-        "since_exclusive",
-        dict(
-            action="store_true",
-            help="customers' since_datetime returns rows updated after it, not at or after it",
-        ),
-    ),
-    (
-        "--short-pages",
-        "short_pages",
-        dict(
-            action="store_true", help="pages may hold fewer rows than asked even when more follow"
-        ),
-    ),
-    (
-        "--late-changes-days",
-        "late_changes_days",
-        dict(type=int, metavar="N", help="transactions are refunded up to N days after creation"),
-    ),
-    (
-        "--error-codes",
-        "error_codes",
-        dict(
-            choices=("dintero", "generic"),
-            help="generic: 400/401/403 bodies whose code and message the client cannot know",
-        ),
-    ),
-    (
-        "--payout-destination-list",
-        "payout_destination_list",
-        dict(
-            choices=("object", "array", "missing"),
-            help="the payout destinations list as "
-            '{"payout_destinations": [...]}, a bare array, or not served (404)',
-        ),
-    ),
-)
+def config_options() -> list[Field]:
+    """The :class:`~.config.EmulatorConfig` fields the command sets (``config.option``)."""
+    from .config import EmulatorConfig
+
+    return [f for f in fields(EmulatorConfig) if "help" in f.metadata]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -230,19 +87,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="answer GET /v1/transactions with 400 when this filter (.gte/.lte) is used "
         "(documented, but subject to change); repeat for both",
     )
-    silent.add_argument(
-        "--settlement-keeps-updated-at",
-        action="store_true",
-        help="a settlement adds its entries to a payment's events without moving the payment's "
-        "updated_at (default: it moves it)",
-    )
-    for group, options in ((p, CONFIG_OPTIONS), (silent, SILENT_OPTIONS)):
-        for flag, field_name, kwargs in options:
-            default = getattr(defaults, field_name)
-            said = "" if kwargs.get("action") or default is None else DEFAULT
-            group.add_argument(
-                flag, dest=field_name, default=default, **{**kwargs, "help": kwargs["help"] + said}
-            )
+    for option in config_options():
+        meta, default = dict(option.metadata), getattr(defaults, option.name)
+        help, flag, quiet = meta.pop("help"), meta.pop("flag", None), meta.pop("silent", False)
+        if isinstance(default, bool):
+            meta["action"] = "store_false" if default else "store_true"
+        elif default is not None and "choices" not in meta:
+            meta.setdefault("type", type(default))
+        said = "" if "action" in meta or default is None else DEFAULT
+        (silent if quiet else p).add_argument(
+            flag or "--" + option.name.replace("_", "-"),
+            dest=option.name,
+            default=default,
+            help=help + said,
+            **meta,
+        )
     p.set_defaults(handler=run)
     return p
 
@@ -264,10 +123,9 @@ def run(args: argparse.Namespace) -> int:
             f"{args.host}:{args.port} is already in use (another emulator?); stop it or pass --port"
         )
     config = EmulatorConfig(
-        **{field: getattr(args, field) for _, field, _ in CONFIG_OPTIONS + SILENT_OPTIONS},
+        **{option.name: getattr(args, option.name) for option in config_options()},
         refused_transaction_filters=tuple(args.refused_transaction_filters),
         page_latency=args.latency_ms / 1000,
-        settlement_touches_updated_at=not args.settlement_keeps_updated_at,
     )
     for listed in ("account_ids", "redirect_uris", "payout_destinations"):
         if getattr(args, listed):
