@@ -92,152 +92,127 @@ def main() -> None:
     month = run("month.py", "--days", "3" if args.quick else "30")
 
     rows: list[tuple[str, str, str]] = []
+
+    def row(measure: str, value: str, detail: str) -> None:
+        rows.append((measure, value, detail))
+
     for label, r in (
         ("client-credentials token kept per process, 4 processes", memory_4),
         ("client-credentials token shared through its block, 4 processes", service_4),
         ("user session block (rotating refresh token), 4 processes", session_4),
     ):
-        rows.append(
-            (
-                f"Token grants per token lifetime: {label} x ({r['threads']} threads + "
-                f"{r['coroutines']} coroutines)",
-                f"{r['grants_per_lifetime']:.2f}",
-                f"{r['grants']} {r['grant']} grants in {r['seconds']} s at a {r['lifetime']} s "
-                f"lifetime; {r['requests']:,} requests, {r['unauthorized']} 401s, "
-                f"{r['refresh_failures']} refused refreshes",
-            )
+        row(
+            f"Token grants per token lifetime: {label} x ({r['threads']} threads + "
+            f"{r['coroutines']} coroutines)",
+            f"{r['grants_per_lifetime']:.2f}",
+            f"{r['grants']} {r['grant']} grants in {r['seconds']} s at a {r['lifetime']} s "
+            f"lifetime; {r['requests']:,} requests, {r['unauthorized']} 401s, "
+            f"{r['refresh_failures']} refused refreshes",
         )
     for s in syncs:
-        rows.append(
-            (
-                f"Core sync records/s vs bare httpx loop, {s['rows']:,} transactions",
-                f"{s['ratio']:.2f}x",
-                f"median of {s['rounds']} rounds ({', '.join(map(str, s['ratios']))}); core "
-                f"{s['sync_rows_per_s']:,} rows/s, bare {s['bare_rows_per_s']:,} rows/s, "
-                f"{s['pages']} pages of 100",
-            )
+        row(
+            f"Core sync records/s vs bare httpx loop, {s['rows']:,} transactions",
+            f"{s['ratio']:.2f}x",
+            f"median of {s['rounds']} rounds ({', '.join(map(str, s['ratios']))}); core "
+            f"{s['sync_rows_per_s']:,} rows/s, bare {s['bare_rows_per_s']:,} rows/s, "
+            f"{s['pages']} pages of 100",
         )
     for s in syncs:
-        rows.append(
-            (
-                f"dintero-sync flow records/s vs the core, {s['rows']:,} transactions",
-                f"{s['flow_ratio']:.2f}x",
-                f"median of {s['rounds']} rounds ({', '.join(map(str, s['flow_ratios']))}); "
-                f"flow {s['flow_rows_per_s']:,} rows/s as a scheduled run (its blocks, tasks, "
-                f"artifacts and logs included), {s['flow_overhead_s']} s over the core; a "
-                f"credentials block's first run, reading nothing: {s['first_run_s']} s",
-            )
+        row(
+            f"dintero-sync flow records/s vs the core, {s['rows']:,} transactions",
+            f"{s['flow_ratio']:.2f}x",
+            f"median of {s['rounds']} rounds ({', '.join(map(str, s['flow_ratios']))}); "
+            f"flow {s['flow_rows_per_s']:,} rows/s as a scheduled run (its blocks, tasks, "
+            f"artifacts and logs included), {s['flow_overhead_s']} s over the core; a "
+            f"credentials block's first run, reading nothing: {s['first_run_s']} s",
         )
     for s in syncs:
-        rows.append(
-            (
-                f"Peak RSS, {s['rows']:,} transactions",
-                f"{s['sync_peak_rss_mb']} MB",
-                f"flow {s['flow_peak_rss_mb']} MB, bare httpx loop {s['bare_peak_rss_mb']} MB "
-                "(each in a fresh process)",
-            )
+        row(
+            f"Peak RSS, {s['rows']:,} transactions",
+            f"{s['sync_peak_rss_mb']} MB",
+            f"flow {s['flow_peak_rss_mb']} MB, bare httpx loop {s['bare_peak_rss_mb']} MB "
+            "(each in a fresh process)",
         )
     for s in syncs:
-        rows.append(
-            (
-                f"Requests of a no-change incremental run, {s['rows']:,} transactions",
-                str(s["no_change_requests"]),
-                f"token request included; {s['no_change_rows_fetched']} rows re-read in the "
-                f"lookback window, {s['no_change_inserted']} inserted",
-            )
+        row(
+            f"Requests of a no-change incremental run, {s['rows']:,} transactions",
+            str(s["no_change_requests"]),
+            f"token request included; {s['no_change_rows_fetched']} rows re-read in the "
+            f"lookback window, {s['no_change_inserted']} inserted",
         )
-    rows.append(
-        (
-            f"Reconcile run (92 days re-read), {recon['transactions']:,} transactions over 180 "
-            "days",
-            f"{recon['reconcile_requests']} requests, {recon['reconcile_seconds']} s",
-            f"{recon['reconcile_rows']:,} rows read, {recon['reconcile_updated']} of "
-            f"{recon['late_changes']} late changes taken in ({recon['stale_after_reconcile']} "
-            f"rows differ from the source after it); the hourly run before it: "
-            f"{recon['hourly_requests']} requests, {recon['hourly_seconds']} s, "
-            f"{recon['hourly_updated']} updated",
-        )
+    row(
+        f"Reconcile run (92 days re-read), {recon['transactions']:,} transactions over 180 days",
+        f"{recon['reconcile_requests']} requests, {recon['reconcile_seconds']} s",
+        f"{recon['reconcile_rows']:,} rows read, {recon['reconcile_updated']} of "
+        f"{recon['late_changes']} late changes taken in ({recon['stale_after_reconcile']} "
+        f"rows differ from the source after it); the hourly run before it: "
+        f"{recon['hourly_requests']} requests, {recon['hourly_seconds']} s, "
+        f"{recon['hourly_updated']} updated",
     )
-    rows.append(
-        (
-            f"Hourly run's transactions requests, {money['transactions']:,} payments over a "
-            "year, nothing changed",
-            f"{money['quiet_requests_now']} (before the late-change reads: "
-            f"{money['quiet_requests_before']})",
-            "the captured_at and refunded_at reads cost one request each",
-        )
+    row(
+        f"Hourly run's transactions requests, {money['transactions']:,} payments over a "
+        "year, nothing changed",
+        f"{money['quiet_requests_now']} (before the late-change reads: "
+        f"{money['quiet_requests_before']})",
+        "the captured_at and refunded_at reads cost one request each",
     )
-    rows.append(
-        (
-            f"Hourly run after {money['changed']} payments changed (1 %: refunds of any age, "
-            "captures up to 30 days late)",
-            f"{money['busy_requests_now']} requests, {money['busy_missing_now']} changes missing",
-            f"before: {money['busy_requests_before']} requests, "
-            f"{money['busy_missing_before']} changes missing",
-        )
+    row(
+        f"Hourly run after {money['changed']} payments changed (1 %: refunds of any age, "
+        "captures up to 30 days late)",
+        f"{money['busy_requests_now']} requests, {money['busy_missing_now']} changes missing",
+        f"before: {money['busy_requests_before']} requests, "
+        f"{money['busy_missing_before']} changes missing",
     )
-    rows.append(
-        (
-            "Nightly reconcile of transactions, after those changes and their settlements",
-            f"35 days + a week by the filters: {money['nightly_requests_now']} requests, "
-            f"{money['nightly_stale_now']} stale after",
-            f"before (92 days, no filters): {money['nightly_requests_before']} requests, "
-            f"{money['nightly_stale_before']} stale after; "
-            f"{money['nightly_seconds_now']} s vs {money['nightly_seconds_before']} s",
-        )
+    row(
+        "Nightly reconcile of transactions, after those changes and their settlements",
+        f"35 days + a week by the filters: {money['nightly_requests_now']} requests, "
+        f"{money['nightly_stale_now']} stale after",
+        f"before (92 days, no filters): {money['nightly_requests_before']} requests, "
+        f"{money['nightly_stale_before']} stale after; "
+        f"{money['nightly_seconds_now']} s vs {money['nightly_seconds_before']} s",
     )
     small, large = cloud["sizes"]
     for identity in ("session", "service"):
         c = cloud[identity]
-        rows.append(
-            (
-                f"Prefect API requests of a dintero-sync run ({identity}), {small:,} / {large:,} "
-                "transactions",
-                f"{c['requests'][0]} / {c['requests'][1]}",
-                f"{c['growth_per_page']} more per Dintero page ({c['pages'][0]} / "
-                f"{c['pages'][1]} pages); {c['logs_events'][0]} / {c['logs_events'][1]} log "
-                "lines and events per run",
-            )
+        row(
+            f"Prefect API requests of a dintero-sync run ({identity}), {small:,} / {large:,} "
+            "transactions",
+            f"{c['requests'][0]} / {c['requests'][1]}",
+            f"{c['growth_per_page']} more per Dintero page ({c['pages'][0]} / "
+            f"{c['pages'][1]} pages); {c['logs_events'][0]} / {c['logs_events'][1]} log "
+            "lines and events per run",
         )
-        rows.append(
-            (
-                f"{cloud['latency_ms']:.0f} ms added to every Prefect request ({identity}), "
-                f"{small:,} transactions: its cost beyond an empty flow's",
-                f"{max(c['beyond_empty_rounds'])} s at most (run)",
-                f"{cloud['rounds']} interleaved rounds: run {c['beyond_empty_rounds']} s, caller "
-                f"{c['wall_beyond_empty_rounds']} s; the empty flow's own cost "
-                f"{cloud['empty']['run_cost_rounds']} s; {c['seconds_0ms']} s against "
-                f"{c['seconds_slow']} s",
-            )
+        row(
+            f"{cloud['latency_ms']:.0f} ms added to every Prefect request ({identity}), "
+            f"{small:,} transactions: its cost beyond an empty flow's",
+            f"{max(c['beyond_empty_rounds'])} s at most (run)",
+            f"{cloud['rounds']} interleaved rounds: run {c['beyond_empty_rounds']} s, caller "
+            f"{c['wall_beyond_empty_rounds']} s; the empty flow's own cost "
+            f"{cloud['empty']['run_cost_rounds']} s; {c['seconds_0ms']} s against "
+            f"{c['seconds_slow']} s",
         )
     lim, out = cloud["limited"], cloud["outage"]
-    rows.append(
-        (
-            f"Session sync of {lim['size']:,} transactions under {lim['limit']} Prefect API "
-            "requests a minute (Prefect Cloud Hobby)",
-            f"{lim['rate_limited']} answered 429",
-            f"ok={lim['ok']}, {lim['requests']} requests, {lim['seconds']:.1f} s",
-        )
+    row(
+        f"Session sync of {lim['size']:,} transactions under {lim['limit']} Prefect API "
+        "requests a minute (Prefect Cloud Hobby)",
+        f"{lim['rate_limited']} answered 429",
+        f"ok={lim['ok']}, {lim['requests']} requests, {lim['seconds']:.1f} s",
     )
-    rows.append(
-        (
-            f"Dintero pages/s during a {out['seconds']:.0f} s Prefect API outage (session sync)",
-            f"{out['pages_per_s_during']} vs {out['pages_per_s_before']} before",
-            f"run ok={out['run'].get('ok')}, the stream ran through the outage: "
-            f"{out['stream_ran_through_it']}",
-        )
+    row(
+        f"Dintero pages/s during a {out['seconds']:.0f} s Prefect API outage (session sync)",
+        f"{out['pages_per_s_during']} vs {out['pages_per_s_before']} before",
+        f"run ok={out['run'].get('ok')}, the stream ran through the outage: "
+        f"{out['stream_ran_through_it']}",
     )
-    rows.append(
-        (
-            f"A simulated month: {month['days']} days of hourly dintero-sync runs and a nightly "
-            "reconcile",
-            f"{month['failed']} of {month['runs']} runs failed, {month['stale_rows_end']} stale "
-            "rows at the end",
-            f"{month['changes']:,} changes arrived, max staleness {month['max_staleness_h']} h, "
-            f"p95 {month['p95_staleness_h']} h; {month['token_grants']} token grants, "
-            f"{month['manual_logins']} manual logins, {month['requests_per_run']} requests per "
-            f"run, longest run {month['max_run_seconds']} s",
-        )
+    row(
+        f"A simulated month: {month['days']} days of hourly dintero-sync runs and a nightly "
+        "reconcile",
+        f"{month['failed']} of {month['runs']} runs failed, {month['stale_rows_end']} stale "
+        "rows at the end",
+        f"{month['changes']:,} changes arrived, max staleness {month['max_staleness_h']} h, "
+        f"p95 {month['p95_staleness_h']} h; {month['token_grants']} token grants, "
+        f"{month['manual_logins']} manual logins, {month['requests_per_run']} requests per "
+        f"run, longest run {month['max_run_seconds']} s",
     )
     print(f"\nMachine: {where}\n")
     print("| Measure | Value | Detail |")
