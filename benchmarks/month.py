@@ -239,11 +239,7 @@ def simulate(days: int, destination: str, *, traffic: float = 1.0, log=print) ->
     try:
         with running_emulator(config) as emu, use_clock(emu.state.clock.now):
             DinteroCredentials(
-                account_id=AID,
-                client_id=config.client_id,
-                client_secret=SecretStr(config.client_secret),
-                api_url=emu.url,
-                checkout_url=emu.url,
+                **emu.credential_fields(AID),
                 request_deadline_seconds=20,
             ).save(name, overwrite=True)
 

@@ -56,11 +56,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Dintero emulator on {emulator.url} (account {config.account_ids[0]})", flush=True)
         save_block(
             DinteroCredentials(
-                account_id=config.account_ids[0],
-                client_id=config.client_id,
-                client_secret=SecretStr(config.client_secret),
-                api_url=emulator.url,
-                checkout_url=emulator.url,
+                **emulator.credential_fields(),
                 oidc_authorize_url=f"{emulator.url}/oidc/authorize",
                 redirect_uri=emulator.callback_url,
                 system_name="prefect-dintero-demo",

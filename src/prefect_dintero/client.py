@@ -161,19 +161,12 @@ class DinteroClient(_ClientBase):
 
     Examples:
         ```python
-        from pydantic import SecretStr
         from prefect_dintero.client import DinteroClient
         from prefect_dintero.auth.client_credentials import ClientCredentials
         from prefect_dintero.emulator import running_emulator
 
         with running_emulator() as emulator:
-            creds = ClientCredentials(
-                account_id="T12345678",
-                client_id=emulator.config.client_id,
-                client_secret=SecretStr(emulator.config.client_secret),
-                api_url=emulator.url,
-                checkout_url=emulator.url,
-            )
+            creds = ClientCredentials(**emulator.credential_fields())
             with DinteroClient(creds) as client:
                 page = client.get_json("/v1/transactions", host="checkout", params={"limit": 5})
                 assert len(page) == 5
@@ -264,19 +257,12 @@ class DinteroClient(_ClientBase):
         Examples:
             ```python
             from datetime import datetime, timedelta, UTC
-            from pydantic import SecretStr
             from prefect_dintero.client import DinteroClient
             from prefect_dintero.auth.client_credentials import ClientCredentials
             from prefect_dintero.emulator import running_emulator
 
             with running_emulator() as emulator:
-                creds = ClientCredentials(
-                    account_id="T12345678",
-                    client_id=emulator.config.client_id,
-                    client_secret=SecretStr(emulator.config.client_secret),
-                    api_url=emulator.url,
-                    checkout_url=emulator.url,
-                )
+                creds = ClientCredentials(**emulator.credential_fields())
                 week_ago = emulator.now() - timedelta(days=7)
                 with DinteroClient(creds) as client:
                     recent = list(client.iter_records("transactions", created_from=week_ago))
@@ -321,7 +307,6 @@ class AsyncDinteroClient(_ClientBase):
     Examples:
         ```python
         import asyncio
-        from pydantic import SecretStr
         from prefect_dintero.client import AsyncDinteroClient
         from prefect_dintero.auth.client_credentials import ClientCredentials
         from prefect_dintero.emulator import running_emulator
@@ -331,13 +316,7 @@ class AsyncDinteroClient(_ClientBase):
                 return await client.get_json("/v1/transactions", host="checkout")
 
         with running_emulator() as emulator:
-            creds = ClientCredentials(
-                account_id="T12345678",
-                client_id=emulator.config.client_id,
-                client_secret=SecretStr(emulator.config.client_secret),
-                api_url=emulator.url,
-                checkout_url=emulator.url,
-            )
+            creds = ClientCredentials(**emulator.credential_fields())
             assert len(asyncio.run(first_page(creds))) == 10
         ```
     """
@@ -398,7 +377,6 @@ class AsyncDinteroClient(_ClientBase):
         Examples:
             ```python
             import asyncio
-            from pydantic import SecretStr
             from prefect_dintero.client import AsyncDinteroClient
             from prefect_dintero.auth.client_credentials import ClientCredentials
             from prefect_dintero.emulator import running_emulator
@@ -408,13 +386,7 @@ class AsyncDinteroClient(_ClientBase):
                     return len([c async for c in client.iter_records("customers")])
 
             with running_emulator() as emulator:
-                creds = ClientCredentials(
-                    account_id="T12345678",
-                    client_id=emulator.config.client_id,
-                    client_secret=SecretStr(emulator.config.client_secret),
-                    api_url=emulator.url,
-                    checkout_url=emulator.url,
-                )
+                creds = ClientCredentials(**emulator.credential_fields())
                 assert asyncio.run(count_customers(creds)) == len(emulator.dump("customers"))
             ```
         """

@@ -53,6 +53,18 @@ class EmulatorClient:
     def close(self) -> None:
         self._http.close()
 
+    def credential_fields(self, account_id: str | None = None) -> dict[str, str]:
+        """What credentials need to call this emulator, for ``ClientCredentials(**...)`` or
+        ``DinteroCredentials(**...)``: an account (its first by default), its API client, and
+        its URL as both hosts."""
+        return {
+            "account_id": account_id or self.config.account_ids[0],
+            "client_id": self.config.client_id,
+            "client_secret": self.config.client_secret,
+            "api_url": self.url,
+            "checkout_url": self.url,
+        }
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._http.request(method, path, **kwargs)
         response.raise_for_status()

@@ -246,7 +246,6 @@ def sync_account_stream(
 
     Examples:
         ```python
-        from pydantic import SecretStr
         from prefect_dintero.client import DinteroClient
         from prefect_dintero.auth.client_credentials import ClientCredentials
         from prefect_dintero.emulator import running_emulator
@@ -255,13 +254,7 @@ def sync_account_stream(
         from prefect_dintero.sync.stream_sync import sync_account_stream
 
         with running_emulator() as emulator:
-            creds = ClientCredentials(
-                account_id="T12345678",
-                client_id=emulator.config.client_id,
-                client_secret=SecretStr(emulator.config.client_secret),
-                api_url=emulator.url,
-                checkout_url=emulator.url,
-            )
+            creds = ClientCredentials(**emulator.credential_fields())
             sink = Sink("sqlite://")
             sink.prepare([CATALOG["transactions"]])
             with DinteroClient(creds) as client:
