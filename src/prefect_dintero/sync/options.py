@@ -152,47 +152,23 @@ class SyncRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    streams: tuple[str, ...] = Field(
-        default=(),
-        validate_default=True,
-        description="Stream names. Empty means every stream.",
-    )
-    destination: str = Field(
-        default="dintero.db",
-        description="A SQLite file path or a SQLAlchemy URL without a password.",
-    )
-    destination_block: str | None = Field(
-        default=None, description="A prefect-sqlalchemy SqlAlchemyConnector block name instead."
-    )
-    lookback: timedelta | None = Field(
-        default=None,
-        description="Re-read this far before each cursor; None uses each stream's default.",
-    )
-    reconcile: timedelta | None = Field(
-        default=None,
-        description="Re-read at least this far back from the run's start, whatever the cursor.",
-    )
-    page_size: int = Field(default=100, description="Rows per request (capped per endpoint).")
-    full_refresh: bool = Field(default=False, description="Ignore and reset the cursors.")
-    start_date: datetime | None = Field(
-        default=None, description="The oldest data a first (or full) sync reads; UTC if naive."
-    )
-    payout_destinations: tuple[str, ...] = Field(
-        default=(),
-        description=(
-            "Payout destination ids whose transfers to sync; empty reads the account's list."
-        ),
-    )
-    max_pages: int = Field(
-        default=DEFAULT_MAX_PAGES, description="A hard page cap per window (a safety net)."
-    )
-    personal_data: PersonalData = Field(
-        default="keep",
-        description="What happens to the streams' personal fields: keep, hash or drop.",
-    )
-    personal_data_key_block: str | None = Field(
-        default=None, description="The Prefect Secret block with the key for hash."
-    )
+    # What SYNC_PARAMETERS describes, typed: the windows as timedeltas, lists as tuples.
+    #: Stream names (validated); every stream when none is given.
+    streams: tuple[str, ...] = Field(default=(), validate_default=True)
+    destination: str = "dintero.db"
+    destination_block: str | None = None
+    #: Re-read this far before each cursor; None: each stream's default.
+    lookback: timedelta | None = None
+    #: Re-read at least this far back from the run's start, whatever the cursor.
+    reconcile: timedelta | None = None
+    page_size: int = 100
+    full_refresh: bool = False
+    start_date: datetime | None = None
+    #: Empty: the account's list is read.
+    payout_destinations: tuple[str, ...] = ()
+    max_pages: int = DEFAULT_MAX_PAGES
+    personal_data: PersonalData = "keep"
+    personal_data_key_block: str | None = None
 
     def __init__(self, **data: Any) -> None:
         try:
