@@ -53,7 +53,7 @@ class EmulatorClient:
     def close(self) -> None:
         self._http.close()
 
-    def credential_fields(self, account_id: str | None = None) -> dict[str, str]:
+    def credential_fields(self, account_id: str | None = None) -> dict[str, Any]:
         """What credentials need to call this emulator, for ``ClientCredentials(**...)`` or
         ``DinteroCredentials(**...)``: an account (its first by default), its API client, and
         its URL as both hosts."""
