@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 ROUTES = (
@@ -67,15 +67,7 @@ class FaultAction:
 
     @property
     def is_noop(self) -> bool:
-        return not (
-            self.status
-            or self.drop
-            or self.latency
-            or self.malformed
-            or self.delay_response
-            or self.extra_rows
-            or self.trickle
-        )
+        return self.kind == "ok"
 
     @property
     def kind(self) -> str:
@@ -101,20 +93,8 @@ class FaultAction:
             return cls()
         if not isinstance(raw, dict):
             raise FaultConfigError(f"a fault action must be an object or 'ok', got {raw!r}")
-        unknown = set(raw) - {
-            "status",
-            "retry_after",
-            "retry_after_format",
-            "drop",
-            "latency",
-            "malformed",
-            "delay_response",
-            "extra_rows",
-            "trickle",
-            "echo",
-            "route",
-            "probability",
-        }
+        names = {f.name for f in fields(cls)}
+        unknown = set(raw) - names - {"route", "probability"}
         if unknown:
             raise FaultConfigError(f"unknown fault fields: {sorted(unknown)}")
         status = raw.get("status")
@@ -123,21 +103,11 @@ class FaultAction:
         extra = raw.get("extra_rows", [])
         if not isinstance(extra, list) or not all(isinstance(r, dict) for r in extra):
             raise FaultConfigError("extra_rows must be a list of objects")
-        fmt = raw.get("retry_after_format", "seconds")
-        if fmt not in ("seconds", "http-date"):
+        if raw.get("retry_after_format", "seconds") not in ("seconds", "http-date"):
             raise FaultConfigError("retry_after_format must be 'seconds' or 'http-date'")
-        return cls(
-            status=status,
-            retry_after=raw.get("retry_after"),
-            retry_after_format=fmt,
-            drop=bool(raw.get("drop", False)),
-            latency=float(raw.get("latency", 0.0)),
-            malformed=bool(raw.get("malformed", False)),
-            delay_response=float(raw.get("delay_response", 0.0)),
-            extra_rows=tuple(extra),
-            trickle=float(raw.get("trickle", 0.0)),
-            echo=bool(raw.get("echo", False)),
-        )
+        given = {k: v for k, v in raw.items() if k in names}
+        seconds = {k: float(raw[k]) for k in ("latency", "delay_response", "trickle") if k in raw}
+        return cls(**{**given, **seconds, "extra_rows": tuple(extra)})
 
 
 @dataclass
