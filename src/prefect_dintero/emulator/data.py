@@ -299,8 +299,8 @@ class AccountData:
             tail = BASE58[r] + tail
         return f"{self.account_id}.{head}{tail}"
 
-    def _uuid(self) -> str:
-        h = f"{self.rng.getrandbits(128):032x}"
+    def _uuid(self, rng: random.Random | None = None) -> str:
+        h = f"{(rng or self.rng).getrandbits(128):032x}"
         return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}"
 
     def _hex(self, n: int = 32) -> str:
@@ -687,8 +687,9 @@ class AccountData:
                 # negative balance is carried to the next.
                 held = self._held.get((destination, currency), 0) + amount
                 if destination in self.transfers and held > 0:
+                    entry_id = self._uuid(self.settle_rng)
                     entry = self._transfer(
-                        destination, run_ms + 2, "outbound", self._settle_uuid(), held, currency
+                        destination, run_ms + 2, "outbound", entry_id, held, currency
                     )
                     changed.setdefault("payout_transfers", []).append(entry["ledger_entry_id"])
                     held = 0
@@ -700,10 +701,6 @@ class AccountData:
             changed[stream] = list(dict.fromkeys(keys))
         return changed
 
-    def _settle_uuid(self) -> str:
-        h = f"{self.settle_rng.getrandbits(128):032x}"
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}"
-
     def _payment_settlement(
         self,
         run_ms: int,
@@ -713,7 +710,7 @@ class AccountData:
         events: list[tuple[dict, int]],
     ) -> dict:
         """One settlement of these payment events (see :meth:`settle`)."""
-        settlement_id = self._settle_uuid()
+        settlement_id = self._uuid(self.settle_rng)
         reference = f"{provider.upper()}-{self.settle_rng.randrange(10**7, 10**8)}"
         fee_permille = PROVIDER_TERMS[provider][0]
         totals = {"capture": 0, "refund": 0, "fee": 0}
@@ -781,7 +778,7 @@ class AccountData:
                 destination,
                 run_ms + 1,
                 "inbound",
-                self._settle_uuid(),
+                self._uuid(self.settle_rng),
                 net,
                 currency,
                 provider,
@@ -979,17 +976,20 @@ class AccountData:
         stamp = obj.get("updated_at") or obj.get("deleted_at") or obj.get("created_at")
         return to_ms(datetime.fromisoformat(stamp.replace("Z", "+00:00"))) if stamp else 0
 
-    def find(self, stream: str, key: str) -> dict | None:
-        """One object of a stream by its key."""
-        if stream == "payout_transfers":
-            return next((c.by_id[key] for c in self.transfers.values() if key in c.by_id), None)
-        collection = {
+    def _collection(self, stream: str) -> SortedCollection:
+        """A stream's objects (customers with the deleted ones, as include_deleted lists them)."""
+        return {
             "transactions": self.transactions,
             "sessions": self.sessions,
             "settlements": self.settlements_by_created,
             "customers": self.customers_all,
         }[stream]
-        return collection.by_id.get(key)
+
+    def find(self, stream: str, key: str) -> dict | None:
+        """One object of a stream by its key."""
+        if stream == "payout_transfers":
+            return next((c.by_id[key] for c in self.transfers.values() if key in c.by_id), None)
+        return self._collection(stream).by_id.get(key)
 
     def _touch_customer(self, cid: str, now_ms: int) -> None:
         cust = self.customers.by_id[cid]
@@ -1021,14 +1021,8 @@ class AccountData:
 
     def dump(self, stream: str, destination: str | None = None) -> list[dict]:
         """Every object of a stream, for tests that compare a destination with the source."""
-        if stream == "transactions":
-            return list(self.transactions)
-        if stream == "sessions":
-            return list(self.sessions)
-        if stream == "settlements":
-            return list(self.settlements_by_created)
-        if stream == "customers":  # as include_deleted=true lists them
-            return list(self.customers_all)
+        if stream in ("transactions", "sessions", "settlements", "customers"):
+            return list(self._collection(stream))
         dests = [destination] if destination else list(self.transfers)
         if stream == "payout_transfers":
             return [e for d in dests for e in self.transfers.get(d, SortedCollection())]
