@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -161,34 +162,36 @@ class AuthRoutes:
                 state.token_grant_failures["refresh_token"] += 1
                 raise ApiError(400, "invalid_grant", problem)
             assert record is not None
-            token, lifetime = state.issue_access_token(
-                client_id=record.client_id,
-                account_id=record.account_id,
-                audience=record.audience,
-                sub=record.sub,
-                grant="authorization_code",
-            )
-            payload: dict[str, Any] = {
-                "access_token": token,
-                "token_type": "Bearer",
-                "expires_in": lifetime,
-            }
-            if state.config.rotate_refresh_tokens:
-                if not record.revoked:
-                    record.revoked = True
-                    record.rotated_at = state.clock.timestamp()
-                payload["refresh_token"] = state.issue_refresh_token(
-                    RefreshRecord(
-                        client_id=record.client_id,
-                        account_id=record.account_id,
-                        audience=record.audience,
-                        sub=record.sub,
-                        user_info=record.user_info,
-                        expires_at=state.clock.timestamp() + state.config.refresh_token_lifetime,
-                    )
-                )
+            rotate = state.config.rotate_refresh_tokens
+            if rotate and not record.revoked:
+                record.revoked = True
+                record.rotated_at = state.clock.timestamp()
+            payload = self._session_tokens(record, refresh=rotate)
             state.token_grants["refresh_token"] += 1
         return JSONResponse(payload)
+
+    def _session_tokens(self, login: RefreshRecord, *, refresh: bool) -> dict[str, Any]:
+        """A user session's token response: an access token for ``login``'s user and, when
+        ``refresh``, a new refresh token for the same login."""
+        state = self.state
+        token, lifetime = state.issue_access_token(
+            client_id=login.client_id,
+            account_id=login.account_id,
+            audience=login.audience,
+            sub=login.sub,
+            grant="authorization_code",
+        )
+        payload: dict[str, Any] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+        }
+        if refresh:
+            expires_at = state.clock.timestamp() + state.config.refresh_token_lifetime
+            payload["refresh_token"] = state.issue_refresh_token(
+                replace(login, expires_at=expires_at, revoked=False, rotated_at=None)
+            )
+        return payload
 
     def _within_reuse_interval(self, record: RefreshRecord) -> bool:
         interval = self.state.config.refresh_token_reuse_interval
@@ -247,32 +250,17 @@ class AuthRoutes:
             raise
         user = state.config.user
         user_info = {"authority": user.authority, "value": {"sub": user.sub, "name": user.name}}
-        token, lifetime = state.issue_access_token(
+        login = RefreshRecord(
             client_id=body["client_id"],
             account_id=account,
             audience=body["audience"],
             sub=user.sub,
-            grant="authorization_code",
+            user_info=user_info,
+            expires_at=0.0,
         )
-        payload: dict[str, Any] = {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": lifetime,
-            "user_info": user_info,
-        }
-        if state.config.refresh_tokens:
-            payload["refresh_token"] = state.issue_refresh_token(
-                RefreshRecord(
-                    client_id=body["client_id"],
-                    account_id=account,
-                    audience=body["audience"],
-                    sub=user.sub,
-                    user_info=user_info,
-                    expires_at=state.clock.timestamp() + state.config.refresh_token_lifetime,
-                )
-            )
+        payload = self._session_tokens(login, refresh=state.config.refresh_tokens)
         state.token_grants["authorization_code"] += 1
-        return JSONResponse(payload)
+        return JSONResponse({**payload, "user_info": user_info})
 
     async def _authorize(self, request: Request) -> Response:
         """The simulated identity provider. GET shows its login page (who logs in, one button);
