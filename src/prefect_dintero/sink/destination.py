@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from ..errors import ConfigurationError
 from .core import Sink
@@ -42,13 +41,7 @@ class Destination:
     def __post_init__(self) -> None:
         if self.block or "://" not in self.target:
             return
-        try:
-            make_url(self.target)
-        except ArgumentError:  # its message quotes the URL, password and all
-            raise ConfigurationError(
-                "destination is not a database URL (expected e.g. "
-                "postgresql://user@host/database, or a path for SQLite)"
-            ) from None
+        resolve_destination(self.target)  # refuses what is not a URL, without quoting it
         if where := url_secrets(self.target):
             raise ConfigurationError(
                 f"the destination URL carries a secret ({', '.join(where)}), and flow parameters "
