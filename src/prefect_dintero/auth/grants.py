@@ -1,6 +1,7 @@
-"""The three token grants Dintero offers us, each with a sync and an async form.
+"""The three token grants Dintero offers us.
 
-Requests are built by pure functions and parsed by one; only ``_post``/``_apost`` do I/O. Token
+Requests are built by pure functions and parsed by one; only ``_post`` does I/O (an async
+client's renewal runs the same code in a thread). Token
 endpoint bodies and Authorization headers are never logged.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -124,14 +125,17 @@ def _sync_http(http: httpx.Client | None) -> Iterator[httpx.Client]:
 
 
 def _post(
-    build,
+    build: Callable[[], httpx.Request],
+    creds: ClientCredentials,
     http: httpx.Client | None,
-    policy: RetryPolicy,
+    policy: RetryPolicy | None,
     stats: ClientStats | None,
     previous: Token | None = None,
     endpoint: Endpoint = "client_credentials",
-    deadline_seconds: float | None = None,
 ) -> Token:
+    """Send the request ``build`` makes (a new one per attempt) under ``policy`` (the
+    credentials' by default), each attempt within the credentials' request deadline."""
+    deadline_seconds = creds.request_deadline_seconds
     with _sync_http(http) as client:
 
         def attempt() -> Token:
@@ -140,7 +144,7 @@ def _post(
             response = send_sync(client, request, auth=None, deadline=deadline_seconds)
             return parse_token_response(response, sent_at, previous, stats, endpoint)
 
-        return policy.call(attempt, on_retry_counter(stats))
+        return (policy or creds.retry_policy).call(attempt, on_retry_counter(stats))
 
 
 def fetch_client_credentials_token(
@@ -156,13 +160,7 @@ def fetch_client_credentials_token(
         AuthenticationError: the client id or secret is wrong (never retried).
         PermissionDeniedError: the audience is not a grant of this client.
     """
-    return _post(
-        lambda: client_credentials_request(creds),
-        http,
-        policy or creds.retry_policy,
-        stats,
-        deadline_seconds=creds.request_deadline_seconds,
-    )
+    return _post(lambda: client_credentials_request(creds), creds, http, policy, stats)
 
 
 def _new_login(token: Token) -> Token:
@@ -206,17 +204,14 @@ def exchange_authorization_code(
     register_secret(code)
     local = ClientStats()
 
-    def build() -> httpx.Request:
-        return authorization_code_request(creds, service_token, code, redirect_uri)
-
     try:
         token = _post(
-            build,
+            lambda: authorization_code_request(creds, service_token, code, redirect_uri),
+            creds,
             http,
-            policy or creds.retry_policy,
+            policy,
             _Tee(stats, local),
             endpoint="code_exchange",
-            deadline_seconds=creds.request_deadline_seconds,
         )
     except InvalidGrantError as exc:
         raise _code_hint(exc, local.retries > 0) from None
@@ -242,17 +237,14 @@ def refresh_session_token(
         raise ValueError("this session has no refresh token")
     refresh = session.refresh_token
 
-    def build() -> httpx.Request:
-        return refresh_token_request(creds, service_token, refresh)
-
     return _post(
-        build,
+        lambda: refresh_token_request(creds, service_token, refresh),
+        creds,
         http,
-        policy or creds.retry_policy,
+        policy,
         stats,
         previous=session,
         endpoint="refresh",
-        deadline_seconds=creds.request_deadline_seconds,
     )
 
 
