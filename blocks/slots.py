@@ -40,8 +40,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -456,36 +454,3 @@ def _unavailable(limit_name: str, exc: BaseException) -> PrefectUnavailable:
         f"the Prefect API did not answer a request for a slot of the {limit_name!r} "
         f"concurrency limit ({describe(exc)}); nothing was sent to Dintero because of it"
     )
-
-
-def try_slot(limit_name: str, lease: float, renew_every: float | None = None) -> HeldSlot | None:
-    """A slot of ``limit_name`` if one is free now, else None (one request)."""
-    return wait_for_slot(limit_name, timeout=0, lease=lease, renew_every=renew_every)
-
-
-@contextmanager
-def slot(
-    limit_name: str,
-    timeout: float,
-    lease: float,
-    renew_every: float | None = None,
-    create_missing: int | None = None,
-) -> Iterator[HeldSlot]:
-    """Hold a slot of a global concurrency limit, waiting for it for at most ``timeout`` seconds
-    (:func:`wait_for_slot`).
-
-    Raises:
-        TimeoutError: the slot stayed taken for ``timeout`` seconds.
-        PrefectUnavailable: the Prefect API failed until then.
-    """
-    held = wait_for_slot(
-        limit_name,
-        timeout=timeout,
-        lease=lease,
-        renew_every=renew_every,
-        create_missing=create_missing,
-    )
-    if held is None:
-        raise TimeoutError(f"the {limit_name!r} slot stayed taken for {timeout:.0f} s")
-    with held:
-        yield held

@@ -6,15 +6,32 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-from prefect_dintero.blocks.slots import slot, try_slot, wait_for_slot
+from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def try_slot(limit_name: str, lease: float, renew_every: float | None = None) -> HeldSlot | None:
+    """A slot of ``limit_name`` if one is free now, else None (one request)."""
+    return wait_for_slot(limit_name, timeout=0, lease=lease, renew_every=renew_every)
+
+
+@contextmanager
+def slot(limit_name: str, timeout: float, lease: float) -> Iterator[HeldSlot]:
+    """Hold a slot, waiting for it at most ``timeout`` seconds, as the sync flow does."""
+    held = wait_for_slot(limit_name, timeout=timeout, lease=lease)
+    if held is None:
+        raise TimeoutError(f"the {limit_name!r} slot stayed taken for {timeout:.0f} s")
+    with held:
+        yield held
 
 
 def new_limit(limit: int = 1) -> str:
