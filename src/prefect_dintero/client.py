@@ -311,13 +311,15 @@ class AsyncDinteroClient(_ClientBase):
         from prefect_dintero.auth.client_credentials import ClientCredentials
         from prefect_dintero.emulator import running_emulator
 
-        async def first_page(creds):
+        async def read(creds):
             async with AsyncDinteroClient(creds) as client:
-                return await client.get_json("/v1/transactions", host="checkout")
+                page = await client.get_json("/v1/transactions", host="checkout")
+                return page, [c async for c in client.iter_records("customers")]
 
         with running_emulator() as emulator:
             creds = ClientCredentials(**emulator.credential_fields())
-            assert len(asyncio.run(first_page(creds))) == 10
+            page, customers = asyncio.run(read(creds))
+            assert len(page) == 10 and len(customers) == len(emulator.dump("customers"))
         ```
     """
 
@@ -372,24 +374,7 @@ class AsyncDinteroClient(_ClientBase):
 
     async def iter_records(self, stream: str, **options: Any) -> AsyncIterator[dict]:
         """Every record of a stream: :meth:`DinteroClient.iter_records`, with its arguments,
-        async.
-
-        Examples:
-            ```python
-            import asyncio
-            from prefect_dintero.client import AsyncDinteroClient
-            from prefect_dintero.auth.client_credentials import ClientCredentials
-            from prefect_dintero.emulator import running_emulator
-
-            async def count_customers(creds) -> int:
-                async with AsyncDinteroClient(creds) as client:
-                    return len([c async for c in client.iter_records("customers")])
-
-            with running_emulator() as emulator:
-                creds = ClientCredentials(**emulator.credential_fields())
-                assert asyncio.run(count_customers(creds)) == len(emulator.dump("customers"))
-            ```
-        """
+        async (the class's example reads one)."""
         destinations = options.pop("payout_destinations", None)
         account = options.pop("account_id", None) or self.credentials.account_id
         query = RecordQuery(stream, **options)
@@ -400,12 +385,8 @@ class AsyncDinteroClient(_ClientBase):
             async def fetch(params: dict[str, Any], path: str = path) -> Any:
                 return await self.get_json(path, host=query.spec.host, params=params)
 
-            async for page in apages(
-                fetch,
-                query.paginator(),
-                base_params=query.params(),
-                check_rows=query.spec.check_keys,
-            ):
+            params, rows = query.params(), query.spec.check_keys
+            async for page in apages(fetch, query.paginator(), base_params=params, check_rows=rows):
                 for record in query.keep(page.rows):
                     yield record
 
