@@ -244,7 +244,7 @@ def test_an_ignored_filter_reads_no_history_and_is_paused(dintero_emulator_facto
 
 def _events_by_transaction(sink, child):
     rows = {}
-    for row in sink.child_table_rows(child, AID):
+    for row in sink.rows(child, AID):
         rows.setdefault(row["transaction_id"], []).append(row)
     return {k: sorted(v, key=lambda r: r["position"]) for k, v in rows.items()}
 

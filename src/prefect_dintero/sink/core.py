@@ -249,15 +249,6 @@ class Sink:
             statement = self._upserts[table.name] = self.dialect.insert(table)
         return statement
 
-    def child_table_rows(self, child: ChildTable, account_id: str | None = None) -> list[dict]:
-        """A child table's rows (for summaries and checks)."""
-        table = self.schema.table_for_child(child)
-        query = select(table)
-        if account_id:
-            query = query.where(table.c.account_id == account_id)
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
-
     @staticmethod
     def _versioning(stream: Stream, table: Table) -> Versioning:
         """The stream's version and deletion columns, where the table has them."""
@@ -371,8 +362,12 @@ class Sink:
         with self.engine.connect() as conn:
             return conn.execute(query).scalar_one()
 
-    def rows(self, stream: Stream, account_id: str | None = None) -> list[dict]:
-        table = self.table_for(stream)
+    def rows(self, stream: Stream | ChildTable, account_id: str | None = None) -> list[dict]:
+        """A stream's table's rows, or a child table's (for summaries and checks)."""
+        if isinstance(stream, ChildTable):
+            table = self.schema.table_for_child(stream)
+        else:
+            table = self.table_for(stream)
         query = select(table)
         if account_id:
             query = query.where(table.c.account_id == account_id)
