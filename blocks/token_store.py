@@ -345,7 +345,8 @@ class BlockTokenStore(TokenStore):
             )
             return False
         with held:
-            return self._save_while_held(held, min(seconds / 2, held.holds_until() - _now()))
+            left = held.holds_until() - time.monotonic()
+            return self._save_while_held(held, min(seconds / 2, left))
 
     def _in_background(self, name: str, job: Callable[[], None]) -> None:
         """Run ``job`` in a daemon thread unless one of this store's is running."""
@@ -363,10 +364,6 @@ class BlockTokenStore(TokenStore):
                 self._saving = False
 
         background(run, f"dintero-{name}")
-
-
-def _now() -> float:
-    return time.monotonic()
 
 
 class BlockRenewal(Renewal):

@@ -23,13 +23,11 @@ from starlette.types import Receive, Scope, Send
 from ..validation import is_loopback
 from .auth_server import AuthRoutes
 from .control import ControlRoutes
-from .data import iso
 from .faults import DATA_ROUTES, FaultAction
 from .lists import ListRoutes
 from .responses import (
     GENERIC_ERROR_STATUSES,
     ApiError,
-    DroppedConnection,
     DroppingResponse,
     Handler,
     error_response,
@@ -199,10 +197,3 @@ class EmulatorApp(AuthRoutes, ListRoutes, ControlRoutes):
             code, message = messages.get(action.status, ("SERVER_ERROR", "Injected failure"))
             return self._error(action.status, code, message, headers)
         return None  # latency only, or malformed: answer normally, then maybe break the body
-
-
-def create_app(state: EmulatorState, *, allow_remote: bool = False) -> EmulatorApp:
-    return EmulatorApp(state, allow_remote=allow_remote)
-
-
-__all__ = ["DroppedConnection", "EmulatorApp", "create_app", "iso"]

@@ -16,8 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import uvicorn
 
-from .app import DroppedConnection, EmulatorApp
+from .app import EmulatorApp
 from .config import EmulatorConfig
+from .responses import DroppedConnection
 from .world import EmulatorState
 
 

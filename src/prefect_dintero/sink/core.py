@@ -179,12 +179,6 @@ class Sink:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def build_rows(
-        self, stream: Stream, account_id: str, objects: list[dict], now: datetime
-    ) -> list[dict]:
-        """Rows for the stream's table (see :class:`~prefect_dintero.sink.rows.RowBuilder`)."""
-        return self.row_builder.build(stream, account_id, objects, now)
-
     def write_page(
         self,
         stream: Stream,
@@ -199,7 +193,7 @@ class Sink:
         versioning = self._versioning(stream, table)
         version = versioning.version
         trusted_until = now + CLOCK_SKEW
-        built = self.build_rows(stream, account_id, objects, now)
+        built = self.row_builder.build(stream, account_id, objects, now)
         rows = newest_per_key(built, stream.primary_key, versioning, trusted_until)
         result = PageWrite(duplicates=len(built) - len(rows))
         try:
