@@ -8,13 +8,7 @@ installs the package)::
 then::
 
     def test_my_flow(dintero_emulator):
-        creds = DinteroCredentials(
-            account_id="T12345678",
-            client_id=dintero_emulator.config.client_id,
-            client_secret=dintero_emulator.config.client_secret,
-            api_url=dintero_emulator.url,
-            checkout_url=dintero_emulator.url,
-        )
+        creds = DinteroCredentials(**dintero_emulator.credential_fields())
         ...
 """
 
