@@ -23,8 +23,9 @@ import pytest
 from prefect_dintero.auth.store import DEFAULT_STORE
 from prefect_dintero.emulator import EmulatorConfig, running_emulator
 from prefect_dintero.http.retry import RetryPolicy
-from prefect_dintero.sink import STATE_TABLE, Sink, parse_datetime
+from prefect_dintero.sink import STATE_TABLE, Sink
 from prefect_dintero.streams.catalog import CATALOG
+from prefect_dintero.times import parse_datetime
 
 from ._servers import prefect_server_process, run
 from .helpers import (

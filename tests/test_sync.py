@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from prefect_dintero.auth.store import DEFAULT_STORE
 from prefect_dintero.client import DinteroClient
 from prefect_dintero.errors import ConfigurationError, MalformedResponseError, StreamSkipped
-from prefect_dintero.sink import DestinationError, Sink, StreamState, parse_datetime
+from prefect_dintero.sink import DestinationError, Sink
 from prefect_dintero.streams.catalog import CATALOG, resolve_streams
 from prefect_dintero.streams.paginators import (
     LastEvaluatedKeyPaginator,
@@ -32,8 +32,10 @@ from prefect_dintero.streams.paginators import (
     StartingAfterPaginator,
     pages,
 )
+from prefect_dintero.streams.state import StreamState
 from prefect_dintero.sync.options import SyncRequest
 from prefect_dintero.sync.stream_sync import sync_account_stream
+from prefect_dintero.times import parse_datetime
 
 from .helpers import (
     AID,

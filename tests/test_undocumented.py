@@ -29,8 +29,9 @@ from prefect_dintero.errors import (
     InvalidGrantError,
     ReauthorizationRequired,
 )
-from prefect_dintero.sink import Sink, with_state
+from prefect_dintero.sink import Sink
 from prefect_dintero.streams.catalog import CATALOG, Stream
+from prefect_dintero.streams.state import with_state
 from prefect_dintero.sync.options import SyncRequest
 from prefect_dintero.sync.stream_sync import sync_account_stream
 from prefect_dintero.times import CLOCK_SKEW, parse_datetime, use_clock
