@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -24,6 +25,56 @@ def run_script(code: str, *args: str) -> dict:
     if out.returncode:
         raise SystemExit(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+#: One transactions sync of the emulator's account in a fresh process. Arguments: the emulator's
+#: URL, the SQLite file, the late-change reads ``on`` or ``off`` (as before them), the reconcile
+#: days (or ``none``), the requests in flight at most. Prints the run's figures and the ids of
+#: the payments that differ from the source afterwards.
+TRANSACTIONS_SYNC = textwrap.dedent(
+    """
+    import dataclasses, json, sys, time
+    from datetime import timedelta
+    import httpx
+    from prefect_dintero.client import DinteroClient
+    from prefect_dintero.auth.client_credentials import ClientCredentials
+    from prefect_dintero.emulator import EmulatorClient
+    from prefect_dintero.sink import Sink
+    from prefect_dintero.streams.catalog import CATALOG
+    from prefect_dintero.sync.options import SyncRequest
+    from prefect_dintero.sync.stream_sync import sync_account_stream
+    url, db, filters, reconcile_days, in_flight = sys.argv[1:6]
+    emulator = EmulatorClient(url)
+    creds = ClientCredentials(**emulator.credential_fields(),
+                              max_concurrent_requests=int(in_flight))
+    sink = Sink(db)
+    spec = CATALOG["transactions"]
+    if filters == "off":  # as before the late-change reads
+        spec = dataclasses.replace(spec, late_filters=())
+    sink.prepare([spec])
+    reconcile = timedelta(days=float(reconcile_days)) if reconcile_days != "none" else None
+    t0 = time.perf_counter()
+    with DinteroClient(creds) as client:
+        [r] = sync_account_stream(client, sink, spec, "T12345678",
+                                  SyncRequest(page_size=100, reconcile=reconcile))
+    seconds = time.perf_counter() - t0
+    source = httpx.get(url + "/_emulator/dump/transactions", timeout=300).json()
+    table = {row["id"]: row["raw"] for row in sink.rows(spec)}
+    stale = sorted(t["id"] for t in source if table.get(t["id"]) != t)
+    requests = r.requests + sum(late.requests for late in r.late_reads)
+    print(json.dumps({"seconds": seconds, "requests": requests, "rows": r.fetched,
+                      "inserted": r.inserted, "updated": r.updated,
+                      "late_requests": [late.requests for late in r.late_reads],
+                      "stale": stale}))
+    """
+)
+
+
+def sync_transactions(
+    url: str, db: str, filters: str = "on", reconcile: str = "none", in_flight: int = 8
+) -> dict:
+    """:data:`TRANSACTIONS_SYNC` in a fresh Python."""
+    return run_script(TRANSACTIONS_SYNC, url, db, filters, reconcile, str(in_flight))
 
 
 def free_port() -> int:
