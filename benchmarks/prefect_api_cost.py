@@ -93,13 +93,11 @@ SETUP = textwrap.dedent(
     import sys
     from pydantic import SecretStr
     from prefect_dintero import DinteroCredentials
-    from prefect_dintero.emulator.config import EmulatorConfig
+    from prefect_dintero.emulator import EmulatorClient
     from prefect_dintero.flows import dintero_login, dintero_sync
     url, code, db = sys.argv[1], sys.argv[2], sys.argv[3]
-    c = EmulatorConfig()
-    DinteroCredentials(account_id="T12345678", client_id=c.client_id,
-        client_secret=SecretStr(c.client_secret), api_url=url,
-        checkout_url=url).save("bench-creds", overwrite=True)
+    fields = EmulatorClient(url).credential_fields()
+    DinteroCredentials(**fields).save("bench-creds", overwrite=True)
     dintero_login("bench-creds", "bench-session", authorization_response=SecretStr(code))
     # A first run of each identity: the account's limit, the shared token, the block types.
     dintero_sync("bench-creds", streams=["settlements"], destination=db)

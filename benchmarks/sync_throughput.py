@@ -64,16 +64,15 @@ BARE = textwrap.dedent(
 SYNC = textwrap.dedent(
     """
     import json, resource, sys, time
-    from pydantic import SecretStr
     from prefect_dintero.client import DinteroClient
     from prefect_dintero.auth.client_credentials import ClientCredentials
+    from prefect_dintero.emulator import EmulatorClient
     from prefect_dintero.sink import Sink
     from prefect_dintero.streams.catalog import CATALOG
     from prefect_dintero.sync.options import SyncRequest
     from prefect_dintero.sync.stream_sync import sync_account_stream
     url, db = sys.argv[1], sys.argv[2]
-    creds = ClientCredentials(account_id="T12345678", client_id="emulator-client",
-        client_secret=SecretStr("emulator-secret"), api_url=url, checkout_url=url)
+    creds = ClientCredentials(**EmulatorClient(url).credential_fields())
     spec = CATALOG["transactions"]
     # Where the time goes (with a profile argument): the writer's busy time, the limit's
     # course, the requests in flight sampled every 10 ms.
@@ -158,11 +157,10 @@ FIRST_FLOW = textwrap.dedent(
 SAVE_CREDENTIALS = textwrap.dedent(
     """
     import sys
-    from pydantic import SecretStr
     from prefect_dintero import DinteroCredentials
-    DinteroCredentials(account_id="T12345678", client_id="emulator-client",
-        client_secret=SecretStr("emulator-secret"), api_url=sys.argv[1],
-        checkout_url=sys.argv[1]).save(sys.argv[2], overwrite=True)
+    from prefect_dintero.emulator import EmulatorClient
+    fields = EmulatorClient(sys.argv[1]).credential_fields()
+    DinteroCredentials(**fields).save(sys.argv[2], overwrite=True)
     """
 )
 

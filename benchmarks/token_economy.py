@@ -53,20 +53,11 @@ def worker(args: argparse.Namespace) -> None:
         credentials = DinteroCredentials.load("bench-creds")
         make_client, make_async_client = credentials.get_client, credentials.get_async_client
     else:
-        from pydantic import SecretStr
-
         from prefect_dintero.auth.client_credentials import ClientCredentials
         from prefect_dintero.client import AsyncDinteroClient, DinteroClient
-        from prefect_dintero.emulator.config import EmulatorConfig
+        from prefect_dintero.emulator import EmulatorClient
 
-        config = EmulatorConfig()
-        creds = ClientCredentials(
-            account_id=ACCOUNT,
-            client_id=config.client_id,
-            client_secret=SecretStr(config.client_secret),
-            api_url=args.url,
-            checkout_url=args.url,
-        )
+        creds = ClientCredentials(**EmulatorClient(args.url).credential_fields(ACCOUNT))
 
         def make_client():
             return DinteroClient(creds)
@@ -124,12 +115,10 @@ def log_in(env: dict[str, str], url: str) -> None:
         "import sys\n"
         "from pydantic import SecretStr\n"
         "from prefect_dintero import DinteroCredentials\n"
-        "from prefect_dintero.emulator.config import EmulatorConfig\n"
+        "from prefect_dintero.emulator import EmulatorClient\n"
         "from prefect_dintero.flows import dintero_login\n"
-        "c = EmulatorConfig()\n"
-        "DinteroCredentials(account_id='T12345678', client_id=c.client_id,\n"
-        "    client_secret=SecretStr(c.client_secret), api_url=sys.argv[1],\n"
-        "    checkout_url=sys.argv[1]).save('bench-creds', overwrite=True)\n"
+        "fields = EmulatorClient(sys.argv[1]).credential_fields()\n"
+        "DinteroCredentials(**fields).save('bench-creds', overwrite=True)\n"
         "dintero_login('bench-creds', 'bench-session', authorization_response=SecretStr(sys.argv[2]))\n"
     )
     subprocess.run(
