@@ -112,10 +112,6 @@ class SyncFailed(DinteroError):
     """One or more streams failed; the others finished and were committed."""
 
 
-def _artifact_key(account_id: str) -> str:
-    return f"dintero-sync-{account_id.lower()}"
-
-
 def _dintero_sync(
     credentials_block: str,
     session_block: str | None = None,
@@ -470,7 +466,7 @@ def _run_streams(run: SyncRun, bearer: DinteroBearer, held: HeldSlot | None) -> 
             "create the table artifact",
             lambda: create_table_artifact(
                 rows,
-                key=_artifact_key(account_id),
+                key=f"dintero-sync-{account_id.lower()}",
                 description=(
                     f"Last Dintero sync of account {account_id} into {where}, one row per stream."
                 ),

@@ -303,9 +303,6 @@ class AccountData:
         h = f"{(rng or self.rng).getrandbits(128):032x}"
         return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}"
 
-    def _hex(self, n: int = 32) -> str:
-        return f"{self.rng.getrandbits(4 * n):0{n}x}"
-
     def _items(self) -> tuple[list[dict], int]:
         items, total = [], 0
         for line in range(1, self.rng.randint(1, 4) + 1):
@@ -334,7 +331,7 @@ class AccountData:
             "success": status not in ("FAILED", "DECLINED"),
             "amount": amount,
             "created_at": iso(ms),
-            "request_id": self._hex(),
+            "request_id": f"{self.rng.getrandbits(128):032x}",
         }
 
     # -- personal details: drawn from a generator seeded with the object's id, so an object's

@@ -126,6 +126,14 @@ class ListRoutes:
                 400, "BAD_REQUEST", "starting_after refers to an unknown object"
             ) from None
 
+    def _payout_destination(self, request: Request) -> tuple[str, Any]:
+        """The payout destination in the path, and its account's data."""
+        _, data = self._account(request)
+        pd = request.path_params["pd"]
+        if pd not in data.transfers:
+            raise ApiError(404, "NOT_FOUND", f"payout destination {pd} not found")
+        return pd, data
+
     def _optional(self, body: dict[str, Any], key: str, value: Any) -> None:
         """Set an optional key of an envelope, or leave it out (``omit_optional_keys``)."""
         if value or not self.state.config.omit_optional_keys:
@@ -262,10 +270,7 @@ class ListRoutes:
     async def _payout_transfers(self, request: Request) -> Response:
         """``{entries, next_page_token}``; no date filter and no documented order
         (``list_order``); the token is opaque."""
-        _, data = self._account(request)
-        pd = request.path_params["pd"]
-        if pd not in data.transfers:
-            raise ApiError(404, "NOT_FOUND", f"payout destination {pd} not found")
+        pd, data = self._payout_destination(request)
         limit = self._page_size(request, parse_limit(request, 1000))
         after = None
         token = request.query_params.get("page")
@@ -291,10 +296,7 @@ class ListRoutes:
     async def _payout_balances(self, request: Request) -> Response:
         """``{"payout_destination_balances": [...]}``: one balance per currency, from the
         destination's ledger (Dintero's payouts spec, "Get seller balances"); no paging."""
-        _, data = self._account(request)
-        pd = request.path_params["pd"]
-        if pd not in data.transfers:
-            raise ApiError(404, "NOT_FOUND", f"payout destination {pd} not found")
+        pd, data = self._payout_destination(request)
         return JSONResponse({"payout_destination_balances": data.balances(pd)})
 
     # -- control (not Dintero's API) ------------------------------------------------------------

@@ -140,14 +140,9 @@ class AdaptiveLimit:
         return max(0.0, self._paused_until - time.monotonic())
 
     def _acquire(self, check: Callable[[], None] | None) -> None:
-        with self._cond:
-            while True:
-                if check is not None:
-                    check()
+        with self._cond:  # re-entrant: _try_acquire takes it again
+            while not self._try_acquire(check):
                 wait = self._paused_until - time.monotonic()
-                if wait <= 0 and self.in_flight < self.limit:
-                    self.in_flight += 1
-                    return
                 timeout = wait if wait > 0 else None
                 if check is not None:
                     timeout = CHECK_EVERY if timeout is None else min(timeout, CHECK_EVERY)

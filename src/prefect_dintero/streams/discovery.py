@@ -44,20 +44,18 @@ def payout_destination_ids(
     """
     path = list_path(account_id)
     try:
-        body = client.get_json(path, host="api")
+        return ids_from(client.get_json(path, host="api"), path, account_id, stream)
     except (PermissionDeniedError, NotFoundError) as exc:
         raise skipped(exc, path, stream) from None
-    return ids_from(body, path, account_id, stream)
 
 
 async def apayout_destination_ids(client: AsyncJsonReader, account_id: str) -> list[str]:
     """:func:`payout_destination_ids` with an async client."""
     path = list_path(account_id)
     try:
-        body = await client.get_json(path, host="api")
+        return ids_from(await client.get_json(path, host="api"), path, account_id)
     except (PermissionDeniedError, NotFoundError) as exc:
         raise skipped(exc, path) from None
-    return ids_from(body, path, account_id)
 
 
 def skipped(
