@@ -73,16 +73,6 @@ class DinteroServiceToken(Block):
     )
 
 
-def service_token_block_name(credentials_block: str) -> str:
-    """The name the shared token of a credentials block is saved under."""
-    return f"{credentials_block}-service-token"
-
-
-def token_limit_name(fingerprint: str) -> str:
-    """The global concurrency limit that serialises one credential's grants (no secret)."""
-    return f"dintero-token-grant-{fingerprint[:16]}"
-
-
 #: The block type's slug, to read the shared token without Prefect's block machinery.
 SERVICE_TOKEN_BLOCK_SLUG = "dintero-service-token"
 
@@ -101,10 +91,12 @@ class BlockServiceTokenStore(BlockTokenStore):
     _instances_lock = threading.Lock()
 
     def __init__(self, credentials_block: str, credentials: ClientCredentials) -> None:
-        self.block_name = service_token_block_name(credentials_block)
+        self.block_name = f"{credentials_block}-service-token"
         self.fingerprint = credentials.cache_key()
         super().__init__(
-            token_limit_name(self.fingerprint),
+            # The global concurrency limit that serialises the credential's grants: named by a
+            # one-way fingerprint, never a secret.
+            f"dintero-token-grant-{self.fingerprint[:16]}",
             2 * credentials.request_deadline_seconds + 10.0,
             None,
         )

@@ -353,7 +353,11 @@ def wait_for_slot(
                 left = (deadline if failure is None else errors_until) - time.monotonic()
                 if left <= 0:
                     if failure is not None and not taken:
-                        raise _unavailable(limit_name, failure) from None
+                        raise PrefectUnavailable(
+                            f"the Prefect API did not answer a request for a slot of the "
+                            f"{limit_name!r} concurrency limit ({describe(failure)}); nothing "
+                            "was sent to Dintero because of it"
+                        ) from None
                     return None
                 # A last try at the deadline.
                 if cancel is not None and cancel.wait(min(wait, left)):
@@ -447,10 +451,3 @@ def _free_dead_holder(
         silent,
     )
     return True
-
-
-def _unavailable(limit_name: str, exc: BaseException) -> PrefectUnavailable:
-    return PrefectUnavailable(
-        f"the Prefect API did not answer a request for a slot of the {limit_name!r} "
-        f"concurrency limit ({describe(exc)}); nothing was sent to Dintero because of it"
-    )

@@ -51,10 +51,6 @@ def _file_lock(engine: Engine) -> threading.RLock:
         return _file_locks.setdefault(key, threading.RLock())
 
 
-def _held_by_another_process(exc: BaseException) -> bool:
-    return "Could not set lock on file" in str(exc)
-
-
 def _create_private(engine: Engine) -> None:
     """A new database file readable by its owner only (0600): it will hold customers' names
     and e-mails. An existing file keeps the mode its owner chose.
@@ -209,7 +205,8 @@ def _tune(engine: Engine) -> Engine:
             try:
                 return dialect.connect(*cargs, **cparams)
             except Exception as exc:
-                if not _held_by_another_process(exc) or time.monotonic() > deadline:
+                # Only a file another process holds is waited for.
+                if "Could not set lock on file" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
 
