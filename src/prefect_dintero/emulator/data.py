@@ -397,23 +397,17 @@ class AccountData:
         status = rng.choices([s for s, _ in INITIAL_STATUSES], weights)[0]
         events = [self._event("INITIALIZE", "INITIATED", amount, created_ms)]
         t = created_ms
+        authorized = [("AUTHORIZE", "AUTHORIZED")]
+        captured = [*authorized, ("CAPTURE", "CAPTURED")]
         path = {
             "INITIATED": [],
-            "AUTHORIZED": [("AUTHORIZE", "AUTHORIZED")],
+            "AUTHORIZED": authorized,
             "DECLINED": [("AUTHORIZE", "DECLINED")],
             "FAILED": [("AUTHORIZE", "FAILED")],
-            "CAPTURED": [("AUTHORIZE", "AUTHORIZED"), ("CAPTURE", "CAPTURED")],
-            "AUTHORIZATION_VOIDED": [("AUTHORIZE", "AUTHORIZED"), ("VOID", "AUTHORIZATION_VOIDED")],
-            "PARTIALLY_REFUNDED": [
-                ("AUTHORIZE", "AUTHORIZED"),
-                ("CAPTURE", "CAPTURED"),
-                ("REFUND", "PARTIALLY_REFUNDED"),
-            ],
-            "REFUNDED": [
-                ("AUTHORIZE", "AUTHORIZED"),
-                ("CAPTURE", "CAPTURED"),
-                ("REFUND", "REFUNDED"),
-            ],
+            "CAPTURED": captured,
+            "AUTHORIZATION_VOIDED": [*authorized, ("VOID", "AUTHORIZATION_VOIDED")],
+            "PARTIALLY_REFUNDED": [*captured, ("REFUND", "PARTIALLY_REFUNDED")],
+            "REFUNDED": [*captured, ("REFUND", "REFUNDED")],
         }[status]
         for event, st in path:
             t = min(now_ms, t + rng.randrange(1_000, 6 * 3_600_000))
