@@ -16,12 +16,6 @@ from prefect_dintero.errors import ConfigurationError
 from prefect_dintero.redact import install_log_filter, register_secret
 
 
-def _secret(value: SecretStr | str) -> str:
-    plain = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-    register_secret(plain)
-    return plain
-
-
 @task(
     name="Exchange Dintero authorization code",
     description="Exchange a user's OIDC authorization code for a session and save it as a block.",
@@ -64,7 +58,9 @@ def exchange_authorization_code(
     install_log_filter()
     logger = get_run_logger()
     credentials = load_block(DinteroCredentials, credentials_block)
-    token = credentials.exchange_authorization_code(_secret(code), redirect_uri=redirect_uri)
+    plain = code.get_secret_value() if isinstance(code, SecretStr) else str(code)
+    register_secret(plain)
+    token = credentials.exchange_authorization_code(plain, redirect_uri=redirect_uri)
     # In the session's renewal slot, so a renewal of the previous login never writes over it,
     # and retried while the Prefect API fails: the code is spent.
     save_login(credentials, session_block, token)

@@ -209,21 +209,23 @@ def install(client: httpx.Client) -> httpx.Client:
     return client
 
 
-def read_within(response: httpx.Response, max_bytes: int) -> None:
-    """Read a streamed response's body, refusing one past ``max_bytes`` and stopping between
-    chunks once the deadline passed (for transports whose sockets were not wrapped)."""
+def _check_declared(response: httpx.Response, max_bytes: int) -> None:
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
-        response.close()
         raise ResponseTooLarge(int(declared), max_bytes, response.status_code)
+
+
+def read_within(response: httpx.Response, max_bytes: int) -> None:
+    """Read a streamed response's body, refusing one past ``max_bytes`` and stopping between
+    chunks once the deadline passed (for transports whose sockets were not wrapped). The
+    caller closes the response, whatever this raises."""
+    _check_declared(response, max_bytes)
     chunks, size = [], 0
     for chunk in response.iter_bytes():
         size += len(chunk)
         if size > max_bytes:
-            response.close()
             raise ResponseTooLarge(size, max_bytes, response.status_code)
         if expired():
-            response.close()
             raise httpx.ReadTimeout("the request's deadline has passed")
         chunks.append(chunk)
     # What Response.read() does, with the limits above: the body is then read as usual.
@@ -232,15 +234,11 @@ def read_within(response: httpx.Response, max_bytes: int) -> None:
 
 async def aread_within(response: httpx.Response, max_bytes: int) -> None:
     """Async form of :func:`read_within` (the deadline is ``asyncio.timeout``'s)."""
-    declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes:
-        await response.aclose()
-        raise ResponseTooLarge(int(declared), max_bytes, response.status_code)
+    _check_declared(response, max_bytes)
     chunks, size = [], 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > max_bytes:
-            await response.aclose()
             raise ResponseTooLarge(size, max_bytes, response.status_code)
         chunks.append(chunk)
     response._content = b"".join(chunks)
