@@ -265,13 +265,10 @@ class BlockSessionStore(BlockTokenStore):
             raise
         return document.data.get("session_id")
 
-    def _is_other_login(self, saved_id: str | None) -> bool:
-        token = self._token
-        return saved_id is not None and (token is None or saved_id != token.identity)
-
     def _new_login(self) -> Token | None:
         """The block's login if it is another than the one held (two reads at most)."""
-        if not self._is_other_login(self._saved_login()):
+        saved_id, held = self._saved_login(), self._token
+        if saved_id is None or (held is not None and saved_id == held.identity):
             return None
         with own_retries():
             _, saved = self._read()

@@ -11,6 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from prefect.states import Cancelling
 from pydantic import BaseModel, Field
 
 from prefect_dintero.blocks.prefect_api import Backoff, describe, is_transient, retry_after_of
@@ -156,7 +157,8 @@ def _dintero_sync_accounts(
                     flow_run.id,
                 )
             else:
-                _cancel(flow_run.id)
+                with get_client(sync_client=True) as client:  # it overran: cancelled
+                    client.set_flow_run_state(flow_run.id, Cancelling(), force=True)
                 rows.append({**_row(target, final), "state": "TIMED_OUT"})
                 logger.error(
                     "%s: its run did not finish within %.0f minutes of starting; cancelled",
@@ -253,14 +255,6 @@ dintero_sync_accounts = MaskedFlow(
         "at a time."
     ),
 )
-
-
-def _cancel(flow_run_id: Any) -> None:
-    """Ask Prefect to cancel a run the fan-out stopped waiting for."""
-    from prefect.states import Cancelling
-
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
 
 
 def _row(target: AccountTarget, state: Any) -> dict[str, Any]:

@@ -178,8 +178,7 @@ def _raw_error_fields(response: httpx.Response) -> tuple[str | None, str]:
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
-        text = response.text.strip().replace("\n", " ")
-        return None, (text[:200] or response.reason_phrase or "no body")
+        return None, (response.text.strip()[:200] or response.reason_phrase or "no body")
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         message = error.get("message") or response.reason_phrase or "no message"
