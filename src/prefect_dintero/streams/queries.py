@@ -106,14 +106,11 @@ class RecordQuery:
             rows = fresh
         if self.created_from is None and self.created_to is None:
             return list(rows)
-        kept = []
-        for row in rows:
-            created = parse_datetime(row.get("created_at"))
-            if created is None:
-                continue
-            if self.created_from is not None and created < self.created_from:
-                continue
-            if self.created_to is not None and created > self.created_to:
-                continue
-            kept.append(row)
-        return kept
+        low = self.created_from or datetime.min.replace(tzinfo=UTC)
+        high = self.created_to or datetime.max.replace(tzinfo=UTC)
+        return [
+            row
+            for row in rows
+            if (created := parse_datetime(row.get("created_at"))) is not None
+            and low <= created <= high
+        ]
