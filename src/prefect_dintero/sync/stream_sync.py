@@ -8,7 +8,7 @@ window from its last committed page. A read from the beginning or far back may g
 slices (:mod:`prefect_dintero.sync.window_reader`). Customers are walked by ``since_datetime`` and
 their cursor moves with each page. A stream with late-change filters (transactions'
 ``captured_at`` and ``refunded_at``) is also read by each of them, from its own cursor, after
-its window (:func:`_read_late_changes`). Snapshots (payout destinations and balances) are
+its window (:meth:`StreamSync.read_late_changes`). Snapshots (payout destinations and balances) are
 short lists read whole on every run.
 
 The cursor's arithmetic (where a window starts, what may move it) is :mod:`.cursor`'s; re-read
@@ -51,6 +51,8 @@ logger = get_logger(__name__)
 
 #: A late-change read further behind than this (after an outage) is read in slices.
 LATE_READ_SLICED_AFTER = timedelta(days=1)
+#: How long a late-change filter Dintero refused is left alone before it is tried again.
+REFUSED_FILTER_PAUSE = timedelta(days=1)
 
 
 def _starts_full_read(page: Page) -> bool:
@@ -226,6 +228,53 @@ class StreamSync(StreamRun):
 
             self.commit(page, update, summary)
 
+    # -- late-change reads -------------------------------------------------------------------
+
+    def read_late_changes(self, late: LateChangeFilter) -> StreamSummary | None:
+        """Read what changed since the last run by a later event (a capture, a refund), of
+        any age: a window on the filter's own cursor, committed and upserted like any other.
+
+        The filters are documented as "subject to change". A 4xx to the read (400, 404, 422)
+        is taken for a refusal of the filter: said once, remembered in the read's state, and
+        tried again a day later; until then the nightly reconcile is what takes late changes
+        in. None: the read was not made (refused within the last day).
+        """
+        label = f"{self.label} {late.partition}"
+        account_id, name, started = self.account_id, self.stream.name, self.run_started_at
+        paused_until = self.sink.read_state(account_id, name, late.partition).paused_until
+        if paused_until is not None and paused_until > started:
+            logger.debug("%s: refused by Dintero until %s; not read", label, iso(paused_until))
+            return None
+        read = StreamSync(
+            self.client,
+            self.sink,
+            self.stream.late_change_read(late),
+            account_id,
+            self.request,
+            partition=late.partition,
+            run_started_at=started,
+            on_page=self.on_page,
+            personal_data=self.personal_data,
+        )
+        try:
+            return read.run()
+        except (DinteroAPIError, FilterIgnored) as exc:
+            if isinstance(exc, DinteroAPIError) and exc.status_code not in (400, 404, 422):
+                raise
+            how = "ignored" if isinstance(exc, FilterIgnored) else f"refused ({exc.status_code})"
+            until = started + REFUSED_FILTER_PAUSE
+            self.sink.pause(account_id, name, late.partition, until)
+            logger.warning(
+                "%s: Dintero %s the %s filter; late %s are left to the nightly reconcile "
+                "(reconcile_days) until it is tried again, after %s",
+                label,
+                how,
+                late.name,
+                "captures" if late.event == "CAPTURE" else f"{late.event.lower()}s",
+                iso(until),
+            )
+            return None
+
 
 def sync_account_stream(
     client: DinteroClient,
@@ -273,21 +322,22 @@ def sync_account_stream(
         )
     run_started_at = run_started_at or times.now()
     request = _reconcile_for(sink, stream, account_id, request, run_started_at)
+    syncs = [
+        StreamSync(
+            client,
+            sink,
+            stream,
+            account_id,
+            request,
+            partition=partition,
+            run_started_at=run_started_at,
+            on_page=on_page,
+            personal_data=policy,
+        )
+        for partition in partitions
+    ]
     try:
-        results = [
-            StreamSync(
-                client,
-                sink,
-                stream,
-                account_id,
-                request,
-                partition=partition,
-                run_started_at=run_started_at,
-                on_page=on_page,
-                personal_data=policy,
-            ).run()
-            for partition in partitions
-        ]
+        results = [sync.run() for sync in syncs]
     except (PermissionDeniedError, NotFoundError) as exc:
         path = stream.url_path(account_id)
         if path != payout_destinations_path(account_id):
@@ -295,10 +345,8 @@ def sync_account_stream(
         # The payout destinations list itself: the Account Management API, which an API
         # client may not be granted (as for discovering them).
         raise discovery_skipped(exc, path, stream.name) from None
-    for late in stream.late_filters:
-        read = _read_late_changes(
-            client, sink, stream, late, account_id, request, run_started_at, on_page, policy
-        )
+    for late in stream.late_filters:  # transactions: one partition
+        read = syncs[0].read_late_changes(late)
         if read is not None:
             results[0].late_reads.append(read)
     return results
@@ -336,62 +384,3 @@ def _reconcile_for(
         request.reconcile / timedelta(days=1),
     )
     return request.model_copy(update={"reconcile": RECONCILE_WITHOUT_FILTERS})
-
-
-#: How long a late-change filter Dintero refused is left alone before it is tried again.
-REFUSED_FILTER_PAUSE = timedelta(days=1)
-
-
-def _read_late_changes(
-    client: DinteroClient,
-    sink: Sink,
-    stream: Stream,
-    late: LateChangeFilter,
-    account_id: str,
-    request: SyncRequest,
-    run_started_at: datetime,
-    on_page: ProgressCallback | None,
-    policy: PersonalDataPolicy,
-) -> StreamSummary | None:
-    """Read what changed since the last run by a later event (a capture, a refund), of any
-    age: a window on the filter's own cursor, committed and upserted like any other.
-
-    The filters are documented as "subject to change". A 4xx to the read (400, 404, 422) is
-    taken for a refusal of the filter: said once, remembered in the read's state, and tried
-    again a day later; until then the nightly reconcile is what takes late changes in. None:
-    the read was not made (refused within the last day).
-    """
-    label = f"{account_id}/{stream.name} {late.partition}"
-    state = sink.read_state(account_id, stream.name, late.partition)
-    if state.paused_until is not None and state.paused_until > run_started_at:
-        logger.debug("%s: refused by Dintero until %s; not read", label, iso(state.paused_until))
-        return None
-    read = StreamSync(
-        client,
-        sink,
-        stream.late_change_read(late),
-        account_id,
-        request,
-        partition=late.partition,
-        run_started_at=run_started_at,
-        on_page=on_page,
-        personal_data=policy,
-    )
-    try:
-        return read.run()
-    except (DinteroAPIError, FilterIgnored) as exc:
-        if isinstance(exc, DinteroAPIError) and exc.status_code not in (400, 404, 422):
-            raise
-        how = "ignored" if isinstance(exc, FilterIgnored) else f"refused ({exc.status_code})"
-        until = run_started_at + REFUSED_FILTER_PAUSE
-        sink.pause(account_id, stream.name, late.partition, until)
-        logger.warning(
-            "%s: Dintero %s the %s filter; late %s are left to the nightly reconcile "
-            "(reconcile_days) until it is tried again, after %s",
-            label,
-            how,
-            late.name,
-            "captures" if late.event == "CAPTURE" else f"{late.event.lower()}s",
-            iso(until),
-        )
-        return None
