@@ -29,6 +29,7 @@ from typing import Any
 
 from prefect.settings import PREFECT_API_URL
 
+from prefect_dintero import budget
 from prefect_dintero.auth.provider import finish_renewals
 from prefect_dintero.auth.store import Renewal, TokenStore, same_token
 from prefect_dintero.auth.tokens import Token
@@ -43,7 +44,6 @@ from prefect_dintero.blocks.prefect_api import (
     retry_after_of,
 )
 from prefect_dintero.blocks.slots import HeldSlot, wait_for_slot
-from prefect_dintero.http.deadline import run_time_left
 from prefect_dintero.redact import get_logger
 
 logger = get_logger(__name__)
@@ -192,7 +192,7 @@ class BlockTokenStore(TokenStore):
         if not wait and now < self._paused_until and self._outage is not None:
             raise PrefectUnavailable(self._outage)
         timeout = self.slot_timeout
-        left = run_time_left()
+        left = budget.time_left()
         if left is not None:  # inside a run with a budget: no wait outlives it
             timeout = min(timeout, left)
         grace = timeout if wait else min(timeout, QUICK_GRACE_SECONDS)

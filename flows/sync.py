@@ -27,6 +27,7 @@ from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
+from prefect_dintero import budget
 from prefect_dintero.auth.client_credentials import DEFAULT_API_URL
 from prefect_dintero.bearer import DinteroBearer
 from prefect_dintero.blocks import DinteroCredentials
@@ -40,7 +41,6 @@ from prefect_dintero.errors import (
 )
 from prefect_dintero.flows import events
 from prefect_dintero.flows.parameters import MaskedFlow
-from prefect_dintero.http import deadline
 from prefect_dintero.redact import install_log_filter, redact
 from prefect_dintero.sink.destination import Destination
 from prefect_dintero.streams.paginators import DEFAULT_MAX_PAGES
@@ -203,7 +203,7 @@ def _dintero_sync(
     # Anchoring a checked destination adds no secret: the copy is not checked again.
     if (anchored := stable_destination(request.target)) != request.target:
         request = request.model_copy(update={"destination": anchored.target})
-    budget = run_budget(timeout_minutes)
+    allowed = run_budget(timeout_minutes)
     # Prefect API calls beside the run's own path (the slot, the artifacts): each is a round
     # trip to a server that may be tens of milliseconds away, so they overlap where they can.
     side = ThreadPoolExecutor(max_workers=3, thread_name_prefix="dintero-prefect")
@@ -213,7 +213,7 @@ def _dintero_sync(
         request,
         # Read once, before any request: a missing or short key fails the run here.
         personal_data_key=_personal_data_key(request),
-        deadline=time.monotonic() + budget.total_seconds(),
+        deadline=time.monotonic() + allowed.total_seconds(),
         side=side,
     )
 
@@ -239,7 +239,7 @@ def _dintero_sync(
 
     try:
         # Every wait of the run, the token's included, ends with its budget.
-        with deadline.run_budget(time.time() + budget.total_seconds()):
+        with budget.within(time.time() + allowed.total_seconds()):
             return [summary.as_dict() for summary in _sync(run, take_slot)]
     except USER_ERRORS as exc:
         # Said once, in the run's final state, with the block's name and what to do; no

@@ -201,7 +201,7 @@ PACKAGE_ROOTS = {
     "prefect_dintero.cli": "cli",
 }
 LAYERS = (
-    ("_version", "errors", "redact", "times", "validation"),
+    ("_version", "budget", "errors", "redact", "times", "validation"),
     ("http",),
     ("auth",),
     ("streams",),

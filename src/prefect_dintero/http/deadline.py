@@ -33,9 +33,6 @@ __all__ = [
     "install",
     "request_deadline",
     "restart",
-    "run_budget",
-    "run_ends_at",
-    "run_time_left",
 ]
 
 #: The default total deadline of one request, seconds (the credentials block can change it).
@@ -73,32 +70,6 @@ class Deadline:
 
 
 _deadline: ContextVar[Deadline | None] = ContextVar("dintero_request_deadline", default=None)
-
-#: When the run in this context must be over (``time.time()``), if it has a budget. Set by the
-#: sync flow around a run; the threads and tasks it starts copy their context, so every wait
-#: of the run (a token request's retries, a renewal slot) can see it without being handed it.
-_run_ends_at: ContextVar[float | None] = ContextVar("dintero_run_ends_at", default=None)
-
-
-@contextlib.contextmanager
-def run_budget(ends_at: float | None) -> Iterator[None]:
-    """Bound every wait of the run inside the block by ``ends_at`` (``time.time()``)."""
-    token = _run_ends_at.set(ends_at)
-    try:
-        yield
-    finally:
-        _run_ends_at.reset(token)
-
-
-def run_ends_at() -> float | None:
-    """When the current run must be over (``time.time()``), or None."""
-    return _run_ends_at.get()
-
-
-def run_time_left() -> float | None:
-    """Seconds the current run has left (None: no budget; never below 0)."""
-    ends_at = _run_ends_at.get()
-    return None if ends_at is None else max(0.0, ends_at - time.time())
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ another's attempts:
    resumed. The other tasks have no retries: their requests already had (1).
 
 A run with a budget (the sync flow's ``timeout_minutes``) bounds them all: no wait of (1) lasts
-past the run's end and no attempt starts after it (``deadline.run_budget``, which every task
+past the run's end and no attempt starts after it (``prefect_dintero.budget``, which every task
 and thread of the run sees), and (5) does not resume a stream whose resume could not start
 within it.
 
@@ -47,8 +47,8 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
 
+from .. import budget
 from ..errors import DeadlineExceeded, DinteroError
-from .deadline import run_ends_at
 
 T = TypeVar("T")
 
@@ -164,7 +164,7 @@ class RetryPolicy:
     ) -> dict:
         # The run's end: given, or the one of the run this call is part of (a token request
         # inside a sync). No wait outlives it, and no attempt starts after it.
-        ends_at = ends_at if ends_at is not None else run_ends_at()
+        ends_at = ends_at if ends_at is not None else budget.ends_at()
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
