@@ -604,6 +604,24 @@ def test_payout_destinations_are_discovered_whatever_the_list_looks_like(
     assert_equals_source(emu, sink, [spec])
 
 
+def test_a_payout_destinations_list_that_says_more_pages_follow_is_refused(
+    dintero_emulator_factory,
+):
+    # No paging is documented for this list: a body that says more follows fails clearly, in
+    # discovery and in the stream alike, and nothing of it is used.
+    emu = dintero_emulator_factory(payout_destination_list="paged")
+    sink = Sink("sqlite://")
+    specs = [CATALOG["payout_transfers"], CATALOG["payout_destinations"]]
+    sink.prepare(specs)
+    with DinteroClient(creds_for(emu), retry_policy=FAST) as client:
+        for spec in specs:
+            with pytest.raises(MalformedResponseError, match="says more pages follow") as info:
+                sync_account_stream(client, sink, spec, AID, SyncRequest())
+            assert "next_page_token" in str(info.value)
+            assert not info.value.retryable
+            assert sink.count(spec) == 0
+
+
 @pytest.mark.parametrize(
     ("emulator", "status", "says"),
     [

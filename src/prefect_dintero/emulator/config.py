@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 
 ListOrder = Literal["newest", "oldest", "shuffled"]
 ErrorCodes = Literal["dintero", "generic"]
-PayoutDestinationList = Literal["object", "array", "missing"]
+PayoutDestinationList = Literal["object", "array", "missing", "paged"]
 
 DEFAULT_ACCOUNT_ID = "T12345678"
 DEFAULT_CLIENT_ID = "emulator-client"
@@ -189,11 +189,13 @@ class EmulatorConfig:
     #: The body of ``GET /v1/accounts/{oid}/payout-destinations``: documented only as objects
     #: with ``payout_destination_id``, so either ``{"payout_destinations": [...]}`` or a bare
     #: array; ``missing``: the list is not served for this account (404), which the reference
-    #: does not rule out for accounts without the Account Management API.
+    #: does not rule out for accounts without the Account Management API; ``paged``: the
+    #: object holds the first destination and a ``next_page_token`` (no paging is documented
+    #: for this list: a client must refuse it rather than read part of it).
     payout_destination_list: PayoutDestinationList = option(
         "object",
-        'the payout destinations list as {"payout_destinations": [...]}, a bare array, or not '
-        "served (404)",
+        'the payout destinations list as {"payout_destinations": [...]}, a bare array, not '
+        "served (404), or paged (the first one and a next_page_token)",
         silent=True,
         choices=get_args(PayoutDestinationList),
     )

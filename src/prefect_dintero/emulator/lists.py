@@ -255,7 +255,8 @@ class ListRoutes:
         """The account's payout destinations (the Account Management API, scope
         ``read:accounts``). Dintero documents only objects with ``payout_destination_id``, not
         the envelope: wrapped in ``{"payout_destinations": [...]}`` or a bare array, or not
-        served at all: 404 (``payout_destination_list``); no paging."""
+        served at all: 404 (``payout_destination_list``). No paging is documented; ``paged``
+        answers the first one with a ``next_page_token``, as an undocumented paging would."""
         aid, data = self._account(request)
         claims = self._authenticate(request, aid)
         if "read:accounts" not in str(claims.get("scope", "")).split():
@@ -263,8 +264,11 @@ class ListRoutes:
         if self.state.config.payout_destination_list == "missing":
             raise ApiError(404, "not_found", "no payout destinations resource for this account")
         rows = data.dump("payout_destinations")
-        if self.state.config.payout_destination_list == "array":
+        shape = self.state.config.payout_destination_list
+        if shape == "array":
             return JSONResponse(rows)
+        if shape == "paged" and len(rows) > 1:
+            return JSONResponse({"payout_destinations": rows[:1], "next_page_token": "page-2"})
         return JSONResponse({"payout_destinations": rows})
 
     async def _payout_transfers(self, request: Request) -> Response:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from ..errors import MalformedResponseError, NotFoundError, PermissionDeniedError, StreamSkipped
 from ..redact import get_logger
 from ..validation import validate_payout_destination
+from .paginators import refuse_more_pages
 
 logger = get_logger(__name__)
 
@@ -76,6 +77,7 @@ def skipped(
 
 def ids_from(body: Any, path: str, account_id: str, stream: str = "payout_transfers") -> list[str]:
     """The ids in the list's body, whichever envelope it came in."""
+    refuse_more_pages(body, path)
     items = body.get("payout_destinations", body.get("items")) if isinstance(body, dict) else body
     if items is None:
         items = []

@@ -143,6 +143,21 @@ class NextPageTokenPaginator(Paginator):
         return {"limit": self.limit, "page": token}
 
 
+#: Keys that would say a list goes on; none is documented for the lists read whole.
+MORE_PAGES_KEYS = ("next_page_token", "last_evaluated_key", "starting_after", "paging_token")
+
+
+def refuse_more_pages(body: Any, what: str) -> None:
+    """MalformedPageError when a list read whole says more pages follow: no paging is
+    documented for it, so reading its first page alone would lose the rest without a word."""
+    keys = [key for key in MORE_PAGES_KEYS if isinstance(body, dict) and body.get(key)]
+    if keys:
+        raise MalformedPageError(
+            f"{what} says more pages follow ({', '.join(keys)}), but Dintero documents no "
+            "paging for it"
+        )
+
+
 class WholeListPaginator(Paginator):
     """A short list answered whole (payout destinations, balances): no ``limit``, one page.
     The envelope is not always documented, so ``{key: [...]}`` and a bare array are both
@@ -161,6 +176,7 @@ class WholeListPaginator(Paginator):
         return self._envelope_rows(body, self.key)
 
     def next_params(self, body: Any, rows: list[dict]) -> dict[str, Any] | None:
+        refuse_more_pages(body, f"the {self.key} list")
         return None
 
 
