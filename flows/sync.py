@@ -12,6 +12,7 @@ from contextvars import copy_context
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from queue import Empty, Queue
 from typing import Any, Literal
 
 from prefect import get_run_logger
@@ -22,7 +23,7 @@ from prefect.artifacts import (
 )
 from prefect.blocks.system import Secret
 from prefect.context import FlowRunContext
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
@@ -431,26 +432,31 @@ def _run_streams(run: SyncRun, bearer: DinteroBearer, held: HeldSlot | None) -> 
 
     summaries: dict[str, StreamSummary] = {}
     failures: dict[str, str] = {}
-    try:
-        for done, future in enumerate(
-            as_completed(list(futures), timeout=run.seconds_left()),
-            start=1,
-        ):
-            name = futures[future]
-            try:
-                summaries[name] = future.result()
-            except Exception as exc:  # the others go on; the run fails below, naming this one
-                failures[name] = f"{type(exc).__name__}: {redact(str(exc))}"
-                logger.error("stream %s failed: %s", name, failures[name])
-            progress = run.beside(update_progress, progress, done)
-    except TimeoutError:
-        for name in futures.values():
-            if name not in summaries and name not in failures:
-                failures[name] = (
-                    "did not finish within the run's budget (timeout_minutes); its committed "
-                    "pages are kept and the next run resumes it"
-                )
-                logger.error("stream %s failed: %s", name, failures[name])
+    # Each stream's end as it comes, within the budget. Not Prefect's as_completed(timeout=):
+    # its alarm stays armed while the loop's body runs, and once went off inside a finished
+    # stream's result() as a CancelledError that nothing here could name.
+    finished: Queue[PrefectFuture] = Queue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    for done in range(1, len(futures) + 1):
+        try:
+            future = finished.get(timeout=run.seconds_left())
+        except Empty:
+            break
+        name = futures[future]
+        try:
+            summaries[name] = future.result()
+        except Exception as exc:  # the others go on; the run fails below, naming this one
+            failures[name] = f"{type(exc).__name__}: {redact(str(exc))}"
+            logger.error("stream %s failed: %s", name, failures[name])
+        progress = run.beside(update_progress, progress, done)
+    for name in futures.values():
+        if name not in summaries and name not in failures:
+            failures[name] = (
+                "did not finish within the run's budget (timeout_minutes); its committed "
+                "pages are kept and the next run resumes it"
+            )
+            logger.error("stream %s failed: %s", name, failures[name])
 
     rows = [
         _artifact_row(summaries.get(name) or StreamSummary(name, account_id), failures.get(name))
