@@ -4,6 +4,7 @@ share the measured process's GIL)."""
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -75,6 +76,11 @@ def sync_transactions(
 ) -> dict:
     """:data:`TRANSACTIONS_SYNC` in a fresh Python."""
     return run_script(TRANSACTIONS_SYNC, url, db, filters, reconcile, str(in_flight))
+
+
+def machine() -> str:
+    """The machine a benchmark ran on, for its output's first line."""
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def free_port() -> int:

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -46,7 +44,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _emulator import start_emulator, start_prefect_server
+from _emulator import machine, start_emulator, start_prefect_server
 
 # The proxy is test support: it lives beside the tests, not in the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -358,9 +356,7 @@ def main() -> None:
     summary["limited"] = {k: lim[k] for k in ("size", "limit", "ok", "seconds", "requests")}
     summary["limited"]["rate_limited"] = lim["rate_limited"]
     summary["outage"] = results["outage"]
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    print(f"machine: {machine()}")
     e = summary["empty"]
     print(
         f"empty flow: {e['requests']} Prefect requests; {args.latency_ms:.0f} ms per request "

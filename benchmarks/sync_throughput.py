@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import textwrap
 from pathlib import Path
 
 import httpx
-from _emulator import start_emulator, start_prefect_server
+from _emulator import machine, start_emulator, start_prefect_server
 
 BARE = textwrap.dedent(
     """
@@ -208,9 +207,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    print(f"machine: {machine()}")
     for line in lines:
         print(line)
     print("RESULT " + json.dumps(results))

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _emulator import start_emulator, start_prefect_server
+from _emulator import machine, start_emulator, start_prefect_server
 
 ACCOUNT = "T12345678"
 
@@ -209,9 +208,7 @@ def main() -> None:
         "requests": total,
         "unauthorized": stats["requests"].get("sessions", {}).get("401", 0),
     }
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    print(f"machine: {machine()}")
     print(
         f"load: {args.processes} process(es) x ({args.threads} threads + {args.coroutines} "
         f"coroutines), {elapsed:.1f} s, token lifetime {args.lifetime} s, identity {args.identity}"

@@ -193,14 +193,6 @@ def _deployment_timeout(name: str) -> float:
 RUN_END_SLACK_SECONDS = 120.0
 
 
-def _started_at(flow_run: FlowRun) -> float | None:
-    """When the run started, as ``time.monotonic()`` would have said; None if it has not."""
-    if flow_run.start_time is None:
-        return None
-    ago = (datetime.now(UTC) - flow_run.start_time).total_seconds()
-    return time.monotonic() - max(0.0, ago)
-
-
 def _wait_for_runs(ids: list[UUID], run_seconds: float) -> dict[UUID, FlowRun]:
     """Follow deployment runs until each has ended, ran ``run_seconds`` past its start, or sat
     queued while none of them started or ended for ``PICKUP_GRACE_SECONDS``.
@@ -232,11 +224,12 @@ def _wait_for_runs(ids: list[UUID], run_seconds: float) -> dict[UUID, FlowRun]:
                 runs[flow_run.id] = flow_run
                 if before is None or before.start_time != flow_run.start_time:
                     progress_at = now if flow_run.start_time is not None else progress_at
-                started = _started_at(flow_run)
                 if flow_run.state is not None and flow_run.state.is_final():
                     pending.discard(flow_run.id)
                     progress_at = now
-                elif started is not None and now - started > run_seconds:
+                elif flow_run.start_time is not None and (
+                    (datetime.now(UTC) - flow_run.start_time).total_seconds() > run_seconds
+                ):
                     pending.discard(flow_run.id)  # over its budget: cancelled by the caller
             queued = all(runs[i].start_time is None for i in pending if i in runs)
             if pending and queued and now - progress_at > PICKUP_GRACE_SECONDS:

@@ -43,7 +43,6 @@ class StreamRun:
         *,
         partition: str = "",
         run_started_at: datetime | None = None,
-        run_id: str | None = None,
         on_page: ProgressCallback | None = None,
         personal_data: PersonalDataPolicy = KEEP,
     ) -> None:
@@ -54,7 +53,7 @@ class StreamRun:
         self.request = request
         self.partition = partition
         self.run_started_at = run_started_at or times.now()
-        self.run_id = run_id or uuid.uuid4().hex
+        self.run_id = uuid.uuid4().hex  # this stream's read, in its state's last_run_id
         self.on_page = on_page
         self.personal_data = personal_data
         self.page_size = max(1, min(request.page_size, stream.max_page_size))
